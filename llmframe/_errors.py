@@ -1,0 +1,94 @@
+"""The exceptions llmframe raises.
+
+Every exception is a child of :class:`LLMFrameError`, so one ``except`` catches
+them all::
+
+    LLMFrameError
+    ├── ConfigError          bad option or missing setting (no model, bad errors=...)
+    ├── TemplateError        template names a missing column, or is malformed
+    ├── CacheError           the cache folder cannot be used
+    └── RunError             errors="raise": some rows failed (raised after the
+        │                    other rows finished and were cached)
+        └── AuthenticationError   the endpoint refused the API key; the run stopped early
+
+Row-level failures are not exceptions while a run goes on: a failed row gets a
+null answer and a :class:`RowError` in the run report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "AuthenticationError",
+    "CacheError",
+    "ConfigError",
+    "LLMFrameError",
+    "RowError",
+    "RunError",
+    "TemplateError",
+]
+
+#: Why a row failed. ``"budget"``, ``"auth"`` and ``"too_large"`` are never retried.
+ErrorKind = Literal[
+    "rate_limit",  # still 429 after every attempt
+    "server",  # 5xx after every attempt
+    "timeout",  # no answer within timeout= after every attempt
+    "connection",  # could not reach the endpoint
+    "bad_request",  # 400/403/404/422: the request itself is wrong
+    "auth",  # 401
+    "too_large",  # larger than the TPM limit, the batch token budget or the context window
+    "invalid_answer",  # the answer could not be parsed or matched to the row
+    "truncated",  # finish_reason == "length" even alone
+    "budget",  # max_cost_usd reached before the row was sent
+    "cancelled",  # the run was interrupted before the row finished
+]
+
+
+class LLMFrameError(Exception):
+    """Base class of every llmframe exception."""
+
+
+class ConfigError(LLMFrameError, ValueError):
+    """An option is invalid or a required setting (such as the model) is missing."""
+
+
+class TemplateError(LLMFrameError, ValueError):
+    """The template is malformed or names a field that is not a column."""
+
+
+class CacheError(LLMFrameError):
+    """The cache folder cannot be read or written."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    """Why one row has no answer.
+
+    ``row`` is the 0-based position of the row in the input frame.
+    """
+
+    row: int
+    kind: str
+    message: str
+    status: int | None = None
+
+    def __str__(self) -> str:
+        return f"row {self.row}: {self.kind}: {self.message}"
+
+
+class RunError(LLMFrameError):
+    """Raised by ``errors="raise"`` once every other row has finished and been cached.
+
+    ``errors`` lists every failed row; ``report`` is the full run report.
+    """
+
+    def __init__(self, message: str, errors: list[RowError], report: object | None = None):
+        super().__init__(message)
+        self.errors = errors
+        self.report = report
+
+
+class AuthenticationError(RunError):
+    """The endpoint answered 401: the API key is missing, wrong or revoked."""

@@ -1,0 +1,133 @@
+"""Parsing answers, paranoid about packed ones.
+
+A packed answer is accepted per id, never by position. What cannot be trusted
+is reported so the engine resends only those rows:
+
+- unparsable JSON, or a reply cut off at ``max_tokens``: every id is suspect;
+- a missing id: that row;
+- an id that appears twice (even with equal answers): that row, because the
+  model lost track of which answer belongs where;
+- an id that was not asked for: the batch's numbering is off, so every id is
+  suspect (a shifted answer would otherwise slip through as "correct").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PackedAnswers", "parse_packed", "parse_single"]
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+
+
+@dataclass
+class PackedAnswers:
+    """Answers by item id, and the ids that must be asked again with the reason."""
+
+    answers: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    # Numbers, booleans, lists: keep them as the JSON the model wrote.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _candidates(content: str) -> list[str]:
+    """Texts that may hold the JSON object, most likely first."""
+    text = content.strip()
+    out = [text]
+    out.extend(m.strip() for m in _FENCE.findall(text))
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        out.append(text[start : end + 1])
+    return out
+
+
+def _load_pairs(content: str) -> list[tuple[str, Any]] | None:
+    for candidate in _candidates(content):
+        try:
+            pairs = json.loads(candidate, object_pairs_hook=lambda p: ("__pairs__", p))
+        except ValueError:
+            continue
+        if isinstance(pairs, tuple) and pairs[0] == "__pairs__":
+            return _flatten(pairs[1])
+        if isinstance(pairs, list):  # [{"id": 0, "answer": ...}, ...]
+            flat: list[tuple[str, Any]] = []
+            for entry in pairs:
+                if not (isinstance(entry, tuple) and entry[0] == "__pairs__"):
+                    return None
+                d = dict(entry[1])
+                if "id" not in d or len(d) != 2:
+                    return None
+                value = next(v for k, v in entry[1] if k != "id")
+                flat.append((str(d["id"]), _unwrap(value)))
+            return flat
+    return None
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__pairs__":
+        return {k: _unwrap(v) for k, v in value[1]}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+def _flatten(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    # {"answers": {...}} wrappers are common; unwrap one level when it is the only key.
+    if len(pairs) == 1:
+        only = pairs[0][1]
+        if isinstance(only, tuple) and only[0] == "__pairs__" and not pairs[0][0].strip().isdigit():
+            return _flatten(only[1])
+    return [(k, _unwrap(v)) for k, v in pairs]
+
+
+def parse_packed(content: str | None, n_items: int, *, truncated: bool = False) -> PackedAnswers:
+    """Match a packed reply to item ids ``0..n_items-1``."""
+    result = PackedAnswers()
+    ids = range(n_items)
+    if truncated:
+        result.failed = dict.fromkeys(ids, "reply cut off at max_tokens (finish_reason=length)")
+        return result
+    pairs = _load_pairs(content or "")
+    if pairs is None:
+        result.failed = dict.fromkeys(ids, "reply is not a JSON object of answers by id")
+        return result
+    seen: dict[int, Any] = {}
+    duplicated: set[int] = set()
+    for raw_key, value in pairs:
+        key = raw_key.strip()
+        if not key.lstrip("-").isdigit() or int(key) not in ids:
+            result.failed = dict.fromkeys(
+                ids, f"reply has an id that was not asked for ({raw_key!r}); numbering is off"
+            )
+            return result
+        i = int(key)
+        if i in seen:
+            duplicated.add(i)
+        seen[i] = value
+    for i in ids:
+        if i in duplicated:
+            result.failed[i] = "id answered more than once"
+        elif i not in seen:
+            result.failed[i] = "id missing from the reply"
+        elif seen[i] is None:
+            result.failed[i] = "answer is null"
+        else:
+            result.answers[i] = _as_text(seen[i])
+    return result
+
+
+def parse_single(content: str | None) -> str | None:
+    """A one-row reply is the answer, stripped of surrounding white space."""
+    return None if content is None else content.strip()
