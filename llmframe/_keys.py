@@ -63,7 +63,7 @@ def row_keys(prefix: bytes, columns: Sequence[Sequence[str | None]]) -> list[str
             h.update(len(b).to_bytes(8, "little") + b)
             append(h.hexdigest())
         return keys
-    for values in zip(*columns):
+    for values in zip(*columns, strict=True):
         if None in values:
             append(None)
             continue

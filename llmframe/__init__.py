@@ -1,0 +1,59 @@
+"""llmframe: enrich a pandas or polars DataFrame with an LLM in one line.
+
+>>> import llmframe                      # registers df.llm on pandas and polars
+>>> out = df.llm.apply("Classify the sentiment of: {review}", output="sentiment",
+...                    model="gpt-4o-mini")
+
+Rows are packed many to a request, sent concurrently under one shared RPM/TPM
+limiter, cached in parquet, and written back as a new column.
+"""
+
+from __future__ import annotations
+
+from ._api import aapply, apply
+from ._cache import read_cache
+from ._config import configure
+from ._errors import (
+    AuthenticationError,
+    CacheError,
+    ConfigError,
+    LLMFrameError,
+    RowError,
+    RunError,
+    TemplateError,
+)
+from ._report import RunReport, last_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "CacheError",
+    "ConfigError",
+    "LLMFrameError",
+    "RowError",
+    "RunError",
+    "RunReport",
+    "TemplateError",
+    "__version__",
+    "aapply",
+    "apply",
+    "configure",
+    "last_report",
+    "read_cache",
+]
+
+
+def _register_accessors() -> None:
+    # Each backend registers only if it is importable, so neither is forced on a user.
+    import importlib
+
+    for backend in ("pandas", "polars"):
+        try:
+            importlib.import_module(backend)
+        except ImportError:  # pragma: no cover - both are dependencies today
+            continue
+        importlib.import_module(f"llmframe.{backend}")
+
+
+_register_accessors()

@@ -1,0 +1,213 @@
+"""One chat completion through the ``openai`` SDK, with the SDK's own retries off.
+
+Every attempt must pass llmframe's shared limiter, so the SDK may not retry on
+its own (``max_retries=0``). This module turns each outcome into either a
+:class:`Completion` or a :class:`CallError` that says whether to retry, and it
+never puts the API key into an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from ._retry import is_retryable_status, parse_retry_after
+
+__all__ = ["CallError", "ChatClient", "Completion"]
+
+# Where the user gives no key, local servers (vLLM, llama.cpp, Ollama) accept any.
+_PLACEHOLDER_KEY = "not-needed"
+
+
+@dataclass
+class Completion:
+    content: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    request_id: str | None
+    headers: Mapping[str, str]
+    latency: float
+
+
+@dataclass
+class CallError(Exception):
+    """A failed attempt. ``kind`` is an ``ErrorKind``; ``retryable`` says whether to try again."""
+
+    kind: str
+    message: str
+    retryable: bool
+    status: int | None = None
+    code: str | None = None
+    retry_after: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _redact(text: str, secret: str | None) -> str:
+    if secret and len(secret) >= 6:
+        text = text.replace(secret, "sk-***")
+    return text
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping):
+            code = err.get("code") or err.get("type")
+            return str(code) if code else None
+    return None
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping) and err.get("message"):
+            return str(err["message"])
+    return str(exc.message)
+
+
+def classify(exc: BaseException, *, api_key: str | None = None) -> CallError:
+    """Map an SDK exception to a :class:`CallError`."""
+    if isinstance(exc, openai.APITimeoutError):
+        return CallError("timeout", "no answer within the timeout", True)
+    if isinstance(exc, openai.APIConnectionError):
+        return CallError("connection", f"could not reach the endpoint ({type(exc.__cause__ or exc).__name__})", True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        headers = dict(exc.response.headers) if exc.response is not None else {}
+        code = _error_code(exc)
+        message = _redact(f"HTTP {status}: {_error_message(exc)}", api_key)
+        if status == 401:
+            return CallError(
+                "auth",
+                "the endpoint refused the API key (HTTP 401); check api_key= or OPENAI_API_KEY",
+                False,
+                status,
+                code,
+                headers=headers,
+            )
+        if status == 429 and code == "insufficient_quota":
+            return CallError("auth", message + " (out of credit: retrying will not help)", False, status, code, headers=headers)
+        if status == 400 and code == "context_length_exceeded":
+            return CallError("too_large", message, False, status, code, headers=headers)
+        if is_retryable_status(status):
+            kind = "rate_limit" if status == 429 else "server"
+            return CallError(kind, message, True, status, code, parse_retry_after(headers), headers)
+        return CallError("bad_request", message, False, status, code, headers=headers)
+    if isinstance(exc, (ValueError, openai.APIResponseValidationError)):
+        # A 200 with a body that is not a chat completion: a flaky proxy or server.
+        return CallError("server", f"unreadable response body ({type(exc).__name__})", True)
+    raise exc
+
+
+def _http_client(max_connections: int) -> Any:
+    """The SDK's default HTTP client, with a keep-alive pool as large as the concurrency:
+    the default keeps 100 alive, so a run with more requests in flight would keep
+    opening new connections."""
+    try:
+        import httpx2 as httpx  # the transport of openai >= 3
+    except ImportError:  # pragma: no cover - openai 1.x/2.x
+        import httpx  # type: ignore[no-redef]
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return openai.DefaultAsyncHttpxClient(limits=limits)
+
+
+class ChatClient:
+    """Sends chat completions for one run, on the running event loop.
+
+    Built per run, because an ``AsyncOpenAI`` holds connections bound to the
+    event loop that first used it; a client the user passes in is reused as
+    is (with SDK retries turned off on a copy).
+    """
+
+    __slots__ = ("_api_key", "_client", "_owned", "timeout")
+
+    def __init__(
+        self,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_connections: int = 1000,
+    ):
+        self.timeout = timeout
+        if client is not None:
+            self._client = client.with_options(max_retries=0, timeout=timeout)
+            self._api_key = getattr(client, "api_key", None)
+            self._owned = False
+        else:
+            key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
+            self._api_key = key
+            self._client = openai.AsyncOpenAI(
+                api_key=key,
+                base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                max_retries=0,
+                timeout=timeout,
+                http_client=_http_client(max_connections),
+            )
+            self._owned = True
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url)
+
+    @property
+    def api_key(self) -> str | None:
+        return self._api_key
+
+    async def complete(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        model: str,
+        params: Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+    ) -> Completion:
+        """One attempt. Raises :class:`CallError`."""
+        kwargs: dict[str, Any] = dict(params or {})
+        # The messages and the response format travel in extra_body, which the SDK merges
+        # into the JSON body as is. Passed as typed arguments, the SDK walks them key by key
+        # against its TypedDicts: ~3 ms of CPU per request, which caps one core at a few
+        # hundred requests/s, below what high-tier rate limits allow.
+        extra = dict(kwargs.pop("extra_body", None) or {})
+        extra["messages"] = list(messages)
+        if response_format is not None:
+            extra["response_format"] = response_format
+        kwargs["extra_body"] = extra
+        start = time.monotonic()
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=model, messages=[], **kwargs
+            )
+            completion = raw.parse()
+        except Exception as exc:  # classify() re-raises what it does not know
+            raise classify(exc, api_key=self._api_key) from None
+        latency = time.monotonic() - start
+        if not getattr(completion, "choices", None):
+            raise CallError("server", "response has no choices", True)
+        choice = completion.choices[0]
+        usage = completion.usage
+        return Completion(
+            content=choice.message.content if choice.message else None,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            request_id=raw.headers.get("x-request-id") or getattr(completion, "id", None),
+            headers=raw.headers,
+            latency=latency,
+        )
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.close()

@@ -1,0 +1,598 @@
+"""The engine: the one orchestrator of a run.
+
+``run()`` takes the frame as columns and walks the path of DESIGN.md:
+
+1. template  render each row's field values (the template was checked already)
+2. keys      one cache key per row; rows with equal keys are asked once
+3. cache     look every key up at once; only misses go on
+4. plan      workers take the next batch when they are free: resent rows first,
+             then new rows up to the item cap and the token budget
+5. limiter   reserve a request and the estimated tokens before sending
+6. client    one attempt; retries happen here, so each passes the limiter
+7. parse     match answers by id; resend only the rows that did not validate
+8. cache     append finished rows as they complete
+9. report    counters, tokens, cost, latency, failures
+
+Batches are formed lazily rather than planned up front, so the batch size can
+shrink mid-run when packed answers keep failing validation, and resent rows are
+served before new ones (they are the oldest work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import warnings
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import _packing
+from ._cache import AnswerCache, CacheRecord, resolve_cache_dir
+from ._client import CallError, ChatClient, Completion
+from ._config import Options
+from ._errors import AuthenticationError, RowError, RunError
+from ._keys import call_prefix, row_keys
+from ._limiter import RateLimiter, shared_limiter
+from ._parse import parse_packed, parse_single
+from ._pricing import Price, price_for
+from ._report import RunReport, set_last_report
+from ._retry import retry_delay
+from ._template import Template, is_null, render_value
+from ._tokens import Tokenizer, count_messages, get_tokenizer
+
+__all__ = ["RunResult", "run"]
+
+#: Items per request when ``batch_size=None``. Published results show answer
+#: quality slipping past a few dozen items per prompt; 20 keeps RPM-bound runs
+#: ~20x faster than one row per request while staying well short of that.
+AUTO_BATCH_ITEMS = 20
+#: Input plus expected output tokens per packed request when ``max_batch_tokens`` is not given.
+AUTO_BATCH_TOKENS = 4000
+#: Expected answer length when the user sets no ``max_tokens``: used to reserve
+#: tokens and to size batches, then corrected from the response's usage.
+DEFAULT_ANSWER_TOKENS = 16
+#: Extra output tokens per packed row: the id key, quotes, colon and comma.
+PACKED_TOKENS_PER_ROW = 5
+#: How many times one row may be resent after its packed answer failed validation.
+MAX_RESENDS = 4
+#: Seconds between cache flushes while a run goes: a crash loses at most this much.
+FLUSH_SECONDS = 2.0
+
+_MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
+
+
+@dataclass
+class Job:
+    """One distinct prompt: the rows that share a key get one answer."""
+
+    key: str
+    values: dict[str, str]
+    rows: list[int]
+    item_tokens: int = -1
+    resends: int = 0
+
+
+@dataclass
+class RunResult:
+    answers: list[str | None]
+    errors: list[RowError]
+    report: RunReport
+
+
+@dataclass
+class _Batch:
+    jobs: list[Job]
+    max_items: int | None = None  # for resends: the size they must be split to
+
+
+@dataclass
+class _Run:
+    """The state of one run. Lives on one event loop; the limiter it uses is shared."""
+
+    template: Template
+    opts: Options
+    client: ChatClient
+    limiter: RateLimiter
+    tokenizer: Tokenizer
+    cache: AnswerCache | None
+    price: Price | None
+    report: RunReport
+    answers: list[str | None]
+    sleep: Callable[[float], Awaitable[None]]
+    progress: Any
+    pending: deque[Job] = field(default_factory=deque)
+    resend: deque[_Batch] = field(default_factory=deque)
+    cap: int = 1
+    max_batch_tokens: int = AUTO_BATCH_TOKENS
+    answer_tokens: int = DEFAULT_ANSWER_TOKENS
+    response_format: str = "json_schema"
+    fail_streak: int = 0
+    fatal: CallError | None = None
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    in_flight: int = 0
+    system_tokens: int = 0
+
+    # ---- planning -------------------------------------------------------------------
+    def item_tokens(self, job: Job) -> int:
+        if job.item_tokens < 0:
+            job.item_tokens = self.tokenizer.count(_packing.item_line(0, job.values)) + 1
+        return job.item_tokens
+
+    def take(self) -> _Batch | None:
+        """The next batch to send: resent rows first, then new rows up to the caps."""
+        if self.fatal is not None:
+            return None
+        if self.resend:
+            return self.resend.popleft()
+        if not self.pending:
+            return None
+        first = self.pending.popleft()
+        jobs = [first]
+        if self.cap > 1:
+            per_row_out = self.answer_tokens + PACKED_TOKENS_PER_ROW
+            budget = self.max_batch_tokens - self.system_tokens
+            used = self.item_tokens(first) + per_row_out
+            while self.pending and len(jobs) < self.cap:
+                cost = self.item_tokens(self.pending[0]) + per_row_out
+                if used + cost > budget:
+                    break
+                used += cost
+                jobs.append(self.pending.popleft())
+        return _Batch(jobs)
+
+    # ---- one request ----------------------------------------------------------------
+    def request_for(self, jobs: list[Job]) -> tuple[list[dict[str, str]], dict[str, Any], Any, int]:
+        params = dict(self.opts.params or {})
+        user_max = next((params[k] for k in _MAX_TOKEN_KEYS if params.get(k) is not None), None)
+        if len(jobs) == 1:
+            prompt = self.template.render(jobs[0].values)
+            messages = _packing.single_messages(prompt, self.opts.system)
+            out = int(user_max) if user_max is not None else self.answer_tokens
+            return messages, params, None, count_messages(messages, self.tokenizer) + out
+        messages = _packing.packed_messages(
+            self.template.text, self.opts.system, [j.values for j in jobs]
+        )
+        n = len(jobs)
+        if user_max is not None:
+            # The user's max_tokens is per answer; a packed reply holds n of them.
+            key = next(k for k in _MAX_TOKEN_KEYS if params.get(k) is not None)
+            params[key] = n * (int(user_max) + PACKED_TOKENS_PER_ROW) + 8
+            out = params[key]
+        else:
+            out = n * (self.answer_tokens + PACKED_TOKENS_PER_ROW) + 8
+        fmt: Any = None
+        if self.response_format == "json_schema":
+            fmt = _packing.answers_schema(n)
+        elif self.response_format == "json_object":
+            fmt = {"type": "json_object"}
+        return messages, params, fmt, count_messages(messages, self.tokenizer) + out
+
+    def estimate_cost(self, tokens: int) -> float:
+        if self.price is None:
+            return 0.0
+        # Input and output are not known apart before the call: price the worst case.
+        return tokens * max(self.price.input_per_1m, self.price.output_per_1m) / 1e6
+
+    async def process(self, batch: _Batch) -> None:
+        jobs = batch.jobs
+        if batch.max_items is not None and len(jobs) > batch.max_items:
+            for i in range(0, len(jobs), batch.max_items):
+                self.resend.append(_Batch(jobs[i : i + batch.max_items]))
+            return
+        messages, params, fmt, est = self.request_for(jobs)
+        mode = self.response_format
+        if not self.limiter.fits(est) or (len(jobs) > 1 and est > self.max_batch_tokens * 2):
+            if len(jobs) > 1:
+                self.split(jobs, len(jobs) // 2)
+                return
+            self.fail(
+                jobs,
+                "too_large",
+                f"the request needs ~{est} tokens, more than the TPM limit "
+                f"({self.limiter.tpm:.0f}); shorten this row or raise tpm=",
+            )
+            return
+        attempt = 0
+        while True:
+            if self.fatal is not None:
+                self.fail(jobs, self.fatal.kind, self.fatal.message, self.fatal.status)
+                return
+            est_cost = self.estimate_cost(est)
+            limit = self.opts.max_cost_usd
+            if limit is not None and self.spent_usd + self.reserved_usd + est_cost > limit:
+                self.report.budget_unsent_rows += sum(len(j.rows) for j in jobs)
+                self.fail(jobs, "budget", f"max_cost_usd={limit} reached before this row was sent")
+                return
+            self.reserved_usd += est_cost
+            try:
+                reservation = await self.limiter.acquire(est)
+                try:
+                    self.report.requests += 1
+                    done = await self.client.complete(
+                        messages, model=self.opts.model or "", params=params, response_format=fmt
+                    )
+                except CallError as err:
+                    if err.kind == "rate_limit":
+                        self.report.rate_limited += 1
+                        self.limiter.cancel(reservation)
+                        self.limiter.pause(
+                            err.retry_after if err.retry_after is not None else retry_delay(attempt, {})
+                        )
+                    elif err.kind == "timeout":
+                        self.limiter.settle(reservation, est)
+                    else:
+                        self.limiter.settle(reservation, 0)
+                    if err.headers:
+                        self.limiter.observe(err.headers)
+                    raise
+                except BaseException:
+                    self.limiter.cancel(reservation)
+                    raise
+                used = (done.prompt_tokens or 0) + (done.completion_tokens or 0)
+                # Learn the limits first, so the refund is paced by them.
+                self.limiter.observe(done.headers)
+                self.limiter.settle(reservation, used if used else est)
+            except CallError as err:
+                if self.handle_error(err, jobs, mode):
+                    attempt += 1
+                    if attempt < self.opts.max_attempts:
+                        self.report.retries += 1
+                        delay = 0.0 if err.kind == "rate_limit" else retry_delay(attempt - 1, err.headers)
+                        await self.sleep(delay)
+                        continue
+                    self.fail(jobs, err.kind, f"{err.message} (gave up after {attempt} attempts)", err.status)
+                return
+            finally:
+                self.reserved_usd -= est_cost
+            self.accept(jobs, done)
+            return
+
+    def handle_error(self, err: CallError, jobs: list[Job], mode: str) -> bool:
+        """Deal with a failed attempt; True means "try the same request again"."""
+        if err.kind == "auth":
+            if self.fatal is None:
+                self.fatal = err
+            self.fail(jobs, err.kind, err.message, err.status)
+            return False
+        if err.status == 400 and len(jobs) > 1 and mode != "text" and "response_format" in err.message:
+            # The endpoint rejects this structured-output mode: step down once for the run
+            # (requests already in flight with the same mode fail too; they must not step twice).
+            if self.response_format == mode:
+                self.response_format = "json_object" if mode == "json_schema" else "text"
+            self.resend.append(_Batch(jobs))
+            return False
+        if err.kind == "too_large" and len(jobs) > 1:
+            self.split(jobs, len(jobs) // 2)
+            return False
+        if err.retryable:
+            return True
+        self.fail(jobs, err.kind, err.message, err.status)
+        return False
+
+    def accept(self, jobs: list[Job], done: Completion) -> None:
+        self.report.latencies.append(done.latency)
+        prompt = done.prompt_tokens or 0
+        completion = done.completion_tokens or 0
+        cost = None if self.price is None else self.price.cost(prompt, completion)
+        self.report.add_usage(prompt, completion, cost)
+        if cost is not None:
+            self.spent_usd += cost
+        n = len(jobs)
+        shares = _shares(prompt, n), _shares(completion, n)
+        truncated = done.finish_reason == "length"
+        if n == 1:
+            answer = parse_single(done.content)
+            if truncated:
+                self.fail(
+                    jobs,
+                    "truncated",
+                    "answer cut off at max_tokens (finish_reason=length); raise params['max_tokens']",
+                    record_usage=(shares[0][0], shares[1][0], cost, done.request_id),
+                )
+            elif answer is None:
+                self.retry_rows(jobs, {0: "empty answer"}, 1)
+            else:
+                self.finish(jobs[0], answer, shares[0][0], shares[1][0], cost, done.request_id)
+            return
+        parsed = parse_packed(done.content, n, truncated=truncated)
+        for i, answer in parsed.answers.items():
+            row_cost = None if cost is None else cost / n
+            self.finish(jobs[i], answer, shares[0][i], shares[1][i], row_cost, done.request_id)
+        if parsed.failed:
+            self.fail_streak += 1
+            if self.fail_streak >= 2 and self.cap > 1:
+                # Packed answers keep failing validation: this model/task needs smaller batches.
+                self.cap = max(1, self.cap // 2)
+                self.fail_streak = 0
+            self.retry_rows(jobs, parsed.failed, n)
+        else:
+            self.fail_streak = 0
+
+    def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int) -> None:
+        again: list[Job] = []
+        for i, reason in failed.items():
+            job = jobs[i]
+            job.resends += 1
+            if job.resends > MAX_RESENDS:
+                self.fail([job], "invalid_answer", f"no valid answer after {job.resends} tries ({reason})")
+            else:
+                again.append(job)
+        if again:
+            self.report.resent_rows += sum(len(j.rows) for j in again)
+            self.split(again, max(1, n // 2))
+
+    def split(self, jobs: list[Job], size: int) -> None:
+        size = max(1, size)
+        for i in range(0, len(jobs), size):
+            self.resend.append(_Batch(jobs[i : i + size]))
+
+    def finish(
+        self,
+        job: Job,
+        answer: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float | None,
+        request_id: str | None,
+    ) -> None:
+        for row in job.rows:
+            self.answers[row] = answer
+        self.report.answered_rows += len(job.rows)
+        self.progress.update(len(job.rows))
+        if self.cache is not None:
+            self.cache.add(
+                [
+                    CacheRecord(
+                        key=job.key,
+                        model=self.opts.model or "",
+                        template_hash=self.template.hash,
+                        answer=answer,
+                        status="ok",
+                        error=None,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        cost_usd=cost,
+                        created=datetime.now(timezone.utc),
+                        request_id=request_id,
+                    )
+                ]
+            )
+
+    def fail(
+        self,
+        jobs: Sequence[Job],
+        kind: str,
+        message: str,
+        status: int | None = None,
+        *,
+        record_usage: tuple[int, int, float | None, str | None] | None = None,
+    ) -> None:
+        records = []
+        for job in jobs:
+            for row in job.rows:
+                self.report.errors.append(RowError(row, kind, message, status))
+            self.progress.update(len(job.rows))
+            # Budget stops and cancellations say nothing about the row: do not store them.
+            if self.cache is not None and kind not in ("budget", "cancelled", "auth"):
+                p, c, cost, rid = record_usage or (0, 0, None, None)
+                records.append(
+                    CacheRecord(
+                        key=job.key,
+                        model=self.opts.model or "",
+                        template_hash=self.template.hash,
+                        answer=None,
+                        status="error",
+                        error=f"{kind}: {message}",
+                        prompt_tokens=p,
+                        completion_tokens=c,
+                        cost_usd=cost,
+                        created=datetime.now(timezone.utc),
+                        request_id=rid,
+                    )
+                )
+        if records and self.cache is not None:
+            self.cache.add(records)
+
+    # ---- the worker pool ------------------------------------------------------------
+    async def drain(self) -> None:
+        cond = asyncio.Condition()
+
+        async def worker() -> None:
+            while True:
+                async with cond:
+                    while True:
+                        batch = self.take()
+                        if batch is not None:
+                            self.in_flight += 1
+                            break
+                        if self.in_flight == 0:
+                            cond.notify_all()
+                            return
+                        await cond.wait()
+                try:
+                    await self.process(batch)
+                finally:
+                    async with cond:
+                        self.in_flight -= 1
+                        cond.notify_all()
+
+        n_workers = max(1, self.opts.max_concurrency)
+        await asyncio.gather(*(worker() for _ in range(n_workers)))
+
+
+def _shares(total: int, n: int) -> list[int]:
+    """Split ``total`` tokens over ``n`` rows so that the shares add up exactly."""
+    base, extra = divmod(total, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", desc="llmframe", dynamic_ncols=True)
+
+
+def _batch_cap(opts: Options, template: Template) -> int:
+    if "id" in template.fields:
+        warnings.warn(
+            "llmframe: the template uses a field named 'id', which packed requests use for "
+            "their own row ids; sending one row per request. Rename the column to pack.",
+            stacklevel=4,
+        )
+        return 1
+    if isinstance(opts.batch_size, int):
+        return opts.batch_size
+    return AUTO_BATCH_ITEMS
+
+
+async def run(
+    columns: Mapping[str, Sequence[Any]],
+    n_rows: int,
+    template: Template,
+    opts: Options,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    limiter: RateLimiter | None = None,
+) -> RunResult:
+    """Answer every row; see the module docstring for the path one call takes."""
+    start = time.monotonic()
+    model = opts.model or ""
+    report = RunReport(model=model, rows=n_rows)
+    answers: list[str | None] = [None] * n_rows
+
+    # 1-2: render field values and key every row.
+    rendered = [
+        [None if is_null(v) else render_value(v) for v in columns[f]] for f in template.fields
+    ]
+    prefix = call_prefix(
+        model=model, template=template.text, system=opts.system, params=opts.params
+    )
+    keys = row_keys(prefix, rendered)
+
+    jobs: dict[str, Job] = {}
+    for row, key in enumerate(keys):
+        if key is None:
+            report.null_rows += 1
+            continue
+        job = jobs.get(key)
+        if job is None:
+            jobs[key] = Job(key, {f: rendered[i][row] for i, f in enumerate(template.fields)}, [row])  # type: ignore[misc]
+        else:
+            job.rows.append(row)
+            report.duplicate_rows += 1
+
+    # 3: the cache.
+    cache_dir = resolve_cache_dir(opts.cache)
+    cache = AnswerCache(cache_dir, flush_seconds=FLUSH_SECONDS) if cache_dir is not None else None
+    todo: list[Job] = list(jobs.values())
+    if cache is not None and todo:
+        hits = cache.lookup([j.key for j in todo])
+        missing = []
+        for job, hit in zip(todo, hits, strict=True):
+            if hit is None:
+                missing.append(job)
+            else:
+                for row in job.rows:
+                    answers[row] = hit
+                report.cached_rows += len(job.rows)
+        todo = missing
+
+    progress = _progress(n_rows, opts.progress)
+    progress.update(report.cached_rows + report.null_rows)
+    tokenizer = get_tokenizer(model)
+    client = ChatClient(
+        client=opts.client,
+        base_url=opts.base_url,
+        api_key=opts.api_key,
+        timeout=opts.timeout,
+        max_connections=max(100, opts.max_concurrency),
+    )
+    state = _Run(
+        template=template,
+        opts=opts,
+        client=client,
+        limiter=limiter
+        or shared_limiter(client.base_url, client.api_key, model, rpm=opts.rpm, tpm=opts.tpm),
+        tokenizer=tokenizer,
+        cache=cache,
+        price=price_for(model, opts.prices),
+        report=report,
+        answers=answers,
+        sleep=sleep,
+        progress=progress,
+        pending=deque(todo),
+        cap=_batch_cap(opts, template),
+        max_batch_tokens=opts.max_batch_tokens or AUTO_BATCH_TOKENS,
+        response_format=opts.response_format if opts.response_format != "auto" else "json_schema",
+    )
+    params = opts.params or {}
+    user_max = next((params[k] for k in _MAX_TOKEN_KEYS if params.get(k) is not None), None)
+    if user_max is not None:
+        state.answer_tokens = int(user_max)
+    if state.cap > 1:
+        system_text = _packing.packed_system(template.text, opts.system)
+        state.system_tokens = count_messages(
+            [{"role": "system", "content": system_text}, {"role": "user", "content": ""}], tokenizer
+        )
+
+    flusher: asyncio.Task[None] | None = None
+    if cache is not None:
+
+        async def flush_periodically() -> None:
+            while True:
+                await asyncio.sleep(FLUSH_SECONDS / 2)
+                cache.flush_if_due()
+
+        flusher = asyncio.ensure_future(flush_periodically())
+    try:
+        if todo:
+            await state.drain()
+    except BaseException:
+        # Interrupted (Ctrl-C, cancellation): rows not finished are reported, finished ones are cached below.
+        done = {e.row for e in report.errors}
+        for job in state.pending:
+            for row in job.rows:
+                if row not in done:
+                    report.errors.append(RowError(row, "cancelled", "the run was interrupted"))
+        raise
+    finally:
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await flusher
+        if cache is not None:
+            cache.close()
+        progress.close()
+        with contextlib.suppress(Exception):
+            await client.aclose()
+        report.batch_size_final = state.cap
+        report.finish(time.monotonic() - start)
+        set_last_report(report)
+
+    errors = sorted(report.errors, key=lambda e: e.row)
+    if state.fatal is not None and state.fatal.kind == "auth":
+        raise AuthenticationError(state.fatal.message, errors, report)
+    if errors and opts.errors == "raise":
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
+        raise RunError(
+            f"{len(errors)} of {n_rows} rows failed ({kinds}); first: {errors[0]}. "
+            "Every other row was answered and cached; run again to retry only the failed rows.",
+            errors,
+            report,
+        )
+    return RunResult(answers, errors, report)

@@ -1,0 +1,59 @@
+"""Prices in USD per million tokens, and what a run costs.
+
+Each price carries the date it was taken; prices change, so pass your own with
+``prices={"my-model": (input_per_1m, output_per_1m)}`` (or via ``configure``).
+An unknown model's cost is ``None`` ("unknown"), never zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["PRICES", "Price", "cost_usd", "price_for"]
+
+
+@dataclass(frozen=True)
+class Price:
+    input_per_1m: float
+    output_per_1m: float
+    as_of: str  # the date the price was taken
+    source: str = "OpenAI API pricing page (standard tier, live API)"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+
+
+# Standard (non-Batch-API) prices. The Batch API bills half of these.
+PRICES: dict[str, Price] = {
+    "gpt-4o-mini": Price(0.15, 0.60, "2025-08-07"),
+    "gpt-4o": Price(2.50, 10.00, "2025-08-07"),
+    "gpt-4.1": Price(2.00, 8.00, "2025-08-07"),
+    "gpt-4.1-mini": Price(0.40, 1.60, "2025-08-07"),
+    "gpt-4.1-nano": Price(0.10, 0.40, "2025-08-07"),
+    "gpt-5": Price(1.25, 10.00, "2025-08-07"),
+    "gpt-5-mini": Price(0.25, 2.00, "2025-08-07"),
+    "gpt-5-nano": Price(0.05, 0.40, "2025-08-07"),
+    "o4-mini": Price(1.10, 4.40, "2025-08-07"),
+    "gpt-3.5-turbo": Price(0.50, 1.50, "2025-08-07"),
+}
+
+
+def price_for(model: str, prices: Mapping[str, tuple[float, float] | Price] | None = None) -> Price | None:
+    """The price of ``model``: the user's table first, then ours; dated snapshots
+    (``gpt-4o-mini-2024-07-18``) match their family by the longest prefix."""
+    tables: list[Mapping[str, tuple[float, float] | Price]] = [prices] if prices else []
+    tables.append(PRICES)
+    for table in tables:
+        best = ""
+        for name in table:
+            if (model == name or model.startswith(name + "-")) and len(name) > len(best):
+                best = name
+        if best:
+            p = table[best]
+            return p if isinstance(p, Price) else Price(float(p[0]), float(p[1]), "given", "user")
+    return None
+
+
+def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    return None if price is None else price.cost(prompt_tokens, completion_tokens)

@@ -1,0 +1,109 @@
+"""The run report: what one ``apply`` did, cost and took."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ._errors import RowError
+
+__all__ = ["RunReport", "last_report"]
+
+log = logging.getLogger("llmframe")
+
+_last: RunReport | None = None
+_last_lock = threading.Lock()
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class RunReport:
+    """Counters of one run. ``print(report)`` shows a summary; ``to_dict()`` every field."""
+
+    model: str = ""
+    rows: int = 0
+    cached_rows: int = 0
+    duplicate_rows: int = 0  # rows answered by another row with the same key in this call
+    null_rows: int = 0  # rows with a null in a template field: null answer, no request
+    answered_rows: int = 0
+    failed_rows: int = 0
+    requests: int = 0  # HTTP requests sent, retries included
+    retries: int = 0
+    rate_limited: int = 0  # 429 answers
+    resent_rows: int = 0  # rows sent again because a packed answer did not validate
+    budget_unsent_rows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    seconds: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)  # by kind
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    batch_size_final: int | None = None
+    errors: list[RowError] = field(default_factory=list, repr=False)
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def add_usage(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
+        # Called from the run's event loop only, so no lock is needed.
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if cost is None or self.cost_usd is None:
+            self.cost_usd = None
+        else:
+            self.cost_usd += cost
+
+    def finish(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.failed_rows = len(self.errors)
+        self.failures = dict(Counter(e.kind for e in self.errors))
+        self.latency_p50 = _percentile(self.latencies, 0.5)
+        self.latency_p95 = _percentile(self.latencies, 0.95)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("latencies", None)
+        d["errors"] = [asdict(e) for e in self.errors]
+        d["rows_per_second"] = self.rows_per_second
+        return d
+
+    def summary(self) -> str:
+        cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        fails = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
+        p50 = "-" if self.latency_p50 is None else f"{self.latency_p50:.2f}s"
+        p95 = "-" if self.latency_p95 is None else f"{self.latency_p95:.2f}s"
+        return (
+            f"llmframe: {self.rows} rows ({self.cached_rows} cached, {self.answered_rows} answered, "
+            f"{self.failed_rows} failed: {fails}) in {self.seconds:.1f}s ({self.rows_per_second:.1f} rows/s); "
+            f"{self.requests} requests, {self.retries} retries, {self.rate_limited} rate-limited; "
+            f"tokens {self.prompt_tokens} in / {self.completion_tokens} out; cost {cost}; "
+            f"latency p50 {p50} p95 {p95}"
+        )
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def set_last_report(report: RunReport) -> None:
+    global _last
+    with _last_lock:
+        _last = report
+    log.info(report.summary())
+
+
+def last_report() -> RunReport | None:
+    """The report of the most recent ``apply`` in this process (``None`` before the first)."""
+    return _last

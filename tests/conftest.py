@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import polars as pl
+import pytest
+
+import llmframe
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    """Each test starts from the built-in defaults, with its own cache folder and no key."""
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLMFRAME_MODEL", "LLMFRAME_RPM", "LLMFRAME_TPM"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LLMFRAME_CACHE_DIR", str(tmp_path / "cache"))
+    llmframe.configure(reset=True)
+    yield
+    llmframe.configure(reset=True)
+
+
+@pytest.fixture(params=["pandas", "polars"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_frame(backend: str) -> Callable[[dict[str, list[Any]]], Any]:
+    def make(data: dict[str, list[Any]]) -> Any:
+        return pd.DataFrame(data) if backend == "pandas" else pl.DataFrame(data, strict=False)
+
+    return make
+
+
+def column(df: Any, name: str) -> list[Any]:
+    """A column as a list with nulls as None, for either backend."""
+    if isinstance(df, pd.DataFrame):
+        return [None if pd.isna(v) else v for v in df[name].tolist()]
+    return list(df.get_column(name).to_list())
