@@ -10,7 +10,7 @@ limiter, cached in parquet, and written back as a new column.
 
 from __future__ import annotations
 
-from ._api import aapply, apply
+from ._api import ApplyOptions, aapply, aestimate, apply, estimate
 from ._cache import read_cache
 from ._config import configure
 from ._errors import (
@@ -22,23 +22,31 @@ from ._errors import (
     RunError,
     TemplateError,
 )
+from ._estimate import Estimate
+from ._pricing import PRICES, Price
 from ._report import RunReport, last_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRICES",
+    "ApplyOptions",
     "AuthenticationError",
     "CacheError",
     "ConfigError",
+    "Estimate",
     "LLMFrameError",
+    "Price",
     "RowError",
     "RunError",
     "RunReport",
     "TemplateError",
     "__version__",
     "aapply",
+    "aestimate",
     "apply",
     "configure",
+    "estimate",
     "last_report",
     "read_cache",
 ]

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from . import _packing
 from ._cache import AnswerCache, CacheRecord, resolve_cache_dir
@@ -37,7 +38,7 @@ from ._config import Options
 from ._errors import AuthenticationError, RowError, RunError
 from ._keys import call_prefix, row_keys
 from ._limiter import RateLimiter, shared_limiter
-from ._parse import parse_packed, parse_single
+from ._parse import normalize, parse_packed, parse_single
 from ._pricing import Price, price_for
 from ._report import RunReport, set_last_report
 from ._retry import retry_delay
@@ -74,6 +75,7 @@ class Job:
     rows: list[int]
     item_tokens: int = -1
     resends: int = 0
+    done: bool = False
 
 
 @dataclass
@@ -86,7 +88,28 @@ class RunResult:
 @dataclass
 class _Batch:
     jobs: list[Job]
-    max_items: int | None = None  # for resends: the size they must be split to
+    canaries: bool = True  # False: send without canaries (the request would be too large)
+    warmup: bool = False  # a single row sent first to learn canary answers
+
+
+@dataclass
+class _Request:
+    """One request as it will be sent, with its token estimate."""
+
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    response_format: Any
+    input_tokens: int  # exact (tiktoken over the messages as sent)
+    output_tokens: int  # expected: max_tokens if set, else the running answer-length guess
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+#: The structured-output mode that worked per (base_url, model), so later runs in
+#: the process do not pay a rejected request to find it again.
+_FORMAT_MEMORY: dict[tuple[str, str], str] = {}
 
 
 @dataclass
@@ -116,6 +139,14 @@ class _Run:
     reserved_usd: float = 0.0
     in_flight: int = 0
     system_tokens: int = 0
+    format_key: tuple[str, str] = ("", "")
+    # Canaries: rows whose one-row answer is known, by key.
+    known: dict[str, str] = field(default_factory=dict)
+    known_keys: list[str] = field(default_factory=list)
+    known_jobs: dict[str, Job] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    warmup: int = 0  # rows still to send alone before packing starts (to seed canaries)
+    warmup_active: int = 0
 
     # ---- planning -------------------------------------------------------------------
     def item_tokens(self, job: Job) -> int:
@@ -131,8 +162,16 @@ class _Run:
             return self.resend.popleft()
         if not self.pending:
             return None
+        if self.warmup == 0 and self.warmup_active and not self.known:
+            return None  # packed batches wait until the first canary answer is known
         first = self.pending.popleft()
         jobs = [first]
+        if self.warmup > 0:
+            # With canaries on and none known yet, the first rows go alone: their answers
+            # are real answers for the output and the canaries for every later batch.
+            self.warmup -= 1
+            self.warmup_active += 1
+            return _Batch(jobs, warmup=True)
         if self.cap > 1:
             per_row_out = self.answer_tokens + PACKED_TOKENS_PER_ROW
             budget = self.max_batch_tokens - self.system_tokens
@@ -146,14 +185,14 @@ class _Run:
         return _Batch(jobs)
 
     # ---- one request ----------------------------------------------------------------
-    def request_for(self, jobs: list[Job]) -> tuple[list[dict[str, str]], dict[str, Any], Any, int]:
+    def request_for(self, jobs: list[Job]) -> _Request:
         params = dict(self.opts.params or {})
         user_max = next((params[k] for k in _MAX_TOKEN_KEYS if params.get(k) is not None), None)
         if len(jobs) == 1:
             prompt = self.template.render(jobs[0].values)
             messages = _packing.single_messages(prompt, self.opts.system)
             out = int(user_max) if user_max is not None else self.answer_tokens
-            return messages, params, None, count_messages(messages, self.tokenizer) + out
+            return _Request(messages, params, None, count_messages(messages, self.tokenizer), out)
         messages = _packing.packed_messages(
             self.template.text, self.opts.system, [j.values for j in jobs]
         )
@@ -170,25 +209,35 @@ class _Run:
             fmt = _packing.answers_schema(n)
         elif self.response_format == "json_object":
             fmt = {"type": "json_object"}
-        return messages, params, fmt, count_messages(messages, self.tokenizer) + out
+        return _Request(messages, params, fmt, count_messages(messages, self.tokenizer), out)
 
-    def estimate_cost(self, tokens: int) -> float:
+    def estimate_cost(self, request: _Request) -> float:
         if self.price is None:
             return 0.0
-        # Input and output are not known apart before the call: price the worst case.
-        return tokens * max(self.price.input_per_1m, self.price.output_per_1m) / 1e6
+        return self.price.cost(request.input_tokens, request.output_tokens)
 
     async def process(self, batch: _Batch) -> None:
-        jobs = batch.jobs
-        if batch.max_items is not None and len(jobs) > batch.max_items:
-            for i in range(0, len(jobs), batch.max_items):
-                self.resend.append(_Batch(jobs[i : i + batch.max_items]))
-            return
-        messages, params, fmt, est = self.request_for(jobs)
+        try:
+            await self.send(batch.jobs, batch.canaries)
+        except Exception as exc:  # a bug must cost its rows, never the run
+            unfinished = [j for j in batch.jobs if not j.done]
+            self.fail(unfinished, "internal", f"unexpected {type(exc).__name__}: {exc}")
+        finally:
+            if batch.warmup:
+                self.warmup_active -= 1
+
+    async def send(self, jobs: list[Job], use_canaries: bool = True) -> None:
+        canaries = self.pick_canaries(jobs) if use_canaries else []
+        sent = jobs + canaries
+        request = self.request_for(sent)
         mode = self.response_format
-        if not self.limiter.fits(est) or (len(jobs) > 1 and est > self.max_batch_tokens * 2):
+        est = request.tokens
+        if not self.limiter.fits(est) or (len(sent) > 1 and est > self.max_batch_tokens * 2):
             if len(jobs) > 1:
                 self.split(jobs, len(jobs) // 2)
+                return
+            if canaries:
+                self.resend.append(_Batch(jobs, canaries=False))
                 return
             self.fail(
                 jobs,
@@ -202,11 +251,15 @@ class _Run:
             if self.fatal is not None:
                 self.fail(jobs, self.fatal.kind, self.fatal.message, self.fatal.status)
                 return
-            est_cost = self.estimate_cost(est)
+            est_cost = self.estimate_cost(request)
             limit = self.opts.max_cost_usd
             if limit is not None and self.spent_usd + self.reserved_usd + est_cost > limit:
                 self.report.budget_unsent_rows += sum(len(j.rows) for j in jobs)
-                self.fail(jobs, "budget", f"max_cost_usd={limit} reached before this row was sent")
+                self.fail(
+                    jobs,
+                    "budget",
+                    f"max_cost_usd={limit} reached (spent ${self.spent_usd:.4f}) before this row was sent",
+                )
                 return
             self.reserved_usd += est_cost
             try:
@@ -214,7 +267,10 @@ class _Run:
                 try:
                     self.report.requests += 1
                     done = await self.client.complete(
-                        messages, model=self.opts.model or "", params=params, response_format=fmt
+                        request.messages,
+                        model=self.opts.model or "",
+                        params=request.params,
+                        response_format=request.response_format,
                     )
                 except CallError as err:
                     if err.kind == "rate_limit":
@@ -238,7 +294,7 @@ class _Run:
                 self.limiter.observe(done.headers)
                 self.limiter.settle(reservation, used if used else est)
             except CallError as err:
-                if self.handle_error(err, jobs, mode):
+                if self.handle_error(err, jobs, canaries, mode):
                     attempt += 1
                     if attempt < self.opts.max_attempts:
                         self.report.retries += 1
@@ -249,17 +305,20 @@ class _Run:
                 return
             finally:
                 self.reserved_usd -= est_cost
-            self.accept(jobs, done)
+            if len(sent) > 1:
+                _FORMAT_MEMORY[self.format_key] = mode
+            self.accept(jobs, canaries, done)
             return
 
-    def handle_error(self, err: CallError, jobs: list[Job], mode: str) -> bool:
+    def handle_error(self, err: CallError, jobs: list[Job], canaries: list[Job], mode: str) -> bool:
         """Deal with a failed attempt; True means "try the same request again"."""
         if err.kind == "auth":
             if self.fatal is None:
                 self.fatal = err
             self.fail(jobs, err.kind, err.message, err.status)
             return False
-        if err.status == 400 and len(jobs) > 1 and mode != "text" and "response_format" in err.message:
+        packed = len(jobs) + len(canaries) > 1
+        if err.status == 400 and packed and mode != "text" and "response_format" in err.message:
             # The endpoint rejects this structured-output mode: step down once for the run
             # (requests already in flight with the same mode fail too; they must not step twice).
             if self.response_format == mode:
@@ -274,7 +333,7 @@ class _Run:
         self.fail(jobs, err.kind, err.message, err.status)
         return False
 
-    def accept(self, jobs: list[Job], done: Completion) -> None:
+    def accept(self, jobs: list[Job], canaries: list[Job], done: Completion) -> None:
         self.report.latencies.append(done.latency)
         prompt = done.prompt_tokens or 0
         completion = done.completion_tokens or 0
@@ -282,8 +341,10 @@ class _Run:
         self.report.add_usage(prompt, completion, cost)
         if cost is not None:
             self.spent_usd += cost
-        n = len(jobs)
+        self.show_progress()
+        n = len(jobs) + len(canaries)
         shares = _shares(prompt, n), _shares(completion, n)
+        row_cost = None if cost is None else cost / n
         truncated = done.finish_reason == "length"
         if n == 1:
             answer = parse_single(done.content)
@@ -298,20 +359,66 @@ class _Run:
                 self.retry_rows(jobs, {0: "empty answer"}, 1)
             else:
                 self.finish(jobs[0], answer, shares[0][0], shares[1][0], cost, done.request_id)
+                self.learn_canary(jobs[0], answer)
             return
         parsed = parse_packed(done.content, n, truncated=truncated)
+        if canaries:
+            wrong = [
+                c for i, c in enumerate(canaries, start=len(jobs))
+                if i not in parsed.answers or normalize(parsed.answers[i]) != normalize(self.known[c.key])
+            ]  # fmt: skip
+            if wrong:
+                # A canary's packed answer differs from its one-row answer: the batch's answers
+                # may be shifted or guessed, so none of them is trusted.
+                self.report.canary_failures += 1
+                self.fail_streak += 1
+                self.shrink_if_failing()
+                self.retry_rows(
+                    jobs, dict.fromkeys(range(len(jobs)), "a canary row's answer was wrong"), len(jobs)
+                )
+                return
         for i, answer in parsed.answers.items():
-            row_cost = None if cost is None else cost / n
-            self.finish(jobs[i], answer, shares[0][i], shares[1][i], row_cost, done.request_id)
+            if i < len(jobs):
+                self.finish(jobs[i], answer, shares[0][i], shares[1][i], row_cost, done.request_id)
+        failed = {i: r for i, r in parsed.failed.items() if i < len(jobs)}
         if parsed.failed:
             self.fail_streak += 1
-            if self.fail_streak >= 2 and self.cap > 1:
-                # Packed answers keep failing validation: this model/task needs smaller batches.
-                self.cap = max(1, self.cap // 2)
-                self.fail_streak = 0
-            self.retry_rows(jobs, parsed.failed, n)
+            self.shrink_if_failing()
+            if failed:
+                self.retry_rows(jobs, failed, len(jobs))
         else:
             self.fail_streak = 0
+
+    def shrink_if_failing(self) -> None:
+        if self.fail_streak >= 2 and self.cap > 1:
+            # Packed answers keep failing validation: this model/task needs smaller batches.
+            self.cap = max(1, self.cap // 2)
+            self.fail_streak = 0
+
+    def pick_canaries(self, jobs: list[Job]) -> list[Job]:
+        """Rows with a known one-row answer, added to a packed request as a check."""
+        want = self.opts.canaries
+        if not want or len(jobs) < 2 or not self.known:
+            return []
+        keys = {j.key for j in jobs}
+        pool = [k for k in self.known_keys if k not in keys]
+        if not pool:
+            return []
+        chosen = self.rng.sample(pool, min(want, len(pool)))
+        return [self.known_jobs[k] for k in chosen]
+
+    def learn_canary(self, job: Job, answer: str) -> None:
+        if self.opts.canaries and job.key not in self.known:
+            self.known[job.key] = answer
+            self.known_keys.append(job.key)
+            self.known_jobs[job.key] = Job(job.key, job.values, [])
+
+    def show_progress(self) -> None:
+        cost = "?" if self.report.cost_usd is None else f"${self.report.cost_usd:.4f}"
+        self.progress.set_postfix_str(
+            f"cached {self.report.cached_rows}, tok {self.report.prompt_tokens + self.report.completion_tokens:,}, {cost}",
+            refresh=False,
+        )
 
     def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int) -> None:
         again: list[Job] = []
@@ -340,6 +447,7 @@ class _Run:
         cost: float | None,
         request_id: str | None,
     ) -> None:
+        job.done = True
         for row in job.rows:
             self.answers[row] = answer
         self.report.answered_rows += len(job.rows)
@@ -374,6 +482,7 @@ class _Run:
     ) -> None:
         records = []
         for job in jobs:
+            job.done = True
             for row in job.rows:
                 self.report.errors.append(RowError(row, kind, message, status))
             self.progress.update(len(job.rows))
@@ -422,7 +531,15 @@ class _Run:
                         cond.notify_all()
 
         n_workers = max(1, self.opts.max_concurrency)
-        await asyncio.gather(*(worker() for _ in range(n_workers)))
+        tasks = [asyncio.ensure_future(worker()) for _ in range(n_workers)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # Cancelled (Ctrl-C): stop every worker, not just the one that saw it.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
 
 def _shares(total: int, n: int) -> list[int]:
@@ -433,6 +550,9 @@ def _shares(total: int, n: int) -> list[int]:
 
 class _NoProgress:
     def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         pass
 
     def close(self) -> None:
@@ -460,17 +580,19 @@ def _batch_cap(opts: Options, template: Template) -> int:
     return AUTO_BATCH_ITEMS
 
 
-async def run(
-    columns: Mapping[str, Sequence[Any]],
-    n_rows: int,
-    template: Template,
-    opts: Options,
-    *,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    limiter: RateLimiter | None = None,
-) -> RunResult:
-    """Answer every row; see the module docstring for the path one call takes."""
-    start = time.monotonic()
+@dataclass
+class Prepared:
+    """Steps 1-3 of a run: rows rendered, keyed, deduplicated and looked up in the cache."""
+
+    report: RunReport
+    answers: list[str | None]
+    todo: list[Job]
+    cache: AnswerCache | None
+
+
+def prepare(
+    columns: Mapping[str, Sequence[Any]], n_rows: int, template: Template, opts: Options
+) -> Prepared:
     model = opts.model or ""
     report = RunReport(model=model, rows=n_rows)
     answers: list[str | None] = [None] * n_rows
@@ -511,35 +633,45 @@ async def run(
                     answers[row] = hit
                 report.cached_rows += len(job.rows)
         todo = missing
+    return Prepared(report, answers, todo, cache)
 
-    progress = _progress(n_rows, opts.progress)
-    progress.update(report.cached_rows + report.null_rows)
+
+def new_run(
+    prepared: Prepared,
+    template: Template,
+    opts: Options,
+    *,
+    client: Any,
+    limiter: RateLimiter | None,
+    progress: Any = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> _Run:
+    """The state of a run (or of an estimate, which plans the same batches but sends none)."""
+    model = opts.model or ""
     tokenizer = get_tokenizer(model)
-    client = ChatClient(
-        client=opts.client,
-        base_url=opts.base_url,
-        api_key=opts.api_key,
-        timeout=opts.timeout,
-        max_connections=max(100, opts.max_concurrency),
-    )
     state = _Run(
         template=template,
         opts=opts,
         client=client,
-        limiter=limiter
-        or shared_limiter(client.base_url, client.api_key, model, rpm=opts.rpm, tpm=opts.tpm),
+        limiter=cast(RateLimiter, limiter),  # None only for estimates, which never send
         tokenizer=tokenizer,
-        cache=cache,
+        cache=prepared.cache,
         price=price_for(model, opts.prices),
-        report=report,
-        answers=answers,
+        report=prepared.report,
+        answers=prepared.answers,
         sleep=sleep,
-        progress=progress,
-        pending=deque(todo),
+        progress=progress or _NoProgress(),
+        pending=deque(prepared.todo),
         cap=_batch_cap(opts, template),
         max_batch_tokens=opts.max_batch_tokens or AUTO_BATCH_TOKENS,
         response_format=opts.response_format if opts.response_format != "auto" else "json_schema",
     )
+    base_url = client.base_url if client is not None else ""
+    state.format_key = (base_url, model)
+    if opts.response_format == "auto" and state.format_key in _FORMAT_MEMORY:
+        state.response_format = _FORMAT_MEMORY[state.format_key]
+    if opts.canaries and state.cap > 1:
+        state.warmup = min(len(prepared.todo), max(4, 2 * opts.canaries))
     params = opts.params or {}
     user_max = next((params[k] for k in _MAX_TOKEN_KEYS if params.get(k) is not None), None)
     if user_max is not None:
@@ -549,6 +681,42 @@ async def run(
         state.system_tokens = count_messages(
             [{"role": "system", "content": system_text}, {"role": "user", "content": ""}], tokenizer
         )
+    return state
+
+
+async def run(
+    columns: Mapping[str, Sequence[Any]],
+    n_rows: int,
+    template: Template,
+    opts: Options,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    limiter: RateLimiter | None = None,
+) -> RunResult:
+    """Answer every row; see the module docstring for the path one call takes."""
+    start = time.monotonic()
+    model = opts.model or ""
+    prepared = prepare(columns, n_rows, template, opts)
+    report, cache, todo = prepared.report, prepared.cache, prepared.todo
+    progress = _progress(n_rows, opts.progress)
+    progress.update(report.cached_rows + report.null_rows)
+    client = ChatClient(
+        client=opts.client,
+        base_url=opts.base_url,
+        api_key=opts.api_key,
+        timeout=opts.timeout,
+        max_connections=max(100, opts.max_concurrency),
+    )
+    state = new_run(
+        prepared,
+        template,
+        opts,
+        client=client,
+        limiter=limiter
+        or shared_limiter(client.base_url, client.api_key, model, rpm=opts.rpm, tpm=opts.tpm),
+        progress=progress,
+        sleep=sleep,
+    )
 
     flusher: asyncio.Task[None] | None = None
     if cache is not None:
@@ -564,11 +732,10 @@ async def run(
             await state.drain()
     except BaseException:
         # Interrupted (Ctrl-C, cancellation): rows not finished are reported, finished ones are cached below.
-        done = {e.row for e in report.errors}
-        for job in state.pending:
-            for row in job.rows:
-                if row not in done:
-                    report.errors.append(RowError(row, "cancelled", "the run was interrupted"))
+        for job in todo:
+            if not job.done:
+                job.done = True
+                report.errors.extend(RowError(r, "cancelled", "the run was interrupted") for r in job.rows)
         raise
     finally:
         if flusher is not None:
@@ -595,4 +762,4 @@ async def run(
             errors,
             report,
         )
-    return RunResult(answers, errors, report)
+    return RunResult(prepared.answers, errors, report)

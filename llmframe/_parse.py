@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PackedAnswers", "parse_packed", "parse_single"]
+__all__ = ["PackedAnswers", "normalize", "parse_packed", "parse_single"]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
@@ -131,3 +131,16 @@ def parse_packed(content: str | None, n_items: int, *, truncated: bool = False) 
 def parse_single(content: str | None) -> str | None:
     """A one-row reply is the answer, stripped of surrounding white space."""
     return None if content is None else content.strip()
+
+
+_SPACE = re.compile(r"\s+")
+_EDGE_PUNCT = "\"'`.,;:!?()[]{}<> \t\n"
+
+
+def normalize(answer: str) -> str:
+    """Compare answers loosely: case, surrounding punctuation and white space do not count.
+
+    >>> normalize('  "Positive."  ') == normalize("positive")
+    True
+    """
+    return _SPACE.sub(" ", answer.casefold()).strip(_EDGE_PUNCT)

@@ -41,6 +41,7 @@ class RunReport:
     retries: int = 0
     rate_limited: int = 0  # 429 answers
     resent_rows: int = 0  # rows sent again because a packed answer did not validate
+    canary_failures: int = 0  # packed requests rejected because a canary's answer was wrong
     budget_unsent_rows: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -7,6 +7,8 @@ from typing import Any
 import polars as pl
 
 from . import _api
+from ._estimate import Estimate
+from ._report import RunReport
 
 __all__ = ["PolarsLLM"]
 
@@ -28,3 +30,12 @@ class PolarsLLM:
     async def aapply(self, template: str, **options: Any) -> pl.DataFrame:
         """The async form of :meth:`apply`, for code that already runs in an event loop."""
         return await _api.aapply(self._df, template, **options)
+
+    def estimate(self, template: str, *, sample: int = 0, **options: Any) -> Estimate:
+        """What :meth:`apply` with the same options would send and cost; see :func:`llmframe.estimate`."""
+        return _api.estimate(self._df, template, sample=sample, **options)
+
+    @property
+    def report(self) -> RunReport | None:
+        """The run report of the ``apply`` that returned this frame, if it did."""
+        return _api.report_of(self._df)

@@ -1,0 +1,189 @@
+"""Estimates: what a run would send and cost, before any money is spent.
+
+The estimate plans the very batches the run would send (same planner, same
+token budget, same packed messages), so its request count equals the run's
+when nothing fails, and its input tokens are exact: tiktoken over the messages
+as they would be sent. Output tokens cannot be known in advance: they come
+from ``max_tokens`` (an upper bound), from a small paid sample (``sample=n``),
+or are a guess, and the estimate says which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from . import _engine
+from ._config import Options
+from ._limiter import shared_limiter
+from ._report import last_report
+from ._template import Template
+
+__all__ = ["Estimate", "estimate_run"]
+
+_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass
+class Estimate:
+    """What one ``apply`` would do. ``one_row`` is the same run at ``batch_size=1``."""
+
+    rows: int
+    cached_rows: int
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    seconds: float | None
+    batch_size: int
+    output_tokens_from: str  # "max_tokens" (upper bound), "sample", or "guess"
+    rpm: float | None = None
+    tpm: float | None = None
+    one_row: Estimate | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.one_row is None:
+            d.pop("one_row")
+        return d
+
+    def __str__(self) -> str:
+        def money(v: float | None) -> str:
+            return "unknown" if v is None else f"${v:,.4f}"
+
+        def secs(v: float | None) -> str:
+            return "unknown (give rpm=/tpm=)" if v is None else f"{v:,.0f} s"
+
+        cols = [("packed" if self.batch_size > 1 else "as set", self)]
+        if self.one_row is not None and self.batch_size > 1:
+            cols.append(("one row per request", self.one_row))
+        lines = [
+            f"llmframe estimate: {self.rows} rows, {self.cached_rows} already cached; "
+            f"output tokens from {self.output_tokens_from}",
+            f"{'':<16}" + "".join(f"{name:>22}" for name, _ in cols),
+        ]
+        for label, get in (
+            ("requests", lambda e: f"{e.requests:,}"),
+            ("input tokens", lambda e: f"{e.input_tokens:,}"),
+            ("output tokens", lambda e: f"{e.output_tokens:,}"),
+            ("cost", lambda e: money(e.cost_usd)),
+            ("time at limits", lambda e: secs(e.seconds)),
+        ):
+            lines.append(f"{label:<16}" + "".join(f"{get(e):>22}" for _, e in cols))
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
+        p.text(str(self))
+
+
+def _base_url(opts: Options) -> str:
+    if opts.client is not None:
+        return str(opts.client.base_url)
+    return opts.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL
+
+
+def _packed_output_overhead(n: int, tokenizer: Any) -> int:
+    # The reply's structure around the answers: {"0":"…","1":"…",...} with a one-token
+    # stand-in answer (an empty string would merge the quotes into other tokens).
+    reply = json.dumps(dict.fromkeys(map(str, range(n)), "x"), separators=(",", ":"))
+    return int(tokenizer.count(reply)) - n
+
+
+def _plan(
+    prepared: _engine.Prepared,
+    template: Template,
+    opts: Options,
+    answer_tokens: int | None,
+    upper_bound: bool,
+) -> tuple[int, int, int, int]:
+    """(requests, input tokens, output tokens, batch cap) of the batches the run would send."""
+    state = _engine.new_run(
+        replace(prepared, todo=list(prepared.todo)), template, opts, client=None, limiter=None
+    )
+    if answer_tokens is not None:
+        state.answer_tokens = answer_tokens
+    requests = input_tokens = output_tokens = 0
+    while (batch := state.take()) is not None:
+        if batch.warmup:
+            state.warmup_active -= 1
+            state.known["?"] = ""  # the run learns canary answers from these rows
+        jobs = batch.jobs
+        # Canaries are rows like any other: the batch's own rows stand in for their size.
+        extra = jobs[: opts.canaries] if len(jobs) > 1 else []
+        request = state.request_for(jobs + extra)
+        requests += 1
+        input_tokens += request.input_tokens
+        n = len(jobs) + len(extra)
+        if upper_bound or n == 1:
+            output_tokens += request.output_tokens  # max_tokens as it would be sent
+        else:
+            output_tokens += n * state.answer_tokens + _packed_output_overhead(n, state.tokenizer)
+    return requests, input_tokens, output_tokens, state.cap
+
+
+async def estimate_run(
+    columns: Mapping[str, Sequence[Any]],
+    n_rows: int,
+    template: Template,
+    opts: Options,
+    *,
+    sample_frame: Any = None,
+    options: Mapping[str, Any] | None = None,
+) -> Estimate:
+    from ._api import aapply
+
+    answer_tokens: int | None = None
+    source = "guess"
+    params = opts.params or {}
+    user_max = next((params[k] for k in ("max_completion_tokens", "max_tokens") if params.get(k)), None)
+    if user_max is not None:
+        source = "max_tokens"
+    elif sample_frame is not None and len(sample_frame):
+        # Paid, but cached: the full run will not pay for these rows again.
+        sample_options = {**(options or {}), "batch_size": 1, "progress": False, "errors": "null"}
+        await aapply(sample_frame, template.text, **sample_options)
+        report = last_report()
+        if report is not None and report.requests:
+            answered = max(1, report.answered_rows - report.cached_rows)
+            answer_tokens = max(1, round(report.completion_tokens / answered))
+            source = "sample"
+        elif report is not None and report.cached_rows:
+            source = "guess (sample rows were cached)"
+
+    prepared = _engine.prepare(columns, n_rows, template, opts)
+    if prepared.cache is not None:
+        prepared.cache.close()
+    limiter = shared_limiter(_base_url(opts), opts.api_key or os.environ.get("OPENAI_API_KEY"),
+                             opts.model or "", rpm=opts.rpm, tpm=opts.tpm)  # fmt: skip
+    rpm, tpm = limiter.rpm, limiter.tpm
+
+    def build(o: Options) -> Estimate:
+        requests, inp, out, cap = _plan(prepared, template, o, answer_tokens, source == "max_tokens")
+        price = _engine.price_for(o.model or "", o.prices)
+        cost = None if price is None else price.cost(inp, out)
+        times = []
+        if rpm:
+            times.append(requests * 60.0 / rpm)
+        if tpm:
+            times.append((inp + out) * 60.0 / tpm)
+        return Estimate(
+            rows=n_rows,
+            cached_rows=prepared.report.cached_rows,
+            requests=requests,
+            input_tokens=inp,
+            output_tokens=out,
+            cost_usd=cost,
+            seconds=max(times) if times else None,
+            batch_size=cap,
+            output_tokens_from=source,
+            rpm=rpm,
+            tpm=tpm,
+        )
+
+    result = build(opts)
+    if result.batch_size > 1:
+        result.one_row = build(replace(opts, batch_size=1, canaries=0))
+    return result
