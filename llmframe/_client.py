@@ -99,7 +99,8 @@ def classify(exc: BaseException, *, api_key: str | None = None) -> CallError:
         if status == 429 and code == "insufficient_quota":
             return CallError("auth", message + " (out of credit: retrying will not help)", False, status, code, headers=headers)
         if status == 400 and code == "context_length_exceeded":
-            return CallError("too_large", message, False, status, code, headers=headers)
+            hint = " (shorten this row, lower max_tokens, or use a model with a larger context window)"
+            return CallError("too_large", message + hint, False, status, code, headers=headers)
         if is_retryable_status(status):
             kind = "rate_limit" if status == 429 else "server"
             return CallError(kind, message, True, status, code, parse_retry_after(headers), headers)

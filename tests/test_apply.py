@@ -208,3 +208,29 @@ def test_wrong_key_stops_the_run(fake_server_factory: Any, make_frame: Any) -> N
 def test_not_a_frame() -> None:
     with pytest.raises(llmframe.ConfigError, match="pandas or polars"):
         llmframe.apply({"review": ["x"]}, TEMPLATE, model="m")
+
+
+def test_worker_thread_when_the_loop_cannot_be_patched(
+    fake_server: FakeServer, make_frame: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nest_asyncio
+
+    def refuse(loop: Any = None) -> None:
+        raise ValueError("Can't patch loop of type <class 'uvloop.Loop'>")
+
+    monkeypatch.setattr(nest_asyncio, "apply", refuse)
+    df = make_frame({"review": ["from a thread"]})
+
+    async def notebook_cell() -> Any:
+        return df.llm.apply(TEMPLATE, **opts(fake_server))
+
+    out = asyncio.run(notebook_cell())
+    assert column(out, "answer") == [expected_answer(TEMPLATE.format(review="from a thread"))]
+
+
+def test_error_column(fake_server_factory: Any, make_frame: Any) -> None:
+    server = fake_server_factory(faults=Faults(error_rate=1.0))
+    df = make_frame({"review": ["a", None]})
+    out = df.llm.apply(TEMPLATE, error_column="why", **opts(server, max_attempts=1, batch_size=1))
+    why = column(out, "why")
+    assert why[0] is not None and why[0].startswith("server: HTTP 5") and why[1] is None
