@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._api import ApplyOptions, aapply, aestimate, apply, estimate
 from ._cache import read_cache
+from ._calibrate import CalibrationReport, acalibrate, calibrate
 from ._config import configure
 from ._errors import (
     AuthenticationError,
@@ -33,6 +34,7 @@ __all__ = [
     "ApplyOptions",
     "AuthenticationError",
     "CacheError",
+    "CalibrationReport",
     "ConfigError",
     "Estimate",
     "LLMFrameError",
@@ -43,8 +45,10 @@ __all__ = [
     "TemplateError",
     "__version__",
     "aapply",
+    "acalibrate",
     "aestimate",
     "apply",
+    "calibrate",
     "configure",
     "estimate",
     "last_report",

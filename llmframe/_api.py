@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import weakref
 from collections.abc import Mapping
@@ -95,6 +96,13 @@ async def aapply(df: Frame, template: str, *, output: str = "answer", **options:
     tpl, opts, columns = _prepare(df, template, options)
     if opts.error_column == output:
         raise ConfigError("error_column must differ from output")
+    if opts.batch_size == "calibrated":
+        # Calibration needs the frame, so it is resolved here, not in the engine; it calls
+        # aapply only with integer batch sizes, so this cannot recurse.
+        from ._calibrate import acalibrated_batch_size
+
+        size = await acalibrated_batch_size(df, template, **options)
+        opts = dataclasses.replace(opts, batch_size=size)
     result = await _engine.run(columns, len(df), tpl, opts)  # type: ignore[arg-type]
     out = with_answers(df, output, result.answers)
     if opts.error_column:

@@ -228,7 +228,7 @@ class _Run:
 
     async def send(self, jobs: list[Job], use_canaries: bool = True) -> None:
         canaries = self.pick_canaries(jobs) if use_canaries else []
-        sent = jobs + canaries
+        sent = self.place_canaries(jobs, canaries)
         request = self.request_for(sent)
         mode = self.response_format
         est = request.tokens
@@ -307,7 +307,7 @@ class _Run:
                 self.reserved_usd -= est_cost
             if len(sent) > 1:
                 _FORMAT_MEMORY[self.format_key] = mode
-            self.accept(jobs, canaries, done)
+            self.accept(jobs, sent, done)
             return
 
     def handle_error(self, err: CallError, jobs: list[Job], canaries: list[Job], mode: str) -> bool:
@@ -333,7 +333,9 @@ class _Run:
         self.fail(jobs, err.kind, err.message, err.status)
         return False
 
-    def accept(self, jobs: list[Job], canaries: list[Job], done: Completion) -> None:
+    def accept(self, jobs: list[Job], sent: list[Job], done: Completion) -> None:
+        """Take the answers of a completed request; ``sent`` is ``jobs`` plus any canaries, in
+        the order they were sent."""
         self.report.latencies.append(done.latency)
         prompt = done.prompt_tokens or 0
         completion = done.completion_tokens or 0
@@ -342,7 +344,7 @@ class _Run:
         if cost is not None:
             self.spent_usd += cost
         self.show_progress()
-        n = len(jobs) + len(canaries)
+        n = len(sent)
         shares = _shares(prompt, n), _shares(completion, n)
         row_cost = None if cost is None else cost / n
         truncated = done.finish_reason == "length"
@@ -362,25 +364,27 @@ class _Run:
                 self.learn_canary(jobs[0], answer)
             return
         parsed = parse_packed(done.content, n, truncated=truncated)
-        if canaries:
-            wrong = [
-                c for i, c in enumerate(canaries, start=len(jobs))
-                if i not in parsed.answers or normalize(parsed.answers[i]) != normalize(self.known[c.key])
-            ]  # fmt: skip
-            if wrong:
-                # A canary's packed answer differs from its one-row answer: the batch's answers
-                # may be shifted or guessed, so none of them is trusted.
-                self.report.canary_failures += 1
-                self.fail_streak += 1
-                self.shrink_if_failing()
-                self.retry_rows(
-                    jobs, dict.fromkeys(range(len(jobs)), "a canary row's answer was wrong"), len(jobs)
-                )
-                return
-        for i, answer in parsed.answers.items():
-            if i < len(jobs):
-                self.finish(jobs[i], answer, shares[0][i], shares[1][i], row_cost, done.request_id)
-        failed = {i: r for i, r in parsed.failed.items() if i < len(jobs)}
+        position = {id(job): i for i, job in enumerate(sent)}
+        canary_at = [i for i, job in enumerate(sent) if not job.rows]
+        wrong = [
+            i for i in canary_at
+            if i not in parsed.answers or normalize(parsed.answers[i]) != normalize(self.known[sent[i].key])
+        ]  # fmt: skip
+        if wrong:
+            # A canary's packed answer differs from its one-row answer: this batch's answers
+            # may be shifted or guessed, so none of them is trusted.
+            self.report.canary_failures += 1
+            self.fail_streak += 1
+            self.shrink_if_failing()
+            self.retry_rows(jobs, dict.fromkeys(range(len(jobs)), "a canary row's answer was wrong"), len(jobs))
+            return
+        failed: dict[int, str] = {}
+        for j, job in enumerate(jobs):
+            i = position[id(job)]
+            if i in parsed.answers:
+                self.finish(job, parsed.answers[i], shares[0][i], shares[1][i], row_cost, done.request_id)
+            else:
+                failed[j] = parsed.failed.get(i, "id missing from the reply")
         if parsed.failed:
             self.fail_streak += 1
             self.shrink_if_failing()
@@ -407,11 +411,22 @@ class _Run:
         chosen = self.rng.sample(pool, min(want, len(pool)))
         return [self.known_jobs[k] for k in chosen]
 
+    def place_canaries(self, jobs: list[Job], canaries: list[Job]) -> list[Job]:
+        """One canary last, where a skipped or repeated item shifts every later answer;
+        the others at random places, to catch errors elsewhere in the batch."""
+        if not canaries:
+            return jobs
+        sent = list(jobs)
+        for canary in canaries[1:]:
+            sent.insert(self.rng.randrange(len(sent) + 1), canary)
+        sent.append(canaries[0])
+        return sent
+
     def learn_canary(self, job: Job, answer: str) -> None:
         if self.opts.canaries and job.key not in self.known:
             self.known[job.key] = answer
             self.known_keys.append(job.key)
-            self.known_jobs[job.key] = Job(job.key, job.values, [])
+            self.known_jobs[job.key] = Job(job.key, job.values, [])  # no rows: never written out
 
     def show_progress(self) -> None:
         cost = "?" if self.report.cost_usd is None else f"${self.report.cost_usd:.4f}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,14 +134,18 @@ def parse_single(content: str | None) -> str | None:
     return None if content is None else content.strip()
 
 
-_SPACE = re.compile(r"\s+")
-_EDGE_PUNCT = "\"'`.,;:!?()[]{}<> \t\n"
+_EDGE = " \t\n\r\f\v.,;:!?…'\"`‘’‚“”„«»‹›*_"
 
 
 def normalize(answer: str) -> str:
-    """Compare answers loosely: case, surrounding punctuation and white space do not count.
+    """An answer reduced to what a reader would compare: Unicode-normalized (NFKC),
+    casefolded, whitespace collapsed, surrounding punctuation and quotes stripped.
+    Signs and units stay: "-5" is not "5".
 
-    >>> normalize('  "Positive."  ') == normalize("positive")
+    >>> normalize('  "Paris." ') == normalize("paris") == "paris"
     True
+    >>> normalize("New   York\\n")
+    'new york'
     """
-    return _SPACE.sub(" ", answer.casefold()).strip(_EDGE_PUNCT)
+    text = " ".join(unicodedata.normalize("NFKC", answer).casefold().split())
+    return text.strip(_EDGE)

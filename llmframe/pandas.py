@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from . import _api
+from ._calibrate import CalibrationReport
 from ._estimate import Estimate
 from ._report import RunReport
 
@@ -39,3 +40,9 @@ class PandasLLM:
     def report(self) -> RunReport | None:
         """The run report of the ``apply`` that returned this frame, if it did."""
         return _api.report_of(self._df)
+
+    def calibrate(self, template: str, **options: Any) -> CalibrationReport:
+        """Measure packed-vs-one-row agreement on a sample; see :func:`llmframe.calibrate`."""
+        from ._calibrate import calibrate
+
+        return calibrate(self._df, template, **options)

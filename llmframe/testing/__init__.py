@@ -7,7 +7,8 @@ key or a network. Its answers are deterministic (:func:`expected_answer`), so a
 test knows what every row must get, including rows answered in packed
 requests; it enforces RPM/TPM limits with OpenAI's 429 bodies and headers; and
 it injects :class:`Faults` (5xx, hangs, garbage bodies, damaged packed
-answers) at chosen rates::
+answers) at chosen rates; and with :class:`Degrade` it plays a model whose
+packed answers get worse as batches grow (for ``llmframe.calibrate``)::
 
     >>> import openai
     >>> from llmframe.testing import FakeServer, expected_answer
@@ -23,8 +24,9 @@ With pytest, the ``fake_server`` and ``fake_server_factory`` fixtures of
 :mod:`llmframe.testing.pytest_plugin` are registered automatically.
 """
 
+from llmframe.testing._degrade import Degrade as Degrade  # public; see the note below
 from llmframe.testing._faults import Faults
 from llmframe.testing._model import expected_answer
 from llmframe.testing._server import FakeServer
 
-__all__ = ["FakeServer", "Faults", "expected_answer"]
+__all__ = ["Degrade", "FakeServer", "Faults", "expected_answer"]

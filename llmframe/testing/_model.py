@@ -18,8 +18,10 @@ prompt would be; the reply is the compact JSON object ``{"0":"...","1":"..."}``.
 A template field missing from an item (or a template that does not render)
 gets the answer ``"?"``, as a model would guess.
 
-The packing faults of :mod:`llmframe.testing._faults` are applied here, to the
-list of ``(id, answer)`` pairs and then to the JSON text.
+The degrading model of :mod:`llmframe.testing._degrade` (wrong answers that
+grow more likely with the number of items, a shift by one row) is applied
+first, to the answers; the packing faults of :mod:`llmframe.testing._faults`
+then damage the list of ``(id, answer)`` pairs and the JSON text.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmframe.testing._degrade import Degrade, degrade_answers
 from llmframe.testing._faults import PACKING_FAULTS, Faults
 
 __all__ = [
@@ -178,8 +181,10 @@ def answer_packed(
     answer_fn: AnswerFn,
     faults: Faults,
     rng: random.Random,
-) -> tuple[str, list[str]]:
-    """The JSON answer text of a packed request and the packing faults applied to it."""
+    degrade: Degrade | None = None,
+) -> tuple[str, list[str], int]:
+    """The JSON answer text of a packed request, the packing faults applied to it, and
+    how many items the degrading model answered wrong (0 without ``degrade``)."""
     pairs: list[tuple[str, str]] = []
     prompts: dict[str, str] = {}
     for item_id, fields in packed.items:
@@ -189,6 +194,15 @@ def answer_packed(
         rendered = render_item(packed.template, fields)
         prompts[key] = rendered if rendered is not None else ""
         pairs.append((key, answer_fn(rendered) if rendered is not None else UNKNOWN_ANSWER))
+
+    degraded = 0
+    if degrade is not None and pairs:
+        right = [value for _, value in pairs]
+        answers = degrade_answers(
+            degrade, [prompts[key] for key, _ in pairs], right, len(packed.items)
+        )
+        degraded = sum(a != r for a, r in zip(answers, right, strict=True))
+        pairs = [(key, answer) for (key, _), answer in zip(pairs, answers, strict=True)]
 
     applied: list[str] = []
     for kind in PACKING_FAULTS:
@@ -238,7 +252,7 @@ def answer_packed(
         # Any proper prefix of a JSON object is invalid JSON: its closing brace comes last.
         start, end = text.find("{") + 1, text.rfind("}")
         text = text[: rng.randrange(start, end) if end > start else start]
-    return text, applied
+    return text, applied, degraded
 
 
 def truncate_to_tokens(text: str, max_tokens: int, count: Callable[[str], int]) -> str:

@@ -19,7 +19,8 @@ What happens to one chat request, in order:
    prompt plus ``max_tokens`` beyond ``model_context``;
 3. ``429`` unless the RPM and TPM buckets admit it (see ``_limits``);
 4. one draw for the transport faults (5xx, hang, garbage; see ``_faults``);
-5. the answer (see ``_model``), the packing faults, the ``max_tokens`` cut;
+5. the answer (see ``_model``), degraded if ``degrade`` is set (see
+   ``_degrade``), the packing faults, the ``max_tokens`` cut;
 6. the server sleeps ``latency + latency_per_token * completion_tokens``
    (the request holds its estimated tokens meanwhile), corrects the token
    debit to the real usage, and answers.
@@ -50,6 +51,7 @@ from typing import Any
 from aiohttp import web
 
 from llmframe import _tokens
+from llmframe.testing._degrade import Degrade
 from llmframe.testing._faults import Faults
 from llmframe.testing._limits import Limits, Rejection
 from llmframe.testing._model import (
@@ -124,6 +126,7 @@ class _Settings:
     json_object: bool
     hang_seconds: float
     model_context: int
+    degrade: Degrade | None = None
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -250,6 +253,10 @@ class FakeServer:
       per completion token.
     - ``faults``: a :class:`~llmframe.testing.Faults` (or a dict of its fields);
       random per attempt from ``random.Random(seed)``.
+    - ``degrade``: a :class:`~llmframe.testing.Degrade` (or a dict of its fields),
+      a model whose packed answers go wrong more often the more items a request
+      carries, and optionally run one row behind; ``None`` (the default) answers
+      every packed item right. Deterministic per prompt, see ``Degrade``.
     - ``answer_fn``: ``(prompt) -> answer``, instead of ``expected_answer``.
     - ``api_keys``: the accepted keys; ``None`` accepts any key.
     - ``json_schema``, ``json_object``: whether ``response_format`` of that type
@@ -276,6 +283,7 @@ class FakeServer:
         hang_seconds: float = 3600.0,
         model_context: int = 128_000,
         port: int = 0,
+        degrade: Degrade | dict[str, Any] | None = None,
     ) -> None:
         self._settings = _Settings(
             rpm=rpm,
@@ -290,6 +298,7 @@ class FakeServer:
             json_object=json_object,
             hang_seconds=hang_seconds,
             model_context=model_context,
+            degrade=Degrade.coerce(degrade),
         )
         self._requested_port = port
         self._rng = random.Random(seed)
@@ -403,6 +412,7 @@ class FakeServer:
         json_object: bool = UNSET,
         hang_seconds: float = UNSET,
         model_context: int = UNSET,
+        degrade: Degrade | dict[str, Any] | None = UNSET,
     ) -> None:
         """Change settings while the server runs (thread-safe); unnamed settings stay.
 
@@ -427,6 +437,8 @@ class FakeServer:
             changes["faults"] = Faults.coerce(faults)
         if api_keys is not UNSET:
             changes["api_keys"] = _api_keys(api_keys)
+        if degrade is not UNSET:
+            changes["degrade"] = Degrade.coerce(degrade)
         settings = replace(self._settings, **changes)  # validates before anything changes
         self._in_loop(lambda: self._apply(settings, None if seed is UNSET else seed))
 
@@ -633,10 +645,14 @@ class FakeServer:
             content = answer_fn(one_row_prompt(messages))
             outcome.n_items = 1
         else:
-            content, applied = answer_packed(packed, answer_fn, faults, self._rng)
+            content, applied, degraded = answer_packed(
+                packed, answer_fn, faults, self._rng, settings.degrade
+            )
             outcome.n_items = len(packed.items)
             if applied:
                 self.stats._count(kinds=applied)
+            if degraded:
+                self.stats._add("degraded", degraded)
         finish_reason = "length" if "truncate" in applied else "stop"
         if max_out is not None:
             cut = truncate_to_tokens(content, max_out, tokenizer.count)

@@ -47,6 +47,7 @@ _COUNTERS = (
     "prompt_tokens",
     "completion_tokens",
     "items",
+    "degraded",
 )
 
 
@@ -58,6 +59,8 @@ class ServerStats:
     ``garbage`` and ``packing_faults`` (kind -> count) the other injected faults;
     ``bad_requests`` the 400s; ``unauthorized`` the 401s. ``prompt_tokens``,
     ``completion_tokens`` and ``items`` (rows carried) sum over the 200 answers.
+    ``degraded`` counts the packed items that the degrading model (the server's
+    ``degrade=``) answered wrong on purpose, shifted answers included.
     ``in_flight`` is the number of chat requests being handled now and
     ``max_in_flight`` its peak.
     """
@@ -75,6 +78,7 @@ class ServerStats:
     prompt_tokens: int
     completion_tokens: int
     items: int
+    degraded: int
     in_flight: int
     max_in_flight: int
     packing_faults: dict[str, int]
@@ -131,6 +135,10 @@ class ServerStats:
                 self.prompt_tokens += record.prompt_tokens
                 self.completion_tokens += record.completion_tokens
                 self.items += record.n_items
+
+    def _add(self, counter: str, amount: int) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + amount)
 
     def _count(self, counter: str | None = None, kinds: list[str] | None = None) -> None:
         with self._lock:

@@ -106,7 +106,7 @@ def server() -> Any:
 
 
 def test_public_names() -> None:
-    assert llmframe.testing.__all__ == ["FakeServer", "Faults", "expected_answer"]
+    assert llmframe.testing.__all__ == ["Degrade", "FakeServer", "Faults", "expected_answer"]
 
 
 def test_expected_answer_is_short_and_deterministic() -> None:
