@@ -14,7 +14,7 @@ from . import _engine
 from ._config import Errors, resolve
 from ._errors import ConfigError
 from ._estimate import Estimate
-from ._frames import columns_of, field_columns, kind_of, with_answers
+from ._frames import columns_of, kind_of, rendered_columns, with_answers
 from ._report import RunReport
 from ._sync import run_sync
 from ._template import parse_template
@@ -80,7 +80,7 @@ def _prepare(df: Any, template: str, options: Mapping[str, Any]) -> tuple[Any, A
     kind_of(df)
     tpl = parse_template(template, columns_of(df))
     opts = resolve(**options)
-    return tpl, opts, field_columns(df, tpl.fields)
+    return tpl, opts, rendered_columns(df, tpl.fields)
 
 
 async def aapply(df: Frame, template: str, *, output: str = "answer", **options: Unpack[ApplyOptions]) -> Frame:

@@ -42,7 +42,7 @@ from ._parse import normalize, parse_packed, parse_single
 from ._pricing import Price, price_for
 from ._report import RunReport, set_last_report
 from ._retry import retry_delay
-from ._template import Template, is_null, render_value
+from ._template import Template
 from ._tokens import Tokenizer, count_messages, get_tokenizer
 
 __all__ = ["RunResult", "run"]
@@ -606,49 +606,49 @@ class Prepared:
 
 
 def prepare(
-    columns: Mapping[str, Sequence[Any]], n_rows: int, template: Template, opts: Options
+    columns: Mapping[str, Sequence[str | None]], n_rows: int, template: Template, opts: Options
 ) -> Prepared:
+    """``columns`` holds each template field's rendered values (``None`` for a null)."""
     model = opts.model or ""
     report = RunReport(model=model, rows=n_rows)
     answers: list[str | None] = [None] * n_rows
 
-    # 1-2: render field values and key every row.
-    rendered = [
-        [None if is_null(v) else render_value(v) for v in columns[f]] for f in template.fields
-    ]
-    prefix = call_prefix(
-        model=model, template=template.text, system=opts.system, params=opts.params
-    )
+    # 1-2: key every row (values were rendered by the accessor, vectorized per column).
+    rendered = [columns[f] for f in template.fields]
+    prefix = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params)
     keys = row_keys(prefix, rendered)
+    rows: Sequence[int] = range(n_rows)
+    if None in keys:  # rows with a null in a used field: null answer, no request
+        rows = [r for r, k in enumerate(keys) if k is not None]
+        report.null_rows = n_rows - len(rows)
 
+    # 3: the cache, for every row at once; a cached re-run never builds per-row objects.
+    cache_dir = resolve_cache_dir(opts.cache)
+    cache = AnswerCache(cache_dir, flush_seconds=FLUSH_SECONDS) if cache_dir is not None else None
+    missing: Sequence[int] = rows
+    if cache is not None and len(rows):
+        wanted = keys if not report.null_rows else [keys[r] for r in rows]
+        hits = cache.lookup(wanted)  # type: ignore[arg-type]
+        missing = []
+        for row, hit in zip(rows, hits, strict=True):
+            if hit is None:
+                missing.append(row)
+            else:
+                answers[row] = hit
+        report.cached_rows = len(rows) - len(missing)
+
+    # Rows with equal keys are asked once, in order of first appearance.
     jobs: dict[str, Job] = {}
-    for row, key in enumerate(keys):
-        if key is None:
-            report.null_rows += 1
-            continue
+    for row in missing:
+        key = cast(str, keys[row])  # rows with a null key were left out above
         job = jobs.get(key)
         if job is None:
-            jobs[key] = Job(key, {f: rendered[i][row] for i, f in enumerate(template.fields)}, [row])  # type: ignore[misc]
+            values = {f: cast(str, col[row]) for f, col in zip(template.fields, rendered, strict=True)}
+            jobs[key] = Job(key, values, [row])
         else:
             job.rows.append(row)
             report.duplicate_rows += 1
-
-    # 3: the cache.
-    cache_dir = resolve_cache_dir(opts.cache)
-    cache = AnswerCache(cache_dir, flush_seconds=FLUSH_SECONDS) if cache_dir is not None else None
-    todo: list[Job] = list(jobs.values())
-    if cache is not None and todo:
-        hits = cache.lookup([j.key for j in todo])
-        missing = []
-        for job, hit in zip(todo, hits, strict=True):
-            if hit is None:
-                missing.append(job)
-            else:
-                for row in job.rows:
-                    answers[row] = hit
-                report.cached_rows += len(job.rows)
-        todo = missing
-    return Prepared(report, answers, todo, cache)
+    return Prepared(report, answers, list(jobs.values()), cache)
 
 
 def new_run(
@@ -700,7 +700,7 @@ def new_run(
 
 
 async def run(
-    columns: Mapping[str, Sequence[Any]],
+    columns: Mapping[str, Sequence[str | None]],
     n_rows: int,
     template: Template,
     opts: Options,

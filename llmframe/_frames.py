@@ -7,7 +7,7 @@ from typing import Any
 
 from ._errors import ConfigError
 
-__all__ = ["columns_of", "field_columns", "kind_of", "with_answers"]
+__all__ = ["columns_of", "field_columns", "kind_of", "rendered_columns", "with_answers"]
 
 
 def kind_of(df: Any) -> str:
@@ -33,6 +33,38 @@ def field_columns(df: Any, fields: Sequence[str]) -> dict[str, list[Any]]:
         by_name = {str(c): c for c in df.columns}
         return {f: df[by_name[f]].tolist() for f in fields}
     return {f: df.get_column(f).to_list() for f in fields}
+
+
+def rendered_columns(df: Any, fields: Sequence[str]) -> dict[str, list[str | None]]:
+    """Each field's values as prompt text: ``str(value)``, or ``None`` for a null.
+
+    Nulls are found per column, vectorized (None, NaN, NA, NaT alike), and string
+    columns are taken as they are, so a million-row re-run does not pay a Python
+    call per value.
+    """
+    out: dict[str, list[str | None]] = {}
+    if kind_of(df) == "pandas":
+        by_name = {str(c): c for c in df.columns}
+        for f in fields:
+            series = df[by_name[f]]
+            nulls = series.isna().to_numpy().tolist()
+            values = series.tolist()
+            if any(nulls):
+                out[f] = [None if n else (v if type(v) is str else str(v)) for v, n in zip(values, nulls, strict=True)]
+            else:
+                out[f] = [v if type(v) is str else str(v) for v in values]
+        return out
+    import polars as pl
+
+    for f in fields:
+        series = df.get_column(f)
+        if series.dtype == pl.String:
+            out[f] = series.to_list()
+            continue
+        if series.dtype.is_float():
+            series = series.fill_nan(None)
+        out[f] = [None if v is None else str(v) for v in series.to_list()]
+    return out
 
 
 def with_answers(df: Any, output: str, answers: Sequence[str | None]) -> Any:
