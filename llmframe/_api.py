@@ -94,6 +94,11 @@ async def aapply(df: Frame, template: str, *, output: str = "answer", **options:
     if not isinstance(output, str) or not output:
         raise ConfigError(f"output must be a non-empty column name, got {output!r}")
     tpl, opts, columns = _prepare(df, template, options)
+    if opts.max_cost_usd is not None and _engine.price_for(opts.model or "", opts.prices) is None:
+        raise ConfigError(
+            f"max_cost_usd needs a price for model {opts.model!r}, which llmframe does not know; "
+            f"pass prices={{{opts.model!r}: (usd_per_1m_input, usd_per_1m_output)}}"
+        )
     if opts.error_column == output:
         raise ConfigError("error_column must differ from output")
     if opts.batch_size == "calibrated":
@@ -128,18 +133,21 @@ def apply(df: Frame, template: str, *, output: str = "answer", **options: Unpack
     return run_sync(lambda: aapply(df, template, output=output, **options))
 
 
-async def aestimate(df: Any, template: str, *, sample: int = 0, **options: Unpack[ApplyOptions]) -> Estimate:
-    """The async form of :func:`estimate`."""
+async def aestimate(
+    df: Any, template: str, *, output: str = "answer", sample: int = 0, **options: Unpack[ApplyOptions]
+) -> Estimate:
+    """The async form of :func:`estimate`. ``output`` is accepted (and ignored) so that
+    an ``apply`` line becomes an estimate by changing one word."""
     from ._estimate import estimate_run
 
     tpl, opts, columns = _prepare(df, template, options)
-    sample_frame = None
-    if sample:
-        sample_frame = _sample_rows(df, sample)
-    return await estimate_run(columns, len(df), tpl, opts, sample_frame=sample_frame, options=options)
+    take = (lambda rows: _take_rows(df, rows)) if sample else None
+    return await estimate_run(columns, len(df), tpl, opts, sample=sample, take_rows=take, options=options)
 
 
-def estimate(df: Any, template: str, *, sample: int = 0, **options: Unpack[ApplyOptions]) -> Estimate:
+def estimate(
+    df: Any, template: str, *, output: str = "answer", sample: int = 0, **options: Unpack[ApplyOptions]
+) -> Estimate:
     """What ``apply`` with the same options would send and cost, without paying for it.
 
     >>> est = llmframe.estimate(df, "Classify: {review}", model="gpt-4o-mini",
@@ -153,7 +161,5 @@ def estimate(df: Any, template: str, *, sample: int = 0, **options: Unpack[Apply
     return run_sync(lambda: aestimate(df, template, sample=sample, **options))
 
 
-def _sample_rows(df: Any, n: int) -> Any:
-    if kind_of(df) == "pandas":
-        return df.sample(n=min(n, len(df)), random_state=0)
-    return df.sample(n=min(n, len(df)), seed=0)
+def _take_rows(df: Any, rows: list[int]) -> Any:
+    return df.iloc[rows] if kind_of(df) == "pandas" else df[rows]

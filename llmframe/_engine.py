@@ -577,7 +577,11 @@ class _NoProgress:
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled or total == 0:
         return _NoProgress()
-    from tqdm.auto import tqdm
+    try:  # a widget bar in notebooks when ipywidgets is there; tqdm.auto warns otherwise
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
 
     return tqdm(total=total, unit="row", desc="llmframe", dynamic_ncols=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -55,7 +56,7 @@ class Estimate:
             return "unknown" if v is None else f"${v:,.4f}"
 
         def secs(v: float | None) -> str:
-            return "unknown (give rpm=/tpm=)" if v is None else f"{v:,.0f} s"
+            return "unknown" if v is None else f"{v:,.0f} s"
 
         cols = [("packed" if self.batch_size > 1 else "as set", self)]
         if self.one_row is not None and self.batch_size > 1:
@@ -73,6 +74,8 @@ class Estimate:
             ("time at limits", lambda e: secs(e.seconds)),
         ):
             lines.append(f"{label:<16}" + "".join(f"{get(e):>22}" for _, e in cols))
+        if self.seconds is None:
+            lines.append("time is unknown until the limits are: pass rpm= and tpm=")
         return "\n".join(lines)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
@@ -130,7 +133,8 @@ async def estimate_run(
     template: Template,
     opts: Options,
     *,
-    sample_frame: Any = None,
+    sample: int = 0,
+    take_rows: Any = None,
     options: Mapping[str, Any] | None = None,
 ) -> Estimate:
     from ._api import aapply
@@ -141,10 +145,17 @@ async def estimate_run(
     user_max = next((params[k] for k in ("max_completion_tokens", "max_tokens") if params.get(k)), None)
     if user_max is not None:
         source = "max_tokens"
-    elif sample_frame is not None and len(sample_frame):
-        # Paid, but cached: the full run will not pay for these rows again.
+    elif sample and take_rows is not None:
+        # A seeded sample of the rows still to do (rows already cached tell nothing new),
+        # answered one per request: paid, but cached, so the run will not pay for them again.
+        todo = _engine.prepare(columns, n_rows, template, opts)
+        if todo.cache is not None:
+            todo.cache.close()
+        rows = [job.rows[0] for job in todo.todo]
+        chosen = sorted(random.Random(0).sample(rows, min(sample, len(rows))))
         sample_options = {**(options or {}), "batch_size": 1, "progress": False, "errors": "null"}
-        await aapply(sample_frame, template.text, **sample_options)
+        if chosen:
+            await aapply(take_rows(chosen), template.text, **sample_options)
         report = last_report()
         if report is not None and report.requests:
             answered = max(1, report.answered_rows - report.cached_rows)

@@ -97,6 +97,9 @@ class RunReport:
     def __str__(self) -> str:
         return self.summary()
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython shows the summary
+        p.text(self.summary())
+
 
 def set_last_report(report: RunReport) -> None:
     global _last

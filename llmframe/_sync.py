@@ -12,6 +12,7 @@ cache) is thread-safe, so that is equally correct.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -70,4 +71,13 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         nest_asyncio.apply(loop)
     except Exception:
         return _in_thread(make)
-    return loop.run_until_complete(make())
+    task = loop.create_task(make())
+    try:
+        return loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        # Jupyter's stop button: cancel the run (it stores what finished) instead of
+        # leaving it running in the kernel's loop, sending requests for nobody.
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(task)
+        raise

@@ -234,3 +234,56 @@ def test_error_column(fake_server_factory: Any, make_frame: Any) -> None:
     out = df.llm.apply(TEMPLATE, error_column="why", **opts(server, max_attempts=1, batch_size=1))
     why = column(out, "why")
     assert why[0] is not None and why[0].startswith("server: HTTP 5") and why[1] is None
+
+
+def test_stop_button_in_a_notebook_cancels_the_run(fake_server_factory: Any, tmp_path: Any) -> None:
+    """Ctrl-C / Jupyter's stop button during a sync apply inside a running loop."""
+    import _thread
+    import threading
+    import time
+
+    server = fake_server_factory(latency=0.2)
+    df = pd.DataFrame({"review": [f"r{i}" for i in range(200)]})
+    o = opts(server, batch_size=1, max_concurrency=2, cache=str(tmp_path / "c"))
+
+    async def notebook_cell() -> Any:
+        return df.llm.apply(TEMPLATE, **o)
+
+    # A kernel's loop, run without asyncio.run's own SIGINT handler, as ipykernel does.
+    kernel_loop = asyncio.new_event_loop()
+    timer = threading.Timer(0.6, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kernel_loop.run_until_complete(notebook_cell())
+    finally:
+        timer.join()
+        kernel_loop.close()
+    sent = server.stats.requests
+    assert 0 < sent < 200
+    time.sleep(0.5)  # the only way to observe that nothing keeps running
+    assert server.stats.requests == sent and server.stats.in_flight == 0
+    report = llmframe.last_report()
+    assert report is not None and report.failures.get("cancelled", 0) > 0
+    assert report.answered_rows == len(llmframe.read_cache(tmp_path / "c"))
+
+
+def test_budget_needs_a_price(fake_server: FakeServer, make_frame: Any) -> None:
+    with pytest.raises(llmframe.ConfigError, match="needs a price for model 'llama3'"):
+        make_frame({"review": ["x"]}).llm.apply(TEMPLATE, max_cost_usd=1.0, **opts(fake_server, model="llama3"))
+    assert fake_server.stats.requests == 0
+    out = make_frame({"review": ["x"]}).llm.apply(
+        TEMPLATE, max_cost_usd=1.0, prices={"llama3": (0.1, 0.1)}, **opts(fake_server, model="llama3")
+    )
+    assert column(out, "answer") == [expected_answer(TEMPLATE.format(review="x"))]
+
+
+def test_exported_names_are_exactly_the_public_api() -> None:
+    assert sorted(llmframe.__all__) == sorted([
+        "PRICES", "ApplyOptions", "AuthenticationError", "CacheError", "CalibrationReport",
+        "ConfigError", "Estimate", "LLMFrameError", "Price", "RowError", "RunError", "RunReport",
+        "TemplateError", "__version__", "aapply", "acalibrate", "aestimate", "apply", "calibrate",
+        "configure", "estimate", "last_report", "read_cache",
+    ])  # fmt: skip
+    for name in llmframe.__all__:
+        assert hasattr(llmframe, name)

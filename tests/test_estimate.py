@@ -119,3 +119,17 @@ def test_report_counters_match_the_server(fake_server_factory: Any, make_frame: 
     assert r.answered_rows == 150 and r.failed_rows == 0
     assert r.latency_p50 is not None and r.latency_p95 is not None and r.latency_p95 >= r.latency_p50
     assert "150 rows" in str(r) and r.to_dict()["requests"] == r.requests
+
+
+def test_estimate_takes_the_apply_line_as_is(fake_server: FakeServer, make_frame: Any) -> None:
+    est = make_frame({"review": ["x"]}).llm.estimate(TEMPLATE, output="sentiment", **opts(fake_server))
+    assert est.requests == 1
+
+
+def test_sample_skips_cached_rows(fake_server: FakeServer, make_frame: Any, tmp_path: Any) -> None:
+    df = make_frame({"review": reviews(60)})
+    o = opts(fake_server, cache=str(tmp_path / "c"), batch_size=1)
+    first = df.llm.estimate(TEMPLATE, sample=5, **o)
+    second = df.llm.estimate(TEMPLATE, sample=5, **o)
+    assert first.output_tokens_from == second.output_tokens_from == "sample"
+    assert second.cached_rows == 10 and fake_server.stats.requests == 10
