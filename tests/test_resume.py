@@ -1,0 +1,485 @@
+"""Resuming: a killed or interrupted run loses seconds, not hours, and the cache is safe to share.
+
+The crash tests run ``df.llm.apply`` in a real child process (``tests/_resume_child.py``)
+that talks over HTTP to a :class:`FakeServer` running in this process, so the server's
+request log (``n_items`` and ``time.monotonic()`` start/end per request, the same clock
+as this process's) tells exactly how many rows were answered, when, and which were still
+in flight at the moment of the kill or the Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from _resume_child import INTERRUPTED_EXIT, MODEL, STARTED_SUFFIX, TEMPLATE, review
+from conftest import column
+
+import llmframe
+from llmframe import _engine
+from llmframe._cache import compact_cache
+from llmframe._keys import call_prefix, row_keys
+from llmframe.testing import FakeServer, Faults, expected_answer
+from llmframe.testing._stats import RequestRecord
+
+CHILD = Path(__file__).with_name("_resume_child.py")
+PACKAGE_ROOT = Path(llmframe.__file__).absolute().parent.parent
+#: How long a child may take to reach a state before the test gives up.
+TIMEOUT = 45.0
+#: Slack on the flush window: a flush is due FLUSH_SECONDS after the last one began and
+#: starts on the next finished row (or the periodic check); writing it takes a moment.
+FLUSH_MARGIN = 0.75
+#: Time for a response the server logged as finished to reach the child's engine (the
+#: log entry is made before aiohttp writes the response; the child may be descheduled).
+RECEIVE_LAG = 0.25
+
+
+def answer(n: int) -> str:
+    return expected_answer(TEMPLATE.format(review=review(n)))
+
+
+def keys_of(rows: Iterable[int]) -> list[str]:
+    """The cache keys of these rows, as the engine computes them."""
+    prefix = call_prefix(model=MODEL, template=TEMPLATE, system=None, params=None)
+    keys = row_keys(prefix, [[review(n) for n in rows]])
+    assert all(k is not None for k in keys)
+    return [str(k) for k in keys]
+
+
+def opts(server: FakeServer, cache: Path | bool, **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": MODEL,
+        "base_url": server.base_url,
+        "api_key": server.api_key,
+        "progress": False,
+        "cache": str(cache) if isinstance(cache, Path) else cache,
+    }
+    base.update(extra)
+    return base
+
+
+def segments(folder: Path) -> list[str]:
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.glob("seg-*.parquet"))
+
+
+def read_cache_strict(folder: Path) -> pl.DataFrame:
+    """``llmframe.read_cache``, failing on any warning (a corrupt segment warns)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return llmframe.read_cache(folder)
+
+
+def ok_keys(folder: Path) -> set[str]:
+    records = read_cache_strict(folder)
+    return set(records.filter(pl.col("status") == "ok").get_column("key").to_list())
+
+
+# --------------------------------------------------------------------------- children
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen[bytes]
+    result: Path
+    stderr: Path
+
+    def outcome(self) -> dict[str, Any]:
+        assert self.result.exists(), (
+            f"the child wrote no result; stderr:\n{self.stderr.read_text()}"
+        )
+        return dict(json.loads(self.result.read_text()))
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Any:
+    """Start children running ``tests/_resume_child.py``; any still running is killed after."""
+    children: list[Child] = []
+
+    def start(
+        name: str,
+        server: FakeServer,
+        *,
+        cache: Path,
+        rows: Iterable[int],
+        backend: str,
+        batch_size: int,
+        max_concurrency: int,
+        go: Path | None = None,
+        flush_seconds: float | None = None,
+    ) -> Child:
+        result = tmp_path / f"{name}.result.json"
+        config = {
+            "base_url": server.base_url,
+            "api_key": server.api_key,
+            "cache": str(cache),
+            "rows": list(rows),
+            "backend": backend,
+            "batch_size": batch_size,
+            "max_concurrency": max_concurrency,
+            "result": str(result),
+            "go": str(go) if go else None,
+            "flush_seconds": flush_seconds,
+        }
+        config_path = tmp_path / f"{name}.config.json"
+        config_path.write_text(json.dumps(config))
+        stderr = tmp_path / f"{name}.stderr"
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]),
+        )
+        with open(stderr, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(CHILD), str(config_path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        child = Child(proc, result, stderr)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.stop()
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, child: Child | None = None, timeout: float = TIMEOUT
+) -> None:
+    """Poll ``condition`` with short waits; fail if it takes too long or ``child`` dies first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if child is not None and child.proc.poll() is not None:
+            pytest.fail(
+                f"the child exited ({child.proc.returncode}) before {what}; "
+                f"stderr:\n{child.stderr.read_text()}"
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.005)
+
+
+def settled_log(server: FakeServer) -> list[RequestRecord]:
+    """The server's request log once every request it started has ended."""
+    wait_until(lambda: server.stats.in_flight == 0, "the server has no request in flight")
+    return list(server.stats.snapshot()["log"])
+
+
+def rows_answered(log: Iterable[RequestRecord]) -> int:
+    return sum(r.n_items for r in log if r.status == 200)
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_kill_9_loses_at_most_the_last_flush_window(
+    fake_server_factory: Callable[..., FakeServer], spawn: Any, tmp_path: Path
+) -> None:
+    """SIGKILL mid-run, then rerun: only rows answered in the last flush window before
+    the kill, or in flight at the kill, are asked again; everything else comes from disk."""
+    n = 400
+    server = fake_server_factory(latency=0.2)
+    cache = tmp_path / "cache-kill"
+    child = spawn("killed", server, cache=cache, rows=range(n), backend="pandas",
+                  batch_size=5, max_concurrency=2)  # fmt: skip
+    # ~40 rows/s for ~10 s. The kill lands 1.9 flush intervals after the first segment
+    # appeared: just before the third flush is due, when the most rows are unflushed.
+    # (A flush interval of even 2x FLUSH_SECONDS would lose more than the bound allows.)
+    wait_until(lambda: bool(segments(cache)) and server.stats.items > 0,
+               "rows are answered and the first cache segment exists", child)  # fmt: skip
+    first_segment = time.monotonic()
+    wait_until(lambda: time.monotonic() >= first_segment + 1.9 * _engine.FLUSH_SECONDS,
+               "the moment to kill", child)  # fmt: skip
+    t_kill = time.monotonic()
+    os.kill(child.proc.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    log = settled_log(server)
+    assert server.stats.items < n, "the child finished before it was killed: nothing was proven"
+
+    answered = rows_answered(log)
+    window_start = t_kill - _engine.FLUSH_SECONDS - FLUSH_MARGIN
+    in_window = sum(r.n_items for r in log if r.status == 200 and window_start <= r.t_end <= t_kill)
+    # Started but not finished at the kill (the server logs those 499, or 200 into a dead socket).
+    in_flight = sum(r.n_items for r in log if r.t_end > t_kill)
+
+    cached = ok_keys(cache)
+    assert cached <= set(keys_of(range(n)))
+    assert 0 < len(cached) <= answered
+
+    server.configure(latency=0.0)
+    server.reset_stats()
+    df = pd.DataFrame({"review": [review(i) for i in range(n)]})
+    out = df.llm.apply(TEMPLATE, output="sentiment", batch_size=5, **opts(server, cache))
+    assert column(out, "sentiment") == [answer(i) for i in range(n)]
+    report = llmframe.last_report()
+    assert report is not None and report.cached_rows == len(cached) and report.failed_rows == 0
+    assert server.stats.items == n - len(cached)  # only rows missing from the cache were asked
+    re_requested = answered - len(cached)  # rows the server had answered, asked again
+    assert in_window + in_flight < answered, "the kill came too early to prove anything"
+    print(
+        f"kill: answered={answered} cached={len(cached)} re_requested={re_requested} "
+        f"window={in_window} in_flight={in_flight} segments={len(segments(cache))}"
+    )
+    assert re_requested <= in_window + in_flight, (
+        f"{re_requested} rows asked again; bound = {in_window} answered in the last "
+        f"{_engine.FLUSH_SECONDS + FLUSH_MARGIN:.1f} s + {in_flight} in flight"
+    )
+
+
+def test_ctrl_c_in_sync_call_caches_every_answered_row(
+    fake_server_factory: Callable[..., FakeServer], spawn: Any, tmp_path: Path
+) -> None:
+    """SIGINT mid-run: ``apply`` raises KeyboardInterrupt, and the ``finally`` flush stores
+    every answered row. The child's periodic flush is pushed out to an hour, so every
+    record on disk must come from that last flush."""
+    n = 300
+    server = fake_server_factory(latency=0.2)
+    cache = tmp_path / "cache-sigint"
+    child = spawn("interrupted", server, cache=cache, rows=range(n), backend="polars",
+                  batch_size=5, max_concurrency=2, flush_seconds=3600.0)  # fmt: skip
+    wait_until(lambda: server.stats.items >= 40, "40 rows are answered", child)
+    assert segments(cache) == []  # nothing flushed yet: only the finally can write
+    t_int = time.monotonic()
+    os.kill(child.proc.pid, signal.SIGINT)
+    assert child.wait() == INTERRUPTED_EXIT, child.stderr.read_text()
+    outcome = child.outcome()
+    assert outcome["status"] == "interrupted"
+    # The KeyboardInterrupt came out of the accessor's call into llmframe.apply.
+    assert "llmframe/polars.py:apply" in outcome["frames"]
+    assert "llmframe/_api.py:apply" in outcome["frames"]
+    log = settled_log(server)
+    assert server.stats.items < n, "the child finished before the interrupt: nothing was proven"
+
+    answered = rows_answered(log)
+    answered_before = sum(
+        r.n_items for r in log if r.status == 200 and r.t_end <= t_int - RECEIVE_LAG
+    )
+    in_flight = sum(r.n_items for r in log if r.t_end > t_int - RECEIVE_LAG)
+    cached = ok_keys(cache)
+    assert cached <= set(keys_of(range(n)))
+    # Every row the engine finished was stored, and that is every row the server answered
+    # before the interrupt (give or take the ones whose response was still on its way).
+    assert len(cached) == outcome["report"]["answered_rows"]
+    assert answered_before <= len(cached) <= answered
+
+    server.configure(latency=0.0)
+    server.reset_stats()
+    df = pl.DataFrame({"review": [review(i) for i in range(n)]})
+    out = df.llm.apply(TEMPLATE, output="sentiment", batch_size=5, **opts(server, cache))
+    assert column(out, "sentiment") == [answer(i) for i in range(n)]
+    assert server.stats.items == n - len(cached)
+    re_requested = answered - len(cached)
+    print(
+        f"sigint: answered={answered} before={answered_before} cached={len(cached)} "
+        f"re_requested={re_requested} in_flight={in_flight}"
+    )
+    assert re_requested <= in_flight, f"{re_requested} rows asked again, {in_flight} were in flight"
+
+
+def test_two_processes_share_one_cache_folder(
+    fake_server_factory: Callable[..., FakeServer], spawn: Any, tmp_path: Path
+) -> None:
+    """Two processes (pandas and polars) enrich overlapping frames into one folder at once,
+    flushing every 20 ms so that both write dozens of segments and auto-compact concurrently."""
+    server = fake_server_factory(latency=0.05)
+    cache = tmp_path / "cache-shared"
+    go = tmp_path / "go"
+    rows = {"a": range(0, 200), "b": range(100, 300)}
+    backends = {"a": "pandas", "b": "polars"}
+    children = {
+        who: spawn(who, server, cache=cache, rows=rows[who], backend=backends[who],
+                   batch_size=2, max_concurrency=4, go=go, flush_seconds=0.02)
+        for who in rows
+    }  # fmt: skip
+    for who, child in children.items():
+        wait_until(lambda c=child: Path(str(c.result) + STARTED_SUFFIX).exists(),
+                   f"child {who} is ready", child)  # fmt: skip
+    go.touch()
+    for who, child in children.items():
+        assert child.wait() == 0, f"child {who} failed:\n{child.stderr.read_text()}"
+        outcome = child.outcome()
+        assert outcome["status"] == "ok"
+        assert outcome["answers"] == [answer(i) for i in rows[who]], f"child {who}"
+        assert outcome["report"]["failed_rows"] == 0
+        assert "llmframe cache" not in child.stderr.read_text()
+
+    # No corrupt file, no temp file left behind: every file is a readable segment.
+    for path in cache.iterdir():
+        assert path.name in segments(cache), f"unexpected file {path.name}"
+        pq.read_table(path)
+    records = read_cache_strict(cache)
+    assert set(records.get_column("status").unique().to_list()) == {"ok"}
+    per_key = records.group_by("key").agg(
+        pl.col("answer").n_unique().alias("answers"),
+        pl.col("answer").first(),
+        pl.len().alias("records"),
+    )
+    expected = dict(zip(keys_of(range(300)), (answer(i) for i in range(300)), strict=True))
+    assert set(per_key.get_column("key").to_list()) == set(expected)
+    assert per_key.get_column("answers").max() == 1
+    assert dict(zip(per_key["key"].to_list(), per_key["answer"].to_list(), strict=True)) == expected
+    # Rows both processes asked for have a record from each, and compactions racing each
+    # other may leave more duplicates (never a missing record); compacting folds them.
+    print(
+        f"shared: segments={len(segments(cache))} records={records.height} "
+        f"max per key={per_key.get_column('records').max()} items={server.stats.items}"
+    )
+    assert 300 <= server.stats.items <= 400
+    compact_cache(cache)
+    compacted = read_cache_strict(cache)
+    assert compacted.height == 300 and compacted.get_column("key").n_unique() == 300
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def shuffled(df: Any, seed: int = 7) -> Any:
+    if isinstance(df, pd.DataFrame):
+        return df.sample(frac=1.0, random_state=seed)
+    return df.sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def test_batch_size_order_and_new_rows_reuse_every_answer(
+    fake_server: FakeServer, make_frame: Callable[[dict[str, list[Any]]], Any], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache-reuse"
+    n = 60
+    df = make_frame({"review": [review(i) for i in range(n)], "n": list(range(n))})
+    out = df.llm.apply(TEMPLATE, output="s", batch_size=7, **opts(fake_server, cache))
+    assert column(out, "s") == [answer(i) for i in range(n)]
+    assert fake_server.stats.items == n
+
+    def rerun(frame: Any, **extra: Any) -> tuple[Any, int, int]:
+        fake_server.reset_stats()
+        result = frame.llm.apply(TEMPLATE, output="s", **opts(fake_server, cache, **extra))
+        return result, fake_server.stats.requests, fake_server.stats.items
+
+    # Another batch size: every answer from the cache, no request.
+    out, requests, _ = rerun(df, batch_size=3)
+    assert requests == 0 and column(out, "s") == [answer(i) for i in range(n)]
+    out, requests, _ = rerun(df, batch_size=1)
+    assert requests == 0 and column(out, "s") == [answer(i) for i in range(n)]
+
+    # Shuffled: no request, and each row still gets its own answer.
+    mixed = shuffled(df)
+    order = column(mixed, "n")
+    assert order != list(range(n))
+    out, requests, _ = rerun(mixed, batch_size=None)
+    assert requests == 0 and column(out, "s") == [answer(i) for i in order]
+
+    # New rows appended (to the shuffled frame): only the new rows are asked.
+    extra = make_frame(
+        {"review": [review(i) for i in range(n, n + 15)], "n": list(range(n, n + 15))}
+    )
+    grown = (
+        pd.concat([mixed, extra]) if isinstance(mixed, pd.DataFrame) else pl.concat([mixed, extra])
+    )
+    out, requests, items = rerun(grown, batch_size=4)
+    assert items == 15 and requests == 4
+    assert column(out, "s") == [answer(i) for i in [*order, *range(n, n + 15)]]
+    report = llmframe.last_report()
+    assert report is not None and report.cached_rows == n and report.answered_rows == 15
+
+
+def test_errors_are_stored_as_errors_and_never_served(
+    fake_server_factory: Callable[..., FakeServer],
+    make_frame: Callable[[dict[str, list[Any]]], Any],
+    tmp_path: Path,
+) -> None:
+    server = fake_server_factory()
+    cache = tmp_path / "cache-errors"
+    good, bad = range(0, 6), range(6, 14)
+    first = make_frame({"review": [review(i) for i in good]})
+    first.llm.apply(TEMPLATE, batch_size=3, **opts(server, cache))
+
+    # Every request fails: the new rows get null answers and error records.
+    server.configure(faults=Faults(error_rate=1.0))
+    server.reset_stats()
+    df = make_frame({"review": [review(i) for i in range(14)]})
+    o = opts(server, cache, max_attempts=1, batch_size=1)
+    out = df.llm.apply(TEMPLATE, **o)
+    assert column(out, "answer") == [answer(i) for i in good] + [None] * len(bad)
+    assert server.stats.requests == len(bad) and server.stats.server_errors == len(bad)
+    records = read_cache_strict(cache)
+    errors = records.filter(pl.col("status") == "error")
+    assert set(errors.get_column("key").to_list()) == set(keys_of(bad))
+    assert errors.get_column("answer").null_count() == len(bad)
+    assert all(e.startswith("server:") for e in errors.get_column("error").to_list())
+    assert ok_keys(cache) == set(keys_of(good))
+
+    # Still failing: the error records are not served, the rows are asked again.
+    server.reset_stats()
+    out = df.llm.apply(TEMPLATE, **o)
+    assert column(out, "answer")[len(good) :] == [None] * len(bad)
+    assert server.stats.requests == len(bad)
+
+    # Fixed: exactly the failed rows are asked, and they get their real answers.
+    server.configure(faults=Faults())
+    server.reset_stats()
+    out = df.llm.apply(TEMPLATE, **opts(server, cache, max_attempts=1, batch_size=4))
+    assert column(out, "answer") == [answer(i) for i in range(14)]
+    assert server.stats.items == len(bad) and server.stats.requests == 2
+    assert ok_keys(cache) == set(keys_of(range(14)))
+
+
+SECRET_KEY = "sk-llmframe-test-7f3c9e1d5b2a4680-DO-NOT-STORE"
+
+
+def test_no_api_key_is_ever_stored(
+    fake_server_factory: Callable[..., FakeServer],
+    make_frame: Callable[[dict[str, list[Any]]], Any],
+    tmp_path: Path,
+) -> None:
+    server = fake_server_factory(api_keys=[SECRET_KEY], faults=Faults(error_rate=0.3), seed=5)
+    cache = tmp_path / "cache-secret"
+    n = 40
+    df = make_frame({"review": [review(i) for i in range(n)]})
+    o = opts(server, cache, max_attempts=1, batch_size=2)
+    assert o["api_key"] == SECRET_KEY
+    df.llm.apply(TEMPLATE, **o)
+    records = read_cache_strict(cache)
+    assert set(records.get_column("status").to_list()) == {"ok", "error"}  # both kinds stored
+
+    files = [p for p in cache.rglob("*") if p.is_file()]
+    assert files and all(p.name in segments(cache) for p in files)
+    needles = [SECRET_KEY, "7f3c9e1d5b2a4680", "DO-NOT-STORE", "Bearer"]
+    seen = ""
+    for path in files:
+        raw = path.read_bytes()
+        for needle in needles:
+            assert needle.encode().lower() not in raw.lower(), (
+                f"{needle!r} in the bytes of {path.name}"
+            )
+        # The pages are compressed, so also look at every decoded value and all metadata.
+        table = pq.read_table(path)
+        text = json.dumps(table.to_pylist(), default=str) + str(pq.read_metadata(path).metadata)
+        text += str(table.schema.metadata)
+        assert MODEL in text  # the search does see the stored values
+        seen += text
+        for needle in needles:
+            assert needle.lower() not in text.lower(), f"{needle!r} in the records of {path.name}"
+    ok_answers = records.filter(pl.col("status") == "ok").get_column("answer").to_list()
+    assert "server:" in seen and all(a in seen for a in ok_answers)
