@@ -60,6 +60,10 @@ DEFAULT_ANSWER_TOKENS = 16
 PACKED_TOKENS_PER_ROW = 5
 #: How many times one row may be resent after its packed answer failed validation.
 MAX_RESENDS = 4
+#: Batch-size adaptation: the batch size halves when the moving average (weight
+#: SHRINK_ALPHA per reply) of the share of rows a packed reply got wrong passes SHRINK_ABOVE.
+SHRINK_ALPHA = 0.2
+SHRINK_ABOVE = 0.3
 #: Seconds between cache flushes while a run goes: a crash loses at most this much.
 FLUSH_SECONDS = 2.0
 
@@ -76,6 +80,8 @@ class Job:
     item_tokens: int = -1
     resends: int = 0
     done: bool = False
+    limit: int = 0  # when resent: the largest batch it may go in next (0: no limit)
+    no_canaries: bool = False  # its request was too large with canaries added
 
 
 @dataclass
@@ -128,12 +134,12 @@ class _Run:
     sleep: Callable[[float], Awaitable[None]]
     progress: Any
     pending: deque[Job] = field(default_factory=deque)
-    resend: deque[_Batch] = field(default_factory=deque)
+    resend: deque[Job] = field(default_factory=deque)
     cap: int = 1
     max_batch_tokens: int = AUTO_BATCH_TOKENS
     answer_tokens: int = DEFAULT_ANSWER_TOKENS
     response_format: str = "json_schema"
-    fail_streak: int = 0
+    failing: float = 0.0  # moving average of the share of rows a packed reply got wrong
     fatal: CallError | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
@@ -155,34 +161,46 @@ class _Run:
         return job.item_tokens
 
     def take(self) -> _Batch | None:
-        """The next batch to send: resent rows first, then new rows up to the caps."""
+        """The next batch to send: resent rows first, topped up with new rows.
+
+        A resent row goes in a batch at most half the size of the one it failed in,
+        but that batch is filled up with new rows: resending one dropped row alone
+        would pay the whole task (system prompt, template) again for one answer.
+        """
         if self.fatal is not None:
             return None
-        if self.resend:
-            return self.resend.popleft()
-        if not self.pending:
-            return None
-        if self.warmup == 0 and self.warmup_active and not self.known:
-            return None  # packed batches wait until the first canary answer is known
-        first = self.pending.popleft()
-        jobs = [first]
-        if self.warmup > 0:
-            # With canaries on and none known yet, the first rows go alone: their answers
-            # are real answers for the output and the canaries for every later batch.
-            self.warmup -= 1
-            self.warmup_active += 1
-            return _Batch(jobs, warmup=True)
-        if self.cap > 1:
+        jobs: list[Job] = []
+        size = self.cap
+        while self.resend and len(jobs) < size:
+            job = self.resend[0]
+            limit = job.limit or size
+            if jobs and limit < len(jobs) + 1:
+                break
+            jobs.append(self.resend.popleft())
+            size = min(size, limit)
+        if not jobs:
+            if not self.pending:
+                return None
+            if self.warmup == 0 and self.warmup_active and not self.known:
+                return None  # packed batches wait until the first canary answer is known
+            jobs.append(self.pending.popleft())
+            if self.warmup > 0:
+                # With canaries on and none known yet, the first rows go alone: their answers
+                # are real answers for the output and the canaries for every later batch.
+                self.warmup -= 1
+                self.warmup_active += 1
+                return _Batch(jobs, warmup=True)
+        if size > 1 and not (self.warmup_active and not self.known):
             per_row_out = self.answer_tokens + PACKED_TOKENS_PER_ROW
             budget = self.max_batch_tokens - self.system_tokens
-            used = self.item_tokens(first) + per_row_out
-            while self.pending and len(jobs) < self.cap:
+            used = sum(self.item_tokens(j) + per_row_out for j in jobs)
+            while self.pending and len(jobs) < size:
                 cost = self.item_tokens(self.pending[0]) + per_row_out
                 if used + cost > budget:
                     break
                 used += cost
                 jobs.append(self.pending.popleft())
-        return _Batch(jobs)
+        return _Batch(jobs, canaries=not any(j.no_canaries for j in jobs))
 
     # ---- one request ----------------------------------------------------------------
     def request_for(self, jobs: list[Job]) -> _Request:
@@ -237,7 +255,8 @@ class _Run:
                 self.split(jobs, len(jobs) // 2)
                 return
             if canaries:
-                self.resend.append(_Batch(jobs, canaries=False))
+                jobs[0].no_canaries = True
+                self.resend.append(jobs[0])
                 return
             self.fail(
                 jobs,
@@ -323,7 +342,9 @@ class _Run:
             # (requests already in flight with the same mode fail too; they must not step twice).
             if self.response_format == mode:
                 self.response_format = "json_object" if mode == "json_schema" else "text"
-            self.resend.append(_Batch(jobs))
+            for job in jobs:
+                job.limit = len(jobs)
+            self.resend.extend(jobs)
             return False
         if err.kind == "too_large" and len(jobs) > 1:
             self.split(jobs, len(jobs) // 2)
@@ -374,8 +395,7 @@ class _Run:
             # A canary's packed answer differs from its one-row answer: this batch's answers
             # may be shifted or guessed, so none of them is trusted.
             self.report.canary_failures += 1
-            self.fail_streak += 1
-            self.shrink_if_failing()
+            self.track_failures(1.0)
             self.retry_rows(jobs, dict.fromkeys(range(len(jobs)), "a canary row's answer was wrong"), len(jobs))
             return
         failed: dict[int, str] = {}
@@ -385,19 +405,22 @@ class _Run:
                 self.finish(job, parsed.answers[i], shares[0][i], shares[1][i], row_cost, done.request_id)
             else:
                 failed[j] = parsed.failed.get(i, "id missing from the reply")
-        if parsed.failed:
-            self.fail_streak += 1
-            self.shrink_if_failing()
-            if failed:
-                self.retry_rows(jobs, failed, len(jobs))
-        else:
-            self.fail_streak = 0
+        self.track_failures(len(parsed.failed) / n)
+        if failed:
+            self.retry_rows(jobs, failed, len(jobs))
 
-    def shrink_if_failing(self) -> None:
-        if self.fail_streak >= 2 and self.cap > 1:
-            # Packed answers keep failing validation: this model/task needs smaller batches.
+    def track_failures(self, share: float) -> None:
+        """Shrink the batch size when packed replies keep failing validation.
+
+        The signal is a moving average of the share of rows each packed reply got
+        wrong, not a streak of imperfect replies: one dropped row in twenty costs a
+        1-row resend, while halving the batch size for it would double the requests
+        of the whole remaining run. Two wholly failed replies in a row do shrink it.
+        """
+        self.failing = (1 - SHRINK_ALPHA) * self.failing + SHRINK_ALPHA * share
+        if self.failing > SHRINK_ABOVE and self.cap > 1:
             self.cap = max(1, self.cap // 2)
-            self.fail_streak = 0
+            self.failing = 0.0
 
     def pick_canaries(self, jobs: list[Job]) -> list[Job]:
         """Rows with a known one-row answer, added to a packed request as a check."""
@@ -449,9 +472,10 @@ class _Run:
             self.split(again, max(1, n // 2))
 
     def split(self, jobs: list[Job], size: int) -> None:
-        size = max(1, size)
-        for i in range(0, len(jobs), size):
-            self.resend.append(_Batch(jobs[i : i + size]))
+        """Queue ``jobs`` to be sent again in batches of at most ``size``."""
+        for job in jobs:
+            job.limit = max(1, size)
+        self.resend.extend(jobs)
 
     def finish(
         self,

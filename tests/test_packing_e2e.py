@@ -102,11 +102,24 @@ def test_schema_rejected_falls_back(fake_server_factory: Any) -> None:
 
 
 def test_batches_shrink_when_validation_keeps_failing(fake_server_factory: Any) -> None:
-    server = fake_server_factory(faults=Faults(drop_rate=1.0))
+    server = fake_server_factory(faults=Faults(wrong_id_rate=0.7), seed=3)
     texts = [f"t{i}" for i in range(64)]
-    assert run(server, texts, batch_size=16, max_concurrency=1) == expected(texts)
+    assert run(server, texts, batch_size=16, max_concurrency=1, max_attempts=8) == expected(texts)
     report = llmframe.last_report()
     assert report is not None and report.batch_size_final is not None and report.batch_size_final < 16
+
+
+def test_one_dropped_row_is_resent_with_new_rows_not_alone(fake_server_factory: Any) -> None:
+    """A dropped row costs a place in the next batch, not a request of its own, and one
+    imperfect reply in a while does not halve the batch size for the rest of the run."""
+    server = fake_server_factory(faults=Faults(drop_rate=0.3), seed=5)
+    texts = [f"t{i}" for i in range(400)]
+    assert run(server, texts, batch_size=20, max_concurrency=1) == expected(texts)
+    report = llmframe.last_report()
+    assert report is not None and report.batch_size_final == 20
+    assert 0 < report.resent_rows and report.requests <= 400 / 20 + report.resent_rows
+    single = [r for r in server.stats.log if r.n_items == 1]
+    assert len(single) <= 2
 
 
 def test_packed_max_tokens_scales_per_row(fake_server: FakeServer) -> None:
