@@ -14,7 +14,7 @@ from the ``x-ratelimit-*`` headers. The flow of one request::
     try:
         response = await send()
     except RateLimited as err:                 # a 429: everyone sharing the limiter waits
-        limiter.cancel(reservation)
+        limiter.settle(reservation, reservation.tokens)   # keep its place (see the engine)
         limiter.pause(err.retry_after)
         limiter.observe(err.headers)
         raise
@@ -611,6 +611,13 @@ def _key_fingerprint(api_key: str | None) -> str:
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
 
+#: The burst of the process-wide limiters, under a server's likely one second:
+#: requests released together reach the server spread out and late (connections
+#: opening), so a client bucket as large as the server's runs it dry and earns a
+#: 429 at every phase change (benchmarks/rate_limits.py: 0.8 s halved the 429s).
+SHARED_BURST_SECONDS = 0.5
+
+
 def shared_limiter(
     base_url: str,
     api_key: str | None,
@@ -633,7 +640,7 @@ def shared_limiter(
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None:
-            limiter = _registry[key] = RateLimiter(rpm=rpm, tpm=tpm)
+            limiter = _registry[key] = RateLimiter(rpm=rpm, tpm=tpm, burst_seconds=SHARED_BURST_SECONDS)
             return limiter
     if rpm is not None or tpm is not None:
         limiter.set_limits(rpm=rpm, tpm=tpm)
