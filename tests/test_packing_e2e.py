@@ -117,7 +117,7 @@ def test_one_dropped_row_is_resent_with_new_rows_not_alone(fake_server_factory: 
     assert run(server, texts, batch_size=20, max_concurrency=1) == expected(texts)
     report = llmframe.last_report()
     assert report is not None and report.batch_size_final == 20
-    assert 0 < report.resent_rows and report.requests <= 400 / 20 + report.resent_rows
+    assert report.resent_rows > 0 and report.requests <= 400 / 20 + report.resent_rows
     single = [r for r in server.stats.log if r.n_items == 1]
     assert len(single) <= 2
 

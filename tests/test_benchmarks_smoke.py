@@ -1,0 +1,110 @@
+"""Every benchmark runs end to end at a tiny scale, so that none of them rots.
+
+The numbers at that scale mean nothing (a run fits in the buckets' first
+burst); what is checked is that each script runs, prints its table, saves its
+JSON, and that llmframe still answers every row correctly in every variant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python -m pytest` puts the repo on sys.path, plain `pytest` does not: benchmarks/ lives there.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import rate_limits  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    achieved_rates,
+    command_line,
+    format_table,
+    ideal_send_seconds,
+    rate_timeline,
+    save_json,
+    scaled,
+)
+from llmframe.testing._stats import RequestRecord  # noqa: E402
+
+
+def test_rate_limits_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert rate_limits.main(["--scale", "0.01", "--out", str(tmp_path), "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.rate_limits --scale 0.01" in printed
+    assert "machine: " in printed and "burst_seconds=1" in printed
+    [saved] = tmp_path.glob("rate_limits-*.json")
+    result = json.loads(saved.read_text())
+    variants = {v["name"]: v for v in result["variants"]}
+    assert list(variants) == list(rate_limits.VARIANTS)
+    for name, v in variants.items():
+        assert rate_limits.LABELS[name] in printed
+        assert v["rows"] > 0 and v["requests"] > 0
+        if name != "naive":  # the naive gather may lose rows to 429s; that is its point
+            assert v["correct"] == v["rows"], (name, v)
+    assert variants["two_calls"]["rows"] == result["settings"]["two_calls_rows"]
+    assert result["machine"]["cores"] >= 1
+
+
+def test_rate_limits_rejects_unknown_variant() -> None:
+    with pytest.raises(SystemExit):
+        rate_limits.main(["--variants", "given,nope"])
+
+
+def _record(
+    start: float, end: float, status: int = 200, prompt: int = 10, out: int = 2
+) -> RequestRecord:
+    return RequestRecord(
+        start, end, status, prompt, out if status == 200 else 0, 1 if status == 200 else 0
+    )
+
+
+def test_achieved_rates_over_the_busy_window() -> None:
+    # 60 RPM = 1/s, 600 TPM = 10 tokens/s; 4 answered requests of 12 tokens in 4 s.
+    log = [_record(i, i + 0.5) for i in range(3)] + [_record(3.0, 4.0)]
+    log.append(_record(3.5, 3.6, status=429))
+    log.append(_record(3.6, 3.7, status=503, prompt=10))
+    rates = achieved_rates(log, rpm=60, tpm=600)
+    assert rates.window_seconds == 4.0
+    assert (rates.requests, rates.answered, rates.rate_limited) == (5, 4, 1)
+    assert rates.tokens == 48  # the 5xx is refunded, the 429 never admitted
+    assert rates.rpm_fraction == pytest.approx(5 / 4)
+    assert rates.tpm_fraction == pytest.approx(48 / 4 / 10)
+    # Without a burst, each request after the first is paced by tokens (1.2 s), the 5xx by
+    # requests (1 s); the client took 3.6 s from the first admission to the last.
+    assert rates.binding_fraction == pytest.approx((3 * 1.2 + 1.0) / 3.6)
+    bursty = achieved_rates(log, rpm=60, tpm=600, burst_seconds=2.0)
+    assert bursty.binding_fraction == pytest.approx(ideal_send_seconds(
+        [12, 12, 12, 12, 0], rpm=60, tpm=600, burst_seconds=2.0) / 3.6)  # fmt: skip
+    assert (bursty.binding_fraction or 0) < (rates.binding_fraction or 0)
+    assert achieved_rates([], rpm=60, tpm=None).binding_fraction is None
+    assert achieved_rates(log, rpm=None, tpm=None).binding_fraction is None
+
+
+def test_rate_timeline_bins_by_start() -> None:
+    log = [_record(0.1, 0.2), _record(0.5, 2.5), _record(1.2, 1.3, status=429)]
+    assert rate_timeline(log, bin_seconds=1.0) == [
+        (0.0, 2.0, 24.0, 0),
+        (1.0, 0.0, 0.0, 1),
+        (2.0, 0.0, 0.0, 0),
+    ]
+
+
+def test_table_scale_command_and_json(tmp_path: Path) -> None:
+    text = format_table(["variant", "rows/s", "share"], [["a", 19.71, "97%"], ["bb", None, "5%"]])
+    assert text.splitlines() == [
+        "variant  rows/s  share",
+        "-------  ------  -----",
+        "a          19.7    97%",
+        "bb            -     5%",
+    ]
+    assert (scaled(2000, 0.1), scaled(200, 0.001), scaled(200, 0.001, minimum=4)) == (200, 1, 4)
+    assert command_line("benchmarks.x", ["--scale", "0.1"]) == "python -m benchmarks.x --scale 0.1"
+    payload: dict[str, Any] = {"log": [_record(0, 1)], "inf": float("inf"), "path": tmp_path}
+    saved = json.loads(save_json("unit", payload, tmp_path).read_text())
+    assert saved["log"][0]["status"] == 200 and saved["inf"] is None
+    assert saved["path"] == str(tmp_path)
