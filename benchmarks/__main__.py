@@ -1,0 +1,138 @@
+"""Run every benchmark, print one summary table, regenerate cost-analysis.md.
+
+    python -m benchmarks                 # everything at full size (~25 minutes on 2 cores)
+    python -m benchmarks --scale 0.1     # a quick pass (rows scaled; limits and latencies not)
+    python -m benchmarks --only packing,cache
+
+Each benchmark is its own script (``python -m benchmarks.<name>``), run here in a
+fresh process so one cannot warm the next; each prints its own tables, saves its
+JSON and PNG plots under ``benchmarks/out/`` and compares against a baseline
+measured in the same run. This entry point then reads the newest results and
+prints the headline of each in one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).parent / "out"
+ROOT = Path(__file__).parent.parent
+
+BENCHMARKS = ["rate_limits", "packing", "cache", "calibration"]
+
+
+def _newest(pattern: str) -> dict[str, Any] | None:
+    files = sorted(OUT.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return json.loads(files[-1].read_text()) if files else None
+
+
+def _rate_limits(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    by_name = {v["name"]: v for v in d["variants"]}
+    for name in ("given", "learned", "faults", "two_calls"):
+        v = by_name.get(name)
+        if v:
+            rows.append((
+                f"rate_limits: {v['label']}",
+                f"{v['rates']['binding_fraction']:.0%} of the binding limit, "
+                f"{v['share_429']:.1%} 429s, {v['correct']}/{v['rows']} correct",
+                "target >= 90%, <= 1%, 100%",
+            ))  # fmt: skip
+    for name in ("naive", "sequential"):
+        v = by_name.get(name)
+        if v:
+            rows.append((
+                f"rate_limits: {v['label']} (baseline)",
+                f"{v['rows_per_second']:.1f} rows/s, {v['share_429']:.0%} 429s, "
+                f"{v['correct']}/{v['rows']} correct",
+                "",
+            ))  # fmt: skip
+    return rows
+
+
+def _packing(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(f"packing: {c['name']}", c["detail"], "ok" if c["ok"] else "MISSED") for c in d["checks"]
+            if c.get("kind") in ("target", "cost") or "cost" in c["name"]]  # fmt: skip
+
+
+def _cache(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, s in d.get("summary", {}).items():
+        rows.append((
+            f"cache: 1M-row fully cached re-run, {name.replace('_', ' ')}",
+            f"{s['rows_per_second']:,.0f} rows/s, peak {s['peak_x_frame']:.1f}x the frame",
+            f"target >= 200,000 rows/s ({'ok' if s['speed_ok'] else 'MISSED'}), "
+            f"<= 3x ({'ok' if s['memory_ok'] else 'MISSED'})",
+        ))  # fmt: skip
+    fill = d.get("fill", {})
+    if fill.get("bytes_per_million_rows"):
+        rows.append(("cache: size on disk", f"{fill['bytes_per_million_rows'] / 1e6:.1f} MB per million rows", ""))
+    return rows
+
+
+def _calibration(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for p in d.get("profiles", []):
+        rows.append((
+            f"calibration: {p['name']}",
+            f"recommends batch_size={p['report']['recommended_batch_size']}",
+            f"the curve predicts {p['expected_recommendation']}",
+        ))  # fmt: skip
+    return rows
+
+
+SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
+    "rate_limits": ("rate_limits-*.json", _rate_limits),
+    "packing": ("packing.json", _packing),
+    "cache": ("cache.json", _cache),
+    "calibration": ("calibration-*.json", _calibration),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--only", default=",".join(BENCHMARKS))
+    parser.add_argument("--summary-only", action="store_true", help="only summarize the newest results")
+    args = parser.parse_args(argv)
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    failed = []
+    if not args.summary_only:
+        for name in chosen:
+            cmd = [sys.executable, "-m", f"benchmarks.{name}"]
+            if name == "cache":
+                cmd += ["--rows", str(max(10_000, int(1_000_000 * args.scale)))]
+            else:
+                cmd += ["--scale", str(args.scale)]
+            print(f"\n$ {' '.join(cmd[1:])}", flush=True)
+            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+                failed.append(name)
+        subprocess.run([sys.executable, "-m", "benchmarks.cost_table", "--write", "cost-analysis.md"], cwd=ROOT)
+    rows: list[tuple[str, str, str]] = []
+    for name in chosen:
+        pattern, summarize = SUMMARIES[name]
+        data = _newest(pattern)
+        if data is None:
+            rows.append((name, "no results yet", ""))
+            continue
+        try:
+            rows.extend(summarize(data))
+        except (KeyError, TypeError) as exc:
+            rows.append((name, f"results not readable ({exc!r})", ""))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    print("\nSummary (newest results in benchmarks/out/):")
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip())
+    if failed:
+        print(f"\nbenchmarks that exited non-zero (a missed target or an error): {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
