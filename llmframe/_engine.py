@@ -64,6 +64,10 @@ MAX_RESENDS = 4
 #: SHRINK_ALPHA per reply) of the share of rows a packed reply got wrong passes SHRINK_ABOVE.
 SHRINK_ALPHA = 0.2
 SHRINK_ABOVE = 0.3
+#: ... unless batches of half the size or less, over at least SIZE_EVIDENCE_ROWS rows,
+#: fail at SIZE_INDEPENDENT times the large batches' rate or more.
+SIZE_EVIDENCE_ROWS = 40
+SIZE_INDEPENDENT = 0.7
 #: Seconds between cache flushes while a run goes: a crash loses at most this much.
 FLUSH_SECONDS = 2.0
 
@@ -140,6 +144,8 @@ class _Run:
     answer_tokens: int = DEFAULT_ANSWER_TOKENS
     response_format: str = "json_schema"
     failing: float = 0.0  # moving average of the share of rows a packed reply got wrong
+    # Rows sent and rows failed per packed batch size, to tell whether smaller batches help.
+    by_size: dict[int, list[int]] = field(default_factory=dict)
     fatal: CallError | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
@@ -398,7 +404,7 @@ class _Run:
             # A canary's packed answer differs from its one-row answer: this batch's answers
             # may be shifted or guessed, so none of them is trusted.
             self.report.canary_failures += 1
-            self.track_failures(1.0)
+            self.track_failures(n, len(jobs), len(jobs))
             self.retry_rows(jobs, dict.fromkeys(range(len(jobs)), "a canary row's answer was wrong"), len(jobs))
             return
         failed: dict[int, str] = {}
@@ -408,22 +414,41 @@ class _Run:
                 self.finish(job, parsed.answers[i], shares[0][i], shares[1][i], row_cost, done.request_id)
             else:
                 failed[j] = parsed.failed.get(i, "id missing from the reply")
-        self.track_failures(len(parsed.failed) / n)
+        self.track_failures(n, len(parsed.failed), len(jobs))
         if failed:
             self.retry_rows(jobs, failed, len(jobs))
 
-    def track_failures(self, share: float) -> None:
-        """Shrink the batch size when packed replies keep failing validation.
+    def track_failures(self, n: int, failed: int, rows: int) -> None:
+        """Shrink the batch size when packed replies keep failing validation, and smaller
+        batches do measurably better.
 
-        The signal is a moving average of the share of rows each packed reply got
-        wrong, not a streak of imperfect replies: one dropped row in twenty costs a
-        1-row resend, while halving the batch size for it would double the requests
-        of the whole remaining run. Two wholly failed replies in a row do shrink it.
+        The signal is a moving average of the share of rows each packed reply got wrong,
+        not a streak of imperfect replies: one dropped row in twenty costs a one-row
+        resend, while halving the batch size would double the requests of the rest of the
+        run. And shrinking only pays when failures depend on size (a model that loses
+        track in long batches); resent rows go in half-size batches, so the failure rate
+        there is measured for free, and when it is as bad as at full size (an endpoint
+        that fails at random) the batch size stays.
         """
-        self.failing = (1 - SHRINK_ALPHA) * self.failing + SHRINK_ALPHA * share
-        if self.failing > SHRINK_ABOVE and self.cap > 1:
-            self.cap = max(1, self.cap // 2)
-            self.failing = 0.0
+        sent_failed = self.by_size.setdefault(n, [0, 0])
+        sent_failed[0] += n
+        sent_failed[1] += failed
+        if rows > self.cap:
+            return  # sent before the last shrink: that size was already judged
+        self.failing = (1 - SHRINK_ALPHA) * self.failing + SHRINK_ALPHA * failed / n
+        if self.failing <= SHRINK_ABOVE or self.cap <= 1:
+            return
+        small = [v for size, v in self.by_size.items() if size <= self.cap // 2]
+        large = [v for size, v in self.by_size.items() if size > self.cap // 2]
+        small_sent = sum(v[0] for v in small)
+        if small_sent >= SIZE_EVIDENCE_ROWS:
+            small_rate = sum(v[1] for v in small) / small_sent
+            large_rate = sum(v[1] for v in large) / max(1, sum(v[0] for v in large))
+            if small_rate >= SIZE_INDEPENDENT * large_rate:
+                self.failing = 0.0  # failures do not depend on size: shrinking would not help
+                return
+        self.cap = max(1, self.cap // 2)
+        self.failing = 0.0
 
     def pick_canaries(self, jobs: list[Job]) -> list[Job]:
         """Rows with a known one-row answer, added to a packed request as a check."""

@@ -142,3 +142,24 @@ def test_retries_pass_through_engine_backoff(fake_server_factory: Any, no_backof
     report = llmframe.last_report()
     assert report is not None and report.retries == len(no_backoff) > 0
     assert report.requests == server.stats.requests
+
+
+def test_random_faults_do_not_collapse_the_batch_size(fake_server_factory: Any) -> None:
+    """Faults that hit any batch alike (an endpoint failing at random) are not fixed by
+    smaller batches: the resent rows' half-size batches fail as often, so the size stays."""
+    server = fake_server_factory(faults=Faults(wrong_id_rate=0.25), seed=1)
+    texts = [f"t{i}" for i in range(1000)]
+    assert run(server, texts, batch_size=20) == expected(texts)
+    report = llmframe.last_report()
+    assert report is not None and report.batch_size_final is not None
+    assert report.batch_size_final >= 5 and report.requests < 150
+
+
+def test_size_dependent_failures_shrink_to_a_size_that_works(fake_server_factory: Any) -> None:
+    from llmframe.testing import Degrade
+
+    server = fake_server_factory(degrade=Degrade(error_per_item=0.0, shift_after=6))
+    texts = [f"t{i}" for i in range(300)]
+    assert run(server, texts, batch_size=20, canaries=1, max_concurrency=1) == expected(texts)
+    report = llmframe.last_report()
+    assert report is not None and report.batch_size_final == 5  # 5 rows + 1 canary = 6 items
