@@ -51,6 +51,7 @@ from typing import Any
 from aiohttp import web
 
 from llmframe import _tokens
+from llmframe._config import UNSET  # "not passed", as distinct from None (no limit)
 from llmframe.testing._degrade import Degrade
 from llmframe.testing._faults import Faults
 from llmframe.testing._limits import Limits, Rejection
@@ -95,21 +96,6 @@ GARBAGE_BODY = (
 )
 
 
-class _Unset:
-    """The type of :data:`UNSET`: "not passed", as distinct from ``None`` (no limit)."""
-
-    _instance: _Unset | None = None
-
-    def __new__(cls) -> _Unset:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""The ``df.llm`` namespace, shared by the pandas and polars registrations.
+
+A namespace object takes the frame in ``__init__`` and keeps no other state
+(pandas builds a new one on every attribute access); every method hands the
+frame to the typed function API in ``_api``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from . import _api
+from ._calibrate import CalibrationReport
+from ._estimate import Estimate
+from ._report import RunReport
+
+__all__ = ["LLMNamespace"]
+
+Frame = TypeVar("Frame")
+
+
+class LLMNamespace(Generic[Frame]):
+    """``df.llm``: ``apply``, ``aapply``, ``estimate``, ``calibrate`` and ``report``."""
+
+    def __init__(self, df: Frame):
+        self._df = df
+
+    def apply(self, template: str, **options: Any) -> Frame:
+        """Answer ``template`` per row; see :func:`llmframe.apply`.
+
+        >>> out = df.llm.apply("Classify the sentiment of: {review}", output="sentiment")
+        """
+        return _api.apply(self._df, template, **options)
+
+    async def aapply(self, template: str, **options: Any) -> Frame:
+        """The async form of :meth:`apply`, for code that already runs in an event loop."""
+        return await _api.aapply(self._df, template, **options)
+
+    def estimate(self, template: str, *, sample: int = 0, **options: Any) -> Estimate:
+        """What :meth:`apply` with the same options would send and cost; see :func:`llmframe.estimate`.
+
+        >>> print(df.llm.estimate("Classify: {review}", model="gpt-4o-mini"))
+        """
+        return _api.estimate(self._df, template, sample=sample, **options)
+
+    def calibrate(self, template: str, **options: Any) -> CalibrationReport:
+        """Measure packed-vs-one-row agreement on a sample; see :func:`llmframe.calibrate`."""
+        from ._calibrate import calibrate
+
+        return calibrate(self._df, template, **options)
+
+    @property
+    def report(self) -> RunReport | None:
+        """The run report of the ``apply`` that returned this frame, if it did."""
+        return _api.report_of(self._df)
