@@ -17,11 +17,13 @@ How it runs:
    (``call_prefix`` / ``row_keys``), and a sample of those rows is re-run
    against the server to prove that their keys match (zero requests).
 3. Measure each backend in a fresh subprocess against a live fake server (in
-   this process, so its memory is not counted): read the frame, take the
-   baseline RSS, reset the peak (``/proc/self/clear_refs``), run ``apply``, read
-   the peak (``VmHWM``). The first call in the process is the headline (cold:
-   the cache folder is read, the tokenizer loaded); a second call in the same
-   process is shown too (warm). Every call must make zero requests, and every
+   this process, so its memory is not counted): read the frame, hand back the
+   memory pyarrow's allocator kept from reading it (``release_unused``: freed
+   memory is neither the frame's nor the call's, and a call that releases it
+   would otherwise look smaller than it is), take the baseline RSS, reset the
+   peak (``/proc/self/clear_refs``), run ``apply``, read the peak (``VmHWM``).
+   The first call in the process is the headline (cold: the cache folder is
+   read for the first time); a second call in the same process is shown too (warm). Every call must make zero requests, and every
    thousandth row's answer is checked. With ``--repeat`` processes per backend
    (default 3) the table shows the median time and the largest peak.
 4. Profile the cold re-run of each backend with cProfile, in another fresh
@@ -158,8 +160,8 @@ class PhaseMemory:
     PHASES = (
         ("llmframe._api", "rendered_columns"),
         ("llmframe._engine", "prepare"),
-        ("llmframe._engine", "row_keys"),
-        ("llmframe._cache", "AnswerCache.lookup"),
+        ("llmframe._engine", "row_digests"),
+        ("llmframe._cache", "AnswerCache.lookup_binary"),
         ("llmframe._engine", "new_run"),
         ("llmframe._api", "with_answers"),
     )
@@ -216,14 +218,23 @@ class PhaseMemory:
 
     def report(self) -> list[dict[str, Any]]:
         calls = sorted(self.calls, key=lambda c: c[1])
-        out = []
+        out: list[dict[str, Any]] = []
         for name, start, end, before, after in calls:
             during = [rss for t, rss in self.samples if start <= t <= end] + [before, after]
             depth = sum(1 for c in calls if c[1] < start and end < c[2])  # phases it runs inside
+            last = out[-1] if out else None
+            if last is not None and last["phase"] == name and last["depth"] == depth:
+                # Back-to-back calls of one phase (a slice at a time): one line.
+                last["calls"] += 1
+                last["seconds"] += end - start
+                last["peak_during"] = max(last["peak_during"], max(during) - self.baseline)
+                last["rss_at_end"] = after - self.baseline
+                continue
             out.append(
                 {
                     "phase": name,
                     "depth": depth,
+                    "calls": 1,
                     "seconds": end - start,
                     "rss_at_start": before - self.baseline,
                     "peak_during": max(during) - self.baseline,
@@ -235,6 +246,8 @@ class PhaseMemory:
 
 def child_measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run in a fresh process: the cold and warm re-runs of one backend, or a profile."""
+    import pyarrow as pa
+
     import llmframe
     from llmframe.testing import expected_answer
 
@@ -253,6 +266,7 @@ def child_measure(args: argparse.Namespace) -> dict[str, Any]:
     calls = []
     for label in ("cold", "warm") if not args.profile else ("cold",):
         gc.collect()
+        pa.default_memory_pool().release_unused()
         baseline = current_rss()
         exact_peak = reset_peak()
         profiler = cProfile.Profile() if args.profile else None
@@ -802,8 +816,10 @@ def _main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
             "  memory by phase (RSS above the baseline: at the start, the peak during, at the end):"
         )
         for phase in call.get("memory_phases", []):
+            calls = phase.get("calls", 1)
+            name = "  " * phase["depth"] + phase["phase"] + (f" x{calls}" if calls > 1 else "")
             print(
-                f"    {'  ' * phase['depth'] + phase['phase']:<22} {_mb(phase['rss_at_start']):>9} {_mb(phase['peak_during']):>9} "
+                f"    {name:<28} {_mb(phase['rss_at_start']):>9} {_mb(phase['peak_during']):>9} "
                 f"{_mb(phase['rss_at_end']):>9}   ({phase['seconds']:.2f}s)"
             )
     total = time.perf_counter() - wall

@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, cast
 
+import numpy as np
+
 from . import _packing
 from ._cache import AnswerCache, CacheRecord, resolve_cache_dir
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._errors import AuthenticationError, RowError, RunError
-from ._keys import call_prefix, row_keys
+from ._keys import call_prefix, row_digests
 from ._limiter import RateLimiter, shared_limiter
 from ._parse import normalize, parse_packed, parse_single
 from ._pricing import Price, price_for
@@ -68,6 +70,8 @@ SHRINK_ABOVE = 0.3
 #: fail at SIZE_INDEPENDENT times the large batches' rate or more.
 SIZE_EVIDENCE_ROWS = 40
 SIZE_INDEPENDENT = 0.7
+#: ... but always when more than this share of rows at the current size failed.
+ALWAYS_SHRINK_ABOVE = 0.8
 #: Seconds between cache flushes while a run goes: a crash loses at most this much.
 FLUSH_SECONDS = 2.0
 
@@ -438,17 +442,36 @@ class _Run:
         self.failing = (1 - SHRINK_ALPHA) * self.failing + SHRINK_ALPHA * failed / n
         if self.failing <= SHRINK_ABOVE or self.cap <= 1:
             return
-        small = [v for size, v in self.by_size.items() if size <= self.cap // 2]
-        large = [v for size, v in self.by_size.items() if size > self.cap // 2]
-        small_sent = sum(v[0] for v in small)
-        if small_sent >= SIZE_EVIDENCE_ROWS:
-            small_rate = sum(v[1] for v in small) / small_sent
-            large_rate = sum(v[1] for v in large) / max(1, sum(v[0] for v in large))
-            if small_rate >= SIZE_INDEPENDENT * large_rate:
-                self.failing = 0.0  # failures do not depend on size: shrinking would not help
-                return
+        if not self.size_matters():
+            self.failing = 0.0  # failures do not depend on size: shrinking would not help
+            return
         self.cap = max(1, self.cap // 2)
         self.failing = 0.0
+
+    def size_matters(self) -> bool:
+        """Whether smaller batches fail less, as far as this run has seen.
+
+        Nearly every batch failing says yes (a model that loses track past some
+        size fails every batch above it). Otherwise the rows measured at half the
+        current size or less (resends), or at the size before the last shrink, must
+        fail measurably less often than at the current size.
+        """
+        def rate(keep: Callable[[int], bool]) -> tuple[int, float]:
+            sent = sum(v[0] for size, v in self.by_size.items() if keep(size))
+            failed = sum(v[1] for size, v in self.by_size.items() if keep(size))
+            return sent, failed / sent if sent else 0.0
+
+        cap = self.cap
+        current_sent, current = rate(lambda size: cap // 2 < size <= cap)
+        if current > ALWAYS_SHRINK_ABOVE:
+            return True
+        small_sent, small = rate(lambda size: size <= cap // 2)
+        if small_sent >= SIZE_EVIDENCE_ROWS and small >= SIZE_INDEPENDENT * current:
+            return False
+        larger_sent, larger = rate(lambda size: size > cap)
+        if larger_sent >= SIZE_EVIDENCE_ROWS and current_sent >= SIZE_EVIDENCE_ROWS:
+            return current < SIZE_INDEPENDENT * larger  # the last shrink did help
+        return True  # no evidence either way: shrink, the safe side for answer quality
 
     def pick_canaries(self, jobs: list[Job]) -> list[Job]:
         """Rows with a known one-row answer, added to a packed request as a check."""
@@ -662,48 +685,79 @@ class Prepared:
 
 
 def prepare(
-    columns: Mapping[str, Sequence[str | None]], n_rows: int, template: Template, opts: Options
+    columns: Mapping[str, Sequence[str | None]],
+    n_rows: int,
+    template: Template,
+    opts: Options,
+    *,
+    chunk_rows: int = 100_000,
 ) -> Prepared:
-    """``columns`` holds each template field's rendered values (``None`` for a null)."""
+    """``columns`` holds each template field's rendered values (``None`` for a null),
+    as lists or as the accessor's :class:`~llmframe._frames.RenderedColumn`, which
+    renders a slice at a time.
+
+    Rows are rendered and keyed ``chunk_rows`` at a time and only each row's key is
+    kept, in binary (16 bytes): a cached re-run of a million rows never holds a
+    million prompts or key strings, only the answers it returns. Rows the cache does
+    not answer are rendered a second time to become jobs, which costs little next to
+    sending them.
+    """
     model = opts.model or ""
     report = RunReport(model=model, rows=n_rows)
-    answers: list[str | None] = [None] * n_rows
+    fields = template.fields
+    sources = [columns[f] for f in fields]
 
-    # 1-2: key every row (values were rendered by the accessor, vectorized per column).
-    rendered = [columns[f] for f in template.fields]
+    # 1-2: render and key every row, a slice at a time (nulls found vectorized per slice).
     prefix = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params)
-    keys = row_keys(prefix, rendered)
-    rows: Sequence[int] = range(n_rows)
-    if None in keys:  # rows with a null in a used field: null answer, no request
-        rows = [r for r, k in enumerate(keys) if k is not None]
-        report.null_rows = n_rows - len(rows)
+    digests = bytearray(16 * n_rows)
+    null = np.zeros(n_rows, dtype=bool)  # rows with a null in a used field: null answer, no request
+    for lo in range(0, n_rows, chunk_rows):
+        hi = min(n_rows, lo + chunk_rows)
+        chunk, nulls = row_digests(prefix, [source[lo:hi] for source in sources])
+        digests[16 * lo : 16 * hi] = chunk
+        null[np.asarray(nulls, dtype=np.intp) + lo] = True
+    report.null_rows = int(null.sum())
 
-    # 3: the cache, for every row at once; a cached re-run never builds per-row objects.
+    # 3: the cache, for every row at once; a cached re-run builds no per-row objects
+    # but its answers.
     cache_dir = resolve_cache_dir(opts.cache)
     cache = AnswerCache(cache_dir, flush_seconds=FLUSH_SECONDS) if cache_dir is not None else None
-    missing: Sequence[int] = rows
-    if cache is not None and len(rows):
-        wanted = keys if not report.null_rows else [keys[r] for r in rows]
-        hits = cache.lookup(wanted)  # type: ignore[arg-type]
-        missing = []
-        for row, hit in zip(rows, hits, strict=True):
-            if hit is None:
-                missing.append(row)
-            else:
-                answers[row] = hit
-        report.cached_rows = len(rows) - len(missing)
+    hits = None
+    found = np.zeros(n_rows, dtype=bool)
+    if cache is not None and report.null_rows < n_rows:
+        hits = cache.lookup_binary(digests)
+        cache.drop_index()  # looked up once; the rest of a run only writes
+        found = hits.is_valid().to_numpy(zero_copy_only=False)
+    missing = ~null & ~found
+    if hits is not None:
+        report.cached_rows = n_rows - report.null_rows - int(missing.sum())
 
     # Rows with equal keys are asked once, in order of first appearance.
     jobs: dict[str, Job] = {}
-    for row in missing:
-        key = cast(str, keys[row])  # rows with a null key were left out above
-        job = jobs.get(key)
-        if job is None:
-            values = {f: cast(str, col[row]) for f, col in zip(template.fields, rendered, strict=True)}
-            jobs[key] = Job(key, values, [row])
-        else:
-            job.rows.append(row)
-            report.duplicate_rows += 1
+    todo = np.flatnonzero(missing)
+    for lo in range(0, n_rows if len(todo) else 0, chunk_rows):
+        rows = todo[np.searchsorted(todo, lo) : np.searchsorted(todo, lo + chunk_rows)].tolist()
+        if not rows:
+            continue
+        rendered = [source[lo : lo + chunk_rows] for source in sources]
+        for row in rows:
+            key = digests[16 * row : 16 * row + 16].hex()
+            job = jobs.get(key)
+            if job is None:
+                values = {f: cast(str, col[row - lo]) for f, col in zip(fields, rendered, strict=True)}
+                jobs[key] = Job(key, values, [row])
+            else:
+                job.rows.append(row)
+                report.duplicate_rows += 1
+    del digests, todo
+
+    # The answers found, as Python strings only now, a slice at a time.
+    answers: list[str | None] = [None] * n_rows
+    if hits is not None:
+        for lo in range(0, n_rows, chunk_rows):
+            answers[lo : lo + chunk_rows] = hits.slice(lo, chunk_rows).to_pylist()
+        for row in np.flatnonzero(null & found).tolist():
+            answers[row] = None  # a row without a key has no answer, whatever the cache holds
     return Prepared(report, answers, list(jobs.values()), cache)
 
 
@@ -771,26 +825,30 @@ async def run(
     report, cache, todo = prepared.report, prepared.cache, prepared.todo
     progress = _progress(n_rows, opts.progress)
     progress.update(report.cached_rows + report.null_rows)
-    client = ChatClient(
-        client=opts.client,
-        base_url=opts.base_url,
-        api_key=opts.api_key,
-        timeout=opts.timeout,
-        max_connections=max(100, opts.max_concurrency),
-    )
-    state = new_run(
-        prepared,
-        template,
-        opts,
-        client=client,
-        limiter=limiter
-        or shared_limiter(client.base_url, client.api_key, model, rpm=opts.rpm, tpm=opts.tpm),
-        progress=progress,
-        sleep=sleep,
-    )
+    client: ChatClient | None = None
+    state: _Run | None = None
+    if todo:
+        # Only a run with rows to send pays for an HTTP client (SSL context) and a tokenizer.
+        client = ChatClient(
+            client=opts.client,
+            base_url=opts.base_url,
+            api_key=opts.api_key,
+            timeout=opts.timeout,
+            max_connections=max(100, opts.max_concurrency),
+        )
+        state = new_run(
+            prepared,
+            template,
+            opts,
+            client=client,
+            limiter=limiter
+            or shared_limiter(client.base_url, client.api_key, model, rpm=opts.rpm, tpm=opts.tpm),
+            progress=progress,
+            sleep=sleep,
+        )
 
     flusher: asyncio.Task[None] | None = None
-    if cache is not None:
+    if cache is not None and state is not None:
 
         async def flush_periodically() -> None:
             while True:
@@ -799,7 +857,7 @@ async def run(
 
         flusher = asyncio.ensure_future(flush_periodically())
     try:
-        if todo:
+        if state is not None:
             await state.drain()
     except BaseException:
         # Interrupted (Ctrl-C, cancellation): rows not finished are reported, finished ones are cached below.
@@ -816,14 +874,15 @@ async def run(
         if cache is not None:
             cache.close()
         progress.close()
-        with contextlib.suppress(Exception):
-            await client.aclose()
-        report.batch_size_final = state.cap
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        report.batch_size_final = state.cap if state is not None else _batch_cap(opts, template)
         report.finish(time.monotonic() - start)
         set_last_report(report)
 
     errors = sorted(report.errors, key=lambda e: e.row)
-    if state.fatal is not None and state.fatal.kind == "auth":
+    if state is not None and state.fatal is not None and state.fatal.kind == "auth":
         raise AuthenticationError(state.fatal.message, errors, report)
     if errors and opts.errors == "raise":
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))

@@ -268,7 +268,7 @@ def test_ctrl_c_in_sync_call_caches_every_answered_row(
     outcome = child.outcome()
     assert outcome["status"] == "interrupted"
     # The KeyboardInterrupt came out of the accessor's call into llmframe.apply.
-    assert "llmframe/polars.py:apply" in outcome["frames"]
+    assert "llmframe/_accessor.py:apply" in outcome["frames"]  # df.llm.apply on polars
     assert "llmframe/_api.py:apply" in outcome["frames"]
     log = settled_log(server)
     assert server.stats.items < n, "the child finished before the interrupt: nothing was proven"
