@@ -463,15 +463,17 @@ class _Run:
 
         cap = self.cap
         current_sent, current = rate(lambda size: cap // 2 < size <= cap)
+        larger_sent, larger = rate(lambda size: size > cap)
+        if larger_sent and current_sent < SIZE_EVIDENCE_ROWS:
+            return False  # just shrank: judge the new size on enough rows first
         if current > ALWAYS_SHRINK_ABOVE:
             return True
         small_sent, small = rate(lambda size: size <= cap // 2)
         if small_sent >= SIZE_EVIDENCE_ROWS and small >= SIZE_INDEPENDENT * current:
             return False
-        larger_sent, larger = rate(lambda size: size > cap)
-        if larger_sent >= SIZE_EVIDENCE_ROWS and current_sent >= SIZE_EVIDENCE_ROWS:
+        if larger_sent >= SIZE_EVIDENCE_ROWS:
             return current < SIZE_INDEPENDENT * larger  # the last shrink did help
-        return True  # no evidence either way: shrink, the safe side for answer quality
+        return True  # the first shrink, no evidence either way: the safe side for quality
 
     def pick_canaries(self, jobs: list[Job]) -> list[Job]:
         """Rows with a known one-row answer, added to a packed request as a check."""
