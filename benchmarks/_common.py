@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -128,6 +129,23 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
 
 
 # -- the machine ----------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The repository's short HEAD, with ``+dirty`` when llmframe/ has uncommitted changes."""
+    repo = Path(__file__).parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=repo, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "llmframe")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def _ram_bytes() -> int | None:

@@ -581,25 +581,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "llmframe"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
+def _revision() -> str | None:
+    # Imported here, not at the top: the measuring child processes must not load
+    # llmframe.testing (which _common imports) before their memory baseline.
+    from benchmarks._common import git_commit
+
+    return git_commit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -729,7 +716,7 @@ def _main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
     print(f"$ {command}")
     print(
         f"{started:%Y-%m-%d %H:%M} UTC; {host['cpus']} CPUs, {host['memory_gb']} GB RAM, "
-        f"{host['platform']}, Python {host['python']}; llmframe {git_commit() or '?'}; "
+        f"{host['platform']}, Python {host['python']}; llmframe {_revision() or '?'}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )
     print()
@@ -832,7 +819,7 @@ def _main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         "seconds": total,
         "machine": host,
         "load_average": {"before": load_before, "after": load_after},
-        "llmframe": git_commit(),
+        "llmframe": _revision(),
         "template": TEMPLATE,
         "targets": {
             "rows_per_second": TARGET_ROWS_PER_SECOND,

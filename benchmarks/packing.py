@@ -49,7 +49,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import uuid
@@ -63,6 +62,7 @@ from typing import Any
 import pandas as pd
 
 import llmframe
+from benchmarks._common import git_commit
 from llmframe.testing import FakeServer, Faults
 
 MODEL = "gpt-4o-mini"
@@ -861,27 +861,6 @@ def library_defaults() -> dict[str, Any]:
         "auto_batch_tokens": getattr(_engine, "AUTO_BATCH_TOKENS", None),
         "canaries": getattr(_config.Options(), "canaries", None),
     }
-
-
-def git_commit() -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "llmframe"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
