@@ -283,12 +283,10 @@ class _Run:
             est_cost = self.estimate_cost(request)
             limit = self.opts.max_cost_usd
             if limit is not None and self.spent_usd + self.reserved_usd + est_cost > limit:
-                self.report.budget_unsent_rows += sum(len(j.rows) for j in jobs)
-                self.fail(
-                    jobs,
-                    "budget",
-                    f"max_cost_usd={limit} reached (spent ${self.spent_usd:.4f}) before this row was sent",
-                )
+                if attempt == 0:
+                    self.report.budget_unsent_rows += sum(len(j.rows) for j in jobs)
+                when = "before this row was sent" if attempt == 0 else f"before retry {attempt}"
+                self.fail(jobs, "budget", f"max_cost_usd={limit} reached (spent ${self.spent_usd:.4f}) {when}")
                 return
             self.reserved_usd += est_cost
             try:
@@ -322,9 +320,10 @@ class _Run:
                     self.limiter.cancel(reservation)
                     raise
                 used = (done.prompt_tokens or 0) + (done.completion_tokens or 0)
-                # Learn the limits first, so the refund is paced by them.
-                self.limiter.observe(done.headers)
-                self.limiter.settle(reservation, used if used else est)
+                try:  # learn the limits first, so the refund is paced by them
+                    self.limiter.observe(done.headers)
+                finally:
+                    self.limiter.settle(reservation, used if used else est)
             except CallError as err:
                 if self.handle_error(err, jobs, canaries, mode):
                     attempt += 1
@@ -861,6 +860,11 @@ async def run(
     try:
         if state is not None:
             await state.drain()
+            if state.fatal is not None:
+                # A 401 stopped the run: rows never sent fail with the same error, so that
+                # every row has an answer or a RowError.
+                fatal = state.fatal
+                state.fail([j for j in todo if not j.done], fatal.kind, fatal.message, fatal.status)
     except BaseException:
         # Interrupted (Ctrl-C, cancellation): rows not finished are reported, finished ones are cached below.
         for job in todo:

@@ -28,9 +28,13 @@ def _in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     loop = asyncio.new_event_loop()
     task_box: list[asyncio.Task[T]] = []
 
+    interrupted = threading.Event()
+
     async def main() -> T:
         task = asyncio.ensure_future(make())
         task_box.append(task)
+        if interrupted.is_set():  # Ctrl-C came before the task existed
+            task.cancel()
         return await task
 
     def target() -> None:
@@ -48,8 +52,10 @@ def _in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
             thread.join(0.1)
     except KeyboardInterrupt:
         # Cancel the run so that it stores what finished, then re-raise.
+        interrupted.set()
         if task_box:
-            loop.call_soon_threadsafe(task_box[0].cancel)
+            with contextlib.suppress(RuntimeError):  # the loop may have just closed
+                loop.call_soon_threadsafe(task_box[0].cancel)
         thread.join()
         raise
     if error:

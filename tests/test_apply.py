@@ -203,6 +203,9 @@ def test_wrong_key_stops_the_run(fake_server_factory: Any, make_frame: Any) -> N
         df.llm.apply(TEMPLATE, **o)
     assert "401" in str(info.value) and "wrong-key-123456" not in str(info.value)
     assert server.stats.requests <= 3  # stopped early, not 50 failures
+    # ... and every row is accounted for: the unsent ones fail with the same error.
+    assert sorted(e.row for e in info.value.errors) == list(range(50))
+    assert {e.kind for e in info.value.errors} == {"auth"}
 
 
 def test_not_a_frame() -> None:
