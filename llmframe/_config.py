@@ -118,8 +118,6 @@ def resolve(**given: Any) -> Options:
         env["tpm"] = _env_float("LLMFRAME_TPM")
     if env:
         merged = replace(merged, **env)
-    if merged.model is None and merged.client is None:
-        pass
     if not merged.model:
         raise ConfigError(
             "no model given: pass model='gpt-4o-mini' (or your endpoint's model name), "

@@ -78,6 +78,11 @@ FLUSH_SECONDS = 2.0
 _MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
 
 
+def max_tokens_param(params: Mapping[str, Any] | None) -> str | None:
+    """Which of ``max_completion_tokens`` / ``max_tokens`` the user set, if any."""
+    return next((k for k in _MAX_TOKEN_KEYS if params and params.get(k) is not None), None)
+
+
 @dataclass
 class Job:
     """One distinct prompt: the rows that share a key get one answer."""
@@ -145,7 +150,8 @@ class _Run:
     resend: deque[Job] = field(default_factory=deque)
     cap: int = 1
     max_batch_tokens: int = AUTO_BATCH_TOKENS
-    answer_tokens: int = DEFAULT_ANSWER_TOKENS
+    answer_tokens: int = DEFAULT_ANSWER_TOKENS  # the user's max_tokens when given
+    max_key: str | None = None  # which of max_completion_tokens / max_tokens the user set
     response_format: str = "json_schema"
     failing: float = 0.0  # moving average of the share of rows a packed reply got wrong
     # Rows sent and rows failed per packed batch size, to tell whether smaller batches help.
@@ -215,23 +221,18 @@ class _Run:
     # ---- one request ----------------------------------------------------------------
     def request_for(self, jobs: list[Job]) -> _Request:
         params = dict(self.opts.params or {})
-        user_max = next((params[k] for k in _MAX_TOKEN_KEYS if params.get(k) is not None), None)
         if len(jobs) == 1:
             prompt = self.template.render(jobs[0].values)
             messages = _packing.single_messages(prompt, self.opts.system)
-            out = int(user_max) if user_max is not None else self.answer_tokens
-            return _Request(messages, params, None, count_messages(messages, self.tokenizer), out)
+            return _Request(messages, params, None, count_messages(messages, self.tokenizer), self.answer_tokens)
         messages = _packing.packed_messages(
             self.template.text, self.opts.system, [j.values for j in jobs]
         )
         n = len(jobs)
-        if user_max is not None:
+        out = n * (self.answer_tokens + PACKED_TOKENS_PER_ROW) + 8
+        if self.max_key is not None:
             # The user's max_tokens is per answer; a packed reply holds n of them.
-            key = next(k for k in _MAX_TOKEN_KEYS if params.get(k) is not None)
-            params[key] = n * (int(user_max) + PACKED_TOKENS_PER_ROW) + 8
-            out = params[key]
-        else:
-            out = n * (self.answer_tokens + PACKED_TOKENS_PER_ROW) + 8
+            params[self.max_key] = out
         fmt: Any = None
         if self.response_format == "json_schema":
             fmt = _packing.answers_schema(n)
@@ -798,10 +799,9 @@ def new_run(
         state.response_format = _FORMAT_MEMORY[state.format_key]
     if opts.canaries and state.cap > 1:
         state.warmup = min(len(prepared.todo), max(4, 2 * opts.canaries))
-    params = opts.params or {}
-    user_max = next((params[k] for k in _MAX_TOKEN_KEYS if params.get(k) is not None), None)
-    if user_max is not None:
-        state.answer_tokens = int(user_max)
+    state.max_key = max_tokens_param(opts.params)
+    if state.max_key is not None:
+        state.answer_tokens = int(opts.params[state.max_key])  # type: ignore[index]
     if state.cap > 1:
         system_text = _packing.packed_system(template.text, opts.system)
         state.system_tokens = count_messages(

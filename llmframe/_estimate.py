@@ -141,9 +141,7 @@ async def estimate_run(
 
     answer_tokens: int | None = None
     source = "guess"
-    params = opts.params or {}
-    user_max = next((params[k] for k in ("max_completion_tokens", "max_tokens") if params.get(k)), None)
-    if user_max is not None:
+    if _engine.max_tokens_param(opts.params) is not None:
         source = "max_tokens"
     elif sample and take_rows is not None:
         # A seeded sample of the rows still to do (rows already cached tell nothing new),

@@ -69,7 +69,7 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(make())
-    if type(loop) is not asyncio.BaseEventLoop and not isinstance(loop, asyncio.BaseEventLoop):
+    if not isinstance(loop, asyncio.BaseEventLoop):
         return _in_thread(make)
     try:
         import nest_asyncio
