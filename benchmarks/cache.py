@@ -46,7 +46,6 @@ import gc
 import io
 import json
 import os
-import platform
 import pstats
 import resource
 import shutil
@@ -568,19 +567,6 @@ def _mb(n: float) -> str:
     return f"{mb:,.0f} MB" if abs(mb) >= 10 else f"{mb:.1f} MB"
 
 
-def machine() -> dict[str, Any]:
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = None
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gb": round(memory / 2**30, 1) if memory else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
 def _revision() -> str | None:
     # Imported here, not at the top: the measuring child processes must not load
     # llmframe.testing (which _common imports) before their memory baseline.
@@ -712,10 +698,12 @@ def _main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         server_requests = server.stats.requests
     load_after = os.getloadavg()
 
+    from benchmarks._common import machine  # lazily: see _revision
+
     host = machine()
     print(f"$ {command}")
     print(
-        f"{started:%Y-%m-%d %H:%M} UTC; {host['cpus']} CPUs, {host['memory_gb']} GB RAM, "
+        f"{started:%Y-%m-%d %H:%M} UTC; {host['cores']} CPUs, {host['ram_gb']} GB RAM, "
         f"{host['platform']}, Python {host['python']}; llmframe {_revision() or '?'}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )

@@ -47,7 +47,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import sys
 import time
@@ -62,7 +61,7 @@ from typing import Any
 import pandas as pd
 
 import llmframe
-from benchmarks._common import git_commit
+from benchmarks._common import git_commit, machine
 from llmframe.testing import FakeServer, Faults
 
 MODEL = "gpt-4o-mini"
@@ -838,20 +837,6 @@ def plots(sections: dict[str, Any], out_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- the run
 
 
-def machine() -> dict[str, Any]:
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = None
-    return {
-        "cpus": os.cpu_count(),
-        "memory_gb": round(memory / 2**30, 1) if memory else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
 def library_defaults() -> dict[str, Any]:
     """What "packed" means in this run: the library's automatic batch limits and canaries."""
     from llmframe import _config, _engine
@@ -905,7 +890,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"$ {command}")
     print(
-        f"{started:%Y-%m-%d %H:%M} UTC; {host['cpus']} CPUs, {host['memory_gb']} GB RAM, "
+        f"{started:%Y-%m-%d %H:%M} UTC; {host['cores']} CPUs, {host['ram_gb']} GB RAM, "
         f"{host['platform']}, Python {host['python']}; llmframe {git_commit() or '?'}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )
