@@ -46,7 +46,7 @@ class ApplyOptions(TypedDict, total=False):
     max_cost_usd: float | None
     prices: Mapping[str, tuple[float, float]] | None
     response_format: str
-    canaries: int
+    canaries: int | None
     error_column: str | None
 
 

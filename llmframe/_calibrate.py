@@ -45,10 +45,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._agreement import agreement, answer_agreement
 from ._cache import AnswerCache, read_cache, resolve_cache_dir
 from ._config import Options, resolve
 from ._errors import ConfigError, RunError
 from ._frames import columns_of, field_columns, kind_of
+from ._html import table
 from ._keys import call_prefix
 from ._parse import normalize
 from ._report import RunReport, last_report
@@ -74,71 +76,7 @@ __all__ = [
 CALIBRATIONS_FILE = "calibrations.json"
 _FILE_VERSION = 1
 DEFAULT_BATCH_SIZES = (1, 5, 10, 20, 50)
-# Trimmed from both ends of an answer before comparing: whitespace, sentence
-# punctuation, quotes and Markdown emphasis. Not "-", "%", "$" or brackets,
-# which change what a short answer means ("-5" is not "5").
 _file_lock = threading.Lock()
-
-
-# ----------------------------------------------------------------- comparing answers
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    stripped = text.strip()
-    if not stripped.startswith("{"):
-        return None
-    try:
-        value = json.loads(stripped)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _field_value(value: Any) -> str:
-    if isinstance(value, str):
-        return normalize(value)
-    return normalize(json.dumps(value, sort_keys=True, ensure_ascii=False))
-
-
-def answer_agreement(reference: str, answer: str) -> float:
-    """How far ``answer`` agrees with ``reference``, from 0 to 1.
-
-    Plain answers agree (1) or not (0) after :func:`normalize`. When both parse
-    as JSON objects (structured outputs) the score is the share of fields, over
-    the union of both objects' keys, whose values agree.
-
-    >>> answer_agreement("Paris", "paris.")
-    1.0
-    >>> answer_agreement('{"city": "Paris", "country": "FR"}', '{"city": "paris", "country": "DE"}')
-    0.5
-    """
-    ref, ans = _json_object(reference), _json_object(answer)
-    if ref is not None and ans is not None:
-        keys = set(ref) | set(ans)
-        if not keys:
-            return 1.0
-        same = sum(
-            1
-            for k in keys
-            if k in ref and k in ans and _field_value(ref[k]) == _field_value(ans[k])
-        )
-        return same / len(keys)
-    return 1.0 if normalize(reference) == normalize(answer) else 0.0
-
-
-def _agreement(
-    reference: Sequence[str | None], answers: Sequence[str | None]
-) -> tuple[float | None, int]:
-    """Mean agreement over the rows that have a reference answer, and how many those are.
-
-    A row without a packed answer (it failed) counts as disagreeing.
-    """
-    scores = [
-        0.0 if ans is None else answer_agreement(ref, ans)
-        for ref, ans in zip(reference, answers, strict=True)
-        if ref is not None
-    ]
-    return (sum(scores) / len(scores) if scores else None), len(scores)
 
 
 # -------------------------------------------------------------------------- the report
@@ -221,6 +159,49 @@ class CalibrationReport:
 
         schema = {name: getattr(pl, dtype) for name, dtype in _ROW_SCHEMA.items()}
         return pl.DataFrame([asdict(r) for r in self.rows], schema=schema, orient="row")
+
+    def _repr_html_(self) -> str:  # Jupyter
+        header = ["batch", "agreement", "rows", "failed", "requests", "items/req",
+                  "in tok/row", "out tok/row", "cost/row", "seconds"]  # fmt: skip
+        rows = [
+            [r.batch_size, _pct(r.agreement), r.rows, r.failed_rows, r.requests,
+             _num(r.items_per_request, 1), _num(r.prompt_tokens_per_row, 1),
+             _num(r.completion_tokens_per_row, 1), _usd(r.cost_per_row), f"{r.seconds:.2f}"]
+            for r in self.rows
+        ]  # fmt: skip
+        title = (
+            f"llmframe calibration: {self.model}, {self.sample_rows} sampled rows; "
+            f"recommended batch_size {self.recommended_batch_size}"
+        )
+        return table(title, rows, header=header, note=self.verdict)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Agreement and tokens per row against batch size, on one matplotlib ``Axes``.
+
+        matplotlib is imported only here (``pip install matplotlib``). Returns the axes.
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as exc:  # pragma: no cover - matplotlib is in the test extra
+            raise ImportError("CalibrationReport.plot() needs matplotlib: pip install matplotlib") from exc
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3.5))
+        sizes = [r.batch_size for r in self.rows]
+        ax.plot(sizes, [100 * (r.agreement or 0.0) for r in self.rows], "o-", label="agreement (%)")
+        ax.axhline(100 * self.min_agreement, linestyle=":", color="gray", label="min_agreement")
+        ax.axvline(self.recommended_batch_size, linestyle="--", color="green", label="recommended")
+        ax.set_xlabel("rows per request (batch_size)")
+        ax.set_ylabel("agreement with one-row answers (%)")
+        ax.set_ylim(0, 105)
+        tokens = ax.twinx()
+        per_row = [(r.prompt_tokens_per_row or 0) + (r.completion_tokens_per_row or 0) for r in self.rows]
+        tokens.plot(sizes, per_row, "s--", color="tab:orange", label="tokens per row")
+        tokens.set_ylabel("tokens per row")
+        lines = ax.get_legend_handles_labels()[0] + tokens.get_legend_handles_labels()[0]
+        labels = ax.get_legend_handles_labels()[1] + tokens.get_legend_handles_labels()[1]
+        ax.legend(lines, labels, loc="lower left", fontsize="small")
+        ax.set_title(f"calibration: {self.model}")
+        return ax
 
     def __str__(self) -> str:
         head = (
@@ -602,8 +583,8 @@ async def acalibrate(
     for size in (b for b in sizes if 1 < b <= n):
         out = await aapply(rows_df, template, output=name, batch_size=size, cache=False,
                            **_without(given, "cache"))  # fmt: skip
-        agreement, _ = _agreement(reference, _answers(out, name))
-        rows.append(_row(size, agreement, compared, _report_of(out)))
+        agreement_share, _ = agreement(reference, _answers(out, name))
+        rows.append(_row(size, agreement_share, compared, _report_of(out)))
 
     recommended, verdict = _recommend(rows, min_agreement)
     report = CalibrationReport(

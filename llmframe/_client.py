@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 
+from ._capabilities import is_context_overflow
 from ._retry import is_retryable_status, parse_retry_after
 
 __all__ = ["CallError", "ChatClient", "Completion"]
@@ -46,6 +47,8 @@ class CallError(Exception):
     code: str | None = None
     retry_after: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    param: str | None = None  # the parameter the endpoint named, if it named one
+    fatal: bool = False  # every request would fail the same way: stop the run
 
     def __str__(self) -> str:
         return self.message
@@ -64,6 +67,15 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
         if isinstance(err, Mapping):
             code = err.get("code") or err.get("type")
             return str(code) if code else None
+    return None
+
+
+def _error_param(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping) and isinstance(err.get("param"), str):
+            return str(err["param"])
     return None
 
 
@@ -86,25 +98,38 @@ def classify(exc: BaseException, *, api_key: str | None = None) -> CallError:
         status = exc.status_code
         headers = dict(exc.response.headers) if exc.response is not None else {}
         code = _error_code(exc)
-        message = _redact(f"HTTP {status}: {_error_message(exc)}", api_key)
+        detail = _redact(_error_message(exc), api_key)
+        message = f"HTTP {status}: {detail}"
+        param = _error_param(exc)
         if status == 401:
             return CallError(
                 "auth",
                 "the endpoint refused the API key (HTTP 401); check api_key= or OPENAI_API_KEY",
-                False,
-                status,
-                code,
-                headers=headers,
-            )
+                False, status, code, headers=headers, fatal=True,
+            )  # fmt: skip
+        if status == 403:
+            return CallError(
+                "auth", message + " (access refused: check the key's project and model access)",
+                False, status, code, headers=headers, fatal=True,
+            )  # fmt: skip
+        if status == 404:
+            # An unknown model or a wrong base_url: every request gets the same answer.
+            return CallError(
+                "endpoint", message + " (check model= and base_url=)",
+                False, status, code, headers=headers, param=param, fatal=True,
+            )  # fmt: skip
         if status == 429 and code == "insufficient_quota":
-            return CallError("auth", message + " (out of credit: retrying will not help)", False, status, code, headers=headers)
-        if status == 400 and code == "context_length_exceeded":
+            return CallError(
+                "auth", message + " (out of credit: retrying will not help)",
+                False, status, code, headers=headers, fatal=True,
+            )  # fmt: skip
+        if code == "context_length_exceeded" or is_context_overflow(status, detail):
             hint = " (shorten this row, lower max_tokens, or use a model with a larger context window)"
-            return CallError("too_large", message + hint, False, status, code, headers=headers)
+            return CallError("too_large", message + hint, False, status, code, headers=headers, param=param)
         if is_retryable_status(status):
             kind = "rate_limit" if status == 429 else "server"
-            return CallError(kind, message, True, status, code, parse_retry_after(headers), headers)
-        return CallError("bad_request", message, False, status, code, headers=headers)
+            return CallError(kind, message, True, status, code, parse_retry_after(headers), headers, param)
+        return CallError("bad_request", message, False, status, code, headers=headers, param=param)
     if isinstance(exc, (ValueError, openai.APIResponseValidationError)):
         # A 200 with a body that is not a chat completion: a flaky proxy or server.
         return CallError("server", f"unreadable response body ({type(exc).__name__})", True)

@@ -58,7 +58,7 @@ class Options:
     max_cost_usd: float | None = None
     prices: Mapping[str, tuple[float, float]] | None = None
     response_format: str = "auto"
-    canaries: int = 0
+    canaries: int | None = None
     error_column: str | None = None
 
 
@@ -154,8 +154,10 @@ def _validate(o: Options) -> None:
             "response_format must be 'auto', 'json_schema', 'json_object' or 'text', "
             f"got {o.response_format!r}"
         )
-    if not isinstance(o.canaries, int) or isinstance(o.canaries, bool) or o.canaries < 0:
-        raise ConfigError(f"canaries must be an int >= 0, got {o.canaries!r}")
+    if o.canaries is not None and (
+        not isinstance(o.canaries, int) or isinstance(o.canaries, bool) or o.canaries < 0
+    ):
+        raise ConfigError(f"canaries must be None (automatic), or an int >= 0, got {o.canaries!r}")
     if o.error_column is not None and (not isinstance(o.error_column, str) or not o.error_column):
         raise ConfigError(f"error_column must be a column name or None, got {o.error_column!r}")
     if o.params is not None and not isinstance(o.params, Mapping):

@@ -22,30 +22,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
 from . import _packing
 from ._cache import AnswerCache, CacheRecord, resolve_cache_dir
+from ._canaries import Canaries
+from ._capabilities import MEMORY, EndpointMemory, Rejection, next_format, rejection
+from ._check import PackingCheck, Verdict
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
-from ._errors import AuthenticationError, RowError, RunError
+from ._errors import AuthenticationError, EndpointError, RowError, RunError
+from ._jobs import Batch, Job
 from ._keys import call_prefix, row_digests
 from ._limiter import RateLimiter, shared_limiter
-from ._parse import normalize, parse_packed, parse_single
+from ._parse import parse_packed, parse_single
 from ._pricing import Price, price_for
 from ._report import RunReport, set_last_report
 from ._retry import retry_delay
 from ._template import Template
 from ._tokens import Tokenizer, count_messages, get_tokenizer
+from ._warn import warn_user
 
 __all__ = ["RunResult", "run"]
 
@@ -72,6 +77,19 @@ SIZE_EVIDENCE_ROWS = 40
 SIZE_INDEPENDENT = 0.7
 #: ... but always when more than this share of rows at the current size failed.
 ALWAYS_SHRINK_ABOVE = 0.8
+#: The packing check of ``batch_size=None`` (see ``_check``): rows answered alone first,
+#: the packed sizes tried on them, and the share of them that must agree.
+AUTO_CHECK_ROWS = 20
+AUTO_CHECK_SIZES = (5,)  # tried after the cap (AUTO_BATCH_ITEMS), largest first
+AUTO_MIN_AGREEMENT = 0.95
+#: Runs with at most this many rows to send go one row per request: the check would
+#: cost as much as packing saves.
+SMALL_FRAME_ROWS = 2 * AUTO_CHECK_ROWS
+#: With ``canaries=None`` while packing, one canary rides on every AUTO_CANARY_EVERY-th
+#: packed request: about 1% more tokens at 20 rows per request.
+AUTO_CANARY_EVERY = 4
+#: Rows answered alone to seed canaries when a stored verdict skips the check.
+REMEMBERED_WARMUP_ROWS = 4
 #: Seconds between cache flushes while a run goes: a crash loses at most this much.
 FLUSH_SECONDS = 2.0
 
@@ -84,31 +102,10 @@ def max_tokens_param(params: Mapping[str, Any] | None) -> str | None:
 
 
 @dataclass
-class Job:
-    """One distinct prompt: the rows that share a key get one answer."""
-
-    key: str
-    values: dict[str, str]
-    rows: list[int]
-    item_tokens: int = -1
-    resends: int = 0
-    done: bool = False
-    limit: int = 0  # when resent: the largest batch it may go in next (0: no limit)
-    no_canaries: bool = False  # its request was too large with canaries added
-
-
-@dataclass
 class RunResult:
     answers: list[str | None]
     errors: list[RowError]
     report: RunReport
-
-
-@dataclass
-class _Batch:
-    jobs: list[Job]
-    canaries: bool = True  # False: send without canaries (the request would be too large)
-    warmup: bool = False  # a single row sent first to learn canary answers
 
 
 @dataclass
@@ -118,17 +115,13 @@ class _Request:
     messages: list[dict[str, str]]
     params: dict[str, Any]
     response_format: Any
+    mode: str  # the structured-output mode of a packed request ("text" for one row)
     input_tokens: int  # exact (tiktoken over the messages as sent)
     output_tokens: int  # expected: max_tokens if set, else the running answer-length guess
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
-
-
-#: The structured-output mode that worked per (base_url, model), so later runs in
-#: the process do not pay a rejected request to find it again.
-_FORMAT_MEMORY: dict[tuple[str, str], str] = {}
 
 
 @dataclass
@@ -151,8 +144,15 @@ class _Run:
     cap: int = 1
     max_batch_tokens: int = AUTO_BATCH_TOKENS
     answer_tokens: int = DEFAULT_ANSWER_TOKENS  # the user's max_tokens when given
-    max_key: str | None = None  # which of max_completion_tokens / max_tokens the user set
+    max_key: str | None = None  # which of max_completion_tokens / max_tokens is sent
+    params: dict[str, Any] = field(default_factory=dict)  # as sent: renamed and dropped ones applied
     response_format: str = "json_schema"
+    format_confirmed: bool = False  # a packed reply came back in this mode
+    # Until the endpoint has answered a request with these parameter names once, and
+    # until a packed reply came back in the current format, one request goes alone:
+    # a rejection then costs one request, not one per worker.
+    endpoint_confirmed: bool = False
+    probe_in_flight: bool = False
     failing: float = 0.0  # moving average of the share of rows a packed reply got wrong
     # Rows sent and rows failed per packed batch size, to tell whether smaller batches help.
     by_size: dict[int, list[int]] = field(default_factory=dict)
@@ -161,14 +161,13 @@ class _Run:
     reserved_usd: float = 0.0
     in_flight: int = 0
     system_tokens: int = 0
-    format_key: tuple[str, str] = ("", "")
-    # Canaries: rows whose one-row answer is known, by key.
-    known: dict[str, str] = field(default_factory=dict)
-    known_keys: list[str] = field(default_factory=list)
-    known_jobs: dict[str, Job] = field(default_factory=dict)
-    rng: random.Random = field(default_factory=lambda: random.Random(0))
-    warmup: int = 0  # rows still to send alone before packing starts (to seed canaries)
-    warmup_active: int = 0
+    endpoint: str = ""  # EndpointMemory key: base_url and model
+    task_key: str = ""  # the packing verdict's key: endpoint, template, system, params
+    memory_dir: Path | None = None
+    canaries: Canaries = field(default_factory=lambda: Canaries(0))
+    check: PackingCheck | None = None
+    remembered_size: int | None = None  # a stored verdict's batch size, applied after warm-up
+    learns: bool = True  # False for estimates: what they assume is not what an endpoint said
 
     # ---- planning -------------------------------------------------------------------
     def item_tokens(self, job: Job) -> int:
@@ -176,20 +175,46 @@ class _Run:
             job.item_tokens = self.tokenizer.count(_packing.item_line(0, job.values)) + 1
         return job.item_tokens
 
-    def take(self) -> _Batch | None:
-        """The next batch to send: resent rows first, topped up with new rows.
+    def take(self) -> Batch | None:
+        """The next batch to send, or ``None`` when there is none now.
 
-        A resent row goes in a batch at most half the size of the one it failed in,
-        but that batch is filled up with new rows: resending one dropped row alone
-        would pay the whole task (system prompt, template) again for one answer.
+        Resent rows go first, topped up with new rows: resending one dropped row
+        alone would pay the whole task (system prompt, template) again for one
+        answer. A resent row goes in a batch at most half the size of the one it
+        failed in. Packing waits while the packing check or the first request in
+        an unconfirmed structured-output mode is out.
         """
         if self.fatal is not None:
             return None
+        check = self.check
+        if check is not None and check.verdict is None:
+            if self.probe_in_flight:
+                return None
+            if self.resend:  # while checking, every request is one row
+                return self.gated(Batch([self.resend.popleft()]))
+            if check.wants_reference() and self.pending:
+                job = self.pending.popleft()
+                check.add_reference(job)
+                return self.gated(Batch([job], kind="reference"))
+            if check.busy:
+                return None
+            if not self.pending:
+                check.verdict = Verdict(1, "no rows left to pack after the sampled ones", {})
+            else:
+                trial = check.next_trial(self.rows_that_fit())
+                if trial is not None:
+                    return self.gated(Batch(trial, kind="trial"))
+                if check.busy:
+                    return None
+        if check is not None and check.verdict is not None:
+            self.apply_verdict()
+        if self.probe_in_flight:
+            return None  # the first reply (of the endpoint, or of a format) is not back yet
         jobs: list[Job] = []
         size = self.cap
         while self.resend and len(jobs) < size:
             job = self.resend[0]
-            limit = job.limit or size
+            limit = job.max_batch or size
             if jobs and limit < len(jobs) + 1:
                 break
             jobs.append(self.resend.popleft())
@@ -197,16 +222,8 @@ class _Run:
         if not jobs:
             if not self.pending:
                 return None
-            if self.warmup == 0 and self.warmup_active and not self.known:
-                return None  # packed batches wait until the first canary answer is known
             jobs.append(self.pending.popleft())
-            if self.warmup > 0:
-                # With canaries on and none known yet, the first rows go alone: their answers
-                # are real answers for the output and the canaries for every later batch.
-                self.warmup -= 1
-                self.warmup_active += 1
-                return _Batch(jobs, warmup=True)
-        if size > 1 and not (self.warmup_active and not self.known):
+        if size > 1:
             per_row_out = self.answer_tokens + PACKED_TOKENS_PER_ROW
             budget = self.max_batch_tokens - self.system_tokens
             used = sum(self.item_tokens(j) + per_row_out for j in jobs)
@@ -216,15 +233,55 @@ class _Run:
                     break
                 used += cost
                 jobs.append(self.pending.popleft())
-        return _Batch(jobs, canaries=not any(j.no_canaries for j in jobs))
+        canaries = [] if any(j.no_canaries for j in jobs) else self.canaries.pick(jobs)
+        return self.gated(Batch(jobs, canaries=canaries))
+
+    def gated(self, batch: Batch) -> Batch:
+        if not self.endpoint_confirmed or (batch.packed and not self.format_confirmed):
+            batch.probe = self.probe_in_flight = True
+        return batch
+
+    @property
+    def signature(self) -> str:
+        """The parameter names requests carry: what a new endpoint may reject."""
+        return ",".join(sorted(self.params))
+
+    def rows_that_fit(self) -> int:
+        """How many of the sampled rows, on average, one packed request carries under the
+        token budget."""
+        assert self.check is not None
+        jobs = self.check.answered_jobs()
+        if not jobs:
+            return self.cap
+        per_row = self.answer_tokens + PACKED_TOKENS_PER_ROW
+        avg = sum(self.item_tokens(j) for j in jobs) / len(jobs) + per_row
+        return max(1, int((self.max_batch_tokens - self.system_tokens) // avg))
+
+    def apply_verdict(self) -> None:
+        """The check is decided: set the batch size, say why, remember it for next time."""
+        assert self.check is not None and self.check.verdict is not None
+        verdict = self.check.verdict
+        self.check = None
+        size = self.remembered_size if self.remembered_size is not None else verdict.batch_size
+        self.cap = max(1, min(self.cap, size))
+        self.report.packing_agreement = dict(verdict.agreement)
+        if self.remembered_size is None:
+            self.report.packing_reason = verdict.reason
+            if verdict.agreement:
+                self.learned(
+                    verdicts={self.task_key: {"batch_size": verdict.batch_size, "reason": verdict.reason}}
+                )
+        if self.cap == 1 and verdict.agreement:
+            warn_user(f"llmframe: {verdict.reason}.")
 
     # ---- one request ----------------------------------------------------------------
     def request_for(self, jobs: list[Job]) -> _Request:
-        params = dict(self.opts.params or {})
+        params = dict(self.params)
         if len(jobs) == 1:
             prompt = self.template.render(jobs[0].values)
             messages = _packing.single_messages(prompt, self.opts.system)
-            return _Request(messages, params, None, count_messages(messages, self.tokenizer), self.answer_tokens)
+            tokens = count_messages(messages, self.tokenizer)
+            return _Request(messages, params, None, "text", tokens, self.answer_tokens)
         messages = _packing.packed_messages(
             self.template.text, self.opts.system, [j.values for j in jobs]
         )
@@ -238,34 +295,118 @@ class _Run:
             fmt = _packing.answers_schema(n)
         elif self.response_format == "json_object":
             fmt = {"type": "json_object"}
-        return _Request(messages, params, fmt, count_messages(messages, self.tokenizer), out)
+        tokens = count_messages(messages, self.tokenizer)
+        return _Request(messages, params, fmt, self.response_format, tokens, out)
 
     def estimate_cost(self, request: _Request) -> float:
         if self.price is None:
             return 0.0
         return self.price.cost(request.input_tokens, request.output_tokens)
 
-    async def process(self, batch: _Batch) -> None:
+    async def process(self, batch: Batch) -> None:
         try:
-            await self.send(batch.jobs, batch.canaries)
+            if batch.kind == "trial":
+                await self.send_trial(batch)
+            else:
+                await self.send(batch)
         except Exception as exc:  # a bug must cost its rows, never the run
-            unfinished = [j for j in batch.jobs if not j.done]
+            unfinished = [j for j in batch.jobs if not j.done and j.rows]
             self.fail(unfinished, "internal", f"unexpected {type(exc).__name__}: {exc}")
+            if batch.kind == "trial" and self.check is not None:
+                self.check.record_trial(batch.jobs, [None] * len(batch.jobs))
         finally:
-            if batch.warmup:
-                self.warmup_active -= 1
+            if batch.probe:
+                self.probe_in_flight = False
+                if not batch.rejected and self.fatal is None:
+                    # Answered, or failed for another reason than a rejection: what the
+                    # endpoint said is about the rows, so the others may go.
+                    self.endpoint_confirmed = True
 
-    async def send(self, jobs: list[Job], use_canaries: bool = True) -> None:
-        canaries = self.pick_canaries(jobs) if use_canaries else []
-        sent = self.place_canaries(jobs, canaries)
+    async def call(self, request: _Request, jobs: Sequence[Job]) -> Completion:
+        """One request with its retries, each passing the limiter and the budget.
+
+        Raises the final :class:`CallError`: not retryable, a rejection of what the
+        request carried (never retried: the caller changes the request), the budget,
+        or the last of ``max_attempts``.
+        """
+        attempt = 0
+        while True:
+            if self.fatal is not None:
+                raise self.fatal
+            est_cost = self.estimate_cost(request)
+            limit = self.opts.max_cost_usd
+            if limit is not None and self.spent_usd + self.reserved_usd + est_cost > limit:
+                if attempt == 0:
+                    self.report.budget_unsent_rows += sum(len(j.rows) for j in jobs)
+                when = "before this row was sent" if attempt == 0 else f"before retry {attempt}"
+                raise CallError("budget", f"max_cost_usd={limit} reached (spent ${self.spent_usd:.4f}) {when}", False)
+            self.reserved_usd += est_cost
+            try:
+                return await self.attempt(request)
+            except CallError as err:
+                if not err.retryable or self.rejection_of(err, request) is not None:
+                    raise
+                attempt += 1
+                if attempt >= self.opts.max_attempts:
+                    err.message = f"{err.message} (gave up after {attempt} attempts)"
+                    raise
+                self.report.retries += 1
+                delay = 0.0 if err.kind == "rate_limit" else retry_delay(attempt - 1, err.headers)
+                await self.sleep(delay)
+            finally:
+                self.reserved_usd -= est_cost
+
+    async def attempt(self, request: _Request) -> Completion:
+        est = request.tokens
+        reservation = await self.limiter.acquire(est)
+        if self.fatal is not None:  # it came while this request waited for its slot
+            self.limiter.cancel(reservation)
+            raise self.fatal
+        try:
+            self.report.requests += 1
+            done = await self.client.complete(
+                request.messages,
+                model=self.opts.model or "",
+                params=request.params,
+                response_format=request.response_format,
+            )
+        except CallError as err:
+            # The attempt keeps its place in the schedule, even on a 429: given back, its
+            # slot would let the retry start together with the last waiter and earn the
+            # next 429 (benchmarks/rate_limits.py: 17 -> 4 429s in 1,000 requests).
+            # Its tokens are refunded only when the server answered with an error
+            # (4xx other than 429, 5xx): a timeout or an unreadable 200 may have been
+            # counted, and a 429 keeps them so the retry does not jump the queue.
+            refund = err.status is not None and err.status != 429
+            self.limiter.settle(reservation, 0 if refund else est)
+            if err.kind == "rate_limit":
+                self.report.rate_limited += 1
+                self.limiter.pause(
+                    err.retry_after if err.retry_after is not None else retry_delay(0, {})
+                )
+            if err.headers:
+                self.limiter.observe(err.headers)
+            raise
+        except BaseException:
+            self.limiter.cancel(reservation)
+            raise
+        used = (done.prompt_tokens or 0) + (done.completion_tokens or 0)
+        try:  # learn the limits first, so the refund is paced by them
+            self.limiter.observe(done.headers)
+        finally:
+            self.limiter.settle(reservation, used if used else est)
+        return done
+
+    async def send(self, batch: Batch) -> None:
+        jobs = batch.jobs
+        sent = self.canaries.place(jobs, batch.canaries)
         request = self.request_for(sent)
-        mode = self.response_format
         est = request.tokens
         if not self.limiter.fits(est) or (len(sent) > 1 and est > self.max_batch_tokens * 2):
             if len(jobs) > 1:
                 self.split(jobs, len(jobs) // 2)
                 return
-            if canaries:
+            if batch.canaries:
                 jobs[0].no_canaries = True
                 self.resend.append(jobs[0])
                 return
@@ -276,97 +417,145 @@ class _Run:
                 f"({self.limiter.tpm:.0f}); shorten this row or raise tpm=",
             )
             return
-        attempt = 0
-        while True:
-            if self.fatal is not None:
-                self.fail(jobs, self.fatal.kind, self.fatal.message, self.fatal.status)
-                return
-            est_cost = self.estimate_cost(request)
-            limit = self.opts.max_cost_usd
-            if limit is not None and self.spent_usd + self.reserved_usd + est_cost > limit:
-                if attempt == 0:
-                    self.report.budget_unsent_rows += sum(len(j.rows) for j in jobs)
-                when = "before this row was sent" if attempt == 0 else f"before retry {attempt}"
-                self.fail(jobs, "budget", f"max_cost_usd={limit} reached (spent ${self.spent_usd:.4f}) {when}")
-                return
-            self.reserved_usd += est_cost
-            try:
-                reservation = await self.limiter.acquire(est)
-                try:
-                    self.report.requests += 1
-                    done = await self.client.complete(
-                        request.messages,
-                        model=self.opts.model or "",
-                        params=request.params,
-                        response_format=request.response_format,
-                    )
-                except CallError as err:
-                    # The attempt keeps its place in the schedule, even on a 429: given back, its
-                    # slot would let the retry start together with the last waiter and earn the
-                    # next 429 (benchmarks/rate_limits.py: 17 -> 4 429s in 1,000 requests).
-                    # Its tokens are refunded only when the server answered with an error
-                    # (4xx other than 429, 5xx): a timeout or an unreadable 200 may have been
-                    # counted, and a 429 keeps them so the retry does not jump the queue.
-                    refund = err.status is not None and err.status != 429
-                    self.limiter.settle(reservation, 0 if refund else est)
-                    if err.kind == "rate_limit":
-                        self.report.rate_limited += 1
-                        self.limiter.pause(
-                            err.retry_after if err.retry_after is not None else retry_delay(attempt, {})
-                        )
-                    if err.headers:
-                        self.limiter.observe(err.headers)
-                    raise
-                except BaseException:
-                    self.limiter.cancel(reservation)
-                    raise
-                used = (done.prompt_tokens or 0) + (done.completion_tokens or 0)
-                try:  # learn the limits first, so the refund is paced by them
-                    self.limiter.observe(done.headers)
-                finally:
-                    self.limiter.settle(reservation, used if used else est)
-            except CallError as err:
-                if self.handle_error(err, jobs, canaries, mode):
-                    attempt += 1
-                    if attempt < self.opts.max_attempts:
-                        self.report.retries += 1
-                        delay = 0.0 if err.kind == "rate_limit" else retry_delay(attempt - 1, err.headers)
-                        await self.sleep(delay)
-                        continue
-                    self.fail(jobs, err.kind, f"{err.message} (gave up after {attempt} attempts)", err.status)
-                return
-            finally:
-                self.reserved_usd -= est_cost
-            if len(sent) > 1:
-                _FORMAT_MEMORY[self.format_key] = mode
-            self.accept(jobs, sent, done)
+        try:
+            done = await self.call(request, jobs)
+        except CallError as err:
+            self.handle_error(err, batch, request)
             return
+        self.confirm_endpoint()
+        if len(sent) > 1:
+            self.confirm_format(request.mode)
+        self.accept(jobs, sent, done)
 
-    def handle_error(self, err: CallError, jobs: list[Job], canaries: list[Job], mode: str) -> bool:
-        """Deal with a failed attempt; True means "try the same request again"."""
-        if err.kind == "auth":
+    async def send_trial(self, batch: Batch) -> None:
+        """A packing-check request: the answers are compared, never written out."""
+        assert self.check is not None
+        check = self.check
+        request = self.request_for(batch.jobs)
+        n = len(batch.jobs)
+        try:
+            done = await self.call(request, [])
+        except CallError as err:
+            rejected = self.rejection_of(err, request)
+            if rejected is not None and self.adapt(rejected, err, request):
+                batch.rejected = True
+                check.requeue(batch.jobs)
+                return
+            if err.fatal and self.fatal is None:
+                self.fatal = err
+            check.record_trial(batch.jobs, [None] * n)
+            return
+        self.confirm_endpoint()
+        self.confirm_format(request.mode)
+        prompt, completion = done.prompt_tokens or 0, done.completion_tokens or 0
+        cost = None if self.price is None else self.price.cost(prompt, completion)
+        self.report.add_usage(prompt, completion, cost)
+        self.report.check_requests += 1
+        self.report.check_tokens += prompt + completion
+        if cost is not None:
+            self.spent_usd += cost
+        parsed = parse_packed(done.content, n, truncated=done.finish_reason == "length")
+        check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)])
+
+    # ---- what the endpoint accepts ----------------------------------------------------
+    def rejection_of(self, err: CallError, request: _Request) -> Rejection | None:
+        if err.fatal or err.kind in ("rate_limit", "timeout", "connection", "budget"):
+            return None
+        mode = request.mode if request.response_format is not None else None
+        return rejection(err.status, err.message, err.param, request.params, response_format=mode)
+
+    def adapt(self, rejected: Rejection, err: CallError, request: _Request) -> bool:
+        """Change what every later request sends; True when the request should go again.
+
+        Requests in flight with the old settings come back rejected too: they find
+        the change made already and are simply sent again.
+        """
+        name = rejected.param
+        status = f"HTTP {err.status}" if err.status else "an error"
+        if rejected.action == "step_down":
+            if self.opts.response_format != "auto":
+                self.stop(err, f"the endpoint rejects response_format={request.mode!r} ({err.message}); "
+                               "use response_format='auto' to let llmframe find one it accepts")  # fmt: skip
+                return False
+            if self.response_format == request.mode:
+                self.response_format = next_format(request.mode)
+                self.format_confirmed = False
+                self.report.endpoint_notes.append(
+                    f"response_format {request.mode!r} rejected ({status}); using {self.response_format!r}"
+                )
+            return True
+        if rejected.action == "rename":
+            target = rejected.rename_to or ""
+            if name in self.params:
+                self.params[target] = self.params.pop(name)
+                if self.max_key == name:
+                    self.max_key = target
+                self.report.endpoint_notes.append(f"{name!r} rejected ({status}); sent as {target!r}")
+                self.learned(renames={name: target})
+            return True
+        if rejected.action == "drop":
+            if name in self.params:
+                del self.params[name]
+                note = f"params[{name!r}] rejected ({status}); dropped for this endpoint"
+                self.report.endpoint_notes.append(note)
+                warn_user(f"llmframe: the endpoint rejects params[{name!r}]; sending without it")
+                self.learned(drops={name: True})
+            return True
+        if rejected.action == "stop":
+            self.stop(err, f"the endpoint rejects params[{name!r}] ({err.message}); remove it from "
+                           "params= or change its value. Rows answered so far are cached")  # fmt: skip
+        return False
+
+    def stop(self, err: CallError, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = CallError("endpoint", message, False, err.status, err.code, fatal=True)
+
+    def learned(self, **values: Any) -> None:
+        """Remember what the endpoint taught, for later runs (:class:`EndpointMemory`)."""
+        if self.learns:
+            MEMORY.update(self.endpoint, self.memory_dir, **values)
+
+    def confirm_endpoint(self) -> None:
+        if not self.endpoint_confirmed:
+            self.endpoint_confirmed = True
+            self.learned(answered={self.signature: True})
+
+    def confirm_format(self, mode: str) -> None:
+        if mode == self.response_format and not self.format_confirmed:
+            self.format_confirmed = True
+            if self.opts.response_format == "auto":
+                self.learned(response_format=mode)
+
+    def handle_error(self, err: CallError, batch: Batch, request: _Request) -> None:
+        """Deal with the final error of a request."""
+        jobs = batch.jobs
+        rejected = self.rejection_of(err, request)
+        if rejected is not None and rejected.action != "too_large":
+            if self.adapt(rejected, err, request):
+                batch.rejected = True
+                for job in jobs:
+                    job.max_batch = len(jobs)
+                self.resend.extend(jobs)
+                return
+            fatal = self.fatal or err
+            self.fail(jobs, fatal.kind, fatal.message, fatal.status)
+            return
+        if err.fatal:
             if self.fatal is None:
                 self.fatal = err
             self.fail(jobs, err.kind, err.message, err.status)
-            return False
-        packed = len(jobs) + len(canaries) > 1
-        if err.status == 400 and packed and mode != "text" and "response_format" in err.message:
-            # The endpoint rejects this structured-output mode: step down once for the run
-            # (requests already in flight with the same mode fail too; they must not step twice).
-            if self.response_format == mode:
-                self.response_format = "json_object" if mode == "json_schema" else "text"
-            for job in jobs:
-                job.limit = len(jobs)
-            self.resend.extend(jobs)
-            return False
-        if err.kind == "too_large" and len(jobs) > 1:
+            return
+        too_large = err.kind == "too_large" or rejected is not None
+        if too_large and len(jobs) > 1:
             self.split(jobs, len(jobs) // 2)
-            return False
-        if err.retryable:
-            return True
-        self.fail(jobs, err.kind, err.message, err.status)
-        return False
+            return
+        if too_large and batch.canaries:
+            jobs[0].no_canaries = True
+            self.resend.append(jobs[0])
+            return
+        self.fail(jobs, "too_large" if too_large else err.kind, err.message, err.status)
 
+    # ---- answers ----------------------------------------------------------------------
     def accept(self, jobs: list[Job], sent: list[Job], done: Completion) -> None:
         """Take the answers of a completed request; ``sent`` is ``jobs`` plus any canaries, in
         the order they were sent."""
@@ -395,22 +584,18 @@ class _Run:
                 self.retry_rows(jobs, {0: "empty answer"}, 1)
             else:
                 self.finish(jobs[0], answer, shares[0][0], shares[1][0], cost, done.request_id)
-                self.learn_canary(jobs[0], answer)
+                self.canaries.learn(jobs[0], answer)
             return
         parsed = parse_packed(done.content, n, truncated=truncated)
-        position = {id(job): i for i, job in enumerate(sent)}
-        canary_at = [i for i, job in enumerate(sent) if not job.rows]
-        wrong = [
-            i for i in canary_at
-            if i not in parsed.answers or normalize(parsed.answers[i]) != normalize(self.known[sent[i].key])
-        ]  # fmt: skip
-        if wrong:
+        self.report.canary_rows += n - len(jobs)
+        if self.canaries.wrong(sent, parsed.answers):
             # A canary's packed answer differs from its one-row answer: this batch's answers
             # may be shifted or guessed, so none of them is trusted.
             self.report.canary_failures += 1
             self.track_failures(n, len(jobs), len(jobs))
             self.retry_rows(jobs, dict.fromkeys(range(len(jobs)), "a canary row's answer was wrong"), len(jobs))
             return
+        position = {id(job): i for i, job in enumerate(sent)}
         failed: dict[int, str] = {}
         for j, job in enumerate(jobs):
             i = position[id(job)]
@@ -475,35 +660,6 @@ class _Run:
             return current < SIZE_INDEPENDENT * larger  # the last shrink did help
         return True  # the first shrink, no evidence either way: the safe side for quality
 
-    def pick_canaries(self, jobs: list[Job]) -> list[Job]:
-        """Rows with a known one-row answer, added to a packed request as a check."""
-        want = self.opts.canaries
-        if not want or len(jobs) < 2 or not self.known:
-            return []
-        keys = {j.key for j in jobs}
-        pool = [k for k in self.known_keys if k not in keys]
-        if not pool:
-            return []
-        chosen = self.rng.sample(pool, min(want, len(pool)))
-        return [self.known_jobs[k] for k in chosen]
-
-    def place_canaries(self, jobs: list[Job], canaries: list[Job]) -> list[Job]:
-        """One canary last, where a skipped or repeated item shifts every later answer;
-        the others at random places, to catch errors elsewhere in the batch."""
-        if not canaries:
-            return jobs
-        sent = list(jobs)
-        for canary in canaries[1:]:
-            sent.insert(self.rng.randrange(len(sent) + 1), canary)
-        sent.append(canaries[0])
-        return sent
-
-    def learn_canary(self, job: Job, answer: str) -> None:
-        if self.opts.canaries and job.key not in self.known:
-            self.known[job.key] = answer
-            self.known_keys.append(job.key)
-            self.known_jobs[job.key] = Job(job.key, job.values, [])  # no rows: never written out
-
     def show_progress(self) -> None:
         cost = "?" if self.report.cost_usd is None else f"${self.report.cost_usd:.4f}"
         self.progress.set_postfix_str(
@@ -527,7 +683,7 @@ class _Run:
     def split(self, jobs: list[Job], size: int) -> None:
         """Queue ``jobs`` to be sent again in batches of at most ``size``."""
         for job in jobs:
-            job.limit = max(1, size)
+            job.max_batch = max(1, size)
         self.resend.extend(jobs)
 
     def finish(
@@ -542,6 +698,8 @@ class _Run:
         job.done = True
         for row in job.rows:
             self.answers[row] = answer
+        if job.reference and self.check is not None:
+            self.check.settle_reference(job, answer)
         self.report.answered_rows += len(job.rows)
         self.progress.update(len(job.rows))
         if self.cache is not None:
@@ -575,11 +733,13 @@ class _Run:
         records = []
         for job in jobs:
             job.done = True
+            if job.reference and self.check is not None:
+                self.check.settle_reference(job, None)
             for row in job.rows:
                 self.report.errors.append(RowError(row, kind, message, status))
             self.progress.update(len(job.rows))
             # Budget stops and cancellations say nothing about the row: do not store them.
-            if self.cache is not None and kind not in ("budget", "cancelled", "auth"):
+            if self.cache is not None and kind not in ("budget", "cancelled", "auth", "endpoint"):
                 p, c, cost, rid = record_usage or (0, 0, None, None)
                 records.append(
                     CacheRecord(
@@ -770,12 +930,20 @@ def new_run(
     *,
     client: Any,
     limiter: RateLimiter | None,
+    endpoint: str,
     progress: Any = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> _Run:
-    """The state of a run (or of an estimate, which plans the same batches but sends none)."""
+    """The state of a run (or of an estimate, which plans the same batches but sends none).
+
+    ``endpoint`` names (base_url, model) in :data:`~llmframe._capabilities.MEMORY`, whose
+    lessons (a working response format, renamed or dropped parameters, packing
+    verdicts) the run starts from.
+    """
     model = opts.model or ""
     tokenizer = get_tokenizer(model)
+    memory_dir = resolve_cache_dir(opts.cache)
+    known = MEMORY.get(endpoint, memory_dir)
     state = _Run(
         template=template,
         opts=opts,
@@ -791,23 +959,80 @@ def new_run(
         pending=deque(prepared.todo),
         cap=_batch_cap(opts, template),
         max_batch_tokens=opts.max_batch_tokens or AUTO_BATCH_TOKENS,
-        response_format=opts.response_format if opts.response_format != "auto" else "json_schema",
+        endpoint=endpoint,
+        memory_dir=memory_dir,
     )
-    base_url = client.base_url if client is not None else ""
-    state.format_key = (base_url, model)
-    if opts.response_format == "auto" and state.format_key in _FORMAT_MEMORY:
-        state.response_format = _FORMAT_MEMORY[state.format_key]
-    if opts.canaries and state.cap > 1:
-        state.warmup = min(len(prepared.todo), max(4, 2 * opts.canaries))
-    state.max_key = max_tokens_param(opts.params)
+    params = dict(opts.params or {})
+    for old, new in (known.get("renames") or {}).items():
+        if old in params:
+            params[new] = params.pop(old)
+    for name in known.get("drops") or {}:
+        params.pop(name, None)
+    state.params = params
+    state.endpoint_confirmed = bool((known.get("answered") or {}).get(state.signature))
+    state.max_key = max_tokens_param(params)
     if state.max_key is not None:
-        state.answer_tokens = int(opts.params[state.max_key])  # type: ignore[index]
+        state.answer_tokens = int(params[state.max_key])
+    if opts.response_format == "auto":
+        state.response_format = known.get("response_format") or "json_schema"
+        state.format_confirmed = "response_format" in known
+    else:
+        state.response_format = opts.response_format
+    _plan_packing(state, known, len(prepared.todo))
+    state.report.response_format = state.response_format
     if state.cap > 1:
         system_text = _packing.packed_system(template.text, opts.system)
         state.system_tokens = count_messages(
             [{"role": "system", "content": system_text}, {"role": "user", "content": ""}], tokenizer
         )
     return state
+
+
+def _plan_packing(state: _Run, known: Mapping[str, Any], n_todo: int) -> None:
+    """Whether and how the run packs: the packing check, canaries, the reason said."""
+    opts, report = state.opts, state.report
+    if state.cap <= 1:
+        report.packing_reason = "one row per request" + (
+            ", as batch_size=1 says" if opts.batch_size == 1 else ": the template has a field 'id'"
+        )
+        return
+    if opts.batch_size is not None:  # an int the user chose
+        report.packing_reason = f"packed up to {state.cap} rows per request, as batch_size= says"
+        if opts.canaries:
+            state.canaries = Canaries(opts.canaries)
+            state.check = PackingCheck(max(4, 2 * opts.canaries), (), AUTO_MIN_AGREEMENT)
+            state.remembered_size = state.cap
+        return
+    if n_todo <= SMALL_FRAME_ROWS:
+        state.cap = 1
+        report.packing_reason = (
+            f"one row per request: {n_todo} rows to send, too few to check packing on "
+            f"(the check runs from {SMALL_FRAME_ROWS + 1} rows)"
+        )
+        return
+    state.canaries = (
+        Canaries(1, AUTO_CANARY_EVERY) if opts.canaries is None else Canaries(opts.canaries)
+    )
+    state.task_key = call_prefix(
+        model=opts.model or "", template=state.template.text, system=opts.system, params=opts.params
+    ).hex()
+    verdict = (known.get("verdicts") or {}).get(state.task_key)
+    size = verdict.get("batch_size") if isinstance(verdict, dict) else None
+    if isinstance(size, int) and size >= 1:
+        reason = str(verdict.get("reason", "")) if isinstance(verdict, dict) else ""
+        report.packing_reason = f"{reason} (checked in an earlier run on this endpoint)"
+        if size == 1:
+            state.cap = 1
+            warn_user(f"llmframe: {report.packing_reason}.")
+            return
+        state.remembered_size = size
+        if state.canaries.wanted:  # a few rows alone first: the canaries' answers
+            state.check = PackingCheck(REMEMBERED_WARMUP_ROWS, (), AUTO_MIN_AGREEMENT)
+        else:
+            state.cap = min(state.cap, size)
+        return
+    sizes = [s for s in AUTO_CHECK_SIZES if s < state.cap] + [state.cap]
+    state.check = PackingCheck(AUTO_CHECK_ROWS, sorted(set(sizes), reverse=True), AUTO_MIN_AGREEMENT)
 
 
 async def run(
@@ -844,6 +1069,7 @@ async def run(
             client=client,
             limiter=limiter
             or shared_limiter(client.base_url, client.api_key, model, rpm=opts.rpm, tpm=opts.tpm),
+            endpoint=EndpointMemory.key(client.base_url, model),
             progress=progress,
             sleep=sleep,
         )
@@ -861,8 +1087,8 @@ async def run(
         if state is not None:
             await state.drain()
             if state.fatal is not None:
-                # A 401 stopped the run: rows never sent fail with the same error, so that
-                # every row has an answer or a RowError.
+                # A failure that hits every row stopped the run: rows never sent fail with
+                # the same error, so that every row has an answer or a RowError.
                 fatal = state.fatal
                 state.fail([j for j in todo if not j.done], fatal.kind, fatal.message, fatal.status)
     except BaseException:
@@ -883,13 +1109,19 @@ async def run(
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-        report.batch_size_final = state.cap if state is not None else _batch_cap(opts, template)
+        if state is not None:
+            report.batch_size_final = state.cap
+            report.response_format = state.response_format
+        else:
+            report.batch_size_final = _batch_cap(opts, template)
         report.finish(time.monotonic() - start)
         set_last_report(report)
 
     errors = sorted(report.errors, key=lambda e: e.row)
-    if state is not None and state.fatal is not None and state.fatal.kind == "auth":
-        raise AuthenticationError(state.fatal.message, errors, report)
+    if state is not None and state.fatal is not None:
+        fatal = state.fatal
+        error = AuthenticationError if fatal.kind == "auth" else EndpointError
+        raise error(f"{fatal.message} ({len(errors)} of {n_rows} rows without an answer)", errors, report)
     if errors and opts.errors == "raise":
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
         raise RunError(

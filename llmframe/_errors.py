@@ -9,7 +9,9 @@ them all::
     ├── CacheError           the cache folder cannot be used
     └── RunError             errors="raise": some rows failed (raised after the
         │                    other rows finished and were cached)
-        └── AuthenticationError   the endpoint refused the API key; the run stopped early
+        └── EndpointError    a failure that would hit every row (unknown model, a
+            │                parameter the endpoint rejects): the run stopped early
+            └── AuthenticationError   the endpoint refused the API key
 
 Row-level failures are not exceptions while a run goes on: a failed row gets a
 null answer and a :class:`RowError` in the run report.
@@ -24,6 +26,7 @@ __all__ = [
     "AuthenticationError",
     "CacheError",
     "ConfigError",
+    "EndpointError",
     "LLMFrameError",
     "RowError",
     "RunError",
@@ -36,8 +39,9 @@ ErrorKind = Literal[
     "server",  # 5xx after every attempt
     "timeout",  # no answer within timeout= after every attempt
     "connection",  # could not reach the endpoint
-    "bad_request",  # 400/403/404/422: the request itself is wrong
-    "auth",  # 401
+    "bad_request",  # 400/422: the request itself is wrong
+    "auth",  # 401, 403, out of credit
+    "endpoint",  # the endpoint refuses every request: unknown model, a parameter it rejects
     "too_large",  # larger than the TPM limit, the batch token budget or the context window
     "invalid_answer",  # the answer could not be parsed or matched to the row
     "truncated",  # finish_reason == "length" even alone
@@ -90,5 +94,14 @@ class RunError(LLMFrameError):
         self.report = report
 
 
-class AuthenticationError(RunError):
-    """The endpoint answered 401: the API key is missing, wrong or revoked."""
+class EndpointError(RunError):
+    """A failure that would hit every row, so the run stopped after the first one.
+
+    Raised whatever ``errors=`` says: an unknown model, a wrong ``base_url``, or a
+    parameter the endpoint rejects. Rows answered before it are cached;
+    ``errors`` lists every row left without an answer.
+    """
+
+
+class AuthenticationError(EndpointError):
+    """The endpoint refused the API key (401), access (403) or credit."""

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from . import _engine
+from ._capabilities import EndpointMemory
 from ._config import Options
+from ._html import table
 from ._limiter import shared_limiter
 from ._report import last_report
 from ._template import Template
@@ -81,6 +83,26 @@ class Estimate:
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
         p.text(str(self))
 
+    def _repr_html_(self) -> str:  # Jupyter
+        cols = [("packed" if self.batch_size > 1 else "as set", self)]
+        if self.one_row is not None and self.batch_size > 1:
+            cols.append(("one row per request", self.one_row))
+        rows = [
+            [label, *(get(e) for _, e in cols)]
+            for label, get in (
+                ("requests", lambda e: f"{e.requests:,}"),
+                ("input tokens", lambda e: f"{e.input_tokens:,}"),
+                ("output tokens", lambda e: f"{e.output_tokens:,}"),
+                ("cost", lambda e: "unknown" if e.cost_usd is None else f"${e.cost_usd:,.4f}"),
+                ("time at limits", lambda e: "unknown" if e.seconds is None else f"{e.seconds:,.0f} s"),
+            )
+        ]
+        note = f"output tokens from {self.output_tokens_from}"
+        if self.seconds is None:
+            note += "; time is unknown until the limits are: pass rpm= and tpm="
+        title = f"llmframe estimate: {self.rows:,} rows, {self.cached_rows:,} already cached"
+        return table(title, rows, header=["", *(name for name, _ in cols)], note=note)
+
 
 def _base_url(opts: Options) -> str:
     if opts.client is not None:
@@ -101,21 +123,22 @@ def _plan(
     opts: Options,
     answer_tokens: int | None,
     upper_bound: bool,
+    endpoint: str,
 ) -> tuple[int, int, int, int]:
     """(requests, input tokens, output tokens, batch cap) of the batches the run would send."""
     state = _engine.new_run(
-        replace(prepared, todo=list(prepared.todo)), template, opts, client=None, limiter=None
-    )
+        replace(prepared, todo=list(prepared.todo)), template, opts,
+        client=None, limiter=None, endpoint=endpoint,
+    )  # fmt: skip
+    state.learns = False  # it assumes the packing check passes; only a run may say so
+    state.format_confirmed = state.endpoint_confirmed = True  # nothing is sent, nothing probed
     if answer_tokens is not None:
         state.answer_tokens = answer_tokens
     requests = input_tokens = output_tokens = 0
     while (batch := state.take()) is not None:
-        if batch.warmup:
-            state.warmup_active -= 1
-            state.known["?"] = ""  # the run learns canary answers from these rows
         jobs = batch.jobs
         # Canaries are rows like any other: the batch's own rows stand in for their size.
-        extra = jobs[: opts.canaries] if len(jobs) > 1 else []
+        extra = jobs[: len(batch.canaries)] if batch.canaries else []
         request = state.request_for(jobs + extra)
         requests += 1
         input_tokens += request.input_tokens
@@ -124,6 +147,14 @@ def _plan(
             output_tokens += request.output_tokens  # max_tokens as it would be sent
         else:
             output_tokens += n * state.answer_tokens + _packed_output_overhead(n, state.tokenizer)
+        # The estimate assumes the packing check passes: it costs its requests either way.
+        if batch.kind == "reference" and state.check is not None:
+            state.check.settle_reference(jobs[0], "?")
+            state.canaries.learn(jobs[0], "?")
+        elif batch.kind == "trial" and state.check is not None:
+            state.check.record_trial(jobs, [state.check.answers[j.key] for j in jobs])
+        if batch.probe:
+            state.probe_in_flight = False
     return requests, input_tokens, output_tokens, state.cap
 
 
@@ -170,7 +201,10 @@ async def estimate_run(
     rpm, tpm = limiter.rpm, limiter.tpm
 
     def build(o: Options) -> Estimate:
-        requests, inp, out, cap = _plan(prepared, template, o, answer_tokens, source == "max_tokens")
+        requests, inp, out, cap = _plan(
+            prepared, template, o, answer_tokens, source == "max_tokens",
+            EndpointMemory.key(_base_url(o), o.model or ""),
+        )  # fmt: skip
         price = _engine.price_for(o.model or "", o.prices)
         cost = None if price is None else price.cost(inp, out)
         times = []

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._errors import RowError
+from ._html import table
 
 __all__ = ["RunReport", "last_report"]
 
@@ -51,6 +52,13 @@ class RunReport:
     latency_p50: float | None = None
     latency_p95: float | None = None
     batch_size_final: int | None = None
+    packing_reason: str = ""  # why the run packed as it did (the packing check's verdict)
+    packing_agreement: dict[int, float] = field(default_factory=dict)  # checked size -> agreement
+    check_requests: int = 0  # packed requests of the packing check (answers compared, not kept)
+    check_tokens: int = 0  # their tokens: the check's cost beyond the rows' own answers
+    canary_rows: int = 0  # canary copies carried by packed requests
+    response_format: str = ""  # the structured-output mode packed requests used in the end
+    endpoint_notes: list[str] = field(default_factory=list)  # what the endpoint rejected, and the change
     errors: list[RowError] = field(default_factory=list, repr=False)
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -99,6 +107,29 @@ class RunReport:
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython shows the summary
         p.text(self.summary())
+
+    def _repr_html_(self) -> str:  # Jupyter
+        cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        fails = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures.items())) or "none"
+        checked = ", ".join(f"{a:.0%} at {s}" for s, a in sorted(self.packing_agreement.items(), reverse=True))
+        rows: list[tuple[str, Any]] = [
+            ("rows", f"{self.rows:,} ({self.cached_rows:,} cached, {self.answered_rows:,} answered, "
+                     f"{self.null_rows:,} null)"),
+            ("failed rows", f"{self.failed_rows:,} ({fails})"),
+            ("packing", self.packing_reason or "-"),
+            ("batch size at the end", self.batch_size_final if self.batch_size_final is not None else "-"),
+            ("packing check", f"agreement {checked}; {self.check_requests} requests, "
+                              f"{self.check_tokens:,} tokens" if checked else "not run"),
+            ("canaries", f"{self.canary_rows:,} rows carried, {self.canary_failures} batches rejected"),
+            ("response format", self.response_format or "-"),
+            ("requests", f"{self.requests:,} ({self.retries} retries, {self.rate_limited} rate-limited, "
+                         f"{self.resent_rows:,} rows resent)"),
+            ("tokens", f"{self.prompt_tokens:,} in / {self.completion_tokens:,} out"),
+            ("cost", cost),
+            ("time", f"{self.seconds:.1f} s ({self.rows_per_second:,.1f} rows/s)"),
+        ]  # fmt: skip
+        rows.extend(("endpoint", note) for note in self.endpoint_notes)
+        return table(f"llmframe run: {self.model}", rows)
 
 
 def set_last_report(report: RunReport) -> None:

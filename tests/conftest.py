@@ -39,3 +39,13 @@ def column(df: Any, name: str) -> list[Any]:
     if isinstance(df, pd.DataFrame):
         return [None if pd.isna(v) else v for v in df[name].tolist()]
     return list(df.get_column(name).to_list())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_endpoint_memory() -> Any:
+    """What endpoints taught is per test: fake servers reuse ports across tests."""
+    from llmframe._capabilities import MEMORY
+
+    MEMORY.clear()
+    yield
+    MEMORY.clear()

@@ -12,12 +12,12 @@ import polars as pl
 import pytest
 
 import llmframe
+from llmframe._agreement import agreement
 from llmframe._cache import default_cache_dir
 from llmframe._calibrate import (
     CALIBRATIONS_FILE,
     CalibrationReport,
     CalibrationRow,
-    _agreement,
     _recommend,
     _sample_positions,
     acalibrate,
@@ -96,8 +96,8 @@ def test_structured_answers_agree_per_field() -> None:
 
 
 def test_failed_rows_disagree_and_rows_without_reference_are_left_out() -> None:
-    assert _agreement(["a", "b", "c", None], ["a", None, "C", "x"]) == (pytest.approx(2 / 3), 3)
-    assert _agreement([None], ["x"]) == (None, 0)
+    assert agreement(["a", "b", "c", None], ["a", None, "C", "x"]) == (pytest.approx(2 / 3), 3)
+    assert agreement([None], ["x"]) == (None, 0)
 
 
 def test_recommendation_is_where_agreement_crosses_the_threshold() -> None:

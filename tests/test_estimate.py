@@ -28,7 +28,7 @@ def reviews(n: int) -> list[str]:
 @pytest.mark.parametrize("batch_size", [1, 7, None])
 def test_estimate_matches_the_run(fake_server: FakeServer, make_frame: Any, batch_size: Any) -> None:
     df = make_frame({"review": reviews(123)})
-    o = opts(fake_server, batch_size=batch_size, params={"max_tokens": 5})
+    o = opts(fake_server, batch_size=batch_size, params={"max_tokens": 12})
     est = df.llm.estimate(TEMPLATE, **o)
     assert fake_server.stats.requests == 0  # estimating is free
     df.llm.apply(TEMPLATE, **o)

@@ -31,6 +31,7 @@ from conftest import column
 import llmframe
 from llmframe import _engine
 from llmframe._cache import compact_cache
+from llmframe._capabilities import ENDPOINTS_FILE
 from llmframe._keys import call_prefix, row_keys
 from llmframe.testing import FakeServer, Faults, expected_answer
 from llmframe.testing._stats import RequestRecord
@@ -326,8 +327,12 @@ def test_two_processes_share_one_cache_folder(
         assert outcome["report"]["failed_rows"] == 0
         assert "llmframe cache" not in child.stderr.read_text()
 
-    # No corrupt file, no temp file left behind: every file is a readable segment.
+    # No corrupt file, no temp file left behind: every file is a readable segment, or
+    # the endpoint memory (valid JSON).
     for path in cache.iterdir():
+        if path.name == ENDPOINTS_FILE:
+            json.loads(path.read_text())
+            continue
         assert path.name in segments(cache), f"unexpected file {path.name}"
         pq.read_table(path)
     records = read_cache_strict(cache)
@@ -464,7 +469,8 @@ def test_no_api_key_is_ever_stored(
     assert set(records.get_column("status").to_list()) == {"ok", "error"}  # both kinds stored
 
     files = [p for p in cache.rglob("*") if p.is_file()]
-    assert files and all(p.name in segments(cache) for p in files)
+    assert (cache / ENDPOINTS_FILE) in files  # what the endpoint taught is stored too
+    assert all(p.name in segments(cache) or p.name == ENDPOINTS_FILE for p in files)
     needles = [SECRET_KEY, "7f3c9e1d5b2a4680", "DO-NOT-STORE", "Bearer"]
     seen = ""
     for path in files:
@@ -473,6 +479,8 @@ def test_no_api_key_is_ever_stored(
             assert needle.encode().lower() not in raw.lower(), (
                 f"{needle!r} in the bytes of {path.name}"
             )
+        if path.name == ENDPOINTS_FILE:
+            continue
         # The pages are compressed, so also look at every decoded value and all metadata.
         table = pq.read_table(path)
         text = json.dumps(table.to_pylist(), default=str) + str(pq.read_metadata(path).metadata)

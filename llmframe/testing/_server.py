@@ -113,6 +113,9 @@ class _Settings:
     hang_seconds: float
     model_context: int
     degrade: Degrade | None = None
+    rejects_like: str = "openai"
+    unsupported_params: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -133,6 +136,8 @@ class _Settings:
             raise TypeError("answer_fn must be a callable (prompt: str) -> str, or None")
         if self.api_keys is not None and not self.api_keys:
             raise ValueError("api_keys must hold at least one key, or be None to accept any key")
+        if self.rejects_like not in ("openai", "llama.cpp"):
+            raise ValueError(f"rejects_like must be 'openai' or 'llama.cpp', got {self.rejects_like!r}")
 
 
 def _api_keys(value: Iterable[str] | str | None) -> tuple[str, ...] | None:
@@ -246,7 +251,14 @@ class FakeServer:
     - ``answer_fn``: ``(prompt) -> answer``, instead of ``expected_answer``.
     - ``api_keys``: the accepted keys; ``None`` accepts any key.
     - ``json_schema``, ``json_object``: whether ``response_format`` of that type
-      is supported (else 400, like endpoints without structured outputs).
+      is supported (else rejected, like endpoints without structured outputs).
+    - ``rejects_like``: how an unsupported ``response_format`` is rejected:
+      ``"openai"`` (400 naming ``param``) or ``"llama.cpp"`` (500 with
+      llama-cpp-python's pydantic message and no ``param``, as its server does).
+    - ``unsupported_params``: body parameters answered with OpenAI's 400
+      ``unsupported_parameter`` (e.g. ``("seed", "max_tokens")``).
+    - ``models``: the chat model names served (else OpenAI's 404
+      ``model_not_found``); ``None`` serves any name.
     - ``hang_seconds``: how long a hang fault sleeps before answering.
     - ``model_context``: the context window, in tokens (prompt + ``max_tokens``).
     - ``port``: 0 picks a free port.
@@ -270,6 +282,9 @@ class FakeServer:
         model_context: int = 128_000,
         port: int = 0,
         degrade: Degrade | dict[str, Any] | None = None,
+        rejects_like: str = "openai",
+        unsupported_params: Iterable[str] = (),
+        models: Iterable[str] | None = None,
     ) -> None:
         self._settings = _Settings(
             rpm=rpm,
@@ -285,6 +300,9 @@ class FakeServer:
             hang_seconds=hang_seconds,
             model_context=model_context,
             degrade=Degrade.coerce(degrade),
+            rejects_like=rejects_like,
+            unsupported_params=tuple(unsupported_params),
+            models=None if models is None else tuple(models),
         )
         self._requested_port = port
         self._rng = random.Random(seed)
@@ -399,6 +417,8 @@ class FakeServer:
         hang_seconds: float = UNSET,
         model_context: int = UNSET,
         degrade: Degrade | dict[str, Any] | None = UNSET,
+        rejects_like: str = UNSET,
+        unsupported_params: Iterable[str] = UNSET,
     ) -> None:
         """Change settings while the server runs (thread-safe); unnamed settings stay.
 
@@ -417,6 +437,7 @@ class FakeServer:
             "json_object": json_object,
             "hang_seconds": hang_seconds,
             "model_context": model_context,
+            "rejects_like": rejects_like,
         }
         changes = {name: value for name, value in given.items() if value is not UNSET}
         if faults is not UNSET:
@@ -425,6 +446,8 @@ class FakeServer:
             changes["api_keys"] = _api_keys(api_keys)
         if degrade is not UNSET:
             changes["degrade"] = Degrade.coerce(degrade)
+        if unsupported_params is not UNSET:
+            changes["unsupported_params"] = tuple(unsupported_params)
         settings = replace(self._settings, **changes)  # validates before anything changes
         self._in_loop(lambda: self._apply(settings, None if seed is UNSET else seed))
 
@@ -583,7 +606,9 @@ class FakeServer:
 
         parsed = _parse_chat(await request.read(), settings)
         if isinstance(parsed, web.Response):
-            outcome.set(400, "bad_requests")
+            # Rejected before any model work (400, 404, or llama.cpp-style 500s): counted
+            # with the bad requests, logged with the status sent.
+            outcome.set(parsed.status, "bad_requests")
             return parsed
         model, messages, max_out = parsed
 
@@ -792,7 +817,7 @@ def _model_entry(name: str) -> dict[str, Any]:
 def _parse_chat(
     raw: bytes, settings: _Settings
 ) -> tuple[str, list[dict[str, Any]], int | None] | web.Response:
-    """``(model, messages, max output tokens)`` of a chat request body, or a 400 response."""
+    """``(model, messages, max output tokens)`` of a chat request body, or the rejection."""
     try:
         body = json.loads(raw)
     except ValueError:
@@ -805,6 +830,13 @@ def _parse_chat(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return _bad_request("you must provide a model parameter", param="model")
+    if settings.models is not None and model not in settings.models:
+        return _error(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            code="model_not_found",
+        )
     messages = body.get("messages")
     if (
         not isinstance(messages, list)
@@ -821,9 +853,18 @@ def _parse_chat(
         kind = response_format.get("type")
         supported = {"json_schema": settings.json_schema, "json_object": settings.json_object}
         if not supported.get(str(kind), True):
+            if settings.rejects_like == "llama.cpp":
+                return _llama_cpp_format_error(kind, [k for k, ok in supported.items() if ok])
             return _bad_request(
                 f"Invalid parameter: 'response_format' of type '{kind}' is not supported with this model.",
                 param="response_format",
+            )
+    for name in settings.unsupported_params:
+        if name in body:
+            return _bad_request(
+                f"Unsupported parameter: '{name}' is not supported with this model.",
+                param=name,
+                code="unsupported_parameter",
             )
     limits: list[int] = []
     for name in ("max_completion_tokens", "max_tokens"):
@@ -838,6 +879,19 @@ def _parse_chat(
             )
         limits.append(value)
     return model, messages, min(limits) if limits else None
+
+
+def _llama_cpp_format_error(kind: Any, accepted: list[str]) -> web.Response:
+    """llama-cpp-python 0.3's answer to a ``response_format`` type it lacks: a 500 whose
+    message is the pydantic validation error, with no ``param``."""
+    expected = " or ".join(repr(k) for k in ["text", *accepted])
+    message = (
+        "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+        f"'type'), 'msg': \"Input should be {expected}\", 'input': {kind!r}, 'ctx': "
+        f"{{'expected': \"{expected}\"}}}}\n\n  File \"llama_cpp/server/app.py\", line 376, "
+        "in create_chat_completion\n    POST /v1/chat/completions"
+    )
+    return _error(500, message, "internal_server_error")
 
 
 def _context_exceeded(context: int, prompt_tokens: int, max_out: int | None) -> web.Response:

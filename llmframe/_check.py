@@ -1,0 +1,209 @@
+"""The packing check: pack only where packed answers agree with one-row answers.
+
+Packing many rows into one request is cheap and fast, but a small model can
+lose its place in a packed list and return answers that are valid JSON, under
+the right ids, and wrong (a 0.5B model echoed the country names back when asked
+for their capitals). No parser can see that. So with ``batch_size=None`` a run
+checks before it packs::
+
+    reference   the first ``sample`` rows, one per request: real answers,
+                written out and cached like any other
+    trial       the same rows again, packed ``size`` to a request (their
+                answers are only compared, never written out)
+    verdict     pack at the first size whose answers agree with the one-row
+                answers on at least ``min_agreement`` of rows; try the next,
+                smaller size otherwise; one row per request when none does
+
+The reference answers then serve as canaries (:mod:`._canaries`) for the rest
+of the run. The check costs the trial requests (one per size at the default
+sample and batch sizes, about 0.3% of the tokens of a 10,000-row run) and the
+difference between one-row and packed tokens for the sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._agreement import agreement
+from ._jobs import Job
+
+__all__ = ["PackingCheck", "Verdict"]
+
+#: A trial reply with no usable answer is sent again this many times before it counts.
+TRIAL_RETRIES = 2
+#: Agreement is measured only when at least this share of trial rows got a packed answer.
+MIN_ANSWERED = 0.5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    batch_size: int  # 1: do not pack
+    reason: str
+    agreement: dict[int, float]  # packed size -> share of sampled rows that agreed
+
+
+class PackingCheck:
+    """The state of one run's check; the engine feeds it answers and asks what to send."""
+
+    __slots__ = (
+        "_answers",
+        "_current",
+        "_in_flight",
+        "_jobs",
+        "_queue",
+        "_references",
+        "_retries",
+        "_trial_rows",
+        "agreement",
+        "min_agreement",
+        "sample",
+        "sizes",
+        "taken",
+        "verdict",
+    )
+
+    def __init__(self, sample: int, sizes: Sequence[int], min_agreement: float) -> None:
+        self.sample = sample
+        self.sizes = [s for s in sizes if s > 1]
+        self.min_agreement = min_agreement
+        self.taken = 0
+        self.verdict: Verdict | None = None
+        self.agreement: dict[int, float] = {}
+        self._references: dict[str, str | None] = {}  # key -> one-row answer (None: failed)
+        self._queue: list[list[Job]] = []  # trial batches not yet sent, for the current size
+        self._in_flight = 0  # reference and trial requests not yet settled
+        self._answers: dict[str, str | None] = {}  # key -> packed answer at the current size
+        self._trial_rows: list[Job] = []
+        self._jobs: dict[str, Job] = {}
+        self._current = 0
+        self._retries = 0
+
+    # ---- reference rows ------------------------------------------------------------
+    def wants_reference(self) -> bool:
+        return self.verdict is None and self.taken < self.sample
+
+    def add_reference(self, job: Job) -> None:
+        job.reference = True
+        self._jobs[job.key] = job
+        self.taken += 1
+        self._in_flight += 1
+
+    def settle_reference(self, job: Job, answer: str | None) -> None:
+        self._references[job.key] = answer
+        self._in_flight -= 1
+
+    def answered_jobs(self) -> list[Job]:
+        """The reference rows that got a one-row answer."""
+        return [self._jobs[k] for k, a in self._references.items() if a is not None]
+
+    @property
+    def answers(self) -> dict[str, str]:
+        """The reference rows' one-row answers, by key."""
+        return {k: a for k, a in self._references.items() if a is not None}
+
+    # ---- trials --------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Reference or trial requests are out: packing waits for their answers."""
+        return self._in_flight > 0
+
+    def next_trial(self, fits: int) -> list[Job] | None:
+        """The next trial batch to send, or ``None`` while waiting or when decided.
+
+        ``fits`` is how many reference rows one request can carry under the token
+        budget; a size above it is measured at ``fits``.
+        """
+        if self.verdict is not None or self._in_flight:
+            return None
+        if not self._queue and not self._trial_rows:
+            self._start_next_size(fits)
+        if not self._queue:
+            return None
+        batch = self._queue.pop(0)
+        self._in_flight += 1
+        return batch
+
+    def requeue(self, batch: list[Job]) -> None:
+        """A trial request was refused for a reason that was then fixed: send it again."""
+        self._in_flight -= 1
+        self._queue.insert(0, batch)
+
+    def record_trial(self, batch: Sequence[Job], answers: Sequence[str | None]) -> None:
+        """The packed answers of one trial request, in ``batch`` order (``None``: failed).
+
+        A reply with no usable answer at all (unparsable, cut off, misnumbered) says
+        nothing about agreement: that batch is sent again, up to ``TRIAL_RETRIES`` times.
+        """
+        self._in_flight -= 1
+        if all(a is None for a in answers) and self._retries < TRIAL_RETRIES:
+            self._retries += 1
+            self._queue.insert(0, list(batch))
+            return
+        for job, answer in zip(batch, answers, strict=True):
+            self._answers[job.key] = answer
+        if not self._queue and not self._in_flight:
+            self._judge()
+
+    def _start_next_size(self, fits: int) -> None:
+        rows = [job.copy() for job in self.answered_jobs()]
+        if len(rows) < 2:
+            self.verdict = Verdict(
+                1,
+                f"one row per request: only {len(rows)} of {self.taken} sampled rows got a "
+                "one-row answer, too few to check packing against",
+                {},
+            )
+            return
+        while self.sizes:
+            size = min(self.sizes[0], max(2, fits), len(rows))
+            if size in self.agreement:  # already measured (a smaller cap or sample)
+                self.sizes.pop(0)
+                continue
+            self._trial_rows = rows
+            self._queue = [rows[i : i + size] for i in range(0, len(rows), size)]
+            if len(self._queue) > 1 and len(self._queue[-1]) < 2:
+                self._queue[-2].extend(self._queue.pop())  # no one-row "trial"
+            self._current = size
+            return
+        self._decide()
+
+    def _judge(self) -> None:
+        size = self._current
+        keys = [j.key for j in self._trial_rows]
+        # Rows whose packed answer is missing are resent by a run, never answered wrong:
+        # agreement counts the rows that got one, if most did.
+        answered = [k for k in keys if self._answers.get(k) is not None]
+        share = None
+        if len(answered) >= MIN_ANSWERED * len(keys):
+            share, _ = agreement(
+                [self._references[k] for k in answered], [self._answers[k] for k in answered]
+            )
+        self.agreement[size] = share or 0.0
+        self._retries = 0
+        self._trial_rows = []
+        self._answers = {}
+        if self.agreement[size] >= self.min_agreement:
+            n = len(keys)
+            self.verdict = Verdict(
+                size,
+                f"packed {size} rows per request: on {n} sampled rows, packed answers agreed "
+                f"with one-row answers on {self.agreement[size]:.0%} (need {self.min_agreement:.0%})",
+                dict(self.agreement),
+            )
+            return
+        self.sizes.pop(0)
+        if not self.sizes:
+            self._decide()
+
+    def _decide(self) -> None:
+        if self.verdict is not None:
+            return
+        measured = ", ".join(f"{a:.0%} at {s}" for s, a in sorted(self.agreement.items(), reverse=True))
+        self.verdict = Verdict(
+            1,
+            "one row per request: packed answers did not agree with one-row answers on the "
+            f"{len(self.answers)} sampled rows ({measured}; need {self.min_agreement:.0%}). "
+            "Pass batch_size=N to pack anyway, or calibrate() to measure more rows",
+            dict(self.agreement),
+        )

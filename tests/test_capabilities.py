@@ -1,0 +1,119 @@
+"""Rejections read by meaning: real servers' words, whatever the status code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmframe._capabilities import (
+    ENDPOINTS_FILE,
+    EndpointMemory,
+    Rejection,
+    is_context_overflow,
+    next_format,
+    rejection,
+)
+
+# llama-cpp-python 0.3.36's server, verbatim (a 500 with no "param").
+LLAMA_CPP_JSON_SCHEMA = (
+    "HTTP 500: 1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+    "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': "
+    "{'expected': \"'text' or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, "
+    "in create_chat_completion\n    POST /v1/chat/completions"
+)
+PARAMS = {"temperature": 0, "max_tokens": 50, "seed": 1}
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "param", "mode", "expected"),
+    [
+        # structured outputs
+        (500, LLAMA_CPP_JSON_SCHEMA, None, "json_schema", Rejection("response_format", "step_down")),
+        (400, "HTTP 400: Invalid parameter: 'response_format' of type 'json_schema' is not "
+              "supported with this model.", "response_format", "json_schema",
+         Rejection("response_format", "step_down")),
+        (422, "HTTP 422: response_format json_object is not supported", None, "json_object",
+         Rejection("response_format", "step_down")),
+        (400, "HTTP 400: 'strict' is not permitted in json_schema", None, "json_schema",
+         Rejection("response_format", "step_down")),
+        # a request without a format cannot have its format rejected
+        (500, LLAMA_CPP_JSON_SCHEMA, None, None, None),
+        # parameters
+        (400, "HTTP 400: Unsupported parameter: 'max_tokens' is not supported with this model. "
+              "Use 'max_completion_tokens' instead.", "max_tokens", "text",
+         Rejection("max_tokens", "rename", "max_completion_tokens")),
+        (400, "HTTP 400: max_tokens is too large: 90000. This model supports at most 16384 "
+              "completion tokens", "max_tokens", "json_schema", Rejection("max_tokens", "too_large")),
+        (400, "HTTP 400: Unsupported parameter: 'seed' is not supported with this model.", "seed",
+         None, Rejection("seed", "drop")),
+        (400, "HTTP 400: Unsupported value: 'temperature' does not support 0 with this model. "
+              "Only the default (1) value is supported.", "temperature", None,
+         Rejection("temperature", "stop")),
+        # vLLM / pydantic "extra forbidden", no param field: the message names it
+        (400, "HTTP 400: [{'type': 'extra_forbidden', 'loc': ('body', 'seed'), 'msg': 'Extra "
+              "inputs are not permitted'}]", None, None, Rejection("seed", "drop")),
+        # no rejection: generic failures are retried or failed per row
+        (500, "HTTP 500: Internal Server Error", None, "json_schema", None),
+        (503, "HTTP 503: response_format is not supported", None, "json_schema", None),
+        (500, "HTTP 500: CUDA out of memory while sampling (temperature 0)", None, None, None),
+        (400, "HTTP 400: 'messages' must contain the word json", "messages", "json_object", None),
+        (429, "HTTP 429: Rate limit reached for max_tokens", None, None, None),
+    ],
+)
+def test_rejections_by_meaning(
+    status: int, message: str, param: str | None, mode: str | None, expected: Rejection | None
+) -> None:
+    assert rejection(status, message, param, PARAMS, response_format=mode) == expected
+
+
+def test_a_word_inside_another_is_not_a_parameter() -> None:
+    # "seed" inside "seeded", "user" inside "username": not a rejection of those params.
+    message = "HTTP 400: unsupported: the seeded username field"
+    assert rejection(400, message, None, {"seed": 1, "user": "u"}, response_format=None) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "overflow"),
+    [
+        (400, "This model's maximum context length is 4096 tokens. However, you requested 5000", True),
+        (500, "Requested tokens (9000) exceed context window of 8192", True),
+        (400, "prompt is too long: 200000 tokens > 128000 maximum", True),
+        (500, "Internal Server Error", False),
+        (429, "context length", False),
+    ],
+)
+def test_context_overflow_in_any_servers_words(status: int, message: str, overflow: bool) -> None:
+    assert is_context_overflow(status, message) is overflow
+
+
+def test_formats_step_down_to_text_and_stay() -> None:
+    assert next_format("json_schema") == "json_object"
+    assert next_format("json_object") == "text"
+    assert next_format("text") == "text"
+
+
+def test_memory_is_shared_through_the_cache_folder(tmp_path: Path) -> None:
+    endpoint = EndpointMemory.key("http://127.0.0.1:9/v1/", "m")
+    assert endpoint == EndpointMemory.key("http://127.0.0.1:9/v1", "m")
+    first = EndpointMemory()
+    first.update(endpoint, tmp_path, response_format="json_object", verdicts={"t1": {"batch_size": 1}})
+    first.update(endpoint, tmp_path, verdicts={"t2": {"batch_size": 20}})
+    # A new process: nothing in memory, the folder answers.
+    second = EndpointMemory()
+    known = second.get(endpoint, tmp_path)
+    assert known["response_format"] == "json_object"
+    assert known["verdicts"] == {"t1": {"batch_size": 1}, "t2": {"batch_size": 20}}
+    assert second.get(endpoint) == known  # now held in the process
+    assert second.get("other m", tmp_path) == {}
+    # A copy: changing it changes nothing stored.
+    known["response_format"] = "text"
+    assert second.get(endpoint)["response_format"] == "json_object"
+
+
+def test_memory_survives_a_corrupt_file(tmp_path: Path) -> None:
+    (tmp_path / ENDPOINTS_FILE).write_text("{not json")
+    memory = EndpointMemory()
+    assert memory.get("e m", tmp_path) == {}
+    memory.update("e m", tmp_path, response_format="text")
+    assert EndpointMemory().get("e m", tmp_path) == {"response_format": "text"}

@@ -1,0 +1,116 @@
+"""The packing check as a pure state machine: references, trials, the verdict."""
+
+from __future__ import annotations
+
+from llmframe._check import TRIAL_RETRIES, PackingCheck
+from llmframe._jobs import Job
+
+
+def jobs(n: int) -> list[Job]:
+    return [Job(f"k{i}", {"x": str(i)}, [i]) for i in range(n)]
+
+
+def answered(check: PackingCheck, rows: list[Job], answer: str = "a{}") -> None:
+    for job in rows:
+        check.add_reference(job)
+    assert check.busy and check.next_trial(fits=100) is None  # waits for the references
+    for job in rows:
+        check.settle_reference(job, answer.format(job.key))
+    assert not check.busy
+
+
+def run_trials(check: PackingCheck, answer_of: object) -> list[int]:
+    """Answer every trial batch with ``answer_of(job, size)``; return the sizes sent."""
+    sizes = []
+    while (batch := check.next_trial(fits=100)) is not None:
+        sizes.append(len(batch))
+        assert all(not j.rows for j in batch)  # copies: their answers never reach the output
+        check.record_trial(batch, [answer_of(j, len(batch)) for j in batch])  # type: ignore[operator]
+    return sizes
+
+
+def test_packs_at_the_largest_size_that_agrees() -> None:
+    check = PackingCheck(sample=20, sizes=[20, 5], min_agreement=0.95)
+    rows = jobs(20)
+    assert check.wants_reference()
+    answered(check, rows)
+    assert not check.wants_reference()
+    sizes = run_trials(check, lambda j, n: f"a{j.key}")
+    assert sizes == [20]
+    assert check.verdict is not None and check.verdict.batch_size == 20
+    assert check.verdict.agreement == {20: 1.0}
+    assert "agreed" in check.verdict.reason
+
+
+def test_steps_down_then_refuses() -> None:
+    check = PackingCheck(sample=20, sizes=[20, 5], min_agreement=0.95)
+    answered(check, jobs(20))
+    # Right at 5 rows per request on 3 of 4 rows, wrong at 20 on every row.
+    sizes = run_trials(check, lambda j, n: "echo" if n == 20 or int(j.key[1:]) % 4 == 0 else f"a{j.key}")
+    assert sizes == [20, 5, 5, 5, 5]
+    assert check.verdict is not None and check.verdict.batch_size == 1
+    assert check.verdict.agreement == {20: 0.0, 5: 0.75}
+    assert "0% at 20" in check.verdict.reason and "75% at 5" in check.verdict.reason
+
+
+def test_smaller_size_can_win() -> None:
+    check = PackingCheck(sample=20, sizes=[20, 5], min_agreement=0.95)
+    answered(check, jobs(20))
+    run_trials(check, lambda j, n: "echo" if n == 20 else f"a{j.key}")
+    assert check.verdict is not None and check.verdict.batch_size == 5
+
+
+def test_a_reply_with_no_answer_is_sent_again_before_it_counts() -> None:
+    # Never a usable reply: sent 1 + TRIAL_RETRIES times, then packing is refused.
+    check = PackingCheck(sample=10, sizes=[10], min_agreement=0.9)
+    answered(check, jobs(10))
+    assert run_trials(check, lambda j, n: None) == [10] * (TRIAL_RETRIES + 1)
+    assert check.verdict is not None and check.verdict.batch_size == 1
+    # Usable on the last allowed try: packed.
+    check = PackingCheck(sample=10, sizes=[10], min_agreement=0.9)
+    answered(check, jobs(10))
+    replies = iter([None] * TRIAL_RETRIES + ["good"])
+    sent = 0
+    while (batch := check.next_trial(fits=100)) is not None:
+        sent += 1
+        reply = next(replies)
+        check.record_trial(batch, [None if reply is None else f"a{j.key}" for j in batch])
+    assert sent == TRIAL_RETRIES + 1
+    assert check.verdict is not None and check.verdict.batch_size == 10
+
+
+def test_missing_answers_do_not_count_as_wrong_when_most_rows_answered() -> None:
+    check = PackingCheck(sample=10, sizes=[10], min_agreement=0.95)
+    answered(check, jobs(10))
+    run_trials(check, lambda j, n: None if j.key in ("k1", "k2") else f"a{j.key}")
+    assert check.verdict is not None and check.verdict.batch_size == 10
+
+
+def test_the_token_budget_caps_the_trial_size() -> None:
+    check = PackingCheck(sample=12, sizes=[20], min_agreement=0.9)
+    answered(check, jobs(12))
+    batch = check.next_trial(fits=4)
+    assert batch is not None and len(batch) == 4
+
+
+def test_too_few_reference_answers_refuse_packing() -> None:
+    check = PackingCheck(sample=3, sizes=[20], min_agreement=0.9)
+    rows = jobs(3)
+    for job in rows:
+        check.add_reference(job)
+    check.settle_reference(rows[0], "x")
+    check.settle_reference(rows[1], None)
+    check.settle_reference(rows[2], None)
+    assert check.next_trial(fits=100) is None
+    assert check.verdict is not None and check.verdict.batch_size == 1
+    assert "only 1 of 3" in check.verdict.reason
+
+
+def test_a_refused_trial_is_sent_again() -> None:
+    check = PackingCheck(sample=4, sizes=[4], min_agreement=0.9)
+    answered(check, jobs(4))
+    batch = check.next_trial(fits=100)
+    assert batch is not None
+    check.requeue(batch)  # e.g. the endpoint rejected response_format, now stepped down
+    again = check.next_trial(fits=100)
+    assert again is not None and [j.key for j in again] == [j.key for j in batch]

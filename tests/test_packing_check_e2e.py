@@ -1,0 +1,103 @@
+"""The default path packs only where packed answers agree: measured over real HTTP."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from llmframe import _engine
+from llmframe.testing import Degrade, FakeServer, expected_answer
+
+TEMPLATE = "What is the capital of {country}?"
+
+
+def run(server: FakeServer, countries: list[str], **extra: Any) -> tuple[list[Any], Any]:
+    options: dict[str, Any] = {
+        "model": "gpt-4o-mini", "base_url": server.base_url, "api_key": server.api_key,
+        "progress": False, "cache": False,
+    }  # fmt: skip
+    options.update(extra)
+    out = pd.DataFrame({"country": countries}).llm.apply(TEMPLATE, **options)
+    return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report
+
+
+def countries(n: int, tag: str = "country") -> list[str]:
+    return [f"{tag}-{i}" for i in range(n)]
+
+
+def want(names: list[str]) -> list[str]:
+    return [expected_answer(TEMPLATE.format(country=c)) for c in names]
+
+
+def test_a_model_that_loses_its_place_is_run_one_row_with_one_warning(fake_server_factory: Any) -> None:
+    # Every packed item past the third is shifted by one: valid JSON, every id, wrong answers.
+    server = fake_server_factory(degrade=Degrade(error_per_item=0.0, shift_after=3))
+    names = countries(150)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, report = run(server, names)
+    assert got == want(names)  # nothing wrong slipped through: the check refused packing
+    assert report.batch_size_final == 1
+    assert report.packing_agreement[20] < 0.95 and report.packing_agreement[5] < 0.95
+    assert report.packing_reason.startswith("one row per request: packed answers did not agree")
+    said = [w for w in caught if "did not agree" in str(w.message)]
+    assert len(said) == 1 and said[0].filename == __file__  # points at the user's line
+    # The cost of finding out: the trial requests (1 at 20, 4 at 5), then one row each.
+    assert report.check_requests == 5
+    assert server.stats.requests == 150 + 5
+
+
+def test_a_sturdy_model_packs_and_the_check_costs_under_3_percent(fake_server_factory: Any) -> None:
+    server = fake_server_factory()
+    names = countries(10_000)
+    got, report = run(server, names)
+    assert got == want(names)
+    assert report.batch_size_final == 20 and report.packing_agreement == {20: 1.0}
+    default_tokens = report.prompt_tokens + report.completion_tokens
+    # The same rows packed by 20 with no check and no canaries, as the baseline.
+    _, plain = run(server, names, batch_size=20, canaries=0)
+    plain_tokens = plain.prompt_tokens + plain.completion_tokens
+    assert default_tokens <= 1.03 * plain_tokens, (default_tokens, plain_tokens)
+    assert report.canary_rows > 0 and report.check_tokens > 0
+
+
+def test_the_verdict_is_remembered_for_the_same_task(fake_server_factory: Any) -> None:
+    server = fake_server_factory()
+    run(server, countries(100))
+    server.reset_stats()
+    got, report = run(server, countries(100, "other"))
+    assert got == want(countries(100, "other"))
+    assert report.check_requests == 0 and "earlier run" in report.packing_reason
+    # A few rows alone to seed the canaries, then packed by 20.
+    assert server.stats.requests == _engine.REMEMBERED_WARMUP_ROWS + 5
+
+
+def test_a_refusal_is_remembered_too(fake_server_factory: Any) -> None:
+    server = fake_server_factory(degrade=Degrade(error_per_item=0.0, shift_after=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(server, countries(60))
+    server.reset_stats()
+    with pytest.warns(UserWarning, match="did not agree"):
+        got, report = run(server, countries(60, "other"))
+    assert got == want(countries(60, "other"))
+    assert server.stats.requests == 60 and report.check_requests == 0
+
+
+def test_small_frames_go_one_row_without_a_check(fake_server_factory: Any) -> None:
+    server = fake_server_factory()
+    names = countries(_engine.SMALL_FRAME_ROWS)
+    got, report = run(server, names)
+    assert got == want(names)
+    assert server.stats.requests == len(names) and report.check_requests == 0
+    assert "too few to check packing" in report.packing_reason
+
+
+def test_a_fixed_batch_size_is_not_checked(fake_server_factory: Any) -> None:
+    server = fake_server_factory(degrade=Degrade(error_per_item=0.0, shift_after=3))
+    got, report = run(server, countries(100), batch_size=10)
+    assert report.check_requests == 0 and report.batch_size_final == 10
+    assert sum(g != w for g, w in zip(got, want(countries(100)), strict=True)) > 50  # as asked
