@@ -15,6 +15,7 @@ from ._config import Errors, resolve
 from ._errors import ConfigError
 from ._estimate import Estimate
 from ._frames import columns_of, kind_of, rendered_columns, with_answers
+from ._pricing import price_for
 from ._report import RunReport
 from ._sync import run_sync
 from ._template import parse_template
@@ -94,7 +95,7 @@ async def aapply(df: Frame, template: str, *, output: str = "answer", **options:
     if not isinstance(output, str) or not output:
         raise ConfigError(f"output must be a non-empty column name, got {output!r}")
     tpl, opts, columns = _prepare(df, template, options)
-    if opts.max_cost_usd is not None and _engine.price_for(opts.model or "", opts.prices) is None:
+    if opts.max_cost_usd is not None and price_for(opts.model or "", opts.prices) is None:
         raise ConfigError(
             f"max_cost_usd needs a price for model {opts.model!r}, which llmframe does not know; "
             f"pass prices={{{opts.model!r}: (usd_per_1m_input, usd_per_1m_output)}}"

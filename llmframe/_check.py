@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ._agreement import agreement
+from ._canaries import Canaries
 from ._jobs import Job
 
-__all__ = ["PackingCheck", "Verdict"]
+__all__ = ["PackingCheck", "PackingPlan", "Verdict", "plan"]
 
 #: A trial reply with no usable answer is sent again this many times before it counts.
 TRIAL_RETRIES = 2
@@ -207,3 +209,71 @@ class PackingCheck:
             "Pass batch_size=N to pack anyway, or calibrate() to measure more rows",
             dict(self.agreement),
         )
+
+
+# ------------------------------------------------------------------------- the plan
+
+#: The check of ``batch_size=None``: rows answered alone first, the packed sizes tried
+#: on them after the cap (largest first), and the share of them that must agree.
+AUTO_CHECK_ROWS = 20
+AUTO_CHECK_SIZES = (5,)
+AUTO_MIN_AGREEMENT = 0.95
+#: Runs with at most this many rows to send go one row per request: the check would
+#: cost as much as packing saves.
+SMALL_FRAME_ROWS = 2 * AUTO_CHECK_ROWS
+#: With ``canaries=None`` while packing, one canary rides on every AUTO_CANARY_EVERY-th
+#: packed request: about 1% more tokens at 20 rows per request.
+AUTO_CANARY_EVERY = 4
+#: Rows answered alone to seed canaries when a stored verdict skips the check.
+REMEMBERED_WARMUP_ROWS = 4
+
+
+@dataclass
+class PackingPlan:
+    """How a run packs, decided before its first request."""
+
+    cap: int
+    reason: str
+    check: PackingCheck | None = None
+    canaries: Canaries | None = None
+    fixed_size: int | None = None  # the size after the warm-up, whatever the check says
+    warn: bool = False  # say the reason once: the run will not pack, and may surprise
+
+
+def plan(
+    *,
+    cap: int,
+    batch_size: int | str | None,
+    canaries: int | None,
+    rows_to_send: int,
+    verdict: Any = None,
+    why_one: str = "",
+) -> PackingPlan:
+    """Whether and how a run packs: the check, canaries and the reason it will give.
+
+    ``cap`` is the largest batch allowed (1: never pack, for ``why_one``); ``verdict``
+    a stored one for this endpoint and task (``{"batch_size", "reason"}``) or ``None``.
+    """
+    if cap <= 1:
+        return PackingPlan(1, "one row per request" + (why_one and f": {why_one}"))
+    if batch_size is not None:  # an int the user chose: no check
+        reason = f"packed up to {cap} rows per request, as batch_size= says"
+        if not canaries:
+            return PackingPlan(cap, reason)
+        warmup = PackingCheck(max(4, 2 * canaries), (), AUTO_MIN_AGREEMENT)
+        return PackingPlan(cap, reason, warmup, Canaries(canaries), fixed_size=cap)
+    if rows_to_send <= SMALL_FRAME_ROWS:
+        return PackingPlan(1, f"one row per request: {rows_to_send} rows to send, too few to "
+                              f"check packing on (the check runs from {SMALL_FRAME_ROWS + 1} rows)")  # fmt: skip
+    watch = Canaries(1, AUTO_CANARY_EVERY) if canaries is None else Canaries(canaries)
+    size = verdict.get("batch_size") if isinstance(verdict, dict) else None
+    if isinstance(size, int) and size >= 1:
+        reason = f"{verdict.get('reason', '')} (checked in an earlier run on this endpoint)"
+        if size == 1:
+            return PackingPlan(1, reason, warn=True)
+        if not watch.wanted:
+            return PackingPlan(min(cap, size), reason)
+        warmup = PackingCheck(REMEMBERED_WARMUP_ROWS, (), AUTO_MIN_AGREEMENT)
+        return PackingPlan(cap, reason, warmup, watch, fixed_size=size)
+    sizes = sorted({s for s in AUTO_CHECK_SIZES if s < cap} | {cap}, reverse=True)
+    return PackingPlan(cap, "", PackingCheck(AUTO_CHECK_ROWS, sizes, AUTO_MIN_AGREEMENT), watch)

@@ -19,10 +19,10 @@ import openai
 from ._capabilities import is_context_overflow
 from ._retry import is_retryable_status, parse_retry_after
 
-__all__ = ["CallError", "ChatClient", "Completion"]
+__all__ = ["PLACEHOLDER_KEY", "CallError", "ChatClient", "Completion"]
 
 # Where the user gives no key, local servers (vLLM, llama.cpp, Ollama) accept any.
-_PLACEHOLDER_KEY = "not-needed"
+PLACEHOLDER_KEY = "not-needed"
 
 
 @dataclass
@@ -173,7 +173,7 @@ class ChatClient:
             self._api_key = getattr(client, "api_key", None)
             self._owned = False
         else:
-            key = api_key or os.environ.get("OPENAI_API_KEY") or _PLACEHOLDER_KEY
+            key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
             self._api_key = key
             self._client = openai.AsyncOpenAI(
                 api_key=key,

@@ -11,23 +11,23 @@ or are a guess, and the estimate says which.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from . import _engine
-from ._capabilities import EndpointMemory
 from ._config import Options
+from ._endpoint import Endpoint
 from ._html import table
-from ._limiter import shared_limiter
+from ._prepare import Prepared, prepare
+from ._pricing import price_for
 from ._report import last_report
+from ._requests import max_tokens_param
 from ._template import Template
 
 __all__ = ["Estimate", "estimate_run"]
 
-_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 @dataclass
@@ -104,12 +104,6 @@ class Estimate:
         return table(title, rows, header=["", *(name for name, _ in cols)], note=note)
 
 
-def _base_url(opts: Options) -> str:
-    if opts.client is not None:
-        return str(opts.client.base_url)
-    return opts.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL
-
-
 def _packed_output_overhead(n: int, tokenizer: Any) -> int:
     # The reply's structure around the answers: {"0":"…","1":"…",...} with a one-token
     # stand-in answer (an empty string would merge the quotes into other tokens).
@@ -118,44 +112,43 @@ def _packed_output_overhead(n: int, tokenizer: Any) -> int:
 
 
 def _plan(
-    prepared: _engine.Prepared,
+    prepared: Prepared,
     template: Template,
     opts: Options,
     answer_tokens: int | None,
     upper_bound: bool,
-    endpoint: str,
+    endpoint: Endpoint,
 ) -> tuple[int, int, int, int]:
     """(requests, input tokens, output tokens, batch cap) of the batches the run would send."""
     state = _engine.new_run(
         replace(prepared, todo=list(prepared.todo)), template, opts,
-        client=None, limiter=None, endpoint=endpoint,
+        client=None, limiter=None, endpoint=endpoint, learns=False,
     )  # fmt: skip
-    state.learns = False  # it assumes the packing check passes; only a run may say so
-    state.format_confirmed = state.endpoint_confirmed = True  # nothing is sent, nothing probed
+    planner, builder = state.planner, state.builder
+    state.endpoint.format_confirmed = state.endpoint.endpoint_confirmed = True  # nothing is probed
     if answer_tokens is not None:
-        state.answer_tokens = answer_tokens
+        builder.answer_tokens = answer_tokens
     requests = input_tokens = output_tokens = 0
-    while (batch := state.take()) is not None:
+    while (batch := planner.take()) is not None:
         jobs = batch.jobs
         # Canaries are rows like any other: the batch's own rows stand in for their size.
-        extra = jobs[: len(batch.canaries)] if batch.canaries else []
-        request = state.request_for(jobs + extra)
+        request = builder.build(jobs + jobs[: len(batch.canaries)])
         requests += 1
         input_tokens += request.input_tokens
-        n = len(jobs) + len(extra)
+        n = len(jobs) + len(batch.canaries)
         if upper_bound or n == 1:
             output_tokens += request.output_tokens  # max_tokens as it would be sent
         else:
-            output_tokens += n * state.answer_tokens + _packed_output_overhead(n, state.tokenizer)
+            output_tokens += n * builder.answer_tokens + _packed_output_overhead(n, builder.tokenizer)
         # The estimate assumes the packing check passes: it costs its requests either way.
-        if batch.kind == "reference" and state.check is not None:
-            state.check.settle_reference(jobs[0], "?")
-            state.canaries.learn(jobs[0], "?")
-        elif batch.kind == "trial" and state.check is not None:
-            state.check.record_trial(jobs, [state.check.answers[j.key] for j in jobs])
-        if batch.probe:
-            state.probe_in_flight = False
-    return requests, input_tokens, output_tokens, state.cap
+        check = planner.check
+        if batch.kind == "reference" and check is not None:
+            check.settle_reference(jobs[0], "?")
+            planner.canaries.learn(jobs[0], "?")
+        elif batch.kind == "trial" and check is not None:
+            check.record_trial(jobs, [check.answers[j.key] for j in jobs])
+        state.endpoint.probe_done(batch)
+    return requests, input_tokens, output_tokens, planner.cap
 
 
 async def estimate_run(
@@ -172,12 +165,12 @@ async def estimate_run(
 
     answer_tokens: int | None = None
     source = "guess"
-    if _engine.max_tokens_param(opts.params) is not None:
+    if max_tokens_param(opts.params) is not None:
         source = "max_tokens"
     elif sample and take_rows is not None:
         # A seeded sample of the rows still to do (rows already cached tell nothing new),
         # answered one per request: paid, but cached, so the run will not pay for them again.
-        todo = _engine.prepare(columns, n_rows, template, opts)
+        todo = prepare(columns, n_rows, template, opts)
         if todo.cache is not None:
             todo.cache.close()
         rows = [job.rows[0] for job in todo.todo]
@@ -193,19 +186,18 @@ async def estimate_run(
         elif report is not None and report.cached_rows:
             source = "guess (sample rows were cached)"
 
-    prepared = _engine.prepare(columns, n_rows, template, opts)
+    prepared = prepare(columns, n_rows, template, opts)
     if prepared.cache is not None:
         prepared.cache.close()
-    limiter = shared_limiter(_base_url(opts), opts.api_key or os.environ.get("OPENAI_API_KEY"),
-                             opts.model or "", rpm=opts.rpm, tpm=opts.tpm)  # fmt: skip
+    # The very limiter the run would use: the same Endpoint, so the same learned limits.
+    endpoint = Endpoint.of(model=opts.model or "", base_url=opts.base_url, api_key=opts.api_key,
+                           client=opts.client)  # fmt: skip
+    limiter = endpoint.limiter(opts.rpm, opts.tpm)
     rpm, tpm = limiter.rpm, limiter.tpm
 
     def build(o: Options) -> Estimate:
-        requests, inp, out, cap = _plan(
-            prepared, template, o, answer_tokens, source == "max_tokens",
-            EndpointMemory.key(_base_url(o), o.model or ""),
-        )  # fmt: skip
-        price = _engine.price_for(o.model or "", o.prices)
+        requests, inp, out, cap = _plan(prepared, template, o, answer_tokens, source == "max_tokens", endpoint)
+        price = price_for(o.model or "", o.prices)
         cost = None if price is None else price.cost(inp, out)
         times = []
         if rpm:

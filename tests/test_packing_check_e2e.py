@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from llmframe import _engine
+from llmframe import _check
 from llmframe.testing import Degrade, FakeServer, expected_answer
 
 TEMPLATE = "What is the capital of {country}?"
@@ -72,7 +72,7 @@ def test_the_verdict_is_remembered_for_the_same_task(fake_server_factory: Any) -
     assert got == want(countries(100, "other"))
     assert report.check_requests == 0 and "earlier run" in report.packing_reason
     # A few rows alone to seed the canaries, then packed by 20.
-    assert server.stats.requests == _engine.REMEMBERED_WARMUP_ROWS + 5
+    assert server.stats.requests == _check.REMEMBERED_WARMUP_ROWS + 5
 
 
 def test_a_refusal_is_remembered_too(fake_server_factory: Any) -> None:
@@ -89,7 +89,7 @@ def test_a_refusal_is_remembered_too(fake_server_factory: Any) -> None:
 
 def test_small_frames_go_one_row_without_a_check(fake_server_factory: Any) -> None:
     server = fake_server_factory()
-    names = countries(_engine.SMALL_FRAME_ROWS)
+    names = countries(_check.SMALL_FRAME_ROWS)
     got, report = run(server, names)
     assert got == want(names)
     assert server.stats.requests == len(names) and report.check_requests == 0

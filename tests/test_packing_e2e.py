@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import llmframe
-from llmframe import _engine
+from llmframe import _retry
 from llmframe.testing import FakeServer, Faults, expected_answer
 
 TEMPLATE = "Label this: {text}"
@@ -23,7 +23,7 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         delays.append(attempt)
         return 0.0
 
-    monkeypatch.setattr(_engine, "retry_delay", record)
+    monkeypatch.setattr(_retry, "retry_delay", record)
     return delays
 
 

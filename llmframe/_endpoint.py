@@ -1,0 +1,200 @@
+"""The endpoint of a call: who it is, and what one run has learned it accepts.
+
+:class:`Endpoint` is worked out once from the options (``client=``, else
+``base_url=``, else ``OPENAI_BASE_URL``, else OpenAI; the key likewise), and the
+run and :func:`llmframe.estimate` both use it, so they share one limiter even
+for a keyless local server or a client passed in.
+
+:class:`EndpointState` is one run's view: the parameters and the
+structured-output mode it sends now, the changes a rejection forced
+(:func:`~llmframe._capabilities.rejection`), and the gate that sends the first
+request alone, so that a rejection costs one request and not one per worker.
+What it learns goes to :data:`~llmframe._capabilities.MEMORY`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._capabilities import MEMORY, EndpointMemory, Rejection, next_format, rejection
+from ._client import PLACEHOLDER_KEY, CallError
+from ._jobs import Batch
+from ._limiter import RateLimiter, shared_limiter
+from ._requests import Request
+
+__all__ = ["DEFAULT_BASE_URL", "Endpoint", "EndpointState"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """(base_url, model) and a hash of the key: never the key itself."""
+
+    base_url: str
+    model: str
+    key_hash: str = field(default="", repr=False)
+
+    @classmethod
+    def of(cls, *, model: str, base_url: str | None = None, api_key: str | None = None,
+           client: Any = None) -> Endpoint:  # fmt: skip
+        if client is not None:
+            url, key = str(client.base_url), getattr(client, "api_key", None)
+        else:
+            url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+            key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
+        digest = hashlib.sha256((key or "").encode()).hexdigest()[:16]
+        return cls(url.rstrip("/"), model, digest)
+
+    @property
+    def memory_key(self) -> str:
+        return EndpointMemory.key(self.base_url, self.model)
+
+    def limiter(self, rpm: float | None = None, tpm: float | None = None) -> RateLimiter:
+        """The process-wide limiter of this endpoint (key and model included)."""
+        return shared_limiter(self.base_url, self.key_hash, self.model, rpm=rpm, tpm=tpm)
+
+
+class EndpointState:
+    """What one run sends, changed by what the endpoint rejects."""
+
+    __slots__ = (
+        "endpoint_confirmed",
+        "fatal",
+        "format_confirmed",
+        "known",
+        "learns",
+        "memory_dir",
+        "memory_key",
+        "notes",
+        "params",
+        "probe_in_flight",
+        "response_format",
+        "user_format",
+    )
+
+    def __init__(
+        self,
+        memory_key: str,
+        memory_dir: Path | None,
+        params: dict[str, Any],
+        user_format: str,
+        *,
+        learns: bool = True,
+    ) -> None:
+        known = MEMORY.get(memory_key, memory_dir)
+        self.memory_key = memory_key
+        self.memory_dir = memory_dir
+        self.learns = learns  # False for estimates: what they assume is not what an endpoint said
+        self.params = dict(params)
+        for old, new in (known.get("renames") or {}).items():
+            if old in self.params:
+                self.params[new] = self.params.pop(old)
+        for name in known.get("drops") or {}:
+            self.params.pop(name, None)
+        self.user_format = user_format
+        if user_format == "auto":
+            self.response_format = known.get("response_format") or "json_schema"
+            self.format_confirmed = "response_format" in known
+        else:
+            self.response_format = user_format
+            self.format_confirmed = False
+        # Until the endpoint has answered a request with these parameter names once, and
+        # until a packed reply came back in the current format, one request goes alone.
+        self.endpoint_confirmed = bool((known.get("answered") or {}).get(self.signature))
+        self.probe_in_flight = False
+        self.fatal: CallError | None = None
+        self.notes: list[str] = []  # what was rejected and what changed, for the report
+        self.known = known  # as the run started: packing verdicts are read from it
+
+    @property
+    def signature(self) -> str:
+        """The parameter names requests carry: what a new endpoint may reject."""
+        return ",".join(sorted(self.params))
+
+    # ---- the gate ---------------------------------------------------------------------
+    def gate(self, batch: Batch) -> Batch:
+        """Mark ``batch`` to go alone if it is a probe (see the module docstring)."""
+        if not self.endpoint_confirmed or (batch.packed and not self.format_confirmed):
+            batch.probe = self.probe_in_flight = True
+        return batch
+
+    def probe_done(self, batch: Batch) -> None:
+        if batch.probe:
+            self.probe_in_flight = False
+            if not batch.rejected and self.fatal is None:
+                # Answered, or failed for another reason than a rejection: what the
+                # endpoint said is about the rows, so the others may go.
+                self.endpoint_confirmed = True
+
+    def confirm(self, request: Request) -> None:
+        """A reply came back for ``request``."""
+        if not self.endpoint_confirmed:
+            self.endpoint_confirmed = True
+            self.learned(answered={self.signature: True})
+        mode = request.mode
+        if request.response_format is not None and mode == self.response_format and not self.format_confirmed:
+            self.format_confirmed = True
+            if self.user_format == "auto":
+                self.learned(response_format=mode)
+
+    def learned(self, **values: Any) -> None:
+        if self.learns:
+            MEMORY.update(self.memory_key, self.memory_dir, **values)
+
+    # ---- rejections -------------------------------------------------------------------
+    def rejection_of(self, err: CallError, request: Request) -> Rejection | None:
+        if err.fatal or err.kind in ("rate_limit", "timeout", "connection", "budget"):
+            return None
+        mode = request.mode if request.response_format is not None else None
+        return rejection(err.status, err.message, err.param, request.params, response_format=mode)
+
+    def adapt(self, rejected: Rejection, err: CallError, request: Request) -> bool:
+        """Change what every later request sends; True when the request should go again.
+
+        Requests in flight with the old settings come back rejected too: they find
+        the change made already and are simply sent again.
+        """
+        name = rejected.param
+        status = f"HTTP {err.status}" if err.status else "an error"
+        if rejected.action == "step_down":
+            if self.user_format != "auto":
+                self.stop(err, f"the endpoint rejects response_format={request.mode!r} ({err.message}); "
+                               "use response_format='auto' to let llmframe find one it accepts")  # fmt: skip
+                return False
+            if self.response_format == request.mode:
+                self.response_format = next_format(request.mode)
+                self.format_confirmed = False
+                self.notes.append(
+                    f"response_format {request.mode!r} rejected ({status}); using {self.response_format!r}"
+                )
+            return True
+        if rejected.action == "rename":
+            target = rejected.rename_to or ""
+            if name in self.params:
+                self.params[target] = self.params.pop(name)
+                self.notes.append(f"{name!r} rejected ({status}); sent as {target!r}")
+                self.learned(renames={name: target})
+            return True
+        if rejected.action == "drop":
+            if name in self.params:
+                del self.params[name]
+                self.notes.append(f"params[{name!r}] rejected ({status}); dropped for this endpoint")
+                from ._warn import warn_user
+
+                warn_user(f"llmframe: the endpoint rejects params[{name!r}]; sending without it")
+                self.learned(drops={name: True})
+            return True
+        if rejected.action == "stop":
+            self.stop(err, f"the endpoint rejects params[{name!r}] ({err.message}); remove it from "
+                           "params= or change its value. Rows answered so far are cached")  # fmt: skip
+        return False
+
+    def stop(self, err: CallError, message: str) -> None:
+        """Stop the run: a failure that every later request would meet too."""
+        if self.fatal is None:
+            self.fatal = CallError("endpoint", message, False, err.status, err.code, fatal=True)

@@ -1,0 +1,127 @@
+"""Outcomes of a run: each row's answer or error, the report, progress, cache records.
+
+Every finished row passes here once, answered (:meth:`Outcomes.finish`) or failed
+(:meth:`Outcomes.fail`), so the output, the report, the progress bar and the
+cache can never disagree. One builder makes every cache record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from ._cache import AnswerCache, CacheRecord
+from ._errors import RowError
+from ._jobs import Job
+from ._report import RunReport
+
+__all__ = ["NoProgress", "Outcomes", "progress_bar"]
+
+#: Failures that say nothing about the row itself: never stored in the cache.
+_NOT_STORED = frozenset({"budget", "cancelled", "auth", "endpoint"})
+
+#: (prompt tokens, completion tokens, cost, request id) of the reply a record came from.
+Usage = tuple[int, int, float | None, str | None]
+
+
+class NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return NoProgress()
+    try:  # a widget bar in notebooks when ipywidgets is there; tqdm.auto warns otherwise
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
+
+    return tqdm(total=total, unit="row", desc="llmframe", dynamic_ncols=True)
+
+
+class Outcomes:
+    __slots__ = ("answers", "cache", "model", "on_done", "progress", "report", "template_hash")
+
+    def __init__(
+        self,
+        report: RunReport,
+        answers: list[str | None],
+        cache: AnswerCache | None,
+        *,
+        model: str,
+        template_hash: str,
+        progress: Any = None,
+        on_done: Callable[[Job, str | None], None] | None = None,
+    ) -> None:
+        self.report = report
+        self.answers = answers
+        self.cache = cache
+        self.model = model
+        self.template_hash = template_hash
+        self.progress = progress or NoProgress()
+        self.on_done = on_done  # told of every finished job (the packing check's references)
+
+    def record(self, job: Job, answer: str | None, error: str | None, usage: Usage) -> CacheRecord:
+        prompt, completion, cost, request_id = usage
+        return CacheRecord(
+            key=job.key,
+            model=self.model,
+            template_hash=self.template_hash,
+            answer=answer,
+            status="ok" if error is None else "error",
+            error=error,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost,
+            created=datetime.now(timezone.utc),
+            request_id=request_id,
+        )
+
+    def finish(self, job: Job, answer: str, usage: Usage) -> None:
+        job.done = True
+        for row in job.rows:
+            self.answers[row] = answer
+        if self.on_done is not None:
+            self.on_done(job, answer)
+        self.report.answered_rows += len(job.rows)
+        self.progress.update(len(job.rows))
+        if self.cache is not None:
+            self.cache.add([self.record(job, answer, None, usage)])
+
+    def fail(
+        self,
+        jobs: Sequence[Job],
+        kind: str,
+        message: str,
+        status: int | None = None,
+        *,
+        usage: Usage | None = None,
+    ) -> None:
+        records = []
+        for job in jobs:
+            job.done = True
+            if self.on_done is not None:
+                self.on_done(job, None)
+            self.report.errors.extend(RowError(row, kind, message, status) for row in job.rows)
+            self.progress.update(len(job.rows))
+            if self.cache is not None and kind not in _NOT_STORED:
+                records.append(self.record(job, None, f"{kind}: {message}", usage or (0, 0, None, None)))
+        if records and self.cache is not None:
+            self.cache.add(records)
+
+    def show_progress(self) -> None:
+        report = self.report
+        cost = "?" if report.cost_usd is None else f"${report.cost_usd:.4f}"
+        self.progress.set_postfix_str(
+            f"cached {report.cached_rows}, tok {report.prompt_tokens + report.completion_tokens:,}, {cost}",
+            refresh=False,
+        )

@@ -1,0 +1,143 @@
+"""Planning: which rows go in the next request.
+
+Batches are formed lazily, when a worker is free, not planned up front: the
+batch size can then shrink mid-run (:mod:`._sizer`), and rows sent again are
+served before new ones (they are the oldest work). A batch holds resent rows
+first, topped up with new rows up to the item cap and the token budget:
+resending one dropped row alone would pay the whole task (system prompt,
+template) again for one answer. A resent row goes in a batch at most half the
+size of the one it failed in.
+
+While the packing check (:mod:`._check`) runs, every request is one row: its
+reference rows, then its trial batches; packing waits for the verdict. And
+while a probe is out (:meth:`~llmframe._endpoint.EndpointState.gate`), nothing
+else goes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+from ._canaries import Canaries
+from ._check import PackingCheck, Verdict
+from ._endpoint import EndpointState
+from ._jobs import Batch, Job
+from ._requests import RequestBuilder
+from ._sizer import BatchSizer
+
+__all__ = ["Planner"]
+
+
+class Planner:
+    __slots__ = (
+        "builder",
+        "canaries",
+        "check",
+        "endpoint",
+        "max_batch_tokens",
+        "on_verdict",
+        "pending",
+        "resend",
+        "sizer",
+    )
+
+    def __init__(
+        self,
+        jobs: Iterable[Job],
+        *,
+        cap: int,
+        max_batch_tokens: int,
+        builder: RequestBuilder,
+        endpoint: EndpointState,
+        canaries: Canaries | None = None,
+        check: PackingCheck | None = None,
+        on_verdict: Callable[[Verdict], int] | None = None,
+    ) -> None:
+        self.pending: deque[Job] = deque(jobs)
+        self.resend: deque[Job] = deque()
+        self.sizer = BatchSizer(cap)
+        self.max_batch_tokens = max_batch_tokens
+        self.builder = builder
+        self.endpoint = endpoint
+        self.canaries = canaries if canaries is not None else Canaries(0)
+        self.check = check
+        # Told the check's verdict; returns the batch size to use from then on.
+        self.on_verdict = on_verdict
+
+    @property
+    def cap(self) -> int:
+        return self.sizer.cap
+
+    def take(self) -> Batch | None:
+        """The next batch to send, or ``None`` when there is none now."""
+        if self.endpoint.fatal is not None or self.endpoint.probe_in_flight:
+            return None
+        check = self.check
+        if check is not None and check.verdict is None:
+            if self.resend:  # while checking, every request is one row
+                return self.endpoint.gate(Batch([self.resend.popleft()]))
+            if check.wants_reference() and self.pending:
+                job = self.pending.popleft()
+                check.add_reference(job)
+                return self.endpoint.gate(Batch([job], kind="reference"))
+            if check.busy:
+                return None
+            if not self.pending:
+                check.verdict = Verdict(1, "no rows left to pack after the sampled ones", {})
+            else:
+                trial = check.next_trial(self.rows_that_fit(check))
+                if trial is not None:
+                    return self.endpoint.gate(Batch(trial, kind="trial"))
+                if check.busy:
+                    return None
+        if check is not None and check.verdict is not None:
+            self.check = None
+            size = self.on_verdict(check.verdict) if self.on_verdict else check.verdict.batch_size
+            self.sizer.cap = max(1, min(self.sizer.cap, size))
+        return self.take_rows()
+
+    def take_rows(self) -> Batch | None:
+        jobs: list[Job] = []
+        size = self.cap
+        while self.resend and len(jobs) < size:
+            job = self.resend[0]
+            limit = job.max_batch or size
+            if jobs and limit < len(jobs) + 1:
+                break
+            jobs.append(self.resend.popleft())
+            size = min(size, limit)
+        if not jobs:
+            if not self.pending:
+                return None
+            jobs.append(self.pending.popleft())
+        if size > 1:
+            per_row = self.builder.per_row_output
+            budget = self.max_batch_tokens - self.builder.system_tokens
+            used = sum(self.builder.item_tokens(j) + per_row for j in jobs)
+            while self.pending and len(jobs) < size:
+                cost = self.builder.item_tokens(self.pending[0]) + per_row
+                if used + cost > budget:
+                    break
+                used += cost
+                jobs.append(self.pending.popleft())
+        canaries = [] if any(j.no_canaries for j in jobs) else self.canaries.pick(jobs)
+        return self.endpoint.gate(Batch(jobs, canaries=canaries))
+
+    def rows_that_fit(self, check: PackingCheck) -> int:
+        """How many sampled rows, on average, one packed request carries in the token budget."""
+        jobs = check.answered_jobs()
+        if not jobs:
+            return self.cap
+        per_row = self.builder.per_row_output
+        avg = sum(self.builder.item_tokens(j) for j in jobs) / len(jobs) + per_row
+        return max(1, int((self.max_batch_tokens - self.builder.system_tokens) // avg))
+
+    def split(self, jobs: Sequence[Job], size: int) -> None:
+        """Queue ``jobs`` to be sent again in batches of at most ``size``."""
+        for job in jobs:
+            job.max_batch = max(1, size)
+        self.resend.extend(jobs)
+
+    def unfinished(self) -> list[Job]:
+        return [j for j in (*self.resend, *self.pending) if not j.done]

@@ -1,0 +1,109 @@
+"""Steps 1-3 of a run: render and key every row, deduplicate, look keys up in the cache.
+
+What is left are the jobs: one per distinct prompt the cache does not answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+
+from ._cache import AnswerCache, resolve_cache_dir
+from ._config import Options
+from ._jobs import Job
+from ._keys import call_prefix, row_digests
+from ._report import RunReport
+from ._template import Template
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass
+class Prepared:
+    """Steps 1-3 of a run: rows rendered, keyed, deduplicated and looked up in the cache."""
+
+    report: RunReport
+    answers: list[str | None]
+    todo: list[Job]
+    cache: AnswerCache | None
+
+
+def prepare(
+    columns: Mapping[str, Sequence[str | None]],
+    n_rows: int,
+    template: Template,
+    opts: Options,
+    *,
+    chunk_rows: int = 100_000,
+    flush_seconds: float = 2.0,
+) -> Prepared:
+    """``columns`` holds each template field's rendered values (``None`` for a null),
+    as lists or as the accessor's :class:`~llmframe._frames.RenderedColumn`, which
+    renders a slice at a time.
+
+    Rows are rendered and keyed ``chunk_rows`` at a time and only each row's key is
+    kept, in binary (16 bytes): a cached re-run of a million rows never holds a
+    million prompts or key strings, only the answers it returns. Rows the cache does
+    not answer are rendered a second time to become jobs, which costs little next to
+    sending them.
+    """
+    model = opts.model or ""
+    report = RunReport(model=model, rows=n_rows)
+    fields = template.fields
+    sources = [columns[f] for f in fields]
+
+    # 1-2: render and key every row, a slice at a time (nulls found vectorized per slice).
+    prefix = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params)
+    digests = bytearray(16 * n_rows)
+    null = np.zeros(n_rows, dtype=bool)  # rows with a null in a used field: null answer, no request
+    for lo in range(0, n_rows, chunk_rows):
+        hi = min(n_rows, lo + chunk_rows)
+        chunk, nulls = row_digests(prefix, [source[lo:hi] for source in sources])
+        digests[16 * lo : 16 * hi] = chunk
+        null[np.asarray(nulls, dtype=np.intp) + lo] = True
+    report.null_rows = int(null.sum())
+
+    # 3: the cache, for every row at once; a cached re-run builds no per-row objects
+    # but its answers.
+    cache_dir = resolve_cache_dir(opts.cache)
+    cache = AnswerCache(cache_dir, flush_seconds=flush_seconds) if cache_dir is not None else None
+    hits = None
+    found = np.zeros(n_rows, dtype=bool)
+    if cache is not None and report.null_rows < n_rows:
+        hits = cache.lookup_binary(digests)
+        cache.drop_index()  # looked up once; the rest of a run only writes
+        found = hits.is_valid().to_numpy(zero_copy_only=False)
+    missing = ~null & ~found
+    if hits is not None:
+        report.cached_rows = n_rows - report.null_rows - int(missing.sum())
+
+    # Rows with equal keys are asked once, in order of first appearance.
+    jobs: dict[str, Job] = {}
+    todo = np.flatnonzero(missing)
+    for lo in range(0, n_rows if len(todo) else 0, chunk_rows):
+        rows = todo[np.searchsorted(todo, lo) : np.searchsorted(todo, lo + chunk_rows)].tolist()
+        if not rows:
+            continue
+        rendered = [source[lo : lo + chunk_rows] for source in sources]
+        for row in rows:
+            key = digests[16 * row : 16 * row + 16].hex()
+            job = jobs.get(key)
+            if job is None:
+                values = {f: cast(str, col[row - lo]) for f, col in zip(fields, rendered, strict=True)}
+                jobs[key] = Job(key, values, [row])
+            else:
+                job.rows.append(row)
+                report.duplicate_rows += 1
+    del digests, todo
+
+    # The answers found, as Python strings only now, a slice at a time.
+    answers: list[str | None] = [None] * n_rows
+    if hits is not None:
+        for lo in range(0, n_rows, chunk_rows):
+            answers[lo : lo + chunk_rows] = hits.slice(lo, chunk_rows).to_pylist()
+        for row in np.flatnonzero(null & found).tolist():
+            answers[row] = None  # a row without a key has no answer, whatever the cache holds
+    return Prepared(report, answers, list(jobs.values()), cache)

@@ -1,0 +1,112 @@
+"""Requests as they will be sent: messages, parameters, format and token estimate.
+
+A pure builder shared by the run and by :func:`llmframe.estimate`, so an
+estimate counts the very messages a run sends. One row goes as its rendered
+prompt; many go packed (:mod:`._packing`) with the structured-output mode the
+endpoint accepts (:mod:`._endpoint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import _packing
+from ._jobs import Job
+from ._template import Template
+from ._tokens import Tokenizer, count_messages
+
+__all__ = [
+    "DEFAULT_ANSWER_TOKENS",
+    "PACKED_TOKENS_PER_ROW",
+    "Request",
+    "RequestBuilder",
+    "max_tokens_param",
+]
+
+#: Expected answer length when the user sets no ``max_tokens``: used to reserve
+#: tokens and to size batches, then corrected from the response's usage.
+DEFAULT_ANSWER_TOKENS = 16
+#: Extra output tokens per packed row: the id key, quotes, colon and comma.
+PACKED_TOKENS_PER_ROW = 5
+_MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
+
+
+def max_tokens_param(params: Mapping[str, Any] | None) -> str | None:
+    """Which of ``max_completion_tokens`` / ``max_tokens`` the user set, if any."""
+    return next((k for k in _MAX_TOKEN_KEYS if params and params.get(k) is not None), None)
+
+
+@dataclass
+class Request:
+    """One request as it will be sent, with its token estimate."""
+
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    response_format: Any
+    mode: str  # the structured-output mode of a packed request ("text" for one row)
+    input_tokens: int  # exact (tiktoken over the messages as sent)
+    output_tokens: int  # expected: max_tokens if set, else the answer-length guess
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Sends(Protocol):
+    """What the endpoint accepts now (:class:`~llmframe._endpoint.EndpointState`)."""
+
+    params: dict[str, Any]
+    response_format: str
+
+
+class RequestBuilder:
+    """Builds the request for a list of jobs. What ``sends`` says is read at each build,
+    so a change the endpoint forced applies to every later request, resends included."""
+
+    __slots__ = ("answer_tokens", "sends", "system", "system_tokens", "template", "tokenizer")
+
+    def __init__(self, template: Template, system: str | None, tokenizer: Tokenizer, sends: Sends) -> None:
+        self.template = template
+        self.system = system
+        self.tokenizer = tokenizer
+        self.sends = sends
+        key = max_tokens_param(sends.params)
+        self.answer_tokens = int(sends.params[key]) if key is not None else DEFAULT_ANSWER_TOKENS
+        system_text = _packing.packed_system(template.text, system)
+        self.system_tokens = count_messages(
+            [{"role": "system", "content": system_text}, {"role": "user", "content": ""}], tokenizer
+        )
+
+    @property
+    def per_row_output(self) -> int:
+        return self.answer_tokens + PACKED_TOKENS_PER_ROW
+
+    def item_tokens(self, job: Job) -> int:
+        """The tokens one row adds to a packed request (cached on the job)."""
+        if job.item_tokens < 0:
+            job.item_tokens = self.tokenizer.count(_packing.item_line(0, job.values)) + 1
+        return job.item_tokens
+
+    def build(self, jobs: Sequence[Job]) -> Request:
+        params = dict(self.sends.params)
+        if len(jobs) == 1:
+            prompt = self.template.render(jobs[0].values)
+            messages = _packing.single_messages(prompt, self.system)
+            tokens = count_messages(messages, self.tokenizer)
+            return Request(messages, params, None, "text", tokens, self.answer_tokens)
+        messages = _packing.packed_messages(self.template.text, self.system, [j.values for j in jobs])
+        n = len(jobs)
+        out = n * self.per_row_output + 8
+        key = max_tokens_param(params)
+        if key is not None:
+            params[key] = out  # the user's max_tokens is per answer; a packed reply holds n
+        mode = self.sends.response_format
+        fmt: Any = None
+        if mode == "json_schema":
+            fmt = _packing.answers_schema(n)
+        elif mode == "json_object":
+            fmt = {"type": "json_object"}
+        tokens = count_messages(messages, self.tokenizer)
+        return Request(messages, params, fmt, mode, tokens, out)
