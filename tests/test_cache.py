@@ -19,12 +19,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from llmframe import _cache
-from llmframe._cache import (
-    AUTO_COMPACT_SEGMENTS,
-    SCHEMA,
-    AnswerCache,
-    CacheRecord,
+from llmframe import _cache, _cache_admin, _cache_index, _cache_segments
+from llmframe._cache import AnswerCache
+from llmframe._cache_admin import (
     cache_info,
     clear_cache,
     compact_cache,
@@ -32,6 +29,8 @@ from llmframe._cache import (
     read_cache,
     resolve_cache_dir,
 )
+from llmframe._cache_schema import SCHEMA, CacheRecord
+from llmframe._cache_segments import AUTO_COMPACT_SEGMENTS
 from llmframe._errors import CacheError, ConfigError
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -120,7 +119,7 @@ def test_segment_names_and_schema_on_disk(tmp_path: Path) -> None:
     with AnswerCache(tmp_path) as cache:
         cache.add([record(1)])
     (name,) = segments(tmp_path)
-    assert _cache._SEGMENT_NAME.fullmatch(name)
+    assert _cache_segments.SEGMENT_NAME.fullmatch(name)
     _, time_ns, pid, _uuid8 = name.removesuffix(".parquet").split("-")
     assert int(pid) == os.getpid() and abs(int(time_ns) - time.time_ns()) < 60e9
     assert pq.read_schema(tmp_path / name).names == SCHEMA.names
@@ -415,7 +414,7 @@ def test_failed_rename_leaves_no_segment_and_keeps_the_records(
     def refuse(src: Any, dst: Any) -> None:
         raise failure
 
-    monkeypatch.setattr(_cache.os, "replace", refuse)
+    monkeypatch.setattr(_cache_segments.os, "replace", refuse)
     with pytest.raises(raised):
         cache.flush()
     assert list(tmp_path.iterdir()) == []  # no segment, no temp file
@@ -602,14 +601,14 @@ def test_a_segment_deleted_after_listing_is_skipped_silently(tmp_path: Path) -> 
     kept = write_segment(tmp_path, [record(1, "one")])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        rows, read, corrupt = _cache._read_segments(
-            tmp_path, ["seg-1-1-deadbeef.parquet", kept.name], _cache._LOOKUP_COLUMNS
+        rows, read, corrupt = _cache_segments.read_segments(
+            tmp_path, ["seg-1-1-deadbeef.parquet", kept.name], _cache_index.LOOKUP_COLUMNS
         )
     assert rows["answer"].to_list() == ["one"]
     assert read == [kept.name] and corrupt == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        parts, read, corrupt = _cache._read_ok_rows(
+        parts, read, corrupt = _cache_index.read_ok_rows(
             tmp_path, ["seg-1-1-deadbeef.parquet", kept.name]
         )
     assert [answers.to_pylist() for answers in parts.answers] == [["one"]]
@@ -622,13 +621,13 @@ def test_a_segment_deleted_after_listing_is_skipped_silently(tmp_path: Path) -> 
 def test_lookups_read_only_new_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_segment(tmp_path, [record(1, "one")])
     reads: list[list[str]] = []
-    real = _cache._read_ok_rows
+    real = _cache.read_ok_rows
 
     def spy(folder: Path, names: Any) -> Any:
         reads.append(list(names))
         return real(folder, names)
 
-    monkeypatch.setattr(_cache, "_read_ok_rows", spy)
+    monkeypatch.setattr(_cache, "read_ok_rows", spy)
     cache = AnswerCache(tmp_path)
     assert cache.lookup([key(1), key(2)]) == ["one", None]
     assert cache.lookup([key(1)]) == ["one"]
@@ -667,11 +666,11 @@ def test_auto_compaction_keeps_lookups_identical(tmp_path: Path) -> None:
 
 def test_auto_compaction_plan_spares_the_big_segment() -> None:
     small = {f"seg-{i}": 10 for i in range(AUTO_COMPACT_SEGMENTS)}
-    assert _cache._auto_compact_plan(small) == []
+    assert _cache_segments.auto_compact_plan(small) == []
     big = {"seg-0": 10_000, **{f"seg-{i}": 10 for i in range(1, AUTO_COMPACT_SEGMENTS + 1)}}
-    assert sorted(_cache._auto_compact_plan(big)) == sorted(set(big) - {"seg-0"})
+    assert sorted(_cache_segments.auto_compact_plan(big)) == sorted(set(big) - {"seg-0"})
     even = {f"seg-{i}": 10 for i in range(AUTO_COMPACT_SEGMENTS + 1)}
-    assert sorted(_cache._auto_compact_plan(even)) == sorted(even)
+    assert sorted(_cache_segments.auto_compact_plan(even)) == sorted(even)
 
 
 def test_compact_cache_semantics(tmp_path: Path) -> None:
@@ -837,7 +836,7 @@ def test_default_cache_dir_per_platform(
 ) -> None:
     monkeypatch.delenv("LLMFRAME_CACHE_DIR", raising=False)
     monkeypatch.setenv("LOCALAPPDATA", "C:/Users/me/AppData/Local")
-    monkeypatch.setattr(_cache.sys, "platform", platform)
+    monkeypatch.setattr(_cache_admin.sys, "platform", platform)
     assert default_cache_dir() == expected
 
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 import llmframe
-from llmframe._cache import default_cache_dir
+from llmframe._cache_admin import default_cache_dir
 from llmframe._calibrate import (
     CALIBRATIONS_FILE,
     CalibrationReport,
