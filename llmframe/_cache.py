@@ -28,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from ._cache_admin import read_cache, resolve_cache_dir
-from ._cache_index import KeyIndex, ok_rows_of, read_ok_rows, release_memory
+from ._cache_reader import CacheReader
 from ._cache_schema import CacheRecord, columns_to_table, records_to_table_skipping_bad
 from ._cache_segments import auto_compact_plan, compact, list_segments, write_segment
 from ._errors import CacheError
@@ -39,18 +39,20 @@ __all__ = ["AnswerCache", "CacheRecord", "read_cache", "resolve_cache_dir"]
 
 
 class AnswerCache:
-    """A folder of cached answers, shared safely by threads and processes.
+    """A folder of cached answers, shared safely by threads and processes: what a run uses.
 
     ``add`` buffers records; a segment is written once ``flush_seconds`` have
     passed since the last write (checked on every ``add`` and ``flush_if_due``),
-    on ``flush`` and on ``close``. ``lookup`` reads each segment once per
-    ``AnswerCache`` and keeps the newest answer per key in memory; later
-    lookups read only segments it has not seen yet. Example::
+    on ``flush`` and on ``close``; a write that leaves more than
+    :data:`~llmframe._cache_segments.AUTO_COMPACT_SEGMENTS` segments compacts the
+    small ones. ``lookup`` finds what is in the folder and what this cache still
+    buffers, writes nothing, and keeps nothing in memory once it returns: a run
+    looks up once, then only writes. (:class:`~llmframe._cache_reader.CacheReader`
+    keeps its index, for callers that look up again and again.) Example::
 
         with AnswerCache(tmp_path / "cache") as cache:
             cache.add([record])
-            cache.flush()
-            cache.lookup([record.key, "0" * 32])   # -> ["positive", None]
+            cache.lookup([record.key, "0" * 32])   # -> ["positive", None], nothing written yet
     """
 
     __slots__ = (
@@ -58,14 +60,11 @@ class AnswerCache:
         "_buffered_rows",
         "_clock",
         "_closed",
-        "_corrupt",
         "_flush_rows",
         "_flush_seconds",
-        "_index",
-        "_index_lock",
         "_last_write",
         "_lock",
-        "_seen",
+        "_reader",
         "_write_lock",
         "folder",
     )
@@ -91,15 +90,12 @@ class AnswerCache:
         self._clock = clock
         self._lock = threading.Lock()  # the buffer
         self._write_lock = threading.Lock()  # one segment write or compaction at a time
-        self._index_lock = threading.Lock()  # the in-memory index
         self._buffer: list[list[CacheRecord] | pa.Table] = []
         self._buffered_rows = 0
         self._last_write = clock()
         self._closed = False
-        # Newest ok answer per key; None until the first lookup.
-        self._index: KeyIndex | None = None
-        self._seen: set[str] = set()  # segments folded into the index
-        self._corrupt: set[str] = set()  # warned about once; never read again
+        # Keeps no index, only the names of corrupt segments: each is warned about once.
+        self._reader = CacheReader(self.folder, keep_index=False)
 
     def __repr__(self) -> str:
         return f"AnswerCache({str(self.folder)!r})"
@@ -211,21 +207,27 @@ class AnswerCache:
         if self._closed:
             raise CacheError(f"{self!r} is closed")
 
+    def _auto_compact(self) -> None:
+        """Merge the small segments once there are too many (``_write_lock`` held)."""
+        corrupt = self._reader.corrupt
+        sizes = list_segments(self.folder)
+        plan = auto_compact_plan({n: s for n, s in sizes.items() if n not in corrupt})
+        if plan:
+            corrupt.update(compact(self.folder, plan).corrupt)
+
     # ---- reading
 
     def lookup(self, keys: Sequence[str] | pl.Series) -> list[str | None]:
         """The cached answer for each key, in the order given (duplicates included),
         or ``None`` where there is no successful answer. Errors are never served.
 
-        ``keys`` is any sequence of strings or a polars Series.
+        ``keys`` is any sequence of strings or a polars Series. Records added but
+        not flushed yet are found too, without being written.
 
         >>> cache.lookup(["9f0c...", "0000..."])   # doctest: +SKIP
         ['positive', None]
         """
-        index = self._current_index()
-        if len(keys) == 0:
-            return []
-        return index.answers_text(keys)
+        return self._reader.lookup(keys, unwritten=self._unwritten())
 
     def lookup_binary(self, keys: bytes | bytearray | memoryview) -> pa.ChunkedArray:
         """:meth:`lookup` for keys in binary: 16 bytes each, concatenated
@@ -236,68 +238,20 @@ class AnswerCache:
 
             cache.lookup_binary(bytes.fromhex(key1 + key2)).to_pylist()  # ["positive", None]
         """
-        if len(keys) % 16:
-            raise ValueError(f"lookup_binary: keys are 16 bytes each, got {len(keys)} bytes")
-        return self._current_index().answers_binary(keys)
+        return self._reader.lookup_binary(keys, unwritten=self._unwritten())
 
-    def drop_index(self) -> None:
-        """Free the answers held in memory since the last lookup; the next lookup reads
-        the folder again. For callers that look up once, then only write (a run)."""
-        with self._index_lock:
-            self._index = None
-            self._seen.clear()
-        release_memory()
+    def _unwritten(self) -> pa.Table | None:
+        """The buffered records as one table, for a lookup to find without writing them.
 
-    def _current_index(self) -> KeyIndex:
-        self.flush()  # what this process added is found by this process
-        with self._index_lock:
-            self._refresh()
-            assert self._index is not None
-            return self._index
-
-    def _refresh(self) -> None:
-        """Fold segments not seen before into the index (``_index_lock`` held)."""
-        if self._index is None:
-            self._index = KeyIndex()
-        sizes = list_segments(self.folder)
-        plan = auto_compact_plan({n: s for n, s in sizes.items() if n not in self._corrupt})
-        if plan:
-            self._compact_into_index(plan)
-            sizes = list_segments(self.folder)
-        new = [n for n in sizes if n not in self._seen and n not in self._corrupt]
-        if not new and not self._seen.issubset(sizes):
-            # Segments vanished and no compaction wrote their records elsewhere:
-            # someone cleared the cache. Forget those answers too.
-            self._index = KeyIndex()
-            self._seen.clear()
-            return
-        self._seen.intersection_update(sizes)  # forget what was compacted away
-        if not new:
-            return
-        rows, read, corrupt = read_ok_rows(self.folder, new)
-        self._corrupt.update(corrupt)
-        self._index = self._index.folded(rows)
-        self._seen.update(read)
-        del rows
-        release_memory()
-
-    def _fold(self, rows: pl.DataFrame) -> None:
-        if rows.height == 0 or self._index is None:
-            return
-        self._index = self._index.folded(ok_rows_of(rows))
-
-    def _compact_into_index(self, names: Sequence[str]) -> None:
-        done = compact(self.folder, names)
-        self._corrupt.update(done.corrupt)
-        if done.segment is not None and self._index is not None:
-            # Fold the merged rows now rather than read the file back.
-            self._fold(done.rows)
-            self._seen.add(done.segment)
-        self._seen.difference_update(done.replaced)
-
-    def _auto_compact(self) -> None:
-        sizes = list_segments(self.folder)
-        plan = auto_compact_plan({n: s for n, s in sizes.items() if n not in self._corrupt})
-        if plan:
-            with self._index_lock:
-                self._compact_into_index(plan)
+        Taken under the write lock, so records a flush has taken from the buffer
+        but not written yet are waited for, not missed.
+        """
+        with self._write_lock, self._lock:
+            if not self._buffer:
+                return None
+            # Converted here once: the flush writes these tables and warns about a bad record once.
+            self._buffer = [
+                records_to_table_skipping_bad(chunk) if isinstance(chunk, list) else chunk
+                for chunk in self._buffer
+            ]
+            return pa.concat_tables(self._buffer)

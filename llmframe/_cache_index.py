@@ -198,10 +198,10 @@ def read_ok_rows(folder: Path, names: Sequence[str]) -> tuple[OkRows, list[str],
     return rows, read, corrupt
 
 
-def ok_rows_of(frame: pl.DataFrame) -> OkRows:
-    """:class:`OkRows` of records already in memory (a compaction's)."""
-    rows = OkRows(frame.height)
-    for batch in frame.select(LOOKUP_COLUMNS).to_arrow().to_batches(max_chunksize=_BLOCK_ROWS):
+def ok_rows_of(records: pa.Table) -> OkRows:
+    """:class:`OkRows` of records already in memory (a writer's, not yet written)."""
+    rows = OkRows(records.num_rows)
+    for batch in records.select(list(LOOKUP_COLUMNS)).to_batches(max_chunksize=_BLOCK_ROWS):
         rows.add(batch)
     return rows
 

@@ -58,7 +58,7 @@ __all__ = [
 # such as "positive"/"negative"); keys and request ids are unique, so skip it there.
 _DICTIONARY_COLUMNS = [c for c in COLUMNS if c not in ("key", "request_id")]
 
-#: More segments than this in a folder trigger a compaction on the next flush or lookup.
+#: More segments than this in a folder trigger a compaction on the next flush.
 AUTO_COMPACT_SEGMENTS = 64
 
 SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.parquet")
@@ -203,7 +203,6 @@ def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False
 @dataclass(frozen=True, slots=True)
 class Compaction:
     segment: str | None  # the merged segment, None when nothing was rewritten
-    rows: pl.DataFrame  # what it holds
     replaced: list[str]  # the segments it replaced, now deleted
     corrupt: list[str]  # unreadable segments, left where they are
     records_read: int
@@ -214,7 +213,7 @@ def compact(folder: Path, names: Sequence[str]) -> Compaction:
     records, read, corrupt = read_segments(folder, names, COLUMNS)
     merged = _merge(records)
     if len(read) < 2 and merged.height == records.height:  # already compact
-        return Compaction(None, merged, [], corrupt, records.height)
+        return Compaction(None, [], corrupt, records.height)
     segment: str | None = None
     if merged.height:
         # Written and made durable before anything is deleted: a crash in between
@@ -227,7 +226,7 @@ def compact(folder: Path, names: Sequence[str]) -> Compaction:
             pass  # another compactor got there first
         except OSError:
             pass  # e.g. open in another process on Windows: merged again next time
-    return Compaction(segment, merged, read, corrupt, records.height)
+    return Compaction(segment, read, corrupt, records.height)
 
 
 def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:

@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from llmframe import _cache, _cache_admin, _cache_index, _cache_segments
+from llmframe import _cache, _cache_admin, _cache_index, _cache_reader, _cache_segments
 from llmframe._cache import AnswerCache
 from llmframe._cache_admin import (
     cache_info,
@@ -29,7 +29,8 @@ from llmframe._cache_admin import (
     read_cache,
     resolve_cache_dir,
 )
-from llmframe._cache_schema import SCHEMA, CacheRecord
+from llmframe._cache_reader import CacheReader
+from llmframe._cache_schema import SCHEMA, CacheRecord, records_to_table
 from llmframe._cache_segments import AUTO_COMPACT_SEGMENTS
 from llmframe._errors import CacheError, ConfigError
 
@@ -220,14 +221,77 @@ def test_keys_in_any_form_are_looked_up_as_text(tmp_path: Path) -> None:
     )  # fmt: skip
     wanted = [key(2), "short", key(0xABC), key(0xABC).upper(), "g" * 32, "é" * 32, key(1), "nope"]
     assert cache.lookup(wanted) == ["two", "newer", None, "upper", "g", "e", "one", None]
-    assert AnswerCache(tmp_path).lookup(wanted) == cache.lookup(wanted)
+    unwritten = cache.lookup(wanted)  # found in the buffer, not in the folder
+    cache.flush()
+    assert AnswerCache(tmp_path).lookup(wanted) == cache.lookup(wanted) == unwritten
     assert cache.lookup_binary(bytes.fromhex(key(0xABC))).to_pylist() == [None]
 
 
 def test_lookup_sees_what_this_cache_added(tmp_path: Path) -> None:
     cache = AnswerCache(tmp_path, flush_seconds=3600)
-    cache.add([record(1, "buffered")])
-    assert cache.lookup([key(1)]) == ["buffered"]  # flushed first, so a second apply() pays nothing
+    write_segment(tmp_path, [record(1, "stored"), record(2, "stored")])
+    cache.add([record(1, "buffered", seconds=1), record(3, status="error")])
+    cache.add_columns(
+        {"key": [key(4)], "model": ["m"], "template_hash": ["t"], "status": ["ok"],
+         "answer": ["columns"]}
+    )  # fmt: skip
+    want = ["buffered", "stored", None, "columns"]
+    assert cache.lookup([key(n) for n in (1, 2, 3, 4)]) == want
+    assert cache.lookup_binary(bytes.fromhex(key(1) + key(4))).to_pylist() == ["buffered", "columns"]
+    assert len(segments(tmp_path)) == 1  # found in the buffer, not written by the lookup
+    cache.close()
+    assert AnswerCache(tmp_path).lookup([key(n) for n in (1, 2, 3, 4)]) == want
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file in ``folder``: size, modification time and contents."""
+    return {
+        p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.iterdir())
+    }
+
+
+def test_lookup_changes_nothing_on_disk(tmp_path: Path) -> None:
+    # More segments than trigger a compaction, and records still buffered: before the
+    # split, a lookup would have flushed the buffer and compacted the folder.
+    for n in range(AUTO_COMPACT_SEGMENTS + 2):
+        _cache_segments.write_segment(tmp_path, records_to_table([record(n, f"a{n}")]))
+    cache = AnswerCache(tmp_path, flush_seconds=3600)
+    cache.add([record(1000, "buffered")])
+    before = folder_state(tmp_path)
+    keys = [key(0), key(AUTO_COMPACT_SEGMENTS + 1), key(1000), key(5000)]
+    want = ["a0", f"a{AUTO_COMPACT_SEGMENTS + 1}", "buffered", None]
+    assert cache.lookup(keys) == want
+    assert cache.lookup_binary(bytes.fromhex("".join(keys))).to_pylist() == want
+    assert CacheReader(tmp_path).lookup(keys[:2]) == want[:2]
+    assert CacheReader(tmp_path / "missing").lookup(keys) == [None] * 4
+    assert folder_state(tmp_path) == before
+    assert not (tmp_path / "missing").exists()
+    cache.close()  # the explicit step: the flush writes, and compacts what a lookup left alone
+    assert len(segments(tmp_path)) == 1
+    assert CacheReader(tmp_path).lookup(keys) == want
+
+
+def test_answer_cache_keeps_no_index_between_lookups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = write_segment(tmp_path, [record(1, "one")])
+    reads: list[list[str]] = []
+    real = _cache_reader.read_ok_rows
+
+    def spy(folder: Path, names: Any) -> Any:
+        reads.append(list(names))
+        return real(folder, names)
+
+    monkeypatch.setattr(_cache_reader, "read_ok_rows", spy)
+    cache = AnswerCache(tmp_path)
+    assert cache.lookup([key(1)]) == ["one"]
+    assert cache.lookup_binary(bytes.fromhex(key(1))).to_pylist() == ["one"]
+    # Each lookup read the folder afresh: nothing was kept in between (a run's memory).
+    assert reads == [[first.name], [first.name]]
+    once = CacheReader(tmp_path, keep_index=False)
+    assert once.lookup([key(1)]) == once.lookup([key(1)]) == ["one"]
+    assert len(reads) == 4
 
 
 def test_records_are_validated_where_they_are_made() -> None:
@@ -621,14 +685,14 @@ def test_a_segment_deleted_after_listing_is_skipped_silently(tmp_path: Path) -> 
 def test_lookups_read_only_new_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_segment(tmp_path, [record(1, "one")])
     reads: list[list[str]] = []
-    real = _cache.read_ok_rows
+    real = _cache_reader.read_ok_rows
 
     def spy(folder: Path, names: Any) -> Any:
         reads.append(list(names))
         return real(folder, names)
 
-    monkeypatch.setattr(_cache, "read_ok_rows", spy)
-    cache = AnswerCache(tmp_path)
+    monkeypatch.setattr(_cache_reader, "read_ok_rows", spy)
+    cache = CacheReader(tmp_path)
     assert cache.lookup([key(1), key(2)]) == ["one", None]
     assert cache.lookup([key(1)]) == ["one"]
     newer = write_segment(tmp_path, [record(2, "two")])  # another process's segment
@@ -639,7 +703,7 @@ def test_lookups_read_only_new_segments(tmp_path: Path, monkeypatch: pytest.Monk
 def test_auto_compaction_keeps_lookups_identical(tmp_path: Path) -> None:
     rng = random.Random(7)
     expected: dict[str, tuple[float, str]] = {}
-    reader = AnswerCache(tmp_path)  # holds an index across the compactions
+    reader = CacheReader(tmp_path)  # holds an index across the compactions
     writer = AnswerCache(tmp_path, flush_seconds=0)
     counts = []
     for flush in range(3 * AUTO_COMPACT_SEGMENTS):
@@ -723,12 +787,15 @@ def test_clear_removes_only_segments(tmp_path: Path) -> None:
 
 def test_a_cleared_cache_is_forgotten_by_open_caches(tmp_path: Path) -> None:
     cache = AnswerCache(tmp_path)
+    reader = CacheReader(tmp_path)  # keeps its index
     cache.add([record(1, "one")])
-    assert cache.lookup([key(1)]) == ["one"]
+    cache.flush()
+    assert cache.lookup([key(1)]) == reader.lookup([key(1)]) == ["one"]
     assert clear_cache(tmp_path) == 1
-    assert cache.lookup([key(1)]) == [None]
+    assert cache.lookup([key(1)]) == reader.lookup([key(1)]) == [None]
     cache.add([record(1, "again")])
-    assert cache.lookup([key(1)]) == ["again"]
+    cache.flush()
+    assert cache.lookup([key(1)]) == reader.lookup([key(1)]) == ["again"]
 
 
 def test_cache_info(tmp_path: Path) -> None:
