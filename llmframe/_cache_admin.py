@@ -72,29 +72,34 @@ def resolve_cache_dir(cache: bool | str | os.PathLike[str] | None) -> Path | Non
     raise ConfigError(f"cache= must be True, False or a folder path, got {type(cache).__name__}")
 
 
+def _folder(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path).expanduser() if path is not None else default_cache_dir()
+
+
 def read_cache(path: str | os.PathLike[str] | None = None) -> pl.DataFrame:
-    """Every record in the cache folder (default: :func:`default_cache_dir`), every column.
+    """Every record in the cache folder (default: the one ``cache=True`` uses), every column.
 
-    The columns and types are :data:`SCHEMA`'s even when the folder is empty or
-    missing. Corrupt segments are skipped with a warning. Example::
+    The columns and types are :data:`~llmframe._cache_schema.SCHEMA`'s even when
+    the folder is empty or missing. Corrupt segments are skipped with a warning.
+    Example::
 
-        read_cache().group_by("model").agg(pl.col("cost_usd").sum())
+        llmframe.read_cache().group_by("model").agg(pl.col("cost_usd").sum())
     """
-    folder = Path(path).expanduser() if path is not None else default_cache_dir()
+    folder = _folder(path)
     records, _read, _corrupt = read_segments(folder, list(list_segments(folder)), COLUMNS)
     return records
 
 
-def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A summary of a cache folder, for the CLI's ``cache info``.
+def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A summary of a cache folder (default: the one ``cache=True`` uses); the CLI's ``cache info``.
 
     Keys: ``folder``, ``segments``, ``records``, ``keys`` (distinct), ``ok``,
     ``error``, ``bytes`` (segments on disk), ``models`` (sorted) and ``corrupt``
     (segments skipped as unreadable). Example::
 
-        cache_info(default_cache_dir())["records"]
+        llmframe.cache_info("answers-cache")["records"]   # 90211
     """
-    folder = Path(path).expanduser()
+    folder = _folder(path)
     sizes = list_segments(folder)
     records, _read, corrupt = read_segments(folder, list(sizes), ("key", "status", "model"))
     return {
@@ -110,13 +115,16 @@ def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
-def clear_cache(path: str | os.PathLike[str]) -> int:
-    """Delete every segment in the folder and return how many.
+def clear_cache(path: str | os.PathLike[str] | None = None) -> int:
+    """Delete every segment in the folder (default: the one ``cache=True`` uses) and
+    return how many; the CLI's ``cache clear``.
 
     Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``) are
-    removed; anything else in the folder is left alone.
+    removed; anything else in the folder is left alone. Example::
+
+        llmframe.clear_cache("answers-cache")   # 412
     """
-    folder = Path(path).expanduser()
+    folder = _folder(path)
     removed = 0
     for name in list_segments(folder):
         try:
@@ -127,18 +135,19 @@ def clear_cache(path: str | os.PathLike[str]) -> int:
     return removed
 
 
-def compact_cache(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Merge every segment into one, atomically, and report the counts before and after.
+def compact_cache(path: str | os.PathLike[str] | None = None) -> dict[str, int]:
+    """Merge every segment of the folder (default: the one ``cache=True`` uses) into one,
+    atomically, and report the counts before and after; the CLI's ``cache compact``.
 
     Keeps the newest ok record per key, and for keys without any ok record the
     newest error; errors that an ok record supersedes are dropped. Safe while
     other processes read, write or compact the same folder. Example::
 
-        compact_cache(default_cache_dir())
+        llmframe.compact_cache("answers-cache")
         # {"segments_before": 412, "records_before": 90211, "bytes_before": ...,
         #  "segments_after": 1, "records_after": 88000, "bytes_after": ...}
     """
-    folder = Path(path).expanduser()
+    folder = _folder(path)
     before = list_segments(folder)
     records_before = compact(folder, list(before)).records_read
     after = list_segments(folder)

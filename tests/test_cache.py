@@ -816,6 +816,22 @@ def test_cache_info(tmp_path: Path) -> None:
     assert cache_info(tmp_path / "missing")["records"] == 0
 
 
+def test_admin_functions_are_public_api_and_default_to_the_cache_folder(tmp_path: Path) -> None:
+    import llmframe
+
+    folder = tmp_path / "cache"  # LLMFRAME_CACHE_DIR, set for every test by conftest
+    write_segment(folder, [record(1, "one")])
+    write_segment(folder, [record(1, "newer", seconds=1), record(2, status="error")])
+    assert llmframe.cache_info() == cache_info(folder)
+    assert llmframe.cache_info()["records"] == 3
+    compacted = llmframe.compact_cache()
+    assert (compacted["records_before"], compacted["segments_after"]) == (3, 1)
+    stored = llmframe.read_cache().sort("key").select("key", "status", "answer").rows()
+    assert stored == [(key(1), "ok", "newer"), (key(2), "error", None)]
+    assert llmframe.clear_cache() == 1
+    assert llmframe.read_cache().height == 0 and llmframe.cache_info()["segments"] == 0
+
+
 # --------------------------------------------------------------------------- readers
 
 
