@@ -2,7 +2,19 @@
 
 :class:`AnswerCache` buffers the records a run finishes and writes them as a new
 segment every ``flush_seconds`` (a crash loses at most the records buffered
-since the last flush), and looks the keys of a whole frame up at once.
+since the last flush), and looks the keys of a whole frame up at once. Its
+lookups write nothing, so reading a cache (an estimate, a fully cached re-run)
+never changes the folder; writing, and merging small segments, happen only in
+``flush`` and ``close``.
+
+The cache, module by module:
+
+    _cache_schema     what a row holds: SCHEMA, CacheRecord, records -> Arrow
+    _cache_segments   the folder of parquet files: list, read, write atomically, compact
+    _cache_index      the in-memory index: newest ok answer per key, found in bulk
+    _cache_reader     CacheReader: lookups against a folder, never a write
+    _cache            AnswerCache: the run's writer, with lookups through a reader
+    _cache_admin      the user's tools: where the folder is, read, info, compact, clear
 
 Rows are :data:`~llmframe._cache_schema.SCHEMA`; pandas (``pd.read_parquet(folder)``),
 polars (``pl.read_parquet(folder / "*.parquet")``) and DuckDB

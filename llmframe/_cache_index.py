@@ -37,14 +37,21 @@ _HEX_DIGITS[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, 
 _BLOCK_ROWS = 1 << 16
 
 
-def _text(values: pa.Array | pa.ChunkedArray, answers: bool = False) -> pa.Array:
-    """``values`` as one array whose buffers :func:`_key_halves` can read (``string`` or
-    ``large_string``), or, for ``answers``, as the ``string`` array the index stores."""
+def _text_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``values`` as one ``string`` or ``large_string`` array: buffers :func:`_key_halves`
+    can read."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if values.type == pa.string() or (values.type == pa.large_string() and not answers):
+    if values.type in (pa.string(), pa.large_string()):
         return values
-    return values.cast(pa.string() if answers else pa.large_string())
+    return values.cast(pa.large_string())
+
+
+def _answer_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``values`` as one ``string`` array, the type the index keeps its answers in."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values if values.type == pa.string() else values.cast(pa.string())
 
 
 def _key_halves(keys: pa.Array, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -105,13 +112,13 @@ class OkRows:
 
     def add(self, batch: pa.RecordBatch) -> None:
         """Add the ok records of ``batch`` (columns key, status, answer, created)."""
-        ok = pc.equal(_text(batch.column("status")), "ok")
+        ok = pc.equal(_text_array(batch.column("status")), "ok")
         if ok.true_count != len(ok):
             batch = batch.filter(ok)
         n = batch.num_rows
         if not n:
             return
-        keys = _text(batch.column("key"))
+        keys = _text_array(batch.column("key"))
         created = batch.column("created").cast(TIMESTAMP).cast(pa.int64())
         if created.null_count:  # not in a valid segment; sorts such a record first
             created = pc.fill_null(created, np.iinfo(np.int64).min)
@@ -131,7 +138,7 @@ class OkRows:
             for array in (self.hi, self.lo, self.created, self.at):
                 array[self.count : self.count + kept] = array[self.count : stop][canonical]
             self.count += kept
-        self.answers.append(_text(batch.column("answer"), answers=True))
+        self.answers.append(_answer_array(batch.column("answer")))
         self.read += n
 
     def mark(self) -> tuple[int, int, int, int]:
@@ -309,7 +316,7 @@ class KeyIndex:
         if not len(self):
             return [None] * len(keys)
         wanted = keys.alias("key") if isinstance(keys, pl.Series) else pl.Series("key", keys)
-        texts = _text(wanted.cast(pl.String).to_arrow())
+        texts = _text_array(wanted.cast(pl.String).to_arrow())
         hi = np.empty(len(texts), dtype=np.uint64)
         lo = np.empty(len(texts), dtype=np.uint64)
         canonical = _key_halves(texts, hi, lo)

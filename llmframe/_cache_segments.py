@@ -132,6 +132,7 @@ def read_segments(
 
 
 def warn_corrupt(path: str | Path, exc: Exception) -> None:
+    """Say which segment is unreadable and what it costs; the file itself is left alone."""
     warnings.warn(
         f"llmframe cache: skipping unreadable segment {path} ({type(exc).__name__}: {exc}); "
         "its answers will be requested again. Delete the file to silence this warning.",
@@ -200,8 +201,13 @@ def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False
     return name
 
 
+# --------------------------------------------------------------------------- compaction
+
+
 @dataclass(frozen=True, slots=True)
 class Compaction:
+    """What :func:`compact` did."""
+
     segment: str | None  # the merged segment, None when nothing was rewritten
     replaced: list[str]  # the segments it replaced, now deleted
     corrupt: list[str]  # unreadable segments, left where they are
@@ -247,6 +253,7 @@ def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
 
 
 def count_rows(folder: Path, names: Iterable[str]) -> int:
+    """Records in the named segments, from their footers alone."""
     rows = 0
     for name in names:
         try:
