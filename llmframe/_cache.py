@@ -78,6 +78,7 @@ class AnswerCache:
         "_lock",
         "_reader",
         "_write_lock",
+        "_writing",
         "folder",
     )
 
@@ -103,6 +104,7 @@ class AnswerCache:
         self._lock = threading.Lock()  # the buffer
         self._write_lock = threading.Lock()  # one segment write or compaction at a time
         self._buffer: list[list[CacheRecord] | pa.Table] = []
+        self._writing: list[list[CacheRecord] | pa.Table] = []  # taken by a flush, not on disk yet
         self._buffered_rows = 0
         self._last_write = clock()
         self._closed = False
@@ -166,29 +168,30 @@ class AnswerCache:
         """Write the buffered records as one segment now (nothing if the buffer is empty)."""
         with self._write_lock:
             with self._lock:
-                buffer, self._buffer = self._buffer, []
+                # Moved, not dropped: lookups find them in _writing until they are on disk.
+                buffer = self._writing = self._buffer
+                self._buffer = []
                 self._buffered_rows = 0
                 self._last_write = self._clock()
             if not buffer:
                 return
-            tables = [
-                records_to_table_skipping_bad(chunk) if isinstance(chunk, list) else chunk
-                for chunk in buffer
-            ]
-            table = pa.concat_tables(tables)
-            if not table.num_rows:
-                return
+            table = pa.concat_tables([_table_of(chunk) for chunk in buffer])
             try:
-                write_segment(self.folder, table)
+                if table.num_rows:
+                    write_segment(self.folder, table)
             except BaseException as exc:
                 with self._lock:  # keep the records for the next attempt (close() in finally)
                     self._buffer.insert(0, table)
                     self._buffered_rows += table.num_rows
+                    self._writing = []
                 if isinstance(exc, Exception):
                     message = f"cannot write to the cache folder {self.folder}: {exc}"
                     raise CacheError(message) from exc
                 raise
-            self._auto_compact()
+            with self._lock:
+                self._writing = []
+            if table.num_rows:
+                self._auto_compact()
 
     def close(self) -> None:
         """Write what is buffered. Safe to call twice; ``with AnswerCache(...)`` calls it."""
@@ -253,17 +256,16 @@ class AnswerCache:
         return self._reader.lookup_binary(keys, unwritten=self._unwritten())
 
     def _unwritten(self) -> pa.Table | None:
-        """The buffered records as one table, for a lookup to find without writing them.
-
-        Taken under the write lock, so records a flush has taken from the buffer
-        but not written yet are waited for, not missed.
-        """
-        with self._write_lock, self._lock:
-            if not self._buffer:
-                return None
+        """The records not on disk yet (buffered, or being written by a flush) as one
+        table, for a lookup to find without writing them."""
+        with self._lock:
             # Converted here once: the flush writes these tables and warns about a bad record once.
-            self._buffer = [
-                records_to_table_skipping_bad(chunk) if isinstance(chunk, list) else chunk
-                for chunk in self._buffer
-            ]
-            return pa.concat_tables(self._buffer)
+            self._buffer = [_table_of(chunk) for chunk in self._buffer]
+            chunks = [*self._writing, *self._buffer]
+        if not chunks:
+            return None
+        return pa.concat_tables([_table_of(chunk) for chunk in chunks])
+
+
+def _table_of(chunk: list[CacheRecord] | pa.Table) -> pa.Table:
+    return records_to_table_skipping_bad(chunk) if isinstance(chunk, list) else chunk

@@ -63,7 +63,8 @@ class CacheReader:
 
         ``keys`` is any sequence of strings or a polars Series. ``unwritten`` holds
         records (:data:`~llmframe._cache_schema.SCHEMA`) the caller has not written
-        yet; they count as newer than everything in the folder.
+        yet, found as if they were in the folder (the newest ``created`` wins; on a
+        tie, the unwritten record) for this lookup only.
 
         >>> reader.lookup(["9f0c...", "0000..."])   # doctest: +SKIP
         ['positive', None]
