@@ -8,10 +8,13 @@ import sys
 import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pytest
 
 import llmframe
+from llmframe import _cache_reader
 from llmframe._cache import AnswerCache
 from llmframe._cache_schema import CacheRecord
 
@@ -106,3 +109,16 @@ def run_child(code: str, *args: str, check: bool = True) -> subprocess.Completed
     if check:
         assert done.returncode == 0, done.stderr
     return done
+
+
+def reads_from_disk(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """From now on, the names of the segments each lookup reads, one list per read."""
+    reads: list[list[str]] = []
+    real = _cache_reader.read_ok_rows
+
+    def spy(folder: Path, names: Any) -> Any:
+        reads.append(list(names))
+        return real(folder, names)
+
+    monkeypatch.setattr(_cache_reader, "read_ok_rows", spy)
+    return reads

@@ -15,12 +15,13 @@ from _cache_helpers import (
     BASE,
     folder_state,
     key,
+    reads_from_disk,
     record,
     segments,
     write_segment,
 )
 
-from llmframe import _cache, _cache_reader, _cache_segments
+from llmframe import _cache, _cache_segments
 from llmframe._cache import AnswerCache
 from llmframe._cache_admin import read_cache
 from llmframe._cache_reader import CacheReader
@@ -179,14 +180,7 @@ def test_answer_cache_keeps_no_index_between_lookups(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = write_segment(tmp_path, [record(1, "one")])
-    reads: list[list[str]] = []
-    real = _cache_reader.read_ok_rows
-
-    def spy(folder: Path, names: Any) -> Any:
-        reads.append(list(names))
-        return real(folder, names)
-
-    monkeypatch.setattr(_cache_reader, "read_ok_rows", spy)
+    reads = reads_from_disk(monkeypatch)
     cache = AnswerCache(tmp_path)
     assert cache.lookup([key(1)]) == ["one"]
     assert cache.lookup_binary(bytes.fromhex(key(1))).to_pylist() == ["one"]

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from _cache_helpers import (
     folder_state,
     key,
+    reads_from_disk,
     record,
     write_segment,
 )
 
-from llmframe import _cache_reader
 from llmframe._cache import AnswerCache
 from llmframe._cache_admin import clear_cache
 from llmframe._cache_reader import CacheReader
@@ -22,14 +21,7 @@ from llmframe._cache_schema import records_to_table
 
 def test_lookups_read_only_new_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_segment(tmp_path, [record(1, "one")])
-    reads: list[list[str]] = []
-    real = _cache_reader.read_ok_rows
-
-    def spy(folder: Path, names: Any) -> Any:
-        reads.append(list(names))
-        return real(folder, names)
-
-    monkeypatch.setattr(_cache_reader, "read_ok_rows", spy)
+    reads = reads_from_disk(monkeypatch)
     reader = CacheReader(tmp_path)
     assert reader.lookup([key(1), key(2)]) == ["one", None]
     assert reader.lookup([key(1)]) == ["one"]
