@@ -206,10 +206,8 @@ def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False
 
 @dataclass(frozen=True, slots=True)
 class Compaction:
-    """What :func:`compact` did."""
+    """What :func:`compact` found: what the caller reports or must not retry."""
 
-    segment: str | None  # the merged segment, None when nothing was rewritten
-    replaced: list[str]  # the segments it replaced, now deleted
     corrupt: list[str]  # unreadable segments, left where they are
     records_read: int
 
@@ -219,12 +217,11 @@ def compact(folder: Path, names: Sequence[str]) -> Compaction:
     records, read, corrupt = read_segments(folder, names, COLUMNS)
     merged = _merge(records)
     if len(read) < 2 and merged.height == records.height:  # already compact
-        return Compaction(None, [], corrupt, records.height)
-    segment: str | None = None
+        return Compaction(corrupt, records.height)
     if merged.height:
         # Written and made durable before anything is deleted: a crash in between
         # leaves duplicates, which the next compaction folds away, never a loss.
-        segment = write_segment(folder, merged.to_arrow().cast(SCHEMA), durable_rename=True)
+        write_segment(folder, merged.to_arrow().cast(SCHEMA), durable_rename=True)
     for old in read:
         try:
             os.remove(folder / old)
@@ -232,7 +229,7 @@ def compact(folder: Path, names: Sequence[str]) -> Compaction:
             pass  # another compactor got there first
         except OSError:
             pass  # e.g. open in another process on Windows: merged again next time
-    return Compaction(segment, read, corrupt, records.height)
+    return Compaction(corrupt, records.height)
 
 
 def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
