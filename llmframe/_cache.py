@@ -135,9 +135,9 @@ class AnswerCache:
     def add_columns(self, columns: Mapping[str, Any] | pa.Table) -> None:
         """Buffer many records given column-wise, for bulk writers.
 
-        ``columns`` maps column names of :data:`SCHEMA` to equally long sequences
-        (lists, numpy arrays, pyarrow arrays, polars or pandas Series), or is a
-        pyarrow table. ``key``, ``model``, ``template_hash`` and ``status`` are
+        ``columns`` maps column names of :data:`~llmframe._cache_schema.SCHEMA` to
+        equally long sequences (lists, numpy arrays, pyarrow arrays, polars or pandas
+        Series), or is a pyarrow table. ``key``, ``model``, ``template_hash`` and ``status`` are
         required; missing token counts are 0, a missing ``created`` is now, other
         missing columns are null. Any other column name is refused. Example::
 
