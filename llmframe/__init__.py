@@ -11,7 +11,7 @@ limiter, cached in parquet, and written back as a new column.
 from __future__ import annotations
 
 from ._api import ApplyOptions, aapply, aestimate, apply, estimate
-from ._cache import read_cache
+from ._cache_admin import cache_info, clear_cache, compact_cache, read_cache
 from ._calibrate import CalibrationReport, acalibrate, calibrate
 from ._config import configure
 from ._errors import (
@@ -50,7 +50,10 @@ __all__ = [
     "acalibrate",
     "aestimate",
     "apply",
+    "cache_info",
     "calibrate",
+    "clear_cache",
+    "compact_cache",
     "configure",
     "estimate",
     "last_report",

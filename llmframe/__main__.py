@@ -76,7 +76,8 @@ def _demo(rows: int) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from ._cache import cache_info, clear_cache, compact_cache, resolve_cache_dir
+    # llmframe.cache_info, clear_cache and compact_cache: the verbs add only printing.
+    from ._cache_admin import cache_info, clear_cache, compact_cache, resolve_cache_dir
 
     path = resolve_cache_dir(args.path or True)
     assert path is not None

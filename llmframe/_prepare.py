@@ -74,7 +74,6 @@ def prepare(
     found = np.zeros(n_rows, dtype=bool)
     if cache is not None and report.null_rows < n_rows:
         hits = cache.lookup_binary(digests)
-        cache.drop_index()  # looked up once; the rest of a run only writes
         found = hits.is_valid().to_numpy(zero_copy_only=False)
     missing = ~null & ~found
     if hits is not None:

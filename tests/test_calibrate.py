@@ -13,7 +13,7 @@ import pytest
 
 import llmframe
 from llmframe._agreement import agreement
-from llmframe._cache import default_cache_dir
+from llmframe._cache_admin import default_cache_dir
 from llmframe._calibrate import (
     CALIBRATIONS_FILE,
     CalibrationReport,

@@ -30,7 +30,7 @@ from conftest import column
 
 import llmframe
 from llmframe import _engine
-from llmframe._cache import compact_cache
+from llmframe._cache_admin import compact_cache
 from llmframe._capabilities import ENDPOINTS_FILE
 from llmframe._keys import call_prefix, row_keys
 from llmframe.testing import FakeServer, Faults, expected_answer

@@ -1,0 +1,209 @@
+"""What one cached answer is: the columns of every segment, :class:`CacheRecord`,
+and records (or columns) turned into an Arrow table of exactly those columns.
+
+Apart from the files and the index so that what a cache row may hold is
+defined in one short place: there is no column for an API key or a request
+header, and :func:`columns_to_table` refuses any column outside :data:`SCHEMA`,
+so nothing else can reach the disk.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "COLUMNS",
+    "POLARS_SCHEMA",
+    "SCHEMA",
+    "TIMESTAMP",
+    "CacheRecord",
+    "columns_to_table",
+    "records_to_table",
+    "records_to_table_skipping_bad",
+]
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+#: Column order and types of every segment. Only the nullable columns may hold nulls.
+SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("template_hash", pa.string(), nullable=False),
+        pa.field("answer", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("completion_tokens", pa.int64(), nullable=False),
+        pa.field("cost_usd", pa.float64()),
+        pa.field("created", TIMESTAMP, nullable=False),
+        pa.field("request_id", pa.string()),
+    ]
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+POLARS_SCHEMA: dict[str, pl.DataType] = {
+    "key": pl.String(),
+    "model": pl.String(),
+    "template_hash": pl.String(),
+    "answer": pl.String(),
+    "status": pl.String(),
+    "error": pl.String(),
+    "prompt_tokens": pl.Int64(),
+    "completion_tokens": pl.Int64(),
+    "cost_usd": pl.Float64(),
+    "created": pl.Datetime("us", "UTC"),
+    "request_id": pl.String(),
+}
+_STATUSES = ("ok", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRecord:
+    """One row's answer (or failure), as stored in the cache.
+
+    ``key`` is the row's cache key (32 hex characters, see the keys module);
+    ``created`` must be timezone-aware. Example::
+
+        CacheRecord(key="9f0c...", model="gpt-4o-mini", template_hash="1a2b...",
+                    answer="positive", status="ok", error=None, prompt_tokens=41,
+                    completion_tokens=3, cost_usd=8.0e-06,
+                    created=datetime.now(timezone.utc), request_id="req_123")
+    """
+
+    key: str
+    model: str
+    template_hash: str
+    answer: str | None
+    status: str  # "ok" | "error"
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    created: datetime  # UTC, tz-aware
+    request_id: str | None
+
+    def __post_init__(self) -> None:
+        # Checked here, where the caller can see which record is wrong, not at
+        # flush time, where one bad record would hold up everyone else's.
+        if self.status not in _STATUSES:
+            raise ValueError(
+                f"status must be 'ok' or 'error', got {self.status!r} (key {self.key})"
+            )
+        if self.created.tzinfo is None:
+            raise ValueError(
+                f"created must be timezone-aware, e.g. datetime.now(timezone.utc) (key {self.key})"
+            )
+
+
+_FIELD_GETTERS = tuple(operator.attrgetter(name) for name in COLUMNS)
+
+
+def records_to_table(records: Sequence[CacheRecord]) -> pa.Table:
+    # Column by column: zip(*rows) over a million tuples is several times slower.
+    return pa.Table.from_arrays(
+        [
+            pa.array(list(map(getter, records)), type=field.type)
+            for getter, field in zip(_FIELD_GETTERS, SCHEMA, strict=True)
+        ],
+        schema=SCHEMA,
+    )
+
+
+def records_to_table_skipping_bad(records: Sequence[CacheRecord]) -> pa.Table:
+    """Like :func:`records_to_table`, but a record whose values do not fit the
+    schema (a number where text belongs, say) is dropped with a warning instead
+    of keeping every other record out of the cache."""
+    try:
+        return records_to_table(records)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        pass
+    good: list[CacheRecord] = []
+    for record in records:
+        try:
+            records_to_table([record])
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            warnings.warn(
+                f"llmframe cache: not caching the record for key {record.key!r}: {exc}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            continue
+        good.append(record)
+    if not good:
+        return SCHEMA.empty_table()
+    return records_to_table(good)
+
+
+def _column_to_arrow(name: str, values: Any, length: int | None) -> pa.Array | pa.ChunkedArray:
+    target = SCHEMA.field(name).type
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        array = values
+    elif isinstance(values, pl.Series):
+        array = values.to_arrow()
+    else:
+        # Let pyarrow infer timestamps so that naive ones can be refused below.
+        try:
+            array = pa.array(values, type=None if name == "created" else target)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(
+                f"add_columns: column {name!r} cannot be stored as {target}: {exc}"
+            ) from exc
+    if name == "created" and pa.types.is_timestamp(array.type) and array.type.tz is None:
+        raise ValueError("add_columns: 'created' must be timezone-aware (UTC)")
+    if array.type != target:
+        try:
+            array = array.cast(target)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"add_columns: column {name!r} cannot be stored as {target}: {exc}"
+            ) from exc
+    if length is not None and len(array) != length:
+        raise ValueError(
+            f"add_columns: column {name!r} has {len(array)} values, 'key' has {length}"
+        )
+    if not SCHEMA.field(name).nullable and array.null_count:
+        raise ValueError(f"add_columns: column {name!r} has {array.null_count} null values")
+    return array
+
+
+def columns_to_table(columns: Mapping[str, Any], now: datetime) -> pa.Table:
+    unknown = sorted(set(columns) - set(COLUMNS))
+    if unknown:
+        # Also the guard that keeps API keys and headers out of the cache.
+        raise ValueError(
+            f"add_columns: unknown columns {unknown}; the cache stores only {list(COLUMNS)}"
+        )
+    missing = [name for name in ("key", "model", "template_hash", "status") if name not in columns]
+    if missing:
+        raise ValueError(f"add_columns: missing required columns {missing}")
+    key = _column_to_arrow("key", columns["key"], None)
+    length = len(key)
+    defaults: dict[str, Any] = {
+        "prompt_tokens": pa.repeat(pa.scalar(0, pa.int64()), length),
+        "completion_tokens": pa.repeat(pa.scalar(0, pa.int64()), length),
+        "created": pa.repeat(pa.scalar(now, TIMESTAMP), length),
+    }
+    arrays: list[pa.Array | pa.ChunkedArray] = []
+    for field in SCHEMA:
+        if field.name == "key":
+            arrays.append(key)
+        elif field.name in columns:
+            arrays.append(_column_to_arrow(field.name, columns[field.name], length))
+        elif field.name in defaults:
+            arrays.append(defaults[field.name])
+        else:
+            arrays.append(pa.nulls(length, field.type))
+    status = arrays[COLUMNS.index("status")]
+    if length and not pc.all(pc.is_in(status, value_set=pa.array(_STATUSES))).as_py():
+        raise ValueError("add_columns: 'status' must be 'ok' or 'error' in every row")
+    chunked = [a if isinstance(a, pa.ChunkedArray) else pa.chunked_array([a]) for a in arrays]
+    return pa.Table.from_arrays(chunked, schema=SCHEMA)

@@ -1,0 +1,260 @@
+"""The segment store: a cache folder as a set of immutable parquet files.
+
+A cache is a folder of immutable parquet *segments*::
+
+    ~/.cache/llmframe/
+        seg-1732896000123456789-4242-1f2e3d4c.parquet    # seg-<time_ns>-<pid>-<uuid8>
+        seg-1732896002125000000-4242-9a8b7c6d.parquet
+        .tmp-seg-1732896004...parquet.part               # being written; every reader ignores it
+
+Why segments and not one file: several processes (two notebooks, a script and a
+notebook) may fill the same cache at once. Each flush writes a *new* file under a
+unique name, to a temporary name first and then ``os.replace``-d into place, so a
+reader sees a whole segment or none, and no file is ever rewritten in place.
+
+Compaction merges many small segments into one. It writes the merged segment
+atomically first, then deletes exactly the files it merged; a reader that listed
+a file a compactor has since deleted skips it silently. Two compactors racing
+on the same files leave duplicate records, never missing ones, and the next
+compaction folds the duplicates away.
+
+Everything here that touches the disk is in this module: listing, reading with
+corrupt files skipped, the atomic write, and compaction. It knows files and
+records, not lookups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._cache_schema import COLUMNS, POLARS_SCHEMA, SCHEMA
+
+__all__ = [
+    "AUTO_COMPACT_SEGMENTS",
+    "SEGMENT_NAME",
+    "Compaction",
+    "auto_compact_plan",
+    "compact",
+    "count_rows",
+    "list_segments",
+    "read_segments",
+    "warn_corrupt",
+    "write_segment",
+]
+
+# Dictionary encoding pays off for repetitive columns (one model, a few answers
+# such as "positive"/"negative"); keys and request ids are unique, so skip it there.
+_DICTIONARY_COLUMNS = [c for c in COLUMNS if c not in ("key", "request_id")]
+
+#: More segments than this in a folder trigger a compaction on the next flush.
+AUTO_COMPACT_SEGMENTS = 64
+
+SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.parquet")
+_TEMP_PREFIX = ".tmp-"  # pyarrow's dataset discovery skips names starting with "." or "_"
+_TEMP_SUFFIX = ".part"  # and no "*.parquet" glob (polars, DuckDB) matches a file being written
+
+
+def list_segments(folder: Path) -> dict[str, int]:
+    """Segment names in time order (the name starts with time_ns), with their sizes."""
+    found: dict[str, int] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if SEGMENT_NAME.fullmatch(entry.name):
+            try:
+                found[entry.name] = entry.stat().st_size
+            except FileNotFoundError:  # compacted away since the listing
+                continue
+    return dict(sorted(found.items()))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _conform(frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    return frame.select(pl.col(name).cast(POLARS_SCHEMA[name], strict=True) for name in columns)
+
+
+def _empty(columns: Sequence[str]) -> pl.DataFrame:
+    return pl.DataFrame(schema={name: POLARS_SCHEMA[name] for name in columns})
+
+
+def read_segments(
+    folder: Path, names: Sequence[str], columns: Sequence[str]
+) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """Read ``columns`` of the named segments, in order.
+
+    Returns the rows, the names that were read, and the names that are corrupt
+    (each reported with a warning). A file that has disappeared since it was
+    listed was compacted away by someone else and is skipped without a word.
+    """
+    if not names:
+        return _empty(columns), [], []
+    paths = [str(folder / name) for name in names]
+    try:
+        # One multithreaded scan for the common case where every file is fine.
+        frame = (
+            pl.scan_parquet(paths, glob=False, hive_partitioning=False).select(columns).collect()
+        )
+        return _conform(frame, columns), list(names), []
+    except Exception:
+        pass  # find out which file is at fault, one at a time
+    frames: list[pl.DataFrame] = []
+    read: list[str] = []
+    corrupt: list[str] = []
+    for name, path in zip(names, paths, strict=True):
+        try:
+            frames.append(_conform(pl.read_parquet(path, columns=list(columns)), columns))
+        except Exception as exc:
+            if not os.path.exists(path):
+                continue
+            warn_corrupt(path, exc)
+            corrupt.append(name)
+            continue
+        read.append(name)
+    if not frames:
+        return _empty(columns), read, corrupt
+    return pl.concat(frames, how="vertical"), read, corrupt
+
+
+def warn_corrupt(path: str | Path, exc: Exception) -> None:
+    """Say which segment is unreadable and what it costs; the file itself is left alone."""
+    warnings.warn(
+        f"llmframe cache: skipping unreadable segment {path} ({type(exc).__name__}: {exc}); "
+        "its answers will be requested again. Delete the file to silence this warning.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _newest_per_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per key: the one with the latest ``created``; on a tie, the later row."""
+    return frame.sort("created", maintain_order=True).unique("key", keep="last")
+
+
+def _merge(records: pl.DataFrame) -> pl.DataFrame:
+    """What compaction keeps: the newest ok record per key, or the newest error
+    for a key that has no ok record at all (an error never hides an answer)."""
+    ok = _newest_per_key(records.filter(pl.col("status") == "ok"))
+    errors = records.filter((pl.col("status") != "ok") & ~pl.col("key").is_in(ok["key"].implode()))
+    return pl.concat([ok, _newest_per_key(errors)], how="vertical").sort(
+        "created", maintain_order=True
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes a rename durable before the files it replaces are deleted. POSIX only:
+    # Windows cannot open a directory, and its renames are journaled anyway.
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False) -> str:
+    """Write ``table`` as a new segment, atomically; return its file name."""
+    name = f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    temp = folder / f"{_TEMP_PREFIX}{name}{_TEMP_SUFFIX}"
+    try:
+        with open(temp, "wb") as sink:
+            pq.write_table(
+                table,
+                sink,
+                compression="zstd",
+                use_dictionary=_DICTIONARY_COLUMNS,
+                row_group_size=1 << 20,
+            )
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temp, folder / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    if durable_rename:
+        _fsync_folder(folder)
+    return name
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """What :func:`compact` found: what the caller reports or must not retry."""
+
+    corrupt: list[str]  # unreadable segments, left where they are
+    records_read: int
+
+
+def compact(folder: Path, names: Sequence[str]) -> Compaction:
+    """Merge the named segments into one (see :func:`_merge` for what is kept)."""
+    records, read, corrupt = read_segments(folder, names, COLUMNS)
+    merged = _merge(records)
+    if len(read) < 2 and merged.height == records.height:  # already compact
+        return Compaction(corrupt, records.height)
+    if merged.height:
+        # Written and made durable before anything is deleted: a crash in between
+        # leaves duplicates, which the next compaction folds away, never a loss.
+        write_segment(folder, merged.to_arrow().cast(SCHEMA), durable_rename=True)
+    for old in read:
+        try:
+            os.remove(folder / old)
+        except FileNotFoundError:
+            pass  # another compactor got there first
+        except OSError:
+            pass  # e.g. open in another process on Windows: merged again next time
+    return Compaction(corrupt, records.height)
+
+
+def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
+    """Which segments an automatic compaction merges, or none.
+
+    Size-tiered: while one segment is at least twice the size of all the others
+    together, only the others are merged, so a run that flushes every two
+    seconds against a big cache rewrites its own small files, not the big one.
+    """
+    if len(sizes) <= AUTO_COMPACT_SEGMENTS:
+        return []
+    ordered = sorted(sizes, key=lambda name: sizes[name])
+    largest = ordered[-1]
+    rest = ordered[:-1]
+    if sizes[largest] >= 2 * sum(sizes[name] for name in rest):
+        return sorted(rest)
+    return sorted(ordered)
+
+
+def count_rows(folder: Path, names: Iterable[str]) -> int:
+    """Records in the named segments, from their footers alone."""
+    rows = 0
+    for name in names:
+        try:
+            rows += pq.read_metadata(folder / name).num_rows
+        except Exception:  # corrupt, or compacted away: nothing to count
+            continue
+    return rows
