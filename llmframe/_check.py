@@ -30,7 +30,7 @@ from ._agreement import agreement
 from ._canaries import Canaries
 from ._jobs import Job
 
-__all__ = ["PackingCheck", "PackingPlan", "Verdict", "plan"]
+__all__ = ["PackingCheck", "PackingPlan", "Verdict", "check_rows", "plan"]
 
 #: A trial reply with no usable answer is sent again this many times before it counts.
 TRIAL_RETRIES = 2
@@ -46,19 +46,24 @@ class Verdict:
 
 
 class PackingCheck:
-    """The state of one run's check; the engine feeds it answers and asks what to send."""
+    """The state of one run's check; the planner feeds it rows and answers, and asks
+    what to send next."""
 
     __slots__ = (
         "_answers",
+        "_batches_out",
         "_current",
         "_in_flight",
         "_jobs",
+        "_opened",
         "_queue",
         "_references",
         "_retries",
         "_trial_rows",
         "agreement",
+        "held",
         "min_agreement",
+        "returned",
         "sample",
         "sizes",
         "taken",
@@ -72,14 +77,21 @@ class PackingCheck:
         self.taken = 0
         self.verdict: Verdict | None = None
         self.agreement: dict[int, float] = {}
+        # New rows that rode in the first trial: (job, packed answer, usage). Kept as
+        # answers when the trial agrees (``held``), asked again when it does not
+        # (``returned``).
+        self.held: list[tuple[Job, str | None, Any]] = []
+        self.returned: list[Job] = []
+        self._jobs: dict[str, Job] = {}  # the reference rows, by key
         self._references: dict[str, str | None] = {}  # key -> one-row answer (None: failed)
-        self._queue: list[list[Job]] = []  # trial batches not yet sent, for the current size
+        self._queue: list[list[Job]] = []  # trial batches to send (again)
         self._in_flight = 0  # reference and trial requests not yet settled
+        self._batches_out = 0  # trial batches of the current size not yet answered
         self._answers: dict[str, str | None] = {}  # key -> packed answer at the current size
-        self._trial_rows: list[Job] = []
-        self._jobs: dict[str, Job] = {}
+        self._trial_rows: list[Job] = []  # copies of the reference rows in the current trial
         self._current = 0
         self._retries = 0
+        self._opened = False  # the first trial was sent
 
     # ---- reference rows ------------------------------------------------------------
     def wants_reference(self) -> bool:
@@ -94,6 +106,10 @@ class PackingCheck:
     def settle_reference(self, job: Job, answer: str | None) -> None:
         self._references[job.key] = answer
         self._in_flight -= 1
+        self._maybe_judge()
+
+    def reference_jobs(self) -> list[Job]:
+        return list(self._jobs.values())
 
     def answered_jobs(self) -> list[Job]:
         """The reference rows that got a one-row answer."""
@@ -110,28 +126,64 @@ class PackingCheck:
         """Reference or trial requests are out: packing waits for their answers."""
         return self._in_flight > 0
 
+    def first_trial_room(self, fits: int) -> int | None:
+        """How many new rows may ride in the first trial (``None``: it was sent already).
+
+        The first trial goes out with the reference requests, not after them: the
+        check then costs about one request's time. New rows fill it up to the first
+        size, so it measures the size the run will pack at and answers rows too.
+        """
+        if self._opened or not self.sizes or self.verdict is not None:
+            return None
+        return max(0, self.first_size(fits) - self.taken)
+
+    def first_size(self, fits: int) -> int:
+        return min(self.sizes[0], max(2, fits))
+
+    def first_trial(self, new_jobs: Sequence[Job], size: int) -> list[Job]:
+        """The first trial batch of ``size`` rows: copies of the reference rows, spread
+        among ``new_jobs`` with one last (where a skipped item shifts every later answer)."""
+        self._opened = True
+        refs = list(self._jobs.values())[: max(2, size - len(new_jobs))]
+        copies = [job.copy() for job in refs]
+        batch = list(new_jobs)
+        for i, copy in enumerate(copies[:-1]):
+            batch.insert(round(i * (len(batch) + 1) / max(1, len(copies) - 1)), copy)
+        if copies:
+            batch.append(copies[-1])
+        self._trial_rows = copies
+        self._current = len(batch)
+        self._batches_out = 1
+        self._in_flight += 1
+        return batch
+
     def next_trial(self, fits: int) -> list[Job] | None:
         """The next trial batch to send, or ``None`` while waiting or when decided.
 
         ``fits`` is how many reference rows one request can carry under the token
         budget; a size above it is measured at ``fits``.
         """
-        if self.verdict is not None or self._in_flight:
+        if self.verdict is not None:
             return None
-        if not self._queue and not self._trial_rows:
-            self._start_next_size(fits)
+        if self._queue:
+            self._in_flight += 1
+            return self._queue.pop(0)
+        if self._in_flight or self._batches_out:
+            return None
+        self._start_next_size(fits)
         if not self._queue:
             return None
-        batch = self._queue.pop(0)
         self._in_flight += 1
-        return batch
+        return self._queue.pop(0)
 
     def requeue(self, batch: list[Job]) -> None:
         """A trial request was refused for a reason that was then fixed: send it again."""
         self._in_flight -= 1
         self._queue.insert(0, batch)
 
-    def record_trial(self, batch: Sequence[Job], answers: Sequence[str | None]) -> None:
+    def record_trial(
+        self, batch: Sequence[Job], answers: Sequence[str | None], usages: Sequence[Any] | None = None
+    ) -> None:
         """The packed answers of one trial request, in ``batch`` order (``None``: failed).
 
         A reply with no usable answer at all (unparsable, cut off, misnumbered) says
@@ -142,9 +194,16 @@ class PackingCheck:
             self._retries += 1
             self._queue.insert(0, list(batch))
             return
-        for job, answer in zip(batch, answers, strict=True):
-            self._answers[job.key] = answer
-        if not self._queue and not self._in_flight:
+        for i, (job, answer) in enumerate(zip(batch, answers, strict=True)):
+            if job.rows:
+                self.held.append((job, answer, None if usages is None else usages[i]))
+            else:
+                self._answers[job.key] = answer
+        self._batches_out -= 1
+        self._maybe_judge()
+
+    def _maybe_judge(self) -> None:
+        if self._opened and self._trial_rows and not self._in_flight and not self._queue and self._batches_out <= 0:
             self._judge()
 
     def _start_next_size(self, fits: int) -> None:
@@ -162,22 +221,25 @@ class PackingCheck:
             if size in self.agreement:  # already measured (a smaller cap or sample)
                 self.sizes.pop(0)
                 continue
+            self._opened = True
             self._trial_rows = rows
             self._queue = [rows[i : i + size] for i in range(0, len(rows), size)]
             if len(self._queue) > 1 and len(self._queue[-1]) < 2:
                 self._queue[-2].extend(self._queue.pop())  # no one-row "trial"
+            self._batches_out = len(self._queue)
             self._current = size
             return
         self._decide()
 
     def _judge(self) -> None:
         size = self._current
-        keys = [j.key for j in self._trial_rows]
-        # Rows whose packed answer is missing are resent by a run, never answered wrong:
-        # agreement counts the rows that got one, if most did.
+        # Compared: reference rows with a one-row answer. Rows whose packed answer is
+        # missing are resent by a run, never answered wrong: agreement counts the rows
+        # that got one, if most did.
+        keys = [j.key for j in self._trial_rows if self._references.get(j.key) is not None]
         answered = [k for k in keys if self._answers.get(k) is not None]
         share = None
-        if len(answered) >= MIN_ANSWERED * len(keys):
+        if keys and len(answered) >= MIN_ANSWERED * len(keys):
             share, _ = agreement(
                 [self._references[k] for k in answered], [self._answers[k] for k in answered]
             )
@@ -186,14 +248,15 @@ class PackingCheck:
         self._trial_rows = []
         self._answers = {}
         if self.agreement[size] >= self.min_agreement:
-            n = len(keys)
             self.verdict = Verdict(
                 size,
-                f"packed {size} rows per request: on {n} sampled rows, packed answers agreed "
+                f"packed {size} rows per request: on {len(keys)} sampled rows, packed answers agreed "
                 f"with one-row answers on {self.agreement[size]:.0%} (need {self.min_agreement:.0%})",
                 dict(self.agreement),
             )
             return
+        self.returned.extend(job for job, _, _ in self.held)  # answered at a size that failed
+        self.held = []
         self.sizes.pop(0)
         if not self.sizes:
             self._decide()
@@ -213,9 +276,14 @@ class PackingCheck:
 
 # ------------------------------------------------------------------------- the plan
 
-#: The check of ``batch_size=None``: rows answered alone first, the packed sizes tried
-#: on them after the cap (largest first), and the share of them that must agree.
+#: The check of ``batch_size=None``: rows answered alone first (one per
+#: CHECK_ROWS_PER rows to send, from AUTO_CHECK_ROWS_MIN to AUTO_CHECK_ROWS: on an
+#: RPM-bound run of 1,000 rows, 20 one-row requests would add 40% to the 50 packed
+#: ones), the packed sizes tried on them after the cap (largest first), and the share
+#: of them that must agree.
 AUTO_CHECK_ROWS = 20
+AUTO_CHECK_ROWS_MIN = 10
+CHECK_ROWS_PER = 100
 AUTO_CHECK_SIZES = (5,)
 AUTO_MIN_AGREEMENT = 0.95
 #: Runs with at most this many rows to send go one row per request: the check would
@@ -276,4 +344,9 @@ def plan(
         warmup = PackingCheck(REMEMBERED_WARMUP_ROWS, (), AUTO_MIN_AGREEMENT)
         return PackingPlan(cap, reason, warmup, watch, fixed_size=size)
     sizes = sorted({s for s in AUTO_CHECK_SIZES if s < cap} | {cap}, reverse=True)
-    return PackingPlan(cap, "", PackingCheck(AUTO_CHECK_ROWS, sizes, AUTO_MIN_AGREEMENT), watch)
+    return PackingPlan(cap, "", PackingCheck(check_rows(rows_to_send), sizes, AUTO_MIN_AGREEMENT), watch)
+
+
+def check_rows(rows_to_send: int) -> int:
+    """How many rows the packing check answers alone first, for a run of this size."""
+    return max(AUTO_CHECK_ROWS_MIN, min(AUTO_CHECK_ROWS, rows_to_send // CHECK_ROWS_PER))

@@ -26,7 +26,7 @@ from . import _check
 from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache import resolve_cache_dir
-from ._check import Verdict
+from ._check import PackingCheck
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._endpoint import Endpoint, EndpointState
@@ -162,12 +162,13 @@ class Run:
         self.accept(jobs, sent, done)
 
     async def send_trial(self, batch: Batch) -> None:
-        """A packing-check request: the answers are compared, never written out."""
+        """A packing-check request: copies of reference rows, whose answers are only
+        compared, and new rows, whose answers are kept if the check agrees."""
         check = self.planner.check
         assert check is not None
         request, n = self.builder.build(batch.jobs), len(batch.jobs)
         try:
-            done = await self.call(request, [])
+            done = await self.call(request, [j for j in batch.jobs if j.rows])
         except CallError as err:
             rejected = self.endpoint.rejection_of(err, request)
             if rejected is not None and self.endpoint.adapt(rejected, err, request):
@@ -178,11 +179,16 @@ class Run:
             return check.record_trial(batch.jobs, [None] * n)
         self.endpoint.confirm(request)
         prompt, completion = done.prompt_tokens or 0, done.completion_tokens or 0
-        self.report.add_usage(prompt, completion, self.budget.spend(prompt, completion))
+        cost = self.budget.spend(prompt, completion)
+        self.report.add_usage(prompt, completion, cost)
+        copies = sum(1 for j in batch.jobs if not j.rows)
         self.report.check_requests += 1
-        self.report.check_tokens += prompt + completion
+        self.report.check_tokens += round((prompt + completion) * copies / n)
         parsed = parse_packed(done.content, n, truncated=done.finish_reason == "length")
-        check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)])
+        prompts, completions = _shares(prompt, n), _shares(completion, n)
+        row_cost = None if cost is None else cost / n
+        usages = [(prompts[i], completions[i], row_cost, done.request_id) for i in range(n)]
+        check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
 
     def too_large(self, batch: Batch, message: str, kind: str = "too_large", status: int | None = None) -> None:
         if len(batch.jobs) > 1:
@@ -269,8 +275,17 @@ class Run:
             self.report.resent_rows += sum(len(j.rows) for j in again)
             self.planner.split(again, max(1, n // 2))
 
-    def on_verdict(self, verdict: Verdict, fixed_size: int | None, task_key: str) -> int:
-        """The packing check decided: say why, remember it; the batch size from now on."""
+    def on_verdict(self, check: PackingCheck, fixed_size: int | None, task_key: str) -> int:
+        """The packing check decided: keep or re-ask the rows that rode in its trial, say
+        why, remember it; returns the batch size from now on."""
+        verdict = check.verdict
+        assert verdict is not None
+        for job, answer, usage in check.held:  # the trial agreed: its new rows are answered
+            if answer is not None:
+                self.outcomes.finish(job, answer, usage)
+            else:
+                self.planner.split([job], verdict.batch_size)
+        self.planner.pending.extendleft(reversed(check.returned))  # asked again, as decided
         self.report.packing_agreement = dict(verdict.agreement)
         if fixed_size is not None:
             return fixed_size
@@ -357,7 +372,7 @@ def new_run(
     the_run = Run(opts=opts, client=client, limiter=limiter, report=report, endpoint=state, builder=builder,
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
                   sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts))  # fmt: skip
-    planner.on_verdict = lambda verdict: the_run.on_verdict(verdict, packing.fixed_size, task_key)
+    planner.on_verdict = lambda check: the_run.on_verdict(check, packing.fixed_size, task_key)
     return the_run
 
 

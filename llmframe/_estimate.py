@@ -120,10 +120,8 @@ def _plan(
     endpoint: Endpoint,
 ) -> tuple[int, int, int, int]:
     """(requests, input tokens, output tokens, batch cap) of the batches the run would send."""
-    state = _engine.new_run(
-        replace(prepared, todo=list(prepared.todo)), template, opts,
-        client=None, limiter=None, endpoint=endpoint, learns=False,
-    )  # fmt: skip
+    plan_only = replace(prepared, todo=list(prepared.todo), cache=None, answers=[None] * len(prepared.answers))
+    state = _engine.new_run(plan_only, template, opts, client=None, limiter=None, endpoint=endpoint, learns=False)
     planner, builder = state.planner, state.builder
     state.endpoint.format_confirmed = state.endpoint.endpoint_confirmed = True  # nothing is probed
     if answer_tokens is not None:
@@ -146,7 +144,7 @@ def _plan(
             check.settle_reference(jobs[0], "?")
             planner.canaries.learn(jobs[0], "?")
         elif batch.kind == "trial" and check is not None:
-            check.record_trial(jobs, [check.answers[j.key] for j in jobs])
+            check.record_trial(jobs, [check.answers.get(j.key, "?") for j in jobs])
         state.endpoint.probe_done(batch)
     return requests, input_tokens, output_tokens, planner.cap
 

@@ -52,7 +52,7 @@ class Planner:
         endpoint: EndpointState,
         canaries: Canaries | None = None,
         check: PackingCheck | None = None,
-        on_verdict: Callable[[Verdict], int] | None = None,
+        on_verdict: Callable[[PackingCheck], int] | None = None,
     ) -> None:
         self.pending: deque[Job] = deque(jobs)
         self.resend: deque[Job] = deque()
@@ -62,7 +62,7 @@ class Planner:
         self.endpoint = endpoint
         self.canaries = canaries if canaries is not None else Canaries(0)
         self.check = check
-        # Told the check's verdict; returns the batch size to use from then on.
+        # Told when the check has its verdict; returns the batch size to use from then on.
         self.on_verdict = on_verdict
 
     @property
@@ -81,19 +81,23 @@ class Planner:
                 job = self.pending.popleft()
                 check.add_reference(job)
                 return self.endpoint.gate(Batch([job], kind="reference"))
-            if check.busy:
-                return None
-            if not self.pending:
-                check.verdict = Verdict(1, "no rows left to pack after the sampled ones", {})
-            else:
-                trial = check.next_trial(self.rows_that_fit(check))
-                if trial is not None:
-                    return self.endpoint.gate(Batch(trial, kind="trial"))
-                if check.busy:
-                    return None
+            fits = self.rows_that_fit(check.reference_jobs())
+            room = check.first_trial_room(fits)
+            if room is not None:
+                if not self.pending:
+                    check.verdict = Verdict(1, "no rows left to pack after the sampled ones", {})
+                else:
+                    size = check.first_size(fits)
+                    refs = check.reference_jobs()[: max(2, size - room)]
+                    new = self.fill([], room, also=refs)
+                    return self.endpoint.gate(Batch(check.first_trial(new, size), kind="trial"))
+            elif (trial := check.next_trial(self.rows_that_fit(check.answered_jobs()))) is not None:
+                return self.endpoint.gate(Batch(trial, kind="trial"))
+            if check.verdict is None:
+                return None  # the check's answers are not all back
         if check is not None and check.verdict is not None:
             self.check = None
-            size = self.on_verdict(check.verdict) if self.on_verdict else check.verdict.batch_size
+            size = self.on_verdict(check) if self.on_verdict else check.verdict.batch_size
             self.sizer.cap = max(1, min(self.sizer.cap, size))
         return self.take_rows()
 
@@ -112,21 +116,28 @@ class Planner:
                 return None
             jobs.append(self.pending.popleft())
         if size > 1:
-            per_row = self.builder.per_row_output
-            budget = self.max_batch_tokens - self.builder.system_tokens
-            used = sum(self.builder.item_tokens(j) + per_row for j in jobs)
-            while self.pending and len(jobs) < size:
-                cost = self.builder.item_tokens(self.pending[0]) + per_row
-                if used + cost > budget:
-                    break
-                used += cost
-                jobs.append(self.pending.popleft())
+            jobs = self.fill(jobs, size - len(jobs))
         canaries = [] if any(j.no_canaries for j in jobs) else self.canaries.pick(jobs)
         return self.endpoint.gate(Batch(jobs, canaries=canaries))
 
-    def rows_that_fit(self, check: PackingCheck) -> int:
-        """How many sampled rows, on average, one packed request carries in the token budget."""
-        jobs = check.answered_jobs()
+    def fill(self, jobs: list[Job], room: int, also: Sequence[Job] = ()) -> list[Job]:
+        """``jobs`` topped up with up to ``room`` new rows, within the token budget of one
+        request that also carries ``also``."""
+        per_row = self.builder.per_row_output
+        budget = self.max_batch_tokens - self.builder.system_tokens
+        used = sum(self.builder.item_tokens(j) + per_row for j in (*jobs, *also))
+        for _ in range(room):
+            if not self.pending:
+                break
+            cost = self.builder.item_tokens(self.pending[0]) + per_row
+            if used + cost > budget:
+                break
+            used += cost
+            jobs.append(self.pending.popleft())
+        return jobs
+
+    def rows_that_fit(self, jobs: Sequence[Job]) -> int:
+        """How many rows like ``jobs``, on average, one packed request carries in the token budget."""
         if not jobs:
             return self.cap
         per_row = self.builder.per_row_output

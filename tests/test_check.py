@@ -114,3 +114,37 @@ def test_a_refused_trial_is_sent_again() -> None:
     check.requeue(batch)  # e.g. the endpoint rejected response_format, now stepped down
     again = check.next_trial(fits=100)
     assert again is not None and [j.key for j in again] == [j.key for j in batch]
+
+
+def test_the_first_trial_rides_with_the_references_and_answers_new_rows() -> None:
+    check = PackingCheck(sample=4, sizes=[10, 5], min_agreement=0.9)
+    refs, new = jobs(4), [Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(6)]
+    for job in refs:
+        check.add_reference(job)
+    assert check.first_trial_room(fits=100) == 6  # sent before any reference is back
+    batch = check.first_trial(new, check.first_size(fits=100))
+    assert len(batch) == 10 and not batch[-1].rows  # a reference copy goes last
+    assert [j.key for j in batch if j.rows] == [j.key for j in new]  # new rows keep their order
+    assert sum(not j.rows for j in batch) == 4 and check.busy
+    check.record_trial(batch, [f"a{j.key}" for j in batch], usages=[(1, 1, None, "r")] * 10)
+    assert check.verdict is None  # the references are not back yet
+    for job in refs:
+        check.settle_reference(job, f"a{job.key}")
+    assert check.verdict is not None and check.verdict.batch_size == 10
+    assert [(j.key, a) for j, a, _ in check.held] == [(j.key, f"a{j.key}") for j in new]
+    assert check.returned == []
+
+
+def test_new_rows_of_a_failed_first_trial_are_asked_again() -> None:
+    check = PackingCheck(sample=4, sizes=[10, 5], min_agreement=0.9)
+    refs, new = jobs(4), [Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(6)]
+    for job in refs:
+        check.add_reference(job)
+    batch = check.first_trial(new, 10)
+    for job in refs:
+        check.settle_reference(job, f"a{job.key}")
+    check.record_trial(batch, ["echo"] * 10)
+    assert check.verdict is None and check.agreement == {10: 0.0}
+    assert check.held == [] and check.returned == new
+    sizes = run_trials(check, lambda j, n: f"a{j.key}")  # then 5 at a time, copies only
+    assert sizes == [4] and check.verdict is not None and check.verdict.batch_size == 4
