@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import weakref
 from collections.abc import Mapping
 from typing import Any, TypedDict, TypeVar
 
 from typing_extensions import Unpack
 
-from . import _engine
-from ._config import Errors, resolve
+from ._calibrate import acalibrated_batch_size
+from ._config import BatchSize, Errors, ResponseFormat, resolve
 from ._errors import ConfigError
-from ._estimate import Estimate
-from ._frames import columns_of, kind_of, rendered_columns, with_answers
+from ._estimate import Estimate, estimate_run
+from ._frames import columns_of, kind_of, rendered_columns
 from ._pricing import price_for
-from ._report import RunReport
+from ._run import report_of, run_frame
 from ._sync import run_sync
 from ._template import parse_template
 
@@ -41,40 +40,14 @@ class ApplyOptions(TypedDict, total=False):
     tpm: float | None
     max_attempts: int
     timeout: float
-    batch_size: int | str | None
+    batch_size: BatchSize
     max_batch_tokens: int | None
     cache: bool | str | os.PathLike[str]
     max_cost_usd: float | None
     prices: Mapping[str, tuple[float, float]] | None
-    response_format: str
+    response_format: ResponseFormat
     canaries: int | None
     error_column: str | None
-
-
-# Reports by result frame, for polars (which has no attrs) and pandas alike.
-_reports: dict[int, tuple[weakref.ref[Any], RunReport]] = {}
-
-
-def _remember(out: Any, report: RunReport) -> None:
-    attrs = getattr(out, "attrs", None)
-    if isinstance(attrs, dict):
-        attrs["llmframe_report"] = report
-    key = id(out)
-    try:
-        ref = weakref.ref(out, lambda _: _reports.pop(key, None))
-    except TypeError:  # pragma: no cover - both frame types support weak references
-        return
-    _reports[key] = (ref, report)
-
-
-def report_of(df: Any) -> RunReport | None:
-    """The run report of the ``apply`` call that returned ``df`` (``df.llm.report``)."""
-    entry = _reports.get(id(df))
-    if entry is not None and entry[0]() is df:
-        return entry[1]
-    attrs = getattr(df, "attrs", None)
-    found = attrs.get("llmframe_report") if isinstance(attrs, dict) else None
-    return found if isinstance(found, RunReport) else None
 
 
 def _prepare(df: Any, template: str, options: Mapping[str, Any]) -> tuple[Any, Any, Any]:
@@ -94,7 +67,7 @@ async def aapply(df: Frame, template: str, *, output: str = "answer", **options:
     """
     if not isinstance(output, str) or not output:
         raise ConfigError(f"output must be a non-empty column name, got {output!r}")
-    tpl, opts, columns = _prepare(df, template, options)
+    tpl, opts, _ = _prepare(df, template, options)
     if opts.max_cost_usd is not None and price_for(opts.model or "", opts.prices) is None:
         raise ConfigError(
             f"max_cost_usd needs a price for model {opts.model!r}, which llmframe does not know; "
@@ -103,21 +76,11 @@ async def aapply(df: Frame, template: str, *, output: str = "answer", **options:
     if opts.error_column == output:
         raise ConfigError("error_column must differ from output")
     if opts.batch_size == "calibrated":
-        # Calibration needs the frame, so it is resolved here, not in the engine; it calls
-        # aapply only with integer batch sizes, so this cannot recurse.
-        from ._calibrate import acalibrated_batch_size
-
+        # Calibration needs the frame, so it is resolved here, not in the engine.
         size = await acalibrated_batch_size(df, template, **options)
         opts = dataclasses.replace(opts, batch_size=size)
-    result = await _engine.run(columns, len(df), tpl, opts)  # type: ignore[arg-type]
-    out = with_answers(df, output, result.answers)
-    if opts.error_column:
-        messages: list[str | None] = [None] * len(result.answers)
-        for e in result.errors:
-            messages[e.row] = f"{e.kind}: {e.message}"
-        out = with_answers(out, opts.error_column, messages)
-    _remember(out, result.report)
-    return out  # type: ignore[no-any-return]
+    out, _ = await run_frame(df, tpl, opts, output)
+    return out
 
 
 def apply(df: Frame, template: str, *, output: str = "answer", **options: Unpack[ApplyOptions]) -> Frame:
@@ -139,11 +102,9 @@ async def aestimate(
 ) -> Estimate:
     """The async form of :func:`estimate`. ``output`` is accepted (and ignored) so that
     an ``apply`` line becomes an estimate by changing one word."""
-    from ._estimate import estimate_run
-
     tpl, opts, columns = _prepare(df, template, options)
     take = (lambda rows: _take_rows(df, rows)) if sample else None
-    return await estimate_run(columns, len(df), tpl, opts, sample=sample, take_rows=take, options=options)
+    return await estimate_run(columns, len(df), tpl, opts, sample=sample, take_rows=take)
 
 
 def estimate(

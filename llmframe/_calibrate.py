@@ -31,29 +31,31 @@ A result is stored per (model, template, system prompt, generation params) in
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
 import tempfile
 import threading
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ._agreement import agreement, answer_agreement
 from ._cache import AnswerCache, read_cache, resolve_cache_dir
-from ._config import Options, resolve
+from ._calibration_report import CalibrationReport, CalibrationRow, recommend
+from ._calibration_store import (
+    CALIBRATIONS_FILE,
+    calibration_key,
+    load_calibration,
+    load_calibration_report,
+    store_calibration,
+)
+from ._config import resolve
 from ._errors import ConfigError, RunError
 from ._frames import columns_of, field_columns, kind_of
-from ._html import table
-from ._keys import call_prefix
 from ._parse import normalize
-from ._report import RunReport, last_report
+from ._report import RunReport
+from ._run import run_frame
 from ._sync import run_sync
 from ._template import is_null, parse_template, render_value
 
@@ -72,321 +74,8 @@ __all__ = [
     "store_calibration",
 ]
 
-#: The file, in the cache folder, that holds one calibration per key.
-CALIBRATIONS_FILE = "calibrations.json"
-_FILE_VERSION = 1
 DEFAULT_BATCH_SIZES = (1, 5, 10, 20, 50)
 _file_lock = threading.Lock()
-
-
-# -------------------------------------------------------------------------- the report
-
-
-@dataclass(frozen=True)
-class CalibrationRow:
-    """One batch size's measurement. Per-row figures divide by the rows sent."""
-
-    batch_size: int
-    agreement: float | None  # share of rows agreeing with the one-row answers (1.0 at size 1)
-    rows: int  # rows compared (those with a one-row answer)
-    failed_rows: int  # rows without an answer at this size (they count as disagreeing)
-    requests: int  # HTTP requests, retries and resends included
-    items_per_request: float | None  # below batch_size when the token budget cut batches
-    prompt_tokens_per_row: float | None
-    completion_tokens_per_row: float | None
-    cost_per_row: float | None  # None when the model's price is unknown
-    seconds: float
-
-
-_ROW_SCHEMA: dict[str, str] = {
-    "batch_size": "Int64",
-    "agreement": "Float64",
-    "rows": "Int64",
-    "failed_rows": "Int64",
-    "requests": "Int64",
-    "items_per_request": "Float64",
-    "prompt_tokens_per_row": "Float64",
-    "completion_tokens_per_row": "Float64",
-    "cost_per_row": "Float64",
-    "seconds": "Float64",
-}
-
-
-@dataclass
-class CalibrationReport:
-    """What :func:`calibrate` measured and what it recommends.
-
-    ``print(report)`` shows a table and the verdict; ``to_dict()`` every field;
-    ``to_frame()`` one row per batch size as a polars DataFrame.
-
-    >>> report = df.llm.calibrate("Capital of {country}?", model="gpt-4o-mini")  # doctest: +SKIP
-    >>> report.recommended_batch_size                                            # doctest: +SKIP
-    10
-    """
-
-    rows: list[CalibrationRow]
-    recommended_batch_size: int
-    min_agreement: float
-    model: str
-    template_hash: str
-    verdict: str
-    sample_rows: int = 0
-    key: str = ""
-    skipped_batch_sizes: list[int] = field(default_factory=list)
-
-    @property
-    def pack(self) -> bool:
-        """False when even the smallest packed batch disagrees: do not pack this task."""
-        return self.recommended_batch_size > 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CalibrationReport:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        row_names = {f.name for f in fields(CalibrationRow)}
-        values["rows"] = [
-            CalibrationRow(**{k: v for k, v in row.items() if k in row_names})
-            for row in data.get("rows", [])
-        ]
-        return cls(**values)
-
-    def to_frame(self) -> Any:
-        """One row per batch size (polars DataFrame), columns as in :class:`CalibrationRow`."""
-        import polars as pl
-
-        schema = {name: getattr(pl, dtype) for name, dtype in _ROW_SCHEMA.items()}
-        return pl.DataFrame([asdict(r) for r in self.rows], schema=schema, orient="row")
-
-    def _repr_html_(self) -> str:  # Jupyter
-        header = ["batch", "agreement", "rows", "failed", "requests", "items/req",
-                  "in tok/row", "out tok/row", "cost/row", "seconds"]  # fmt: skip
-        rows = [
-            [r.batch_size, _pct(r.agreement), r.rows, r.failed_rows, r.requests,
-             _num(r.items_per_request, 1), _num(r.prompt_tokens_per_row, 1),
-             _num(r.completion_tokens_per_row, 1), _usd(r.cost_per_row), f"{r.seconds:.2f}"]
-            for r in self.rows
-        ]  # fmt: skip
-        title = (
-            f"llmframe calibration: {self.model}, {self.sample_rows} sampled rows; "
-            f"recommended batch_size {self.recommended_batch_size}"
-        )
-        return table(title, rows, header=header, note=self.verdict)
-
-    def plot(self, ax: Any = None) -> Any:
-        """Agreement and tokens per row against batch size, on one matplotlib ``Axes``.
-
-        matplotlib is imported only here (``pip install matplotlib``). Returns the axes.
-        """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as exc:  # pragma: no cover - matplotlib is in the test extra
-            raise ImportError("CalibrationReport.plot() needs matplotlib: pip install matplotlib") from exc
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 3.5))
-        sizes = [r.batch_size for r in self.rows]
-        ax.plot(sizes, [100 * (r.agreement or 0.0) for r in self.rows], "o-", label="agreement (%)")
-        ax.axhline(100 * self.min_agreement, linestyle=":", color="gray", label="min_agreement")
-        ax.axvline(self.recommended_batch_size, linestyle="--", color="green", label="recommended")
-        ax.set_xlabel("rows per request (batch_size)")
-        ax.set_ylabel("agreement with one-row answers (%)")
-        ax.set_ylim(0, 105)
-        tokens = ax.twinx()
-        per_row = [(r.prompt_tokens_per_row or 0) + (r.completion_tokens_per_row or 0) for r in self.rows]
-        tokens.plot(sizes, per_row, "s--", color="tab:orange", label="tokens per row")
-        tokens.set_ylabel("tokens per row")
-        lines = ax.get_legend_handles_labels()[0] + tokens.get_legend_handles_labels()[0]
-        labels = ax.get_legend_handles_labels()[1] + tokens.get_legend_handles_labels()[1]
-        ax.legend(lines, labels, loc="lower left", fontsize="small")
-        ax.set_title(f"calibration: {self.model}")
-        return ax
-
-    def __str__(self) -> str:
-        head = (
-            f"llmframe calibration: {self.model}, {self.sample_rows} sampled rows, "
-            f"min_agreement {self.min_agreement:.0%}"
-        )
-        header = (
-            f"{'batch':>6} {'agreement':>10} {'rows':>5} {'failed':>6} {'requests':>8} "
-            f"{'items/req':>9} {'in tok/row':>10} {'out tok/row':>11} {'cost/row':>11} {'seconds':>8}"
-        )
-        lines = [head, header]
-        for r in self.rows:
-            lines.append(
-                f"{r.batch_size:>6} {_pct(r.agreement):>10} {r.rows:>5} {r.failed_rows:>6} "
-                f"{r.requests:>8} {_num(r.items_per_request, 1):>9} "
-                f"{_num(r.prompt_tokens_per_row, 1):>10} {_num(r.completion_tokens_per_row, 1):>11} "
-                f"{_usd(r.cost_per_row):>11} {r.seconds:>8.2f}"
-            )
-        if self.skipped_batch_sizes:
-            skipped = ", ".join(map(str, self.skipped_batch_sizes))
-            lines.append(f"not measured (larger than the sample): {skipped}")
-        lines.append(f"recommended batch_size: {self.recommended_batch_size}")
-        lines.append(self.verdict)
-        return "\n".join(lines)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _num(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _usd(value: float | None) -> str:
-    return "unknown" if value is None else f"${value:.7f}"
-
-
-def _recommend(rows: Sequence[CalibrationRow], min_agreement: float) -> tuple[int, str]:
-    packed = sorted((r for r in rows if r.batch_size > 1), key=lambda r: r.batch_size)
-    if not packed:
-        return 1, (
-            "only one row per request was measured, so there is nothing to compare; "
-            "give a larger sample or smaller batch_sizes"
-        )
-    best = 1
-    first_miss: CalibrationRow | None = None
-    for row in packed:
-        if row.agreement is not None and row.agreement >= min_agreement:
-            best = row.batch_size
-        else:
-            first_miss = row
-            break
-    need = f"min_agreement {min_agreement:.0%}"
-    if first_miss is None:
-        return best, (
-            f"pack up to {best} rows per request: every measured batch size agrees with the "
-            f"one-row answers on at least {min_agreement:.0%} of rows (larger sizes were not measured)"
-        )
-    seen = _pct(first_miss.agreement)
-    if best == 1:
-        return 1, (
-            f"do not pack this task on this model: at {first_miss.batch_size} rows per request "
-            f"only {seen} of answers agree with the one-row answers ({need}); use batch_size=1"
-        )
-    return best, (
-        f"use batch_size={best}: at {first_miss.batch_size} rows per request agreement with "
-        f"the one-row answers falls to {seen}, below {need}"
-    )
-
-
-# ----------------------------------------------------------------------------- storage
-
-
-def calibration_key(
-    model: str,
-    template: str,
-    system: str | None = None,
-    params: Mapping[str, Any] | None = None,
-) -> str:
-    """The key a calibration is stored under: what decides the answers, as for cache keys.
-
-    >>> calibration_key("gpt-4o-mini", "Capital of {country}?") == calibration_key(
-    ...     "gpt-4o-mini", "Capital of {country}?", None, {})
-    True
-    """
-    prefix = call_prefix(model=model, template=template, system=system, params=params)
-    return "cal-" + prefix.hex()
-
-
-def _path(cache_dir: str | os.PathLike[str]) -> Path:
-    return Path(os.fspath(cache_dir)).expanduser() / CALIBRATIONS_FILE
-
-
-def _read_entries(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        warnings.warn(
-            f"llmframe: cannot read {path} ({exc}); ignoring stored calibrations", stacklevel=3
-        )
-        return {}
-    try:
-        data = json.loads(text)
-        entries = data["calibrations"]
-        if not isinstance(entries, dict):
-            raise TypeError("'calibrations' is not an object")
-    except (ValueError, KeyError, TypeError) as exc:
-        warnings.warn(
-            f"llmframe: {path} is not a valid calibration file ({exc}); ignoring it "
-            "(the next calibration rewrites it)",
-            stacklevel=3,
-        )
-        return {}
-    return entries
-
-
-def store_calibration(
-    cache_dir: str | os.PathLike[str], key: str, report: CalibrationReport
-) -> Path:
-    """Store ``report`` under ``key`` (from :func:`calibration_key`) in the cache folder.
-
-    The file is replaced atomically (written to a temporary name, then
-    ``os.replace``), so a reader sees the old or the new file, never half of
-    one. Two processes storing at the same instant may lose one of the two
-    entries; that costs a recalibration, never a wrong batch size.
-    """
-    path = _path(cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock:
-        entries = _read_entries(path)
-        entries[key] = {
-            "recommended_batch_size": report.recommended_batch_size,
-            "min_agreement": report.min_agreement,
-            "model": report.model,
-            "template_hash": report.template_hash,
-            "created": datetime.now(timezone.utc).isoformat(),
-            "report": report.to_dict(),
-        }
-        body = json.dumps({"version": _FILE_VERSION, "calibrations": entries}, indent=1)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-    return path
-
-
-def load_calibration(cache_dir: str | os.PathLike[str], key: str) -> int | None:
-    """The recommended batch size stored under ``key``, or ``None`` if there is none.
-
-    A missing file means no calibration; a corrupt file or entry is ignored with
-    a warning (and rewritten by the next calibration).
-    """
-    path = _path(cache_dir)
-    entry = _read_entries(path).get(key)
-    if entry is None:
-        return None
-    size = entry.get("recommended_batch_size") if isinstance(entry, dict) else None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        warnings.warn(
-            f"llmframe: ignoring a malformed calibration for {key} in {path}", stacklevel=2
-        )
-        return None
-    return size
-
-
-def load_calibration_report(
-    cache_dir: str | os.PathLike[str], key: str
-) -> CalibrationReport | None:
-    """The whole stored :class:`CalibrationReport` under ``key``, or ``None``."""
-    entry = _read_entries(_path(cache_dir)).get(key)
-    if not isinstance(entry, dict) or not isinstance(entry.get("report"), dict):
-        return None
-    try:
-        return CalibrationReport.from_dict(entry["report"])
-    except (TypeError, ValueError):
-        return None
 
 
 # ------------------------------------------------------------------------ running it
@@ -423,20 +112,6 @@ def _free_name(df: Any) -> str:
     return name
 
 
-def _report_of(out: Any) -> RunReport:
-    from . import _api
-
-    found = _api.report_of(out)
-    if found is not None:
-        return found
-    # Not reached today: apply attaches its report to the frame it returns. Kept for
-    # safety; the run just finished on this loop, so it is also the last report.
-    report = last_report()
-    if report is None:  # pragma: no cover - every run sets one
-        raise RuntimeError("llmframe: apply finished without a run report")
-    return report
-
-
 def _answers(out: Any, name: str) -> list[str | None]:
     return [None if is_null(v) else str(v) for v in field_columns(out, [name])[name]]
 
@@ -470,9 +145,6 @@ def _copy_records(source: Path, cache_dir: Path) -> None:
         return
     with AnswerCache(cache_dir) as cache:
         cache.add_columns(records.to_arrow())
-
-
-_OPTION_NAMES = frozenset(f.name for f in fields(Options))
 
 
 def _check(sample: int, batch_sizes: Sequence[int], min_agreement: float, seed: int) -> list[int]:
@@ -524,20 +196,17 @@ async def acalibrate(
     for ``apply(..., batch_size="calibrated")``.
     """
     sizes = _check(sample, batch_sizes, min_agreement, seed)
-    given = dict(options)
-    given.pop("output", None)
+    given = _without(options, "output")
     if "batch_size" in given:
         raise ConfigError(
             "calibrate chooses the batch sizes itself: pass batch_sizes=(1, 5, 10, ...) "
             "instead of batch_size="
         )
-    given.pop("error_column", None)
-    given["errors"] = "null"
-    if "canaries" in _OPTION_NAMES:
-        given["canaries"] = 0  # measure packing as it is, not as canaries repair it
     kind_of(df)
     tpl = parse_template(template, columns_of(df))
-    opts = resolve(**{k: v for k, v in given.items() if k in _OPTION_NAMES})
+    # errors="null": a failed row counts as disagreeing; canaries=0: packing as it is,
+    # not as canaries repair it.
+    opts = replace(resolve(**given), errors="null", canaries=0, error_column=None)
     model = opts.model or ""
     key = calibration_key(model, tpl.text, opts.system, opts.params)
     cache_dir = resolve_cache_dir(opts.cache)
@@ -552,14 +221,9 @@ async def acalibrate(
     name = _free_name(rows_df)
     n = len(positions)
 
-    from ._api import aapply  # imported here: _api may import this module
-
     with tempfile.TemporaryDirectory(prefix="llmframe-calibrate-") as fresh:
-        out = await aapply(
-            rows_df, template, output=name, batch_size=1,
-            cache=fresh if cache_dir is not None else False, **_without(given, "cache"),
-        )  # fmt: skip
-        one_row = _report_of(out)
+        one_row_opts = replace(opts, batch_size=1, cache=fresh if cache_dir is not None else False)
+        out, one_row = await run_frame(rows_df, tpl, one_row_opts, name)
         if cache_dir is not None:
             _copy_records(Path(fresh), cache_dir)
     reference = _answers(out, name)
@@ -581,12 +245,11 @@ async def acalibrate(
             stacklevel=2,
         )
     for size in (b for b in sizes if 1 < b <= n):
-        out = await aapply(rows_df, template, output=name, batch_size=size, cache=False,
-                           **_without(given, "cache"))  # fmt: skip
+        out, packed = await run_frame(rows_df, tpl, replace(opts, batch_size=size, cache=False), name)
         agreement_share, _ = agreement(reference, _answers(out, name))
-        rows.append(_row(size, agreement_share, compared, _report_of(out)))
+        rows.append(_row(size, agreement_share, compared, packed))
 
-    recommended, verdict = _recommend(rows, min_agreement)
+    recommended, verdict = recommend(rows, min_agreement)
     report = CalibrationReport(
         rows=rows,
         recommended_batch_size=recommended,
@@ -641,7 +304,7 @@ async def acalibrated_batch_size(df: Any, template: str, **options: Any) -> int:
     """
     given = _without(options, "output", "batch_size")
     tpl = parse_template(template, columns_of(df))
-    opts = resolve(**{k: v for k, v in given.items() if k in _OPTION_NAMES})
+    opts = resolve(**given)
     cache_dir = resolve_cache_dir(opts.cache)
     if cache_dir is not None:
         stored = load_calibration(

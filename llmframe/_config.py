@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ._errors import ConfigError
 
-__all__ = ["UNSET", "Options", "configure", "get_defaults", "resolve"]
+__all__ = ["UNSET", "BatchSize", "Errors", "Options", "ResponseFormat", "configure", "get_defaults", "resolve"]
 
 
 class _Unset:
@@ -33,6 +33,9 @@ class _Unset:
 UNSET: Any = _Unset()
 
 Errors = Literal["null", "raise"]
+ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
+#: None: automatic (checked); an int: at most that many rows per request; "calibrated".
+BatchSize = int | Literal["calibrated"] | None
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,12 @@ class Options:
     tpm: float | None = None
     max_attempts: int = 6
     timeout: float = 60.0
-    batch_size: int | str | None = None
+    batch_size: BatchSize = None
     max_batch_tokens: int | None = None
     cache: bool | str | os.PathLike[str] = True
     max_cost_usd: float | None = None
     prices: Mapping[str, tuple[float, float]] | None = None
-    response_format: str = "auto"
+    response_format: ResponseFormat = "auto"
     canaries: int | None = None
     error_column: str | None = None
 

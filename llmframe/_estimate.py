@@ -22,8 +22,8 @@ from ._endpoint import Endpoint
 from ._html import table
 from ._prepare import Prepared, prepare
 from ._pricing import price_for
-from ._report import last_report
 from ._requests import max_tokens_param
+from ._run import run_frame
 from ._template import Template
 
 __all__ = ["Estimate", "estimate_run"]
@@ -157,10 +157,7 @@ async def estimate_run(
     *,
     sample: int = 0,
     take_rows: Any = None,
-    options: Mapping[str, Any] | None = None,
 ) -> Estimate:
-    from ._api import aapply
-
     answer_tokens: int | None = None
     source = "guess"
     if max_tokens_param(opts.params) is not None:
@@ -173,10 +170,10 @@ async def estimate_run(
             todo.cache.close()
         rows = [job.rows[0] for job in todo.todo]
         chosen = sorted(random.Random(0).sample(rows, min(sample, len(rows))))
-        sample_options = {**(options or {}), "batch_size": 1, "progress": False, "errors": "null"}
+        report = None
         if chosen:
-            await aapply(take_rows(chosen), template.text, **sample_options)
-        report = last_report()
+            sample_opts = replace(opts, batch_size=1, progress=False, errors="null", error_column=None)
+            _, report = await run_frame(take_rows(chosen), template, sample_opts, "answer")
         if report is not None and report.requests:
             answered = max(1, report.answered_rows - report.cached_rows)
             answer_tokens = max(1, round(report.completion_tokens / answered))

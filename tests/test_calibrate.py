@@ -18,7 +18,6 @@ from llmframe._calibrate import (
     CALIBRATIONS_FILE,
     CalibrationReport,
     CalibrationRow,
-    _recommend,
     _sample_positions,
     acalibrate,
     acalibrated_batch_size,
@@ -28,6 +27,7 @@ from llmframe._calibrate import (
     load_calibration,
     load_calibration_report,
     normalize,
+    recommend,
     store_calibration,
 )
 from llmframe._errors import ConfigError
@@ -101,16 +101,16 @@ def test_failed_rows_disagree_and_rows_without_reference_are_left_out() -> None:
 
 
 def test_recommendation_is_where_agreement_crosses_the_threshold() -> None:
-    size, verdict = _recommend(
+    size, verdict = recommend(
         [row(1, 1.0), row(5, 1.0), row(10, 0.96), row(20, 0.8), row(50, 0.99)], 0.95
     )
     # 50 agrees again by chance, but 20 did not: recommend the last size before the first miss.
     assert size == 10 and "use batch_size=10" in verdict and "at 20 rows" in verdict
-    size, verdict = _recommend([row(1, 1.0), row(5, 0.6), row(10, 0.5)], 0.95)
+    size, verdict = recommend([row(1, 1.0), row(5, 0.6), row(10, 0.5)], 0.95)
     assert size == 1 and verdict.startswith("do not pack this task on this model")
-    size, verdict = _recommend([row(1, 1.0), row(5, 1.0), row(10, 0.99)], 0.95)
+    size, verdict = recommend([row(1, 1.0), row(5, 1.0), row(10, 0.99)], 0.95)
     assert size == 10 and "pack up to 10" in verdict
-    size, verdict = _recommend([row(1, 1.0)], 0.95)
+    size, verdict = recommend([row(1, 1.0)], 0.95)
     assert size == 1 and "nothing to compare" in verdict
 
 
