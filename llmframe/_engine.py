@@ -44,6 +44,7 @@ from ._requests import Request, RequestBuilder
 from ._template import Template
 from ._tokens import get_tokenizer
 from ._warn import warn_user
+from ._workers import drain
 
 __all__ = ["Prepared", "Run", "RunResult", "new_run", "prepare", "run"]
 
@@ -83,7 +84,6 @@ class Run:
         self.opts, self.client, self.limiter, self.report = opts, client, limiter, report
         self.endpoint, self.builder, self.planner, self.outcomes = endpoint, builder, planner, outcomes
         self.budget, self.sleep, self.policy = budget, sleep, policy
-        self.in_flight = 0
 
     # ---- one batch --------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
@@ -296,40 +296,6 @@ class Run:
                 warn_user(f"llmframe: {verdict.reason}.")
         return verdict.batch_size
 
-    # ---- the worker pool --------------------------------------------------------------
-    async def drain(self) -> None:
-        cond = asyncio.Condition()
-
-        async def worker() -> None:
-            while True:
-                async with cond:
-                    while True:
-                        batch = self.planner.take()
-                        if batch is not None:
-                            self.in_flight += 1
-                            break
-                        if self.in_flight == 0:
-                            cond.notify_all()
-                            return
-                        await cond.wait()
-                try:
-                    await self.process(batch)
-                finally:
-                    async with cond:
-                        self.in_flight -= 1
-                        cond.notify_all()
-
-        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, self.opts.max_concurrency))]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            # Cancelled (Ctrl-C): stop every worker, not just the one that saw it.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
-
 def batch_cap(opts: Options, template: Template) -> int:
     if "id" in template.fields:
         warnings.warn(
@@ -408,7 +374,7 @@ async def run(
         flusher = asyncio.ensure_future(flush_periodically())
     try:
         if state is not None:
-            await state.drain()
+            await drain(state.planner.take, state.process, opts.max_concurrency)
             fatal = state.endpoint.fatal
             if fatal is not None:
                 # A failure that hits every row stopped the run: rows never sent fail with
