@@ -147,7 +147,19 @@ def test_model_from_configure_and_env(fake_server: FakeServer, make_frame: Any, 
     assert column(out, "answer") == [expected_answer(TEMPLATE.format(review="y"))]
 
 
-def test_failed_rows_null_or_raise(fake_server_factory: Any, make_frame: Any, tmp_path: Any) -> None:
+def test_failed_rows_null_or_raise(
+    fake_server_factory: Any, make_frame: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backoff before each retry is recorded, not slept (the engine takes no sleep from apply).
+    from llmframe import _engine
+
+    backoffs: list[int] = []
+
+    def no_wait(attempt: int, headers: Any, **_: Any) -> float:
+        backoffs.append(attempt)
+        return 0.0
+
+    monkeypatch.setattr(_engine, "retry_delay", no_wait)
     server = fake_server_factory(faults=Faults(error_rate=1.0))
     df = make_frame({"review": ["a", "b", "c"]})
     o = opts(server, max_attempts=2, batch_size=1)
@@ -156,6 +168,7 @@ def test_failed_rows_null_or_raise(fake_server_factory: Any, make_frame: Any, tm
     report = llmframe.last_report()
     assert report is not None and report.failed_rows == 3 and report.failures == {"server": 3}
     assert server.stats.requests == 6  # two attempts per row
+    assert backoffs == [0, 0, 0]  # one backoff per row, before its only retry
     with pytest.raises(llmframe.RunError) as info:
         df.llm.apply(TEMPLATE, errors="raise", **o)
     assert [e.row for e in info.value.errors] == [0, 1, 2]
