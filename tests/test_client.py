@@ -52,6 +52,11 @@ def failure(client: ChatClient, messages: Any = MESSAGES, **kwargs: Any) -> Call
     return err
 
 
+def outcome(err: CallError) -> tuple[str, bool, int | None, str | None]:
+    """What the engine acts on: the kind, whether to retry, the status and the code."""
+    return (err.kind, err.retryable, err.status, err.code)
+
+
 def mocked(respond: Callable[[Any], Any], calls: list[Any] | None = None) -> ChatClient:
     """A ChatClient around a user's AsyncOpenAI whose HTTP goes to ``respond(request)``."""
 
@@ -107,12 +112,7 @@ def test_connection_refused() -> None:
 def test_wrong_key_is_auth_and_final(fake_server_factory: Callable[..., FakeServer]) -> None:
     server = fake_server_factory(api_keys=["the-right-key-42"])
     err = failure(ChatClient(base_url=server.base_url, api_key=KEY))
-    assert (err.kind, err.retryable, err.status, err.code) == (
-        "auth",
-        False,
-        401,
-        "invalid_api_key",
-    )
+    assert outcome(err) == ("auth", False, 401, "invalid_api_key")
     assert "api_key=" in err.message and "OPENAI_API_KEY" in err.message
     assert server.stats.unauthorized == 1
 
@@ -133,12 +133,7 @@ def test_rate_limited_carries_the_servers_retry_after(
             await client.aclose()
 
     err = asyncio.run(two())
-    assert (err.kind, err.retryable, err.status, err.code) == (
-        "rate_limit",
-        True,
-        429,
-        "rate_limit_exceeded",
-    )
+    assert outcome(err) == ("rate_limit", True, 429, "rate_limit_exceeded")
     assert "retry-after-ms" in err.headers and "x-ratelimit-limit-requests" in err.headers
     assert err.retry_after == parse_retry_after(err.headers)
     assert err.retry_after is not None and 1 < err.retry_after <= 60
@@ -151,12 +146,7 @@ def test_context_length_exceeded_is_too_large(
     server = fake_server_factory(model_context=50)
     long_row = [{"role": "user", "content": "word " * 200}]
     err = failure(ChatClient(base_url=server.base_url, api_key=KEY), long_row)
-    assert (err.kind, err.retryable, err.status, err.code) == (
-        "too_large",
-        False,
-        400,
-        "context_length_exceeded",
-    )
+    assert outcome(err) == ("too_large", False, 400, "context_length_exceeded")
     assert (
         "maximum context length is 50 tokens" in err.message and "shorten this row" in err.message
     )
