@@ -22,6 +22,10 @@ scale through :func:`scaled`, while rates, latencies and limits stay as they
 are, so a small scale is the same experiment, shorter. The smoke test runs
 each script at a tiny scale so that none of them rots.
 
+**Rows and runs.** :func:`phrase_rows` makes the synthetic rows (the same on
+every call), and :func:`apply_on_server` is the one ``df.llm.apply`` against a
+fake server that the benchmarks time and check.
+
 **Achieved rates** come from the server's own request log, over the window in
 which it was busy (first request in to last answer out), so client start-up
 and shutdown do not dilute them, and a client cannot claim a rate the server
@@ -39,29 +43,41 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llmframe.testing._stats import RequestRecord
+if TYPE_CHECKING:  # at run time only on use: the cache benchmark's measuring processes import
+    # this module before their memory baseline, and llmframe.testing pulls in aiohttp
+    from llmframe import RunReport
+    from llmframe.testing import FakeServer
+    from llmframe.testing._stats import RequestRecord
 
 __all__ = [
+    "MODEL",
     "OUT_DIR",
+    "Applied",
     "Rates",
     "achieved_rates",
     "add_standard_arguments",
+    "apply_on_server",
     "command_line",
     "describe_machine",
     "format_table",
     "ideal_send_seconds",
     "machine",
+    "phrase_rows",
     "rate_timeline",
     "run_header",
     "save_json",
     "scaled",
 ]
+
+#: The model every benchmark asks for (the fake server answers any name; prices follow it).
+MODEL = "gpt-4o-mini"
 
 #: Where results go unless ``--out`` says otherwise (gitignored).
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -126,6 +142,90 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """The command that reproduces this run, as a user would type it."""
     args = list(sys.argv[1:] if argv is None else argv)
     return shlex.join(["python", "-m", module, *args])
+
+
+# -- rows and runs --------------------------------------------------------------
+
+
+def phrase_rows(
+    n: int, parts: Sequence[Sequence[str]], *, step: int = 1, distinct: bool = False
+) -> list[tuple[str, ...]]:
+    """``n`` rows of one phrase from each of ``parts``, the same on every call.
+
+    Row ``i`` picks by the mixed-radix digits of ``i * step`` modulo the number of
+    combinations, the first part changing fastest. A ``step`` coprime with that
+    number visits every combination once before any repeats, in a scattered order;
+    ``distinct=True`` refuses to go past that.
+
+    >>> phrase_rows(5, ("ab", "xy"))
+    [('a', 'x'), ('b', 'x'), ('a', 'y'), ('b', 'y'), ('a', 'x')]
+    >>> phrase_rows(4, ("ab", "xy"), step=3, distinct=True)
+    [('a', 'x'), ('b', 'y'), ('a', 'y'), ('b', 'x')]
+    """
+    sizes = [len(part) for part in parts]
+    total = math.prod(sizes)
+    if distinct and math.gcd(step, total) != 1:
+        raise ValueError(f"step {step} shares a factor with the {total} combinations: rows repeat")
+    if distinct and n > total:
+        raise ValueError(f"at most {total} distinct rows, asked for {n}")
+    rows = []
+    for i in range(n):
+        j = i * step % total
+        row = []
+        for part, size in zip(parts, sizes, strict=True):
+            j, r = divmod(j, size)
+            row.append(part[r])
+        rows.append(tuple(row))
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """One ``df.llm.apply`` against a fake server."""
+
+    answers: list[Any]  #: one per row, ``None`` where the row got none
+    report: RunReport
+    seconds: float  #: the call alone, not building the frame
+
+
+def apply_on_server(
+    server: FakeServer,
+    template: str,
+    column: str,
+    values: Sequence[Any],
+    *,
+    model: str = MODEL,
+    api_key: str | None = None,
+    **options: Any,
+) -> Applied:
+    """``df.llm.apply(template, ...)`` over a pandas frame whose ``column`` holds ``values``,
+    against ``server``, with progress off; ``options`` go to ``apply`` as they are.
+
+    ``api_key`` defaults to the server's. A fresh one gives the run a limiter of its own:
+    limiters are shared per (base URL, key, model), and the OS may hand a later
+    server the port of an earlier one.
+    """
+    import pandas as pd
+
+    import llmframe  # noqa: F401  (registers df.llm)
+
+    df = pd.DataFrame({column: list(values)})
+    start = time.perf_counter()
+    out = df.llm.apply(
+        template,
+        output="answer",
+        model=model,
+        base_url=server.base_url,
+        api_key=server.api_key if api_key is None else api_key,
+        progress=False,
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    report = out.llm.report
+    if report is None:
+        raise RuntimeError("apply returned a frame without its run report")
+    answers = [None if pd.isna(a) else a for a in out["answer"].tolist()]
+    return Applied(answers, report, seconds)
 
 
 # -- the machine ----------------------------------------------------------------

@@ -60,7 +60,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-MODEL = "gpt-4o-mini"
+# _common imports nothing but the standard library until a helper is called, so the
+# measuring child processes can import it before their memory baseline.
+from benchmarks._common import MODEL, apply_on_server, git_commit, machine, phrase_rows
+
 TEMPLATE = "Classify the sentiment of this customer review as positive, negative, neutral or mixed.\n\nReview: {review}"
 OUT_DIR = Path(__file__).resolve().parent / "out"
 REPO = Path(__file__).resolve().parents[1]
@@ -81,11 +84,11 @@ _VERDICTS = ("works great", "stopped working", "is fine", "feels cheap", "exceed
 
 def reviews(n: int) -> list[str]:
     """``n`` distinct short reviews (~20 tokens), the same on every call."""
-    a, b, c = len(_OPENINGS), len(_PRODUCTS), len(_VERDICTS)
     return [
-        f"{_OPENINGS[i % a]}, the {_PRODUCTS[i // a % b]} {_VERDICTS[i // (a * b) % c]}. "
-        f"Order {1_000_000 + i}, {i % 5 + 1}/5."
-        for i in range(n)
+        f"{opening}, the {product} {verdict}. Order {1_000_000 + i}, {i % 5 + 1}/5."
+        for i, (opening, product, verdict) in enumerate(
+            phrase_rows(n, (_OPENINGS, _PRODUCTS, _VERDICTS))
+        )
     ]
 
 
@@ -390,29 +393,20 @@ def _cache_bytes(folder: Path) -> tuple[int, int]:
 
 def _fill_through_server(cache_dir: Path, values: Sequence[str]) -> tuple[float, int]:
     """``apply`` on the fake server at full speed; returns the seconds and the requests."""
-    import pandas as pd
-
-    import llmframe
     from llmframe.testing import FakeServer
 
-    df = pd.DataFrame({"review": list(values)})
     with FakeServer() as server:
-        start = time.perf_counter()
-        df.llm.apply(
+        run = apply_on_server(
+            server,
             TEMPLATE,
-            output="answer",
-            model=MODEL,
-            base_url=server.base_url,
-            api_key=server.api_key,
+            "review",
+            values,
             cache=str(cache_dir),
-            progress=False,
             batch_size=FILL_BATCH_SIZE,
             max_concurrency=64,
         )
-        seconds = time.perf_counter() - start
-    report = llmframe.last_report()
-    assert report is not None and report.failed_rows == 0, report
-    return seconds, report.requests
+    assert run.report.failed_rows == 0, run.report
+    return run.seconds, run.report.requests
 
 
 def fill_cache(
@@ -521,31 +515,19 @@ def verify_keys(
     cache_dir: Path, values: Sequence[str], start: int, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Re-run a sample of the directly written rows against a live server: zero requests."""
-    import pandas as pd
-
-    import llmframe
     from llmframe.testing import FakeServer, expected_answer
 
     step = max(1, (len(values) - start) // VERIFY_SAMPLE)
     picked = [values[i] for i in range(start, len(values), step)][:VERIFY_SAMPLE]
-    df = pd.DataFrame({"review": picked})
     with FakeServer() as server:
-        out = df.llm.apply(
-            TEMPLATE,
-            output="answer",
-            model=MODEL,
-            base_url=server.base_url,
-            api_key=server.api_key,
-            cache=str(cache_dir),
-            progress=False,
-            batch_size=FILL_BATCH_SIZE,
+        run = apply_on_server(
+            server, TEMPLATE, "review", picked, cache=str(cache_dir), batch_size=FILL_BATCH_SIZE
         )
         requests = server.stats.requests
-    report = llmframe.last_report()
-    assert report is not None
+    report = run.report
     wrong = sum(
         a != expected_answer(TEMPLATE.format(review=v))
-        for a, v in zip(out["answer"].tolist(), picked, strict=True)
+        for a, v in zip(run.answers, picked, strict=True)
     )
     ok = requests == 0 and report.cached_rows == len(picked) and wrong == 0
     log(
@@ -565,14 +547,6 @@ def verify_keys(
 def _mb(n: float) -> str:
     mb = n / 2**20
     return f"{mb:,.0f} MB" if abs(mb) >= 10 else f"{mb:.1f} MB"
-
-
-def _revision() -> str | None:
-    # Imported here, not at the top: the measuring child processes must not load
-    # llmframe.testing (which _common imports) before their memory baseline.
-    from benchmarks._common import git_commit
-
-    return git_commit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -698,13 +672,11 @@ def _main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         server_requests = server.stats.requests
     load_after = os.getloadavg()
 
-    from benchmarks._common import machine  # lazily: see _revision
-
     host = machine()
     print(f"$ {command}")
     print(
         f"{started:%Y-%m-%d %H:%M} UTC; {host['cores']} CPUs, {host['ram_gb']} GB RAM, "
-        f"{host['platform']}, Python {host['python']}; llmframe {_revision() or '?'}; "
+        f"{host['platform']}, Python {host['python']}; llmframe {git_commit() or '?'}; "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
     )
     print()
@@ -807,7 +779,7 @@ def _main(args: argparse.Namespace, log: Callable[[str], None]) -> int:
         "seconds": total,
         "machine": host,
         "load_average": {"before": load_before, "after": load_after},
-        "llmframe": _revision(),
+        "llmframe": git_commit(),
         "template": TEMPLATE,
         "targets": {
             "rows_per_second": TARGET_ROWS_PER_SECOND,

@@ -37,6 +37,7 @@ from pathlib import Path
 import polars as pl
 
 from benchmarks._common import (
+    MODEL,
     add_standard_arguments,
     command_line,
     format_table,
@@ -121,7 +122,7 @@ def run_profile(profile: Profile, sample: int, rows: int) -> CalibrationReport:
             sample=sample,
             batch_sizes=BATCH_SIZES,
             min_agreement=MIN_AGREEMENT,
-            model="gpt-4o-mini",
+            model=MODEL,
             base_url=server.base_url,
             api_key=server.api_key,
             progress=False,

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -58,13 +57,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-import llmframe
-from benchmarks._common import git_commit, machine
+from benchmarks._common import MODEL, apply_on_server, git_commit, machine, phrase_rows, scaled
 from llmframe.testing import FakeServer, Faults
 
-MODEL = "gpt-4o-mini"
 #: gpt-4o-mini, standard tier, USD per million tokens (input, output).
 PRICE_IN_PER_1M = 0.15
 PRICE_OUT_PER_1M = 0.60
@@ -247,27 +242,19 @@ _DETAILS = (
     "Setup took two minutes.",
     "Not for heavy use.",
 )
+_STARS = ("1", "2", "3", "4", "5")
+#: Prime, so coprime with the 60,000 combinations: each one comes once, in a scattered order.
+_REVIEW_STEP = 7_919
 
 
 def reviews(n: int) -> list[str]:
     """``n`` distinct short product reviews (10-25 tokens), the same on every call."""
-    sizes = (len(_OPENINGS), len(_PRODUCTS), len(_VERDICTS), len(_DETAILS), 5)
-    total = math.prod(sizes)
-    if n > total:
-        raise ValueError(f"at most {total} distinct reviews, asked for {n}")
-    step = 7_919  # prime, coprime with total: i -> i * step % total visits each combination once
-    out = []
-    for i in range(n):
-        j = i * step % total
-        parts = []
-        for size in sizes:
-            j, r = divmod(j, size)
-            parts.append(r)
-        o, p, v, d, stars = parts
-        out.append(
-            f"{_OPENINGS[o]}, the {_PRODUCTS[p]} {_VERDICTS[v]}. {_DETAILS[d]} {stars + 1}/5."
+    return [
+        f"{opening}, the {product} {verdict}. {detail} {stars}/5."
+        for opening, product, verdict, detail, stars in phrase_rows(
+            n, (_OPENINGS, _PRODUCTS, _VERDICTS, _DETAILS, _STARS), step=_REVIEW_STEP, distinct=True
         )
-    return out
+    ]
 
 
 _NAMES = (
@@ -431,37 +418,30 @@ def run_apply(
     note: str = "",
 ) -> Result:
     """One ``df.llm.apply`` on a fresh fake server, checked row by row."""
-    df = pd.DataFrame({task.column: list(values)})
     expected = task.expected(values)
     limits = {k: server_settings[k] for k in ("rpm", "tpm") if k in server_settings}
     with FakeServer(**server_settings, faults=faults, answer_fn=task.answer, seed=1) as server:
-        start = time.perf_counter()
-        out = df.llm.apply(
+        run = apply_on_server(
+            server,
             task.template,
-            output="answer",
-            model=MODEL,
-            base_url=server.base_url,
-            # A fresh key per run: limiters are shared per (base URL, key, model), and a port
-            # can be reused by the next server, so a fresh key keeps runs independent.
+            task.column,
+            values,
+            # A fresh key per run: a port can be reused by the next server (see apply_on_server).
             api_key=f"bench-{uuid.uuid4().hex[:12]}",
             batch_size=batch_size,
             max_concurrency=max_concurrency,
             cache=False,
-            progress=False,
             **limits,
         )
-        seconds = time.perf_counter() - start
         stats = server.stats.snapshot()
-    report = llmframe.last_report()
-    assert report is not None
-    answers = [None if pd.isna(a) else a for a in out["answer"].tolist()]
+    report = run.report
     return Result(
         workload=workload,
         variant=variant,
         rows=len(values),
         batch_size=batch_size,
         max_concurrency=max_concurrency,
-        seconds=seconds,
+        seconds=run.seconds,
         requests=report.requests,
         server_requests=stats["requests"],
         packed_responses=sum(1 for r in stats["log"] if r.status == 200 and r.n_items > 1),
@@ -471,16 +451,12 @@ def run_apply(
         failed_rows=report.failed_rows,
         prompt_tokens=report.prompt_tokens,
         completion_tokens=report.completion_tokens,
-        correct_rows=sum(a == e for a, e in zip(answers, expected, strict=True)),
+        correct_rows=sum(a == e for a, e in zip(run.answers, expected, strict=True)),
         batch_size_final=report.batch_size_final,
         max_in_flight=stats["max_in_flight"],
         packing_faults=dict(stats["packing_faults"]),
         note=note,
     )
-
-
-def _scaled(rows: int, scale: float, minimum: int = 4) -> int:
-    return max(minimum, round(rows * scale))
 
 
 def _mixed_faults(rate: float) -> Faults:
@@ -508,13 +484,13 @@ def run_all(scale: float, log: Callable[[str], None]) -> dict[str, Any]:
         results.append(r)
         return r
 
-    rpm_rows = reviews(_scaled(ROWS_RPM, scale))
+    rpm_rows = reviews(scaled(ROWS_RPM, scale, minimum=4))
     log("rpm-bound: sentiment, RPM 600")
     go("rpm", "one-row", SENTIMENT_TASK, rpm_rows, RPM_SERVER, batch_size=1)
     go("rpm", "packed", SENTIMENT_TASK, rpm_rows, RPM_SERVER, batch_size=None)
 
     log("tpm-bound: extraction, ~400-token few-shot template, TPM 200k")
-    tpm_rows = support_messages(_scaled(ROWS_TPM, scale))
+    tpm_rows = support_messages(scaled(ROWS_TPM, scale, minimum=4))
     go("tpm", "one-row", EXTRACTION_TASK, tpm_rows, TPM_SERVER, batch_size=1)
     go("tpm", "packed", EXTRACTION_TASK, tpm_rows, TPM_SERVER, batch_size=None)
 
@@ -550,19 +526,19 @@ def run_all(scale: float, log: Callable[[str], None]) -> dict[str, Any]:
     )
 
     log("adversarial rows mixed in (10%)")
-    adv_rows = adversarial_reviews(_scaled(ROWS_ADVERSARIAL, scale, minimum=20))
+    adv_rows = adversarial_reviews(scaled(ROWS_ADVERSARIAL, scale, minimum=20))
     go("adversarial", "one-row", SENTIMENT_TASK, adv_rows, RPM_SERVER, batch_size=1)
     go("adversarial", "packed", SENTIMENT_TASK, adv_rows, RPM_SERVER, batch_size=None)
 
     log("sweep: batch size on the rpm server")
-    sweep_rows = reviews(_scaled(ROWS_BATCH_SWEEP, scale))
+    sweep_rows = reviews(scaled(ROWS_BATCH_SWEEP, scale, minimum=4))
     batch_sweep = [
         go("batch sweep", f"batch_size={b}", SENTIMENT_TASK, sweep_rows, RPM_SERVER, batch_size=b)
         for b in BATCH_SIZES
     ]
 
     log("sweep: max_concurrency at batch_size=1, latency 0.1 s, no limits")
-    conc_rows = reviews(_scaled(ROWS_CONCURRENCY_SWEEP, scale))
+    conc_rows = reviews(scaled(ROWS_CONCURRENCY_SWEEP, scale, minimum=4))
     concurrency_sweep = [
         go(
             "concurrency",

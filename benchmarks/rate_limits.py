@@ -46,13 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import pandas as pd
 
-import llmframe
 from benchmarks._common import (
+    MODEL,
     Rates,
     achieved_rates,
     add_standard_arguments,
+    apply_on_server,
     command_line,
     format_table,
     machine,
@@ -64,7 +64,6 @@ from benchmarks._common import (
 from llmframe._tokens import count_messages, get_tokenizer
 from llmframe.testing import FakeServer, Faults, expected_answer
 
-MODEL = "gpt-4o-mini"
 TEMPLATE = "Classify the sentiment of this review as positive, negative or neutral: {review}"
 
 ROWS = 2_000
@@ -275,27 +274,13 @@ def run_sdk(name: str, settings: Settings, prompts: Sequence[str]) -> Outcome:
 def _apply(
     server: FakeServer, reviews: Sequence[str], **options: Any
 ) -> tuple[list[Any], dict[str, Any]]:
-    df = pd.DataFrame({"review": list(reviews)})
-    out = df.llm.apply(
-        TEMPLATE,
-        output="answer",
-        model=MODEL,
-        base_url=server.base_url,
-        api_key=server.api_key,
-        batch_size=1,
-        cache=False,
-        progress=False,
-        **options,
-    )
-    report = out.attrs.get("llmframe_report") or llmframe.last_report()
-    summary = {}
-    if report is not None:
-        summary = {
-            k: v
-            for k, v in report.to_dict().items()
-            if k not in ("errors", "latencies") and not isinstance(v, list)
-        }
-    return out["answer"].tolist(), summary
+    run = apply_on_server(server, TEMPLATE, "review", reviews, batch_size=1, cache=False, **options)
+    summary = {
+        k: v
+        for k, v in run.report.to_dict().items()
+        if k not in ("errors", "latencies") and not isinstance(v, list)
+    }
+    return run.answers, summary
 
 
 def run_llmframe(name: str, settings: Settings, reviews: Sequence[str]) -> Outcome:

@@ -222,17 +222,24 @@ class ChatClient:
         latency = time.monotonic() - start
         if not getattr(completion, "choices", None):
             raise CallError("server", "response has no choices", True)
-        choice = completion.choices[0]
-        usage = completion.usage
-        return Completion(
-            content=choice.message.content if choice.message else None,
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            request_id=raw.headers.get("x-request-id") or getattr(completion, "id", None),
-            headers=raw.headers,
-            latency=latency,
-        )
+        try:
+            choice = completion.choices[0]
+            usage = completion.usage
+            done: Completion | None = Completion(
+                content=choice.message.content if choice.message else None,
+                finish_reason=choice.finish_reason,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+                request_id=raw.headers.get("x-request-id") or getattr(completion, "id", None),
+                headers=raw.headers,
+                latency=latency,
+            )
+        except (AttributeError, LookupError, TypeError):
+            done = None
+        if done is None or not isinstance(done.content, (str, type(None))):
+            # JSON, but not a chat completion (the SDK does not validate): as unreadable as garbage.
+            raise CallError("server", "unreadable response body (not a chat completion)", True)
+        return done
 
     async def aclose(self) -> None:
         if self._owned:

@@ -21,13 +21,17 @@ __all__ = [
 def kind_of(df: Any) -> str:
     module = type(df).__module__.split(".")[0]
     if module == "pandas":
-        return "pandas"
-    if module == "polars":
+        import pandas as pd
+
+        if isinstance(df, pd.DataFrame):  # not a Series or an Index
+            return "pandas"
+    elif module == "polars":
         import polars as pl
 
         if isinstance(df, pl.LazyFrame):
             raise ConfigError("llmframe needs a polars DataFrame; call .collect() on the LazyFrame first")
-        return "polars"
+        if isinstance(df, pl.DataFrame):
+            return "polars"
     raise ConfigError(f"expected a pandas or polars DataFrame, got {type(df).__module__}.{type(df).__name__}")
 
 

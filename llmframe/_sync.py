@@ -29,6 +29,9 @@ def _in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     task_box: list[asyncio.Task[T]] = []
 
     interrupted = threading.Event()
+    # Waited on instead of thread.join(): a Ctrl-C inside join() can mark a thread that is
+    # still running as stopped (CPython issue 90882), and join() then returns at once.
+    finished = threading.Event()
 
     async def main() -> T:
         task = asyncio.ensure_future(make())
@@ -44,19 +47,21 @@ def _in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
             error.append(exc)
         finally:
             loop.close()
+            finished.set()
 
     thread = threading.Thread(target=target, name="llmframe-run", daemon=True)
-    thread.start()
     try:
-        while thread.is_alive():
-            thread.join(0.1)
+        thread.start()  # inside the try: a Ctrl-C can land while the thread starts, too
+        while not finished.wait(0.1):
+            pass
     except KeyboardInterrupt:
         # Cancel the run so that it stores what finished, then re-raise.
         interrupted.set()
         if task_box:
             with contextlib.suppress(RuntimeError):  # the loop may have just closed
                 loop.call_soon_threadsafe(task_box[0].cancel)
-        thread.join()
+        if thread.is_alive():  # else it never started, or starts now and sees `interrupted`
+            finished.wait()
         raise
     if error:
         raise error[0]

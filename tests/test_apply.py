@@ -150,7 +150,19 @@ def test_model_from_configure_and_env(fake_server: FakeServer, make_frame: Any, 
     assert column(out, "answer") == [expected_answer(TEMPLATE.format(review="y"))]
 
 
-def test_failed_rows_null_or_raise(fake_server_factory: Any, make_frame: Any, tmp_path: Any) -> None:
+def test_failed_rows_null_or_raise(
+    fake_server_factory: Any, make_frame: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backoff before each retry is recorded, not slept (the engine takes no sleep from apply).
+    from llmframe import _engine
+
+    backoffs: list[int] = []
+
+    def no_wait(attempt: int, headers: Any, **_: Any) -> float:
+        backoffs.append(attempt)
+        return 0.0
+
+    monkeypatch.setattr(_engine, "retry_delay", no_wait)
     server = fake_server_factory(faults=Faults(error_rate=1.0))
     df = make_frame({"review": ["a", "b", "c"]})
     o = opts(server, max_attempts=2, batch_size=1)
@@ -159,6 +171,7 @@ def test_failed_rows_null_or_raise(fake_server_factory: Any, make_frame: Any, tm
     report = llmframe.last_report()
     assert report is not None and report.failed_rows == 3 and report.failures == {"server": 3}
     assert server.stats.requests == 6  # two attempts per row
+    assert backoffs == [0, 0, 0]  # one backoff per row, before its only retry
     with pytest.raises(llmframe.RunError) as info:
         df.llm.apply(TEMPLATE, errors="raise", **o)
     assert [e.row for e in info.value.errors] == [0, 1, 2]
@@ -245,30 +258,49 @@ def test_error_column(fake_server_factory: Any, make_frame: Any) -> None:
 def test_stop_button_in_a_notebook_cancels_the_run(fake_server_factory: Any, tmp_path: Any) -> None:
     """Ctrl-C / Jupyter's stop button during a sync apply inside a running loop."""
     import _thread
+    import gc
+    import itertools
     import threading
-    import time
 
-    server = fake_server_factory(latency=0.2)
+    import openai
+
+    requests = itertools.count(1)
+
+    def answer(prompt: str) -> str:
+        if next(requests) == 5:  # the stop button, pressed while the run is under way
+            _thread.interrupt_main()
+        return expected_answer(prompt)
+
+    server = fake_server_factory(answer_fn=answer)
     df = pd.DataFrame({"review": [f"r{i}" for i in range(200)]})
     o = opts(server, batch_size=1, max_concurrency=2, cache=str(tmp_path / "c"))
 
     async def notebook_cell() -> Any:
         return df.llm.apply(TEMPLATE, **o)
 
+    async def next_cell() -> None:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+        try:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        finally:
+            await client.close()
+
     # A kernel's loop, run without asyncio.run's own SIGINT handler, as ipykernel does.
     kernel_loop = asyncio.new_event_loop()
-    timer = threading.Timer(0.6, _thread.interrupt_main)
-    timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             kernel_loop.run_until_complete(notebook_cell())
+        sent = server.stats.requests
+        assert 5 <= sent < 200
+        # Nothing of the run is left to go on: no task on the kernel's loop, no worker thread ...
+        assert asyncio.all_tasks(kernel_loop) == set()
+        assert not any(t.name == "llmframe-run" for t in threading.enumerate())
+        # ... so when the kernel runs its loop again, the next cell's request is the only new one.
+        kernel_loop.run_until_complete(next_cell())
     finally:
-        timer.join()
         kernel_loop.close()
-    sent = server.stats.requests
-    assert 0 < sent < 200
-    time.sleep(0.5)  # the only way to observe that nothing keeps running
-    assert server.stats.requests == sent and server.stats.in_flight == 0
+        gc.collect()  # the interrupted cell's task, now, not during some later ast.parse (test_sync.py)
+    assert server.stats.requests == sent + 1 and server.stats.in_flight == 0
     report = llmframe.last_report()
     assert report is not None and report.failures.get("cancelled", 0) > 0
     assert report.answered_rows == len(llmframe.read_cache(tmp_path / "c"))

@@ -22,13 +22,16 @@ if str(ROOT) not in sys.path:
 from benchmarks import rate_limits  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     achieved_rates,
+    apply_on_server,
     command_line,
     format_table,
     ideal_send_seconds,
+    phrase_rows,
     rate_timeline,
     save_json,
     scaled,
 )
+from llmframe.testing import FakeServer, expected_answer  # noqa: E402
 from llmframe.testing._stats import RequestRecord  # noqa: E402
 
 
@@ -108,3 +111,23 @@ def test_table_scale_command_and_json(tmp_path: Path) -> None:
     saved = json.loads(save_json("unit", payload, tmp_path).read_text())
     assert saved["log"][0]["status"] == 200 and saved["inf"] is None
     assert saved["path"] == str(tmp_path)
+
+
+def test_phrase_rows_visit_every_combination_once() -> None:
+    parts = ("abc", "xy", "pqrst")  # 30 combinations
+    rows = phrase_rows(30, parts, step=7, distinct=True)
+    assert len(set(rows)) == 30 and rows == phrase_rows(30, parts, step=7)
+    assert rows[:2] == [("a", "x", "p"), ("b", "x", "q")]  # row 1: 7 = 1 + 0 * 3 + 1 * 6
+    assert phrase_rows(31, parts)[30] == phrase_rows(1, parts)[0]  # without distinct: it wraps
+    with pytest.raises(ValueError, match="at most 30 distinct rows, asked for 31"):
+        phrase_rows(31, parts, distinct=True)
+    with pytest.raises(ValueError, match="step 6 shares a factor"):
+        phrase_rows(5, parts, step=6, distinct=True)
+
+
+def test_apply_on_server_times_and_checks_one_call(fake_server: FakeServer) -> None:
+    values = ["good", None, "bad"]
+    run = apply_on_server(fake_server, "Sentiment of {review}", "review", values, cache=False)
+    assert run.answers == [expected_answer("Sentiment of good"), None, expected_answer("Sentiment of bad")]
+    assert run.report.requests == fake_server.stats.requests and run.report.null_rows == 1
+    assert run.seconds > 0

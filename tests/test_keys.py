@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from llmframe._keys import call_prefix, row_keys
+import hashlib
+
+from llmframe._keys import KEY_VERSION, call_prefix, row_digests, row_keys
 
 
 def prefix(**kw: object) -> bytes:
@@ -48,6 +50,29 @@ def test_null_rows_have_no_key() -> None:
     assert row_keys(prefix(), [[None]]) == [None]
 
 
-def test_single_and_multi_field_paths_agree_on_stability() -> None:
+def reference_key(prefix: bytes, values: list[str]) -> str:
+    """The key as documented: BLAKE2b-128 of the call prefix, then each value length-prefixed."""
+    h = hashlib.blake2b(prefix, digest_size=16)
+    for v in values:
+        b = v.encode()
+        h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()
+
+
+def test_single_and_multi_field_paths_hash_the_documented_way() -> None:
+    # One field takes a fast path of its own; both must give the documented key.
     p = prefix()
-    assert row_keys(p, [["x"]]) == row_keys(p, [["x"]])
+    values = ["x", "", "naïve 😀", "a" * 300]
+    assert row_keys(p, [values]) == [reference_key(p, [v]) for v in values]
+    pairs = [("x", "y"), ("", "z"), ("ab", "c"), ("a", "bc")]
+    columns = [[a for a, _ in pairs], [b for _, b in pairs]]
+    assert row_keys(p, columns) == [reference_key(p, list(pair)) for pair in pairs]
+    digests, nulls = row_digests(p, [values])
+    assert digests.hex() == "".join(reference_key(p, [v]) for v in values) and nulls == []
+
+
+def test_keys_do_not_change_between_versions() -> None:
+    # Pinned: a change here orphans every cache on disk. If it is meant, bump KEY_VERSION.
+    assert KEY_VERSION == "1"
+    assert row_keys(prefix(), [["x"]]) == ["e88ef1829001ba3cc0ace2058ef89629"]
+    assert row_keys(prefix(), [["x"], ["y"]]) == ["d67ecc0a781e7ef3a2aff7e230375dd8"]

