@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
+
+from ._warn import warn_user
 
 __all__ = ["Tokenizer", "count_messages", "get_tokenizer"]
 
@@ -97,12 +98,11 @@ def get_tokenizer(model: str | None = None) -> Tokenizer:
             tok = fallback if fallback is not None else _CharTokenizer()
             if not _warned:
                 _warned = True
-                warnings.warn(
+                warn_user(
                     f"llmframe: tiktoken encoding {wanted!r} could not be loaded (offline?); "
                     f"counting tokens with {tok.name!r} instead, so token counts and cost "
                     "estimates are approximate.",
                     RuntimeWarning,
-                    stacklevel=2,
                 )
         _by_model[key] = tok
         return tok

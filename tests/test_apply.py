@@ -153,8 +153,9 @@ def test_model_from_configure_and_env(fake_server: FakeServer, make_frame: Any, 
 def test_failed_rows_null_or_raise(
     fake_server_factory: Any, make_frame: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The backoff before each retry is recorded, not slept (the engine takes no sleep from apply).
-    from llmframe import _engine
+    # The backoff before each retry is recorded, not slept (the default RetryPolicy reads
+    # _retry.retry_delay at each wait).
+    from llmframe import _retry
 
     backoffs: list[int] = []
 
@@ -162,7 +163,7 @@ def test_failed_rows_null_or_raise(
         backoffs.append(attempt)
         return 0.0
 
-    monkeypatch.setattr(_engine, "retry_delay", no_wait)
+    monkeypatch.setattr(_retry, "retry_delay", no_wait)
     server = fake_server_factory(faults=Faults(error_rate=1.0))
     df = make_frame({"review": ["a", "b", "c"]})
     o = opts(server, max_attempts=2, batch_size=1)

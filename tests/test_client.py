@@ -94,8 +94,9 @@ def test_an_answer_is_a_completion(fake_server: FakeServer) -> None:
 
 def test_timeout(fake_server_factory: Callable[..., FakeServer]) -> None:
     server = fake_server_factory(faults=Faults(hang_rate=1.0))
-    # The one wait in this file: a client timeout is real time, so it is 50 ms against a 1 h hang.
-    err = failure(ChatClient(base_url=server.base_url, api_key=KEY, timeout=0.05))
+    # The one wait in this file: a client timeout is real time, so it is 1 s against a 1 h hang
+    # (shorter ones can expire before a loaded machine delivers the request).
+    err = failure(ChatClient(base_url=server.base_url, api_key=KEY, timeout=1.0))
     assert (err.kind, err.retryable, err.status) == ("timeout", True, None)
     assert server.stats.hangs == 1  # it reached the server: a timeout, not a connection error
 
@@ -161,10 +162,11 @@ def test_rejected_parameter_is_bad_request(fake_server_factory: Callable[..., Fa
     assert err.retry_after is None
 
 
-def test_wrong_path_is_bad_request(fake_server: FakeServer) -> None:
+def test_wrong_path_stops_the_run(fake_server: FakeServer) -> None:
     err = failure(ChatClient(base_url=fake_server.base_url + "/nowhere", api_key=KEY))
-    assert (err.kind, err.retryable, err.status) == ("bad_request", False, 404)
-    assert "Invalid URL" in err.message
+    # Every request would get the same 404: a systemic failure, not a row's.
+    assert (err.kind, err.retryable, err.status, err.fatal) == ("endpoint", False, 404, True)
+    assert "Invalid URL" in err.message and "check model= and base_url=" in err.message
 
 
 def test_server_error_is_retryable(fake_server_factory: Callable[..., FakeServer]) -> None:
@@ -216,8 +218,8 @@ def test_key_echoed_by_the_server_is_redacted(fake_server: FakeServer) -> None:
         # Not retryable: no retry_after, even when the server sends one.
         (400, error_body("Unrecognized request argument supplied: seed"), {"retry-after": "5"},
          "bad_request", False, None),
-        (403, error_body("Project does not have access", code="model_not_found"), {}, "bad_request", False, None),
-        (404, error_body("The model `nope` does not exist", code="model_not_found"), {}, "bad_request", False, None),
+        (403, error_body("Project does not have access", code="model_not_found"), {}, "auth", False, None),
+        (404, error_body("The model `nope` does not exist", code="model_not_found"), {}, "endpoint", False, None),
         (422, {"detail": [{"loc": ["body", "messages"], "msg": "field required"}]}, {}, "bad_request", False, None),
         (401, error_body("Incorrect API key provided", code="invalid_api_key"), {}, "auth", False, None),
     ],
@@ -260,7 +262,7 @@ def test_error_code_and_message_come_from_the_body() -> None:
     err = failure(mocked(lambda r: httpx.Response(404, json=error_body("no such path"))))
     assert err.code == "invalid_request_error"
     err = failure(mocked(lambda r: httpx.Response(404, text="Not Found")))
-    assert (err.code, err.message) == (None, "HTTP 404: Error code: 404")
+    assert (err.code, err.message) == (None, "HTTP 404: Error code: 404 (check model= and base_url=)")
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 422, 429, 500, 503])
