@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llmframe._packing import answers_schema
+
 CACHE_DIR = Path(
     os.environ.get("LLMFRAME_REAL_MODEL_DIR", str(Path.home() / ".cache" / "llmframe-real-model"))
 )
@@ -41,20 +43,8 @@ def post(url: str, body: dict[str, Any], timeout: float) -> tuple[int, dict[str,
 
 
 def schema(n: int) -> dict[str, Any]:
-    ids = [str(i) for i in range(n)]
-    return {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "answers",
-            "strict": True,
-            "schema": {
-                "type": "object",
-                "properties": {i: {"type": "string"} for i in ids},
-                "required": ids,
-                "additionalProperties": False,
-            },
-        },
-    }
+    """The strict per-id schema llmframe sends with a packed request of ``n`` rows."""
+    return answers_schema(n)
 
 
 COUNTRIES = ["China", "India", "United States", "Indonesia", "Pakistan",
