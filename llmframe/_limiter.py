@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
-from ._retry import parse_duration
+from ._headers import parse_duration
 
 __all__ = ["LimiterStats", "RateLimiter", "Reservation", "shared_limiter"]
 
