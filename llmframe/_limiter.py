@@ -3,17 +3,17 @@
 Every request reserves its estimated tokens (prompt + expected answer) before
 it is sent, and settles them after::
 
-    reservation = await limiter.acquire(estimated_tokens)   # waits its turn
-    reply = await send()
-    limiter.observe(reply.headers)                  # every response, or probing never ends
-    limiter.settle(reservation, reply.usage.total_tokens)   # refund the rest
+    async with limiter.reserve(estimated_tokens) as slot:   # waits its turn
+        reply = await send()                        # a 429 raised here pauses everyone
+        slot.settle(reply.usage.total_tokens, headers=reply.headers)  # refund the rest
 
 Two token buckets, one of requests and one of tokens, refill at limit/60 per
 second and hold at most ``burst_seconds`` worth (one second by default:
 servers enforce their per-minute limits over shorter windows, so spending a
 whole minute's quota at once earns 429s). When each request may start is
 :mod:`._schedule`'s arithmetic (FIFO, one sleep per waiter); which limits hold
-is :mod:`._quota`'s; the headers are read by :mod:`._headers`. This module
+is :mod:`._quota`'s; the headers are read by :mod:`._headers`; what an
+attempt's outcome does to its reservation is :mod:`._reserve`'s. This module
 adds the lock, the clock and the sleeping, so that one limiter serves any
 number of threads and event loops at once, and the probe: until
 the limits are known, one request goes at a time, and its headers set them.
@@ -39,6 +39,8 @@ from urllib.parse import urlsplit, urlunsplit
 from ._errors import ConfigError
 from ._headers import parse_rate_limits
 from ._quota import Quota
+from ._reserve import Slot
+from ._retry import backoff_delay
 from ._schedule import ACTIVE, DONE, QUEUED, Reservation, Schedule
 
 __all__ = ["LimiterStats", "RateLimiter", "Reservation", "shared_limiter"]
@@ -77,8 +79,8 @@ class RateLimiter:
 
     >>> limiter = RateLimiter(rpm=500, tpm=200_000)
     >>> async def send(estimated_tokens):
-    ...     reservation = await limiter.acquire(estimated_tokens)
-    ...     ...  # the request; then limiter.settle(reservation, used_tokens)
+    ...     async with limiter.reserve(estimated_tokens) as slot:
+    ...         ...  # the request; then slot.settle(used_tokens, headers=reply_headers)
 
     ``rpm`` / ``tpm`` given here are always respected; limits left out are
     learned from the server's headers (see the module docstring). ``clock``
@@ -159,7 +161,24 @@ class RateLimiter:
         # is what holds requests back until the headers tell the real limits.
         self._schedule.configure(self._quota.rpm, self._quota.tpm, now, self._burst_seconds)
 
-    # -- acquiring ------------------------------------------------------------
+    # -- reserving ------------------------------------------------------------
+
+    def reserve(
+        self, tokens: int, *, fallback_pause: Callable[[], float] | None = None
+    ) -> Slot[Reservation]:
+        """A slot for one attempt of ``tokens`` estimated tokens: ``async with`` it.
+
+        Entering waits like :meth:`acquire`; leaving settles the reservation
+        by the attempt's outcome (see :mod:`._reserve`). ``fallback_pause()``
+        is how long a retryable 429 that names no ``retry_after`` pauses the
+        limiter (default: the first retry's backoff, 0.375 to 0.5 s).
+
+        >>> async def attempt(limiter, send):
+        ...     async with limiter.reserve(120) as slot:
+        ...         reply = await send()      # a CallError here: refund, keep or pause
+        ...         slot.settle(reply.usage.total_tokens, headers=reply.headers)
+        """
+        return Slot(self, tokens, fallback_pause or (lambda: backoff_delay(0)))
 
     async def acquire(self, tokens: int) -> Reservation:
         """Wait until a request of ``tokens`` estimated tokens may be sent, and reserve it.
