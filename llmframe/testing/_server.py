@@ -149,24 +149,8 @@ class FakeServer:
         unsupported_params: Iterable[str] = (),
         models: Iterable[str] | None = None,
     ) -> None:
-        self._settings = Settings.of(
-            rpm=rpm,
-            tpm=tpm,
-            latency=latency,
-            latency_per_token=latency_per_token,
-            faults=faults,
-            answer_fn=answer_fn,
-            api_keys=api_keys,
-            burst_seconds=burst_seconds,
-            json_schema=json_schema,
-            json_object=json_object,
-            hang_seconds=hang_seconds,
-            model_context=model_context,
-            degrade=degrade,
-            rejects_like=rejects_like,
-            unsupported_params=unsupported_params,
-            models=models,
-        )
+        # locals() is still just the arguments: those named like a setting are read.
+        self._settings = Settings.of(locals())
         self._requested_port = port
         self.stats = ServerStats()
         self._chat = ChatCompletions(lambda: self._settings, self.stats, seed)
@@ -287,23 +271,7 @@ class FakeServer:
         what was used, capped at the new capacity. ``seed`` restarts the fault draws.
         The change applies to requests that arrive after this call returns.
         """
-        settings = self._settings.changed(
-            rpm=rpm,
-            tpm=tpm,
-            latency=latency,
-            latency_per_token=latency_per_token,
-            faults=faults,
-            answer_fn=answer_fn,
-            api_keys=api_keys,
-            burst_seconds=burst_seconds,
-            json_schema=json_schema,
-            json_object=json_object,
-            hang_seconds=hang_seconds,
-            model_context=model_context,
-            degrade=degrade,
-            rejects_like=rejects_like,
-            unsupported_params=unsupported_params,
-        )
+        settings = self._settings.changed(locals())  # the arguments, as in __init__
         self._in_loop(lambda: self._apply(settings, None if seed is UNSET else seed))
 
     def __repr__(self) -> str:

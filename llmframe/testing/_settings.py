@@ -3,7 +3,8 @@
 :class:`FakeServer` takes its settings as loose keyword arguments (a dict for
 ``faults``, any iterable for ``api_keys``); :meth:`Settings.of` turns them into
 one :class:`Settings`, and :meth:`Settings.changed` builds the next one for
-``configure()``. A setting that fails validation raises before anything
+``configure()``; both read the arguments by field name, so the list of
+settings is written once, here. A setting that fails validation raises before anything
 changes, so a running server keeps serving with the settings it had. Handlers
 read the settings once per request, which gives each request one consistent
 view even while ``configure()`` runs.
@@ -12,8 +13,8 @@ view even while ``configure()`` runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from llmframe._config import UNSET  # "not passed", as distinct from None (no limit)
@@ -44,12 +45,12 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _coerced(given: dict[str, Any]) -> dict[str, Any]:
-    """The fields named in ``given``, coerced; ``UNSET`` values left out."""
+def _coerced(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings among ``arguments`` (other names ignored), coerced; ``UNSET`` left out."""
     return {
-        name: _COERCE.get(name, lambda value: value)(value)
-        for name, value in given.items()
-        if value is not UNSET
+        name: _COERCE.get(name, lambda value: value)(arguments[name])
+        for name in _FIELDS
+        if name in arguments and arguments[name] is not UNSET
     }
 
 
@@ -75,13 +76,17 @@ class Settings:
     models: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, **given: Any) -> Settings:
-        """Settings from :class:`FakeServer`'s keyword arguments (``faults`` as a dict, ...)."""
-        return cls(**_coerced(given))
+    def of(cls, arguments: Mapping[str, Any]) -> Settings:
+        """Settings from :class:`FakeServer`'s arguments (``faults`` as a dict, ...).
 
-    def changed(self, **given: Any) -> Settings:
-        """These settings with the named ones changed; ``UNSET`` means "leave it"."""
-        return replace(self, **_coerced(given))  # validates before anything changes
+        ``arguments`` may hold other names too (``FakeServer`` passes its
+        ``locals()``): only those of a field are read.
+        """
+        return cls(**_coerced(arguments))
+
+    def changed(self, arguments: Mapping[str, Any]) -> Settings:
+        """These settings with those in ``arguments`` changed; ``UNSET`` means "leave it"."""
+        return replace(self, **_coerced(arguments))  # validates before anything changes
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -104,3 +109,6 @@ class Settings:
             raise ValueError("api_keys must hold at least one key, or be None to accept any key")
         if self.rejects_like not in ("openai", "llama.cpp"):
             raise ValueError(f"rejects_like must be 'openai' or 'llama.cpp', got {self.rejects_like!r}")
+
+
+_FIELDS = tuple(field.name for field in fields(Settings))

@@ -103,4 +103,4 @@ DEFAULTS: dict[str, Any] = {
 
 def settings(**changes: Any) -> Settings:
     """FakeServer's default settings, with ``changes``."""
-    return Settings.of(**{**DEFAULTS, **changes})
+    return Settings.of({**DEFAULTS, **changes})

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any
 
 import pytest
 from _support import settings
 
 from llmframe._config import UNSET
-from llmframe.testing import Degrade, Faults
+from llmframe.testing import Degrade, FakeServer, Faults
+from llmframe.testing._settings import Settings
 
 
 def test_of_coerces_the_loose_arguments() -> None:
@@ -29,11 +32,11 @@ def test_of_coerces_the_loose_arguments() -> None:
 
 def test_changed_changes_only_what_is_named() -> None:
     s = settings(rpm=60, api_keys=["a", "b"])
-    changed = s.changed(rpm=UNSET, tpm=1000, api_keys="c", faults={"hang_rate": 1.0})
+    changed = s.changed({"rpm": UNSET, "tpm": 1000, "api_keys": "c", "faults": {"hang_rate": 1.0}})
     assert (changed.rpm, changed.tpm, changed.api_keys) == (60, 1000, ("c",))
     assert changed.faults == Faults(hang_rate=1.0)
-    assert s.changed(rpm=UNSET, latency=UNSET) == s
-    assert s.changed(rpm=None).rpm is None  # None is a value (no limit), not "unset"
+    assert s.changed({"rpm": UNSET, "latency": UNSET, "self": object()}) == s
+    assert s.changed({"rpm": None}).rpm is None  # None is a value (no limit), not "unset"
 
 
 @pytest.mark.parametrize(
@@ -59,5 +62,14 @@ def test_invalid_settings_raise(changes: dict[str, Any], error: type[Exception],
         settings(**changes)
     s = settings()
     with pytest.raises(error, match=match):
-        s.changed(**changes)
+        s.changed(changes)
     assert s == settings()  # frozen: a refused change leaves nothing half done
+
+
+def test_fake_server_takes_every_setting_by_its_field_name() -> None:
+    # FakeServer hands its locals() to Settings: a parameter named otherwise would be lost.
+    fields = {field.name for field in dataclasses.fields(Settings)}
+    init = set(inspect.signature(FakeServer.__init__).parameters) - {"self"}
+    configure = set(inspect.signature(FakeServer.configure).parameters) - {"self"}
+    assert init - {"seed", "port"} == fields
+    assert configure - {"seed"} == fields - {"models"}  # configure() does not take models=
