@@ -7,6 +7,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 
 import pytest
+from _headers_data import OPENAI_HEADERS, http_date, now
 
 from llmframe._headers import (
     RateLimitHeaders,
@@ -15,17 +16,6 @@ from llmframe._headers import (
     parse_rate_limits,
     parse_retry_after,
 )
-
-NOW = 1_700_000_000.0  # a fixed wall clock for HTTP-date cases
-
-
-def now() -> float:
-    return NOW
-
-
-def http_date(offset: float) -> str:
-    return email.utils.formatdate(NOW + offset, usegmt=True)
-
 
 # -- parse_duration -------------------------------------------------------------
 
@@ -201,15 +191,7 @@ def test_parse_retry_after_uses_wall_clock_by_default() -> None:
 
 
 def test_parse_rate_limits_reads_openai_headers() -> None:
-    headers = {
-        "x-ratelimit-limit-requests": "600",
-        "x-ratelimit-limit-tokens": "6000",
-        "x-ratelimit-remaining-requests": "599",
-        "x-ratelimit-remaining-tokens": "5990",
-        "x-ratelimit-reset-requests": "100ms",
-        "x-ratelimit-reset-tokens": "1m30.5s",
-    }
-    assert parse_rate_limits(headers) == RateLimitHeaders(
+    assert parse_rate_limits(OPENAI_HEADERS) == RateLimitHeaders(
         requests=Window(limit=600.0, remaining=599.0, reset=0.1),
         tokens=Window(limit=6000.0, remaining=5990.0, reset=90.5),
     )

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 from _fake_clock import FakeClock, run, settle_tasks, start_times
+from _headers_data import OPENAI_HEADERS
 
 from llmframe._errors import ConfigError
 from llmframe._limiter import (
@@ -28,16 +29,6 @@ from llmframe._limiter import (
 )
 
 T = TypeVar("T")
-
-OPENAI_HEADERS = {
-    "x-ratelimit-limit-requests": "600",
-    "x-ratelimit-limit-tokens": "6000",
-    "x-ratelimit-remaining-requests": "599",
-    "x-ratelimit-remaining-tokens": "5990",
-    "x-ratelimit-reset-requests": "100ms",
-    "x-ratelimit-reset-tokens": "1m30.5s",
-}
-
 
 # -- bucket math ------------------------------------------------------------------
 

@@ -56,6 +56,26 @@ def after(outcome: Any, **limits: Any) -> tuple[float, RateLimiter]:
     return run(main), limiter
 
 
+class Spy(RateLimiter):
+    """A limiter that records the calls a slot makes, in order."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.calls: list[str] = []
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        self.calls.append("observe")
+        super().observe(headers)
+
+    def settle(self, reservation: Reservation, used_tokens: int) -> None:
+        self.calls.append(f"settle {used_tokens}")
+        super().settle(reservation, used_tokens)
+
+    def pause(self, seconds: float) -> None:
+        self.calls.append(f"pause {seconds}")
+        super().pause(seconds)
+
+
 # -- answered ---------------------------------------------------------------------------
 
 
@@ -82,17 +102,6 @@ def test_a_block_left_without_settling_keeps_the_estimate() -> None:
 
 
 def test_headers_are_observed_before_settling() -> None:
-    calls: list[str] = []
-
-    class Spy(RateLimiter):
-        def observe(self, headers: Mapping[str, str]) -> None:
-            calls.append("observe")
-            super().observe(headers)
-
-        def settle(self, reservation: Reservation, used_tokens: int) -> None:
-            calls.append(f"settle {used_tokens}")
-            super().settle(reservation, used_tokens)
-
     clock = FakeClock()
     limiter = Spy(clock=clock, sleep=clock.sleep)  # limits unknown: probing
 
@@ -101,7 +110,7 @@ def test_headers_are_observed_before_settling() -> None:
             slot.settle(40, headers=RATE_LIMIT_HEADERS)
 
     run(main)
-    assert calls == ["observe", "settle 40"]
+    assert limiter.calls == ["observe", "settle 40"]
     assert limiter.tpm == 6000 and not limiter.stats.probing
 
 
@@ -183,25 +192,10 @@ def test_a_429_that_waiting_cannot_cure_keeps_the_estimate_without_a_pause() -> 
 
 
 def test_the_error_headers_are_observed_after_settling() -> None:
-    calls: list[str] = []
-
-    class Spy(RateLimiter):
-        def observe(self, headers: Mapping[str, str]) -> None:
-            calls.append("observe")
-            super().observe(headers)
-
-        def settle(self, reservation: Reservation, used_tokens: int) -> None:
-            calls.append(f"settle {used_tokens}")
-            super().settle(reservation, used_tokens)
-
-        def pause(self, seconds: float) -> None:
-            calls.append(f"pause {seconds}")
-            super().pause(seconds)
-
     clock = FakeClock()
     limiter = Spy(clock=clock, sleep=clock.sleep)
     run(lambda: fail_once(limiter, http_error(429, retry_after=3.0, **RATE_LIMIT_HEADERS)))
-    assert calls == ["settle 100", "pause 3.0", "observe"]  # the engine's order, unchanged
+    assert limiter.calls == ["settle 100", "pause 3.0", "observe"]  # the engine's order, unchanged
     assert limiter.tpm == 6000
 
 

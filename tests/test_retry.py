@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import email.utils
 import math
 
 import pytest
+from _headers_data import http_date, now
 
 from llmframe._retry import backoff_delay, is_retryable_status, retry_delay
-
-NOW = 1_700_000_000.0  # a fixed wall clock for HTTP-date cases
-
-
-def now() -> float:
-    return NOW
-
-
-def http_date(offset: float) -> str:
-    return email.utils.formatdate(NOW + offset, usegmt=True)
-
 
 # -- backoff_delay --------------------------------------------------------------
 
