@@ -1,11 +1,11 @@
-"""One token bucket of the limiter, kept as the single time at which it will be full again.
+"""A token bucket: its level, as the time it will be full again, and five operations.
 
-The limiter (:mod:`._limiter`) holds two of these, one of requests and one of
-tokens, and does all its scheduling through the few operations here: when may
+The limiter's schedule (:mod:`._schedule`) holds two, one of requests and one
+of tokens, and does all its arithmetic through the operations here: when may
 ``amount`` be taken (:meth:`Bucket.ready_at`), take it (:meth:`~Bucket.debit`),
 give it back (:meth:`~Bucket.credit`), believe the server has less
 (:meth:`~Bucket.lower_to`), move everything later (:meth:`~Bucket.shift`).
-Pure arithmetic on given times: no clock, no lock (the limiter holds the lock).
+Pure arithmetic on given times: no clock and no lock (the limiter holds the lock).
 """
 
 from __future__ import annotations

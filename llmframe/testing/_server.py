@@ -1,4 +1,4 @@
-"""The fake server's life cycle: one aiohttp app on its own event loop in a daemon thread.
+"""The fake server's life cycle: start, stop, configure, and the table of routes.
 
 :class:`FakeServer` runs an aiohttp application on its own event loop in a
 daemon thread, so synchronous code, notebooks and ``asyncio`` tests all talk to
