@@ -17,7 +17,8 @@ from typing import Any
 import openai
 
 from ._capabilities import is_context_overflow
-from ._retry import is_retryable_status, parse_retry_after
+from ._headers import parse_retry_after
+from ._retry import is_retryable_status
 
 __all__ = ["PLACEHOLDER_KEY", "CallError", "ChatClient", "Completion"]
 

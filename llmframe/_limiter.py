@@ -1,46 +1,25 @@
 """One RPM + TPM rate limiter, shared by every call to the same endpoint.
 
-Every request passes :meth:`RateLimiter.acquire` before it is sent, with its
-estimated tokens (prompt + expected answer). The limiter holds two token
-buckets, one of requests and one of tokens, each refilling at limit/60 per
-second and holding at most ``burst_seconds`` worth (one second by default:
+Every request reserves its estimated tokens (prompt + expected answer) before
+it is sent, and settles them after::
+
+    async with limiter.reserve(estimated_tokens) as slot:   # waits its turn
+        reply = await send()                        # a 429 raised here pauses everyone
+        slot.settle(reply.usage.total_tokens, headers=reply.headers)  # refund the rest
+
+Two token buckets, one of requests and one of tokens, refill at limit/60 per
+second and hold at most ``burst_seconds`` worth (one second by default:
 servers enforce their per-minute limits over shorter windows, so spending a
-whole minute's quota at once earns 429s). After the response,
-:meth:`~RateLimiter.settle` refunds the difference between the estimate and
-the ``usage`` the server reports, and :meth:`~RateLimiter.observe` recalibrates
-from the ``x-ratelimit-*`` headers. The flow of one request::
-
-    reservation = await limiter.acquire(estimated_tokens)   # waits its turn
-    try:
-        response = await send()
-    except RateLimited as err:                 # a 429: everyone sharing the limiter waits
-        limiter.settle(reservation, reservation.tokens)   # keep its place (see the engine)
-        limiter.pause(err.retry_after)
-        limiter.observe(err.headers)
-        raise
-    except BaseException:
-        limiter.cancel(reservation)            # never reached the server: give it all back
-        raise
-    limiter.observe(response.headers)          # every response, or probing never ends
-    limiter.settle(reservation, response.usage.total_tokens)
-
-**Virtual scheduling.** ``acquire`` does not queue and poll. Under a lock it
-computes the earliest time at which both buckets allow the request, no earlier
-than the previous reservation's start (so waiters are served in arrival order,
-and a large request is never overtaken by small ones), commits the debit at
-that time right away, and then sleeps until it. One sleep per request, no
-timers, no waiter queue, and nothing bound to an event loop in the shared
-state: the same limiter serves two ``apply`` calls running in different
-threads with different event loops.
-
-**Learning limits.** A limit the user does not give is unknown until a response
-says it. Until something has been observed, the limiter lets one request
-through at a time (a probe); the probe's headers set the limits, and a
-response without any rate-limit headers (vLLM, llama.cpp, Ollama) means there
-is no limit to learn, so the caller's concurrency cap alone governs. Only
-these probe waiters poll (every ``PROBE_POLL_SECONDS``): they wait for an event
-in another request's life, not for a time, and polling keeps them free of any
-event loop.
+whole minute's quota at once earns 429s). When each request may start is
+:mod:`._schedule`'s arithmetic (FIFO, one sleep per waiter); which limits hold
+is :mod:`._quota`'s; the headers are read by :mod:`._headers`; what an
+attempt's outcome does to its reservation is :mod:`._reserve`'s. This module
+adds the lock, the clock and the sleeping, so that one limiter serves any
+number of threads and event loops at once, and the probe: until
+the limits are known, one request goes at a time, and its headers set them.
+Only the waiters held back behind the probe poll (every
+``PROBE_POLL_SECONDS``): they wait for an event in another request's life,
+not for a time, and polling keeps them free of any event loop.
 
 :func:`shared_limiter` hands out one limiter per (base URL, API key, model).
 """
@@ -50,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import numbers
 import threading
 import time
 from collections import deque
@@ -59,131 +37,17 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
-from ._retry import parse_duration
+from ._headers import parse_rate_limits
+from ._quota import Quota
+from ._reserve import Slot
+from ._retry import backoff_delay
+from ._schedule import ACTIVE, DONE, QUEUED, Reservation, Schedule
 
 __all__ = ["LimiterStats", "RateLimiter", "Reservation", "shared_limiter"]
 
 #: How often a request held back behind the probe checks whether it may go.
 #: A probe is one LLM call (a second or more), so 50 ms adds little latency.
 PROBE_POLL_SECONDS = 0.05
-
-# asyncio may fire a timer up to one clock tick early; another sleep for less
-# than a millisecond would not change what the server sees.
-_EARLY_WAKE_SECONDS = 1e-3
-
-_QUEUED = "queued"  # held back behind the probe, no start time yet
-_SCHEDULED = "scheduled"  # start time committed, waiting for it
-_ACTIVE = "active"  # acquire returned: the request may be in flight
-_DONE = "done"  # settled or cancelled
-
-
-class _Bucket:
-    """One token bucket, kept as the single time at which it will be full again.
-
-    With ``full_at`` the level at any time ``t`` (not before the latest debit)
-    is ``capacity - rate * max(0, full_at - t)``: a debit pushes ``full_at``
-    later, a refund pulls it earlier, and debits committed for future start
-    times are simply part of it. One number per bucket keeps every operation
-    O(1) in whatever order reservations, refunds and pauses come. A refund
-    made while later reservations are already committed goes to whoever comes
-    next: starts already handed out never move earlier. An unlimited bucket
-    (``limit is None``) allows everything at once.
-    """
-
-    __slots__ = ("capacity", "full_at", "limit", "rate")
-
-    def __init__(self) -> None:
-        self.limit: float | None = None  # per minute
-        self.rate = 0.0  # per second
-        self.capacity = 0.0
-        self.full_at = -math.inf
-
-    def configure(
-        self, limit: float | None, now: float, burst_seconds: float, floor: float
-    ) -> None:
-        """Use a new per-minute limit, keeping the current level (within the new capacity)."""
-        if limit == self.limit:
-            return
-        if limit is None:
-            self.limit = None
-            return
-        # A bucket that was unlimited starts full: the server's remaining count,
-        # observed right after, lowers it if the server disagrees.
-        level = self.level_at(now) if self.limit is not None else math.inf
-        self.limit = limit
-        self.rate = limit / 60
-        self.capacity = max(floor, limit * burst_seconds / 60)
-        self.full_at = now + (self.capacity - min(level, self.capacity)) / self.rate
-
-    def level_at(self, t: float) -> float:
-        if self.limit is None:
-            return math.inf
-        return self.capacity - self.rate * max(0.0, self.full_at - t)
-
-    def ready_at(self, t: float, amount: float) -> float:
-        """The earliest time from ``t`` on at which ``amount`` may be taken.
-
-        A request larger than the whole bucket waits until the bucket is full
-        and then takes it into debt, so it is slow but never stuck.
-        """
-        if self.limit is None or amount <= 0:
-            return t
-        need = min(amount, self.capacity)
-        return max(t, self.full_at - (self.capacity - need) / self.rate)
-
-    def debit(self, t: float, amount: float) -> None:
-        if self.limit is not None:
-            self.full_at = max(self.full_at, t) + amount / self.rate
-
-    def credit(self, now: float, amount: float) -> None:
-        """Give back ``amount`` (take more if negative); a full bucket cannot overflow."""
-        if self.limit is not None:
-            self.full_at = max(now, max(self.full_at, now) - amount / self.rate)
-
-    def lower_to(self, level: float, now: float) -> None:
-        """Make the level at ``now`` at most ``level``; never raise it."""
-        if self.limit is not None:
-            self.full_at = max(self.full_at, now + (self.capacity - level) / self.rate)
-
-    def shift(self, delta: float) -> None:
-        if self.limit is not None:
-            self.full_at += delta
-
-
-class Reservation:
-    """One request's place in the limiter's schedule, from ``acquire`` to ``settle``.
-
-    ``tokens`` is what was reserved, ``start`` the time (on the limiter's
-    clock) the request was allowed to start. Hand it back to exactly one of
-    :meth:`RateLimiter.settle` or :meth:`RateLimiter.cancel`; later calls are
-    ignored, so a ``finally: cancel(...)`` after a settle is harmless.
-    """
-
-    __slots__ = (
-        "_charged_request",
-        "_charged_tokens",
-        "_shift_seen",
-        "_state",
-        "arrived",
-        "start",
-        "tokens",
-    )
-
-    def __init__(self, tokens: int, arrived: float):
-        self.tokens = tokens
-        self.arrived = arrived
-        self.start: float | None = None
-        self._state = _QUEUED
-        # Which buckets this reservation was debited from: a bucket that was
-        # unlimited (unknown) at acquire time has nothing to refund later.
-        self._charged_request = False
-        self._charged_tokens = False
-        # The limiter's pause shift when the start was computed; a pause since
-        # then moves the start later by the difference.
-        self._shift_seen = 0.0
-
-    def __repr__(self) -> str:
-        return f"Reservation(tokens={self.tokens}, start={self.start}, state={self._state})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,34 +74,13 @@ class LimiterStats:
     reset_tokens_seconds: float | None
 
 
-def _positive_limit(value: float | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be a number of {name.upper()} per minute, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a positive per-minute limit, got {value!r}")
-    return float(value)
-
-
-def _header_number(value: str | None) -> float | None:
-    """A non-negative finite number from a header, or None for anything else."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
 class RateLimiter:
     """Requests-per-minute and tokens-per-minute limits for one endpoint, FIFO.
 
     >>> limiter = RateLimiter(rpm=500, tpm=200_000)
     >>> async def send(estimated_tokens):
-    ...     reservation = await limiter.acquire(estimated_tokens)
-    ...     ...  # the request; then limiter.settle(reservation, used_tokens)
+    ...     async with limiter.reserve(estimated_tokens) as slot:
+    ...         ...  # the request; then slot.settle(used_tokens, headers=reply_headers)
 
     ``rpm`` / ``tpm`` given here are always respected; limits left out are
     learned from the server's headers (see the module docstring). ``clock``
@@ -247,33 +90,10 @@ class RateLimiter:
     """
 
     __slots__ = (
-        "_burst_seconds",
-        "_cancelled",
-        "_clock",
-        "_given_rpm",
-        "_given_tpm",
-        "_granted",
-        "_last_start",
-        "_learned",
-        "_learned_rpm",
-        "_learned_tpm",
-        "_lock",
-        "_longest_wait",
-        "_observed",
-        "_paused_seconds",
-        "_paused_until",
-        "_pauses",
-        "_pending",
-        "_probe",
-        "_queue",
-        "_requests",
-        "_reset_requests",
-        "_reset_tokens",
-        "_shift",
-        "_sleep",
-        "_tokens",
+        "_burst_seconds", "_cancelled", "_clock", "_granted", "_lock", "_longest_wait",
+        "_paused_seconds", "_pauses", "_probe", "_queue", "_quota", "_schedule", "_sleep",
         "_waited",
-    )
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -292,18 +112,8 @@ class RateLimiter:
         # a particular event loop.
         self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
         self._burst_seconds = float(burst_seconds)
-        self._given_rpm = _positive_limit(rpm, "rpm")
-        self._given_tpm = _positive_limit(tpm, "tpm")
-        self._learned_rpm: float | None = None
-        self._learned_tpm: float | None = None
-        self._observed = False  # has any response been observed (with or without headers)?
-        self._learned = False
-        self._requests = _Bucket()
-        self._tokens = _Bucket()
-        self._last_start = -math.inf  # start of the latest reservation: the FIFO anchor
-        self._pending = 0  # reservations with a start time whose acquire has not returned
-        self._paused_until = -math.inf
-        self._shift = 0.0  # total time pauses pushed the schedule back
+        self._quota = Quota(rpm, tpm)
+        self._schedule = Schedule()
         self._probe: Reservation | None = None
         self._queue: deque[Reservation] = deque()  # waiters held back behind the probe
         self._granted = 0
@@ -312,8 +122,6 @@ class RateLimiter:
         self._longest_wait = 0.0
         self._pauses = 0
         self._paused_seconds = 0.0
-        self._reset_requests: float | None = None
-        self._reset_tokens: float | None = None
         self._configure(clock())
 
     # -- limits ---------------------------------------------------------------
@@ -321,12 +129,12 @@ class RateLimiter:
     @property
     def rpm(self) -> float | None:
         """The requests-per-minute limit in force (given or learned), or None for none (yet)."""
-        return self._requests.limit
+        return self._schedule.requests.limit
 
     @property
     def tpm(self) -> float | None:
         """The tokens-per-minute limit in force (given or learned), or None for none (yet)."""
-        return self._tokens.limit
+        return self._schedule.tokens.limit
 
     def set_limits(self, rpm: float | None = None, tpm: float | None = None) -> None:
         """Set user-given limits; None leaves that limit as it is.
@@ -334,13 +142,8 @@ class RateLimiter:
         A given limit always holds, even when the server's headers allow more;
         when the server says less, the lower value wins (the server is the truth).
         """
-        rpm = _positive_limit(rpm, "rpm")
-        tpm = _positive_limit(tpm, "tpm")
         with self._lock:
-            if rpm is not None:
-                self._given_rpm = rpm
-            if tpm is not None:
-                self._given_tpm = tpm
+            self._quota.give(rpm, tpm)
             now = self._clock()
             self._configure(now)
             self._admit_queued(now)  # giving both limits ends probing
@@ -350,30 +153,32 @@ class RateLimiter:
 
         While the TPM limit is unknown, anything fits.
         """
-        tpm = self._tokens.limit
+        tpm = self.tpm
         return tpm is None or tokens <= tpm
-
-    def _effective(self, given: float | None, learned: float | None) -> float | None:
-        if given is not None and learned is not None:
-            return min(given, learned)
-        return given if given is not None else learned
 
     def _configure(self, now: float) -> None:
         # While probing, unknown limits stay unlimited: the one-at-a-time gate
         # is what holds requests back until the headers tell the real limits.
-        self._requests.configure(
-            self._effective(self._given_rpm, self._learned_rpm), now, self._burst_seconds, 1.0
-        )
-        self._tokens.configure(
-            self._effective(self._given_tpm, self._learned_tpm), now, self._burst_seconds, 0.0
-        )
+        self._schedule.configure(self._quota.rpm, self._quota.tpm, now, self._burst_seconds)
 
-    def _probing(self) -> bool:
-        # Learned limits only come with an observation, so "unknown" means
-        # "not given and nothing observed yet".
-        return not self._observed and (self._given_rpm is None or self._given_tpm is None)
+    # -- reserving ------------------------------------------------------------
 
-    # -- acquiring ------------------------------------------------------------
+    def reserve(
+        self, tokens: int, *, fallback_pause: Callable[[], float] | None = None
+    ) -> Slot[Reservation]:
+        """A slot for one attempt of ``tokens`` estimated tokens: ``async with`` it.
+
+        Entering waits like :meth:`acquire`; leaving settles the reservation
+        by the attempt's outcome (see :mod:`._reserve`). ``fallback_pause()``
+        is how long a retryable 429 that names no ``retry_after`` pauses the
+        limiter (default: the first retry's backoff, 0.375 to 0.5 s).
+
+        >>> async def attempt(limiter, send):
+        ...     async with limiter.reserve(120) as slot:
+        ...         reply = await send()      # a CallError here: refund, keep or pause
+        ...         slot.settle(reply.usage.total_tokens, headers=reply.headers)
+        """
+        return Slot(self, tokens, fallback_pause or (lambda: backoff_delay(0)))
 
     async def acquire(self, tokens: int) -> Reservation:
         """Wait until a request of ``tokens`` estimated tokens may be sent, and reserve it.
@@ -388,12 +193,12 @@ class RateLimiter:
         with self._lock:
             now = self._clock()
             reservation = Reservation(tokens, now)
-            if self._probing() and (self._probe is not None or self._queue):
+            if self._quota.probing and (self._probe is not None or self._queue):
                 self._queue.append(reservation)
             else:
-                if self._probing():
+                if self._quota.probing:
                     self._probe = reservation
-                self._schedule(reservation, now)
+                self._schedule.place(reservation, now)
         try:
             await self._wait(reservation)
         except BaseException:
@@ -401,57 +206,26 @@ class RateLimiter:
             raise
         return reservation
 
-    def _schedule(self, reservation: Reservation, now: float) -> None:
-        """Commit ``reservation`` at the earliest time both buckets allow (lock held)."""
-        earliest = max(now, self._paused_until)
-        if self._pending:  # only a reservation still waiting can be overtaken
-            earliest = max(earliest, self._last_start)
-        start = max(
-            self._requests.ready_at(earliest, 1),
-            self._tokens.ready_at(earliest, reservation.tokens),
-        )
-        self._requests.debit(start, 1)
-        self._tokens.debit(start, reservation.tokens)
-        reservation._charged_request = self._requests.limit is not None
-        reservation._charged_tokens = self._tokens.limit is not None
-        reservation.start = start
-        reservation._shift_seen = self._shift
-        reservation._state = _SCHEDULED
-        self._last_start = start
-        self._pending += 1
-
     def _admit_queued(self, now: float) -> None:
         """Schedule waiters held behind the probe, as far as probing allows (lock held)."""
         while self._queue:
-            if self._probing():
+            if self._quota.probing:
                 if self._probe is not None:
                     return
                 self._probe = self._queue.popleft()
-                self._schedule(self._probe, now)
+                self._schedule.place(self._probe, now)
             else:
-                self._schedule(self._queue.popleft(), now)
+                self._schedule.place(self._queue.popleft(), now)
 
     async def _wait(self, reservation: Reservation) -> None:
         while True:
             with self._lock:
                 now = self._clock()
-                if reservation._state == _QUEUED:
+                if reservation.state == QUEUED:
                     delay = PROBE_POLL_SECONDS
                 else:
-                    assert reservation.start is not None
-                    # A pause since the start was computed moves it back by the
-                    # same amount (keeping the spacing between waiters), and
-                    # nobody starts while a pause lasts.
-                    start = max(
-                        reservation.start + self._shift - reservation._shift_seen,
-                        self._paused_until,
-                    )
-                    reservation.start = start
-                    reservation._shift_seen = self._shift
-                    delay = start - now
-                    if delay <= _EARLY_WAKE_SECONDS:
-                        reservation._state = _ACTIVE
-                        self._pending -= 1
+                    delay = self._schedule.delay(reservation, now)
+                    if reservation.state == ACTIVE:
                         self._granted += 1
                         waited = now - reservation.arrived
                         self._waited += waited
@@ -464,14 +238,13 @@ class RateLimiter:
     def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Record the tokens the request really used: refund the rest, or charge the excess."""
         with self._lock:
-            if reservation._state == _DONE:
+            if reservation.state == DONE:
                 return
-            if reservation._state != _ACTIVE:  # never started: nothing was used
+            if reservation.state != ACTIVE:  # never started: nothing was used
                 self._cancel_locked(reservation)
                 return
             now = self._clock()
-            if reservation._charged_tokens:
-                self._tokens.credit(now, reservation.tokens - max(used_tokens, 0))
+            self._schedule.refund(reservation, used_tokens, now)
             self._finish(reservation, now)
 
     def cancel(self, reservation: Reservation) -> None:
@@ -480,23 +253,18 @@ class RateLimiter:
             self._cancel_locked(reservation)
 
     def _cancel_locked(self, reservation: Reservation) -> None:
-        if reservation._state == _DONE:
+        if reservation.state == DONE:
             return
         now = self._clock()
-        if reservation._state == _QUEUED:
+        if reservation.state == QUEUED:
             self._queue.remove(reservation)
         else:
-            if reservation._state == _SCHEDULED:
-                self._pending -= 1
-            if reservation._charged_request:
-                self._requests.credit(now, 1)
-            if reservation._charged_tokens:
-                self._tokens.credit(now, reservation.tokens)
+            self._schedule.release(reservation, now)
         self._cancelled += 1
         self._finish(reservation, now)
 
     def _finish(self, reservation: Reservation, now: float) -> None:
-        reservation._state = _DONE
+        reservation.state = DONE
         if reservation is self._probe:
             self._probe = None
             self._admit_queued(now)
@@ -509,32 +277,15 @@ class RateLimiter:
         our own in-flight requests may not be counted yet). A response with
         no rate-limit headers at all ends probing with no limit to learn.
         """
-        lowered = {str(name).lower(): value for name, value in headers.items()}
+        seen = parse_rate_limits(headers)
         with self._lock:
             now = self._clock()
-            self._observed = True
-            for kind in ("requests", "tokens"):
-                limit = _header_number(lowered.get(f"x-ratelimit-limit-{kind}"))
-                if limit is not None and limit > 0:
-                    self._learned = True
-                    if kind == "requests":
-                        self._learned_rpm = limit
-                    else:
-                        self._learned_tpm = limit
+            self._quota.learn(seen)
             self._configure(now)
-            for kind, bucket in (("requests", self._requests), ("tokens", self._tokens)):
-                remaining = _header_number(lowered.get(f"x-ratelimit-remaining-{kind}"))
-                if remaining is not None:
-                    bucket.lower_to(remaining, now)
-                # With a per-minute window the reset time follows from the limit
-                # and the remaining count, which the bucket already uses; it is
-                # kept for the report.
-                reset = parse_duration(lowered.get(f"x-ratelimit-reset-{kind}"))
-                if reset is not None:
-                    if kind == "requests":
-                        self._reset_requests = reset
-                    else:
-                        self._reset_tokens = reset
+            buckets = ((seen.requests, self._schedule.requests), (seen.tokens, self._schedule.tokens))
+            for window, bucket in buckets:
+                if window.remaining is not None:
+                    bucket.lower_to(window.remaining, now)
             self._admit_queued(now)
 
     def pause(self, seconds: float) -> None:
@@ -547,21 +298,8 @@ class RateLimiter:
         if not (math.isfinite(seconds) and seconds > 0):
             seconds = 0.0
         with self._lock:
-            now = self._clock()
-            resume = max(self._paused_until, now + seconds)
-            delta = max(0.0, resume - max(now, self._paused_until))
-            self._requests.lower_to(0.0, now)
-            self._tokens.lower_to(0.0, now)
-            if delta and self._pending and self._last_start > now:
-                # The debits of waiting reservations are committed in the
-                # buckets: move them with their reservations.
-                self._requests.shift(delta)
-                self._tokens.shift(delta)
-                self._last_start += delta
-            self._shift += delta
-            self._paused_until = resume
+            self._paused_seconds += self._schedule.pause(seconds, self._clock())
             self._pauses += 1
-            self._paused_seconds += delta
 
     # -- reporting ------------------------------------------------------------
 
@@ -570,22 +308,22 @@ class RateLimiter:
         """What this limiter has done so far (a snapshot)."""
         with self._lock:
             return LimiterStats(
-                rpm=self._requests.limit,
-                tpm=self._tokens.limit,
+                rpm=self.rpm,
+                tpm=self.tpm,
                 requests=self._granted,
                 cancelled=self._cancelled,
                 waited_seconds=self._waited,
                 longest_wait_seconds=self._longest_wait,
                 pauses=self._pauses,
                 paused_seconds=self._paused_seconds,
-                probing=self._probing(),
-                learned_from_headers=self._learned,
-                reset_requests_seconds=self._reset_requests,
-                reset_tokens_seconds=self._reset_tokens,
+                probing=self._quota.probing,
+                learned_from_headers=self._quota.learned,
+                reset_requests_seconds=self._quota.reset_requests,
+                reset_tokens_seconds=self._quota.reset_tokens,
             )
 
     def __repr__(self) -> str:
-        probing = ", probing" if self._probing() else ""
+        probing = ", probing" if self._quota.probing else ""
         return f"RateLimiter(rpm={self.rpm}, tpm={self.tpm}{probing})"
 
 

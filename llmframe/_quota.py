@@ -1,0 +1,113 @@
+"""Which RPM and TPM limits hold for one endpoint: given, learned, or not known yet.
+
+A limit the user gives (``rpm=`` / ``tpm=``) always holds. A limit the server
+states in its ``x-ratelimit-limit-*`` headers is learned, and when both exist
+the lower one wins: the server is the truth, and the user may want less.
+
+A limit neither given nor learned is unknown until a response has been
+observed; meanwhile the limiter probes (lets one request through at a time).
+A response without any rate-limit headers (vLLM, llama.cpp, Ollama) ends the
+probing with nothing learned: there is no limit, and the caller's concurrency
+cap alone governs.
+
+:class:`Quota` holds no lock and no clock: the limiter's lock guards it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from ._errors import ConfigError
+from ._headers import RateLimitHeaders
+
+__all__ = ["Quota"]
+
+
+def _positive_limit(value: float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number of {name.upper()} per minute, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive per-minute limit, got {value!r}")
+    return float(value)
+
+
+def _lower(given: float | None, learned: float | None) -> float | None:
+    if given is not None and learned is not None:
+        return min(given, learned)
+    return given if given is not None else learned
+
+
+class Quota:
+    """The limits of one endpoint as far as they are known (see the module docstring).
+
+    >>> quota = Quota(rpm=500, tpm=None)
+    >>> quota.rpm, quota.tpm, quota.probing
+    (500.0, None, True)
+    """
+
+    __slots__ = (
+        "_given_rpm",
+        "_given_tpm",
+        "_learned_rpm",
+        "_learned_tpm",
+        "learned",
+        "observed",
+        "reset_requests",
+        "reset_tokens",
+    )
+
+    def __init__(self, rpm: float | None, tpm: float | None) -> None:
+        self._given_rpm = _positive_limit(rpm, "rpm")
+        self._given_tpm = _positive_limit(tpm, "tpm")
+        self._learned_rpm: float | None = None
+        self._learned_tpm: float | None = None
+        self.observed = False  # has any response been observed (with or without headers)?
+        self.learned = False  # has any response stated a limit?
+        # The last x-ratelimit-reset-* values seen, in seconds, for the report.
+        self.reset_requests: float | None = None
+        self.reset_tokens: float | None = None
+
+    @property
+    def rpm(self) -> float | None:
+        """The requests-per-minute limit in force, or None for none (yet)."""
+        return _lower(self._given_rpm, self._learned_rpm)
+
+    @property
+    def tpm(self) -> float | None:
+        """The tokens-per-minute limit in force, or None for none (yet)."""
+        return _lower(self._given_tpm, self._learned_tpm)
+
+    @property
+    def probing(self) -> bool:
+        """True while a limit is unknown: not given, and no response observed yet."""
+        # Learned limits only come with an observation, so "unknown" means
+        # "not given and nothing observed yet".
+        return not self.observed and (self._given_rpm is None or self._given_tpm is None)
+
+    def give(self, rpm: float | None, tpm: float | None) -> None:
+        """Set user-given limits; None leaves that limit as it is. Validates both first."""
+        rpm = _positive_limit(rpm, "rpm")
+        tpm = _positive_limit(tpm, "tpm")
+        if rpm is not None:
+            self._given_rpm = rpm
+        if tpm is not None:
+            self._given_tpm = tpm
+
+    def learn(self, seen: RateLimitHeaders) -> None:
+        """Take in one response's rate-limit headers (an empty set ends probing too)."""
+        self.observed = True
+        if seen.requests.limit is not None:
+            self.learned = True
+            self._learned_rpm = seen.requests.limit
+        if seen.tokens.limit is not None:
+            self.learned = True
+            self._learned_tpm = seen.tokens.limit
+        # With a per-minute window the reset time follows from the limit and the
+        # remaining count, which the buckets already use; it is kept for the report.
+        if seen.requests.reset is not None:
+            self.reset_requests = seen.requests.reset
+        if seen.tokens.reset is not None:
+            self.reset_tokens = seen.tokens.reset

@@ -1,0 +1,277 @@
+"""``POST /v1/chat/completions``: the fake server's answers, limits, latency and faults.
+
+What happens to one chat request, in order:
+
+1. ``401`` if ``api_keys`` is set and the bearer key is not one of them;
+2. ``400`` for a body that is not a chat request, an unsupported
+   ``response_format`` (``json_schema=False`` / ``json_object=False``), or a
+   prompt plus ``max_tokens`` beyond ``model_context`` (see ``_requests``);
+3. ``429`` unless the RPM and TPM buckets admit it (see ``_limits``);
+4. one draw for the transport faults (5xx, hang, garbage; see ``_faults``);
+5. the answer (see ``_model``), degraded if ``degrade`` is set (see
+   ``_degrade``), the packing faults, the ``max_tokens`` cut;
+6. the server sleeps ``latency + latency_per_token * completion_tokens``
+   (the request holds its estimated tokens meanwhile), corrects the token
+   debit to the real usage, and answers.
+
+:class:`ChatCompletions` owns what only chat requests use: the RPM/TPM
+buckets, the random draws of the faults, the response ids, and the requests
+in progress (so that stopping the server can cancel them, hangs included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from llmframe import _tokens
+from llmframe.testing._limits import Limits, Rejection
+from llmframe.testing._model import (
+    answer_packed,
+    expected_answer,
+    one_row_prompt,
+    parse_packed,
+    truncate_to_tokens,
+)
+from llmframe.testing._requests import (
+    context_exceeded,
+    error,
+    parse_chat,
+    unauthorized,
+)
+from llmframe.testing._settings import Settings
+from llmframe.testing._stats import CLIENT_CLOSED, RequestRecord, ServerStats
+
+__all__ = ["ChatCompletions"]
+
+logger = logging.getLogger("llmframe.testing")
+
+TRANSPORT_ERRORS = {
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The server is overloaded or not ready yet.",
+}
+GARBAGE_BODY = (
+    b'<html><head><title>502 Bad Gateway</title></head><body>upstream reset {"id": "chatcmpl-'
+)
+
+
+class _Outcome:
+    """What the request log and the counters record about one chat request."""
+
+    __slots__ = ("completion_tokens", "counter", "n_items", "prompt_tokens", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.counter: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.n_items = 0
+
+    def set(self, status: int, counter: str | None) -> None:
+        self.status = status
+        self.counter = counter
+
+
+class ChatCompletions:
+    """The chat completions endpoint; :meth:`handle` is its aiohttp handler.
+
+    ``settings`` is called once per request for the settings in force, so a
+    request keeps one consistent view even if ``configure()`` runs meanwhile.
+    """
+
+    def __init__(self, settings: Callable[[], Settings], stats: ServerStats, seed: int) -> None:
+        self._settings = settings
+        self._stats = stats
+        self._rng = random.Random(seed)
+        self._limits = Limits()
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.configure(settings(), None)
+
+    def configure(self, settings: Settings, seed: int | None) -> None:
+        """Follow new limits (keeping what was used); ``seed`` restarts the fault draws."""
+        self._limits.configure(settings.rpm, settings.tpm, settings.burst_seconds, time.monotonic())
+        if seed is not None:
+            self._rng.seed(seed)
+
+    async def cancel_all(self) -> None:
+        """Cancel the requests in progress (hangs included) and wait a moment for them."""
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        self._stats._begin()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        outcome = _Outcome()
+        try:
+            return await self._answer(request, outcome, started)
+        except asyncio.CancelledError:
+            outcome.set(CLIENT_CLOSED, None)
+            raise
+        except Exception as exc:
+            # A bug here, or an answer_fn that raised: say so rather than hang the client.
+            logger.exception("llmframe.testing: the fake server failed on a chat request")
+            outcome.set(500, None)
+            return error(500, f"llmframe fake server error: {exc!r}", "server_error")
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            self._stats._end(
+                RequestRecord(
+                    started,
+                    time.monotonic(),
+                    outcome.status,
+                    outcome.prompt_tokens,
+                    outcome.completion_tokens,
+                    outcome.n_items,
+                ),
+                outcome.counter,
+            )
+
+    async def _answer(
+        self, request: web.Request, outcome: _Outcome, started: float
+    ) -> web.StreamResponse:
+        settings = self._settings()  # one consistent view, even if configure() runs meanwhile
+        denied = unauthorized(request, settings.api_keys)
+        if denied is not None:
+            outcome.set(401, "unauthorized")
+            return denied
+
+        parsed = parse_chat(await request.read(), settings)
+        if isinstance(parsed, web.Response):
+            # Rejected before any model work (400, 404, or llama.cpp-style 500s): counted
+            # with the bad requests, logged with the status sent.
+            outcome.set(parsed.status, "bad_requests")
+            return parsed
+        model, messages, max_out = parsed
+
+        tokenizer = _tokens.get_tokenizer(model)
+        prompt_tokens = _tokens.count_messages(messages, tokenizer)
+        outcome.prompt_tokens = prompt_tokens
+        estimate = prompt_tokens + (max_out or 0)
+        if estimate > settings.model_context:
+            outcome.set(400, "bad_requests")
+            return context_exceeded(settings.model_context, prompt_tokens, max_out)
+
+        rejection = self._limits.admit(estimate, time.monotonic())
+        if rejection is not None:
+            outcome.set(429, "rate_limited")
+            return self._rate_limited(rejection, model)
+
+        faults = settings.faults
+        transport = faults.error_rate + faults.hang_rate + faults.garbage_rate
+        draw = self._rng.random() if transport > 0 else 1.0
+        if draw < faults.error_rate:
+            self._limits.settle(estimate, 0, time.monotonic())  # nothing was generated
+            status = self._rng.choice(tuple(TRANSPORT_ERRORS))
+            outcome.set(status, "server_errors")
+            return error(
+                status, TRANSPORT_ERRORS[status], "server_error", headers=self._headers(started)
+            )
+        if draw < faults.error_rate + faults.hang_rate:
+            self._stats._count("hangs")
+            await asyncio.sleep(settings.hang_seconds)
+        elif draw < transport:
+            if settings.latency:
+                await asyncio.sleep(settings.latency)
+            outcome.set(200, "garbage")
+            return web.Response(
+                status=200,
+                body=GARBAGE_BODY,
+                content_type="application/json",
+                headers=self._headers(started),
+            )
+
+        answer_fn = settings.answer_fn or expected_answer
+        packed = parse_packed(messages)
+        applied: list[str] = []
+        if packed is None:
+            content = answer_fn(one_row_prompt(messages))
+            outcome.n_items = 1
+        else:
+            content, applied, degraded = answer_packed(
+                packed, answer_fn, faults, self._rng, settings.degrade
+            )
+            outcome.n_items = len(packed.items)
+            if applied:
+                self._stats._count(kinds=applied)
+            if degraded:
+                self._stats._add("degraded", degraded)
+        finish_reason = "length" if "truncate" in applied else "stop"
+        if max_out is not None:
+            cut = truncate_to_tokens(content, max_out, tokenizer.count)
+            if cut != content:
+                content, finish_reason = cut, "length"
+        completion_tokens = tokenizer.count(content)
+        outcome.completion_tokens = completion_tokens
+
+        delay = settings.latency + settings.latency_per_token * completion_tokens
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # The answer is known once generated: until then the request holds its estimate.
+        self._limits.settle(estimate, prompt_tokens + completion_tokens, time.monotonic())
+
+        number = next(self._ids)
+        body = {
+            "id": f"chatcmpl-fake{number:016x}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "system_fingerprint": "fp_llmframe_fake",
+        }
+        outcome.set(200, "ok")
+        return web.Response(
+            status=200,
+            body=json.dumps(body, ensure_ascii=False).encode(),
+            content_type="application/json",
+            headers=self._headers(started, number),
+        )
+
+    def _headers(self, started: float, number: int | None = None) -> dict[str, str]:
+        now = time.monotonic()
+        headers = self._limits.headers(now)
+        headers["x-request-id"] = f"req_{number if number is not None else next(self._ids):032x}"
+        headers["openai-processing-ms"] = str(round((now - started) * 1000))
+        return headers
+
+    def _rate_limited(self, rejection: Rejection, model: str) -> web.Response:
+        headers = self._headers(time.monotonic())
+        if not rejection.never_fits:
+            headers["retry-after-ms"] = str(max(1, math.ceil(rejection.wait * 1000)))
+            headers["retry-after"] = str(max(1, math.ceil(rejection.wait)))
+        return error(
+            429,
+            rejection.message(model),
+            rejection.kind,
+            code="rate_limit_exceeded",
+            headers=headers,
+        )
