@@ -10,7 +10,6 @@ so nothing else can reach the disk.
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +18,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ._warn import warn_user
 
 __all__ = [
     "COLUMNS",
@@ -131,10 +132,9 @@ def records_to_table_skipping_bad(records: Sequence[CacheRecord]) -> pa.Table:
         try:
             records_to_table([record])
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-            warnings.warn(
+            warn_user(
                 f"llmframe cache: not caching the record for key {record.key!r}: {exc}",
-                RuntimeWarning,
-                stacklevel=4,
+                RuntimeWarning
             )
             continue
         good.append(record)

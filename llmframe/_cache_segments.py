@@ -30,7 +30,6 @@ import os
 import re
 import time
 import uuid
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._cache_schema import COLUMNS, POLARS_SCHEMA, SCHEMA
+from ._warn import warn_user
 
 __all__ = [
     "AUTO_COMPACT_SEGMENTS",
@@ -133,11 +133,10 @@ def read_segments(
 
 def warn_corrupt(path: str | Path, exc: Exception) -> None:
     """Say which segment is unreadable and what it costs; the file itself is left alone."""
-    warnings.warn(
+    warn_user(
         f"llmframe cache: skipping unreadable segment {path} ({type(exc).__name__}: {exc}); "
         "its answers will be requested again. Delete the file to silence this warning.",
-        RuntimeWarning,
-        stacklevel=4,
+        RuntimeWarning
     )
 
 

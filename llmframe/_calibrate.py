@@ -34,7 +34,6 @@ from __future__ import annotations
 import random
 import tempfile
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +57,7 @@ from ._report import RunReport
 from ._run import run_frame
 from ._sync import run_sync
 from ._template import is_null, parse_template, render_value
+from ._warn import warn_user
 
 __all__ = [
     "CALIBRATIONS_FILE",
@@ -239,10 +239,9 @@ async def acalibrate(
 
     skipped = [b for b in sizes if b > n]
     if skipped:
-        warnings.warn(
+        warn_user(
             f"llmframe: calibrate sampled only {n} rows, so batch sizes "
-            f"{', '.join(map(str, skipped))} were not measured",
-            stacklevel=2,
+            f"{', '.join(map(str, skipped))} were not measured"
         )
     for size in (b for b in sizes if 1 < b <= n):
         out, packed = await run_frame(rows_df, tpl, replace(opts, batch_size=size, cache=False), name)

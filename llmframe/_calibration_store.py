@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import warnings
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from ._calibration_report import CalibrationReport
 from ._capabilities import atomic_write_json
 from ._keys import call_prefix
+from ._warn import warn_user
 
 __all__ = [
     "CALIBRATIONS_FILE",
@@ -57,8 +57,8 @@ def _read_entries(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        warnings.warn(
-            f"llmframe: cannot read {path} ({exc}); ignoring stored calibrations", stacklevel=3
+        warn_user(
+            f"llmframe: cannot read {path} ({exc}); ignoring stored calibrations"
         )
         return {}
     try:
@@ -67,10 +67,9 @@ def _read_entries(path: Path) -> dict[str, Any]:
         if not isinstance(entries, dict):
             raise TypeError("'calibrations' is not an object")
     except (ValueError, KeyError, TypeError) as exc:
-        warnings.warn(
+        warn_user(
             f"llmframe: {path} is not a valid calibration file ({exc}); ignoring it "
-            "(the next calibration rewrites it)",
-            stacklevel=3,
+            "(the next calibration rewrites it)"
         )
         return {}
     return entries
@@ -114,8 +113,8 @@ def load_calibration(cache_dir: str | os.PathLike[str], key: str) -> int | None:
         return None
     size = entry.get("recommended_batch_size") if isinstance(entry, dict) else None
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        warnings.warn(
-            f"llmframe: ignoring a malformed calibration for {key} in {path}", stacklevel=2
+        warn_user(
+            f"llmframe: ignoring a malformed calibration for {key} in {path}"
         )
         return None
     return size

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from . import _check
 from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache import resolve_cache_dir
-from ._check import PackingCheck
+from ._check import PackingCheck, batch_cap
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._endpoint import Endpoint, EndpointState
@@ -34,7 +33,7 @@ from ._errors import AuthenticationError, EndpointError, RowError, RunError
 from ._jobs import Batch, Job
 from ._keys import call_prefix
 from ._limiter import RateLimiter
-from ._outcomes import Outcomes, progress_bar
+from ._outcomes import Outcomes, progress_bar, split_tokens
 from ._parse import parse_packed, parse_single
 from ._planner import Planner
 from ._prepare import Prepared, prepare
@@ -48,10 +47,6 @@ from ._workers import drain
 
 __all__ = ["Prepared", "Run", "RunResult", "new_run", "prepare", "run"]
 
-#: Items per request when ``batch_size=None``. Published results show answer
-#: quality slipping past a few dozen items per prompt; 20 keeps RPM-bound runs
-#: ~20x faster than one row per request while staying well short of that.
-AUTO_BATCH_ITEMS = 20
 #: Input plus expected output tokens per packed request when ``max_batch_tokens`` is not given.
 AUTO_BATCH_TOKENS = 4000
 #: How many times one row may be resent after its packed answer failed validation.
@@ -65,12 +60,6 @@ class RunResult:
     answers: list[str | None]
     errors: list[RowError]
     report: RunReport
-
-
-def _shares(total: int, n: int) -> list[int]:
-    """Split ``total`` tokens over ``n`` rows so that the shares add up exactly."""
-    base, extra = divmod(total, n)
-    return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 class Run:
@@ -107,41 +96,25 @@ class Run:
         )  # fmt: skip
 
     async def attempt(self, request: Request) -> Completion:
+        """One attempt through the limiter. The slot settles by the outcome: the usage on
+        a reply; on an error answer (4xx but 429, 5xx) a refund; a 429 keeps its tokens and
+        its place, so the retry does not start with the last waiter and earn the next 429,
+        and pauses every sharer by its retry-after."""
         assert self.limiter is not None
-        est = request.tokens
-        reservation = await self.limiter.acquire(est)
-        if self.endpoint.fatal is not None:  # it came while this request waited for its slot
-            self.limiter.cancel(reservation)
-            raise self.endpoint.fatal
-        try:
+        async with self.limiter.reserve(request.tokens, fallback_pause=lambda: self.policy.wait(0, {})) as slot:
+            if self.endpoint.fatal is not None:  # it came while this request waited for its slot
+                slot.cancel()
+                raise self.endpoint.fatal
             self.report.requests += 1
-            done = await self.client.complete(
-                request.messages, model=self.opts.model or "", params=request.params,
-                response_format=request.response_format,
-            )  # fmt: skip
-        except CallError as err:
-            # The attempt keeps its place in the schedule, even on a 429: given back, its
-            # slot would let the retry start together with the last waiter and earn the
-            # next 429 (benchmarks/rate_limits.py: 17 -> 4 429s in 1,000 requests).
-            # Its tokens are refunded only when the server answered with an error
-            # (4xx other than 429, 5xx): a timeout or an unreadable 200 may have been
-            # counted, and a 429 keeps them so the retry does not jump the queue.
-            refund = err.status is not None and err.status != 429
-            self.limiter.settle(reservation, 0 if refund else est)
-            if err.kind == "rate_limit":
-                self.report.rate_limited += 1
-                self.limiter.pause(err.retry_after if err.retry_after is not None else self.policy.wait(0, {}))
-            if err.headers:
-                self.limiter.observe(err.headers)
-            raise
-        except BaseException:
-            self.limiter.cancel(reservation)
-            raise
-        used = (done.prompt_tokens or 0) + (done.completion_tokens or 0)
-        try:  # learn the limits first, so the refund is paced by them
-            self.limiter.observe(done.headers)
-        finally:
-            self.limiter.settle(reservation, used if used else est)
+            try:
+                done = await self.client.complete(
+                    request.messages, model=self.opts.model or "", params=request.params,
+                    response_format=request.response_format,
+                )  # fmt: skip
+            except CallError as err:
+                self.report.rate_limited += err.kind == "rate_limit"
+                raise
+            slot.settle((done.prompt_tokens or 0) + (done.completion_tokens or 0) or None, headers=done.headers)
         return done
 
     async def send(self, batch: Batch) -> None:
@@ -185,7 +158,7 @@ class Run:
         self.report.check_requests += 1
         self.report.check_tokens += round((prompt + completion) * copies / n)
         parsed = parse_packed(done.content, n, truncated=done.finish_reason == "length")
-        prompts, completions = _shares(prompt, n), _shares(completion, n)
+        prompts, completions = split_tokens(prompt, n), split_tokens(completion, n)
         row_cost = None if cost is None else cost / n
         usages = [(prompts[i], completions[i], row_cost, done.request_id) for i in range(n)]
         check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
@@ -225,7 +198,7 @@ class Run:
         self.report.add_usage(prompt, completion, cost)
         self.outcomes.show_progress()
         n = len(sent)
-        prompts, completions = _shares(prompt, n), _shares(completion, n)
+        prompts, completions = split_tokens(prompt, n), split_tokens(completion, n)
         row_cost = None if cost is None else cost / n
         truncated = done.finish_reason == "length"
         if n == 1:
@@ -296,17 +269,6 @@ class Run:
                 warn_user(f"llmframe: {verdict.reason}.")
         return verdict.batch_size
 
-def batch_cap(opts: Options, template: Template) -> int:
-    if "id" in template.fields:
-        warnings.warn(
-            "llmframe: the template uses a field named 'id', which packed requests use for "
-            "their own row ids; sending one row per request. Rename the column to pack.",
-            stacklevel=4,
-        )
-        return 1
-    return opts.batch_size if isinstance(opts.batch_size, int) else AUTO_BATCH_ITEMS
-
-
 def new_run(
     prepared: Prepared, template: Template, opts: Options, *, client: Any, limiter: RateLimiter | None,
     endpoint: Endpoint, progress: Any = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -318,7 +280,7 @@ def new_run(
     state = EndpointState(endpoint.memory_key, resolve_cache_dir(opts.cache), dict(opts.params or {}),
                           opts.response_format, learns=learns)  # fmt: skip
     builder = RequestBuilder(template, opts.system, get_tokenizer(model), state)
-    cap = batch_cap(opts, template)
+    cap = batch_cap(opts.batch_size, template.fields)
     task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params).hex()
     packing = _check.plan(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
@@ -403,7 +365,7 @@ async def run(
             report.response_format = state.endpoint.response_format
             report.endpoint_notes = list(state.endpoint.notes)
         else:
-            report.batch_size_final = batch_cap(opts, template)
+            report.batch_size_final = batch_cap(opts.batch_size, template.fields)
         report.finish(time.monotonic() - start)
         set_last_report(report)
 

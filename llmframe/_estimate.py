@@ -165,10 +165,10 @@ async def estimate_run(
     elif sample and take_rows is not None:
         # A seeded sample of the rows still to do (rows already cached tell nothing new),
         # answered one per request: paid, but cached, so the run will not pay for them again.
-        todo = prepare(columns, n_rows, template, opts)
-        if todo.cache is not None:
-            todo.cache.close()
-        rows = [job.rows[0] for job in todo.todo]
+        unanswered = prepare(columns, n_rows, template, opts)
+        if unanswered.cache is not None:
+            unanswered.cache.close()
+        rows = [job.rows[0] for job in unanswered.todo]
         chosen = sorted(random.Random(0).sample(rows, min(sample, len(rows))))
         report = None
         if chosen:

@@ -28,7 +28,6 @@ def call_prefix(
     template: str,
     system: str | None,
     params: Mapping[str, Any] | None,
-    output_format: str = "text",
 ) -> bytes:
     """The part of every key that is shared by all rows of one call."""
     spec = {
@@ -38,7 +37,7 @@ def call_prefix(
         "system": system,
         # Sorted and JSON-encoded so {"temperature": 0, "seed": 1} in any order hashes the same.
         "params": {k: params[k] for k in sorted(params)} if params else {},
-        "output": output_format,
+        "output": "text",  # one text answer per row; kept so existing keys stay valid
     }
     return hashlib.blake2b(
         json.dumps(spec, sort_keys=True, default=str, ensure_ascii=False).encode(), digest_size=16

@@ -16,13 +16,19 @@ from ._errors import RowError
 from ._jobs import Job
 from ._report import RunReport
 
-__all__ = ["NoProgress", "Outcomes", "progress_bar"]
+__all__ = ["NoProgress", "Outcomes", "progress_bar", "split_tokens"]
 
 #: Failures that say nothing about the row itself: never stored in the cache.
 _NOT_STORED = frozenset({"budget", "cancelled", "auth", "endpoint"})
 
 #: (prompt tokens, completion tokens, cost, request id) of the reply a record came from.
 Usage = tuple[int, int, float | None, str | None]
+
+
+def split_tokens(total: int, n: int) -> list[int]:
+    """Split a reply's ``total`` tokens over its ``n`` rows so that the shares add up exactly."""
+    base, extra = divmod(total, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 class NoProgress:

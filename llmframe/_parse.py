@@ -31,10 +31,6 @@ class PackedAnswers:
     answers: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
 
 def _as_text(value: Any) -> str:
     if isinstance(value, str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["PRICES", "Price", "cost_usd", "price_for"]
+__all__ = ["PRICES", "Price", "price_for"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,3 @@ def price_for(model: str, prices: Mapping[str, tuple[float, float] | Price] | No
             return p if isinstance(p, Price) else Price(float(p[0]), float(p[1]), "given", "user")
     return None
 
-
-def cost_usd(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float | None:
-    return None if price is None else price.cost(prompt_tokens, completion_tokens)

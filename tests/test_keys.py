@@ -28,10 +28,9 @@ def test_key_depends_on_every_setting() -> None:
             {"template": "U {a}"},
             {"system": "be brief"},
             {"params": {"temperature": 0}},
-            {"output_format": "json"},
         )
     }
-    assert len(keys) == 6
+    assert len(keys) == 5
 
 
 def test_param_order_does_not_matter() -> None:

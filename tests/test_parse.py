@@ -7,7 +7,7 @@ from llmframe._parse import parse_packed, parse_single
 
 def test_clean_answer() -> None:
     r = parse_packed('{"0":"a","1":"b","2":"c"}', 3)
-    assert r.ok and r.answers == {0: "a", 1: "b", 2: "c"}
+    assert not r.failed and r.answers == {0: "a", 1: "b", 2: "c"}
 
 
 def test_order_in_reply_does_not_matter() -> None:
