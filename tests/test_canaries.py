@@ -93,3 +93,25 @@ def test_calibrated_batch_size(fake_server_factory: Any, tmp_path: Any) -> None:
 def test_canaries_option_validated(fake_server: FakeServer, bad: Any) -> None:
     with pytest.raises(llmframe.ConfigError, match="canaries"):
         run(fake_server, 2, canaries=bad)
+
+
+def test_canaries_class_schedule_placement_and_judgement() -> None:
+    from llmframe._canaries import Canaries
+    from llmframe._jobs import Job
+
+    canaries = Canaries(1, every=2, seed=3)
+    known = [Job(f"k{i}", {"x": str(i)}, [i]) for i in range(3)]
+    for job in known:
+        canaries.learn(job, f"answer {job.key}")
+    assert len(canaries) == 3
+    batch = [Job(f"n{i}", {"x": f"n{i}"}, [10 + i]) for i in range(4)]
+    picks = [canaries.pick(batch) for _ in range(4)]
+    assert [len(p) for p in picks] == [1, 0, 1, 0]  # every second packed request
+    assert all(not c.rows for p in picks for c in p)  # copies: never written out
+    sent = canaries.place(batch, picks[0])
+    assert sent[-1] is picks[0][0] and sent[:-1] == batch  # the only canary goes last
+    i = len(sent) - 1
+    right = {j: "x" for j in range(len(batch))} | {i: f"answer {picks[0][0].key}"}
+    assert canaries.wrong(sent, right) == []
+    assert canaries.wrong(sent, right | {i: "something else"}) == [i]
+    assert canaries.wrong(sent, {j: "x" for j in range(len(batch))}) == [i]  # missing
