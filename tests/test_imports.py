@@ -173,7 +173,6 @@ def test_no_import_cycles() -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: _engine, _cache and others hold two jobs")
 def test_no_module_over_400_lines() -> None:
     sizes = {
         name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules().items()
