@@ -13,8 +13,6 @@ import itertools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "llmframe"
 #: About where a module starts to hold two jobs (../shared/STYLE.md).
 MAX_LINES = 400
@@ -113,7 +111,7 @@ def _shortest_cycle(start: str, graph: Mapping[str, set[str]]) -> list[str] | No
     return None
 
 
-# -- the checker itself: these must pass, or the xfails below prove nothing -----------
+# -- the checker itself: these must pass, or the tests below prove nothing --------------
 
 
 def test_cycle_finder_reports_each_cycle_once_as_a_path() -> None:
