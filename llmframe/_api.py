@@ -13,7 +13,7 @@ from ._calibrate import acalibrated_batch_size
 from ._config import BatchSize, Errors, ResponseFormat, resolve
 from ._errors import ConfigError
 from ._estimate import Estimate, estimate_run
-from ._frames import columns_of, kind_of, rendered_columns
+from ._frames import columns_of, kind_of, rendered_columns, take_rows
 from ._pricing import price_for
 from ._run import report_of, run_frame
 from ._sync import run_sync
@@ -103,7 +103,7 @@ async def aestimate(
     """The async form of :func:`estimate`. ``output`` is accepted (and ignored) so that
     an ``apply`` line becomes an estimate by changing one word."""
     tpl, opts, columns = _prepare(df, template, options)
-    take = (lambda rows: _take_rows(df, rows)) if sample else None
+    take = (lambda rows: take_rows(df, rows)) if sample else None
     return await estimate_run(columns, len(df), tpl, opts, sample=sample, take_rows=take)
 
 
@@ -121,7 +121,3 @@ def estimate(
     ``n`` real (paid, cached) calls; otherwise they are a guess, and say so.
     """
     return run_sync(lambda: aestimate(df, template, sample=sample, **options))
-
-
-def _take_rows(df: Any, rows: list[int]) -> Any:
-    return df.iloc[rows] if kind_of(df) == "pandas" else df[rows]

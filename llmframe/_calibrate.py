@@ -51,12 +51,12 @@ from ._calibration_store import (
 )
 from ._config import resolve
 from ._errors import ConfigError, RunError
-from ._frames import columns_of, field_columns, kind_of
+from ._frames import columns_of, field_columns, kind_of, rendered_columns, take_rows
 from ._parse import normalize
 from ._report import RunReport
 from ._run import run_frame
 from ._sync import run_sync
-from ._template import is_null, parse_template, render_value
+from ._template import is_null, parse_template
 from ._warn import warn_user
 
 __all__ = [
@@ -83,25 +83,19 @@ _file_lock = threading.Lock()
 
 def _sample_positions(df: Any, fields_used: Sequence[str], sample: int, seed: int) -> list[int]:
     """Up to ``sample`` positions of rows with distinct, non-null field values, in frame order."""
-    columns = field_columns(df, fields_used)
+    columns = rendered_columns(df, fields_used)  # the prompt text the run would send
     seen: set[tuple[str, ...]] = set()
     eligible: list[int] = []
     for position, values in enumerate(zip(*(columns[f] for f in fields_used), strict=True)):
-        if any(is_null(v) for v in values):
+        if any(v is None for v in values):
             continue
-        rendered = tuple(render_value(v) for v in values)
+        rendered = tuple(v for v in values if v is not None)
         if rendered in seen:  # equal prompts get one answer: sampling both would tell nothing
             continue
         seen.add(rendered)
         eligible.append(position)
     chosen = random.Random(seed).sample(eligible, min(sample, len(eligible)))
     return sorted(chosen)
-
-
-def _take(df: Any, positions: list[int]) -> Any:
-    if kind_of(df) == "pandas":
-        return df.iloc[positions]
-    return df[positions]
 
 
 def _free_name(df: Any) -> str:
@@ -217,7 +211,7 @@ async def acalibrate(
             "calibrate needs at least one row without nulls in the template's fields "
             f"({', '.join(tpl.fields)})"
         )
-    rows_df = _take(df, positions)
+    rows_df = take_rows(df, positions)
     name = _free_name(rows_df)
     n = len(positions)
 

@@ -1,4 +1,11 @@
-"""Frames in and out: the only place that knows pandas from polars."""
+"""Frames in and out: the only place that knows pandas from polars.
+
+:func:`frame` wraps a DataFrame in its adapter, implemented once for pandas
+(:class:`PandasFrame`) and once for polars (:class:`PolarsFrame`): column
+names, a column's values, a column rendered as prompt text, rows by
+position, and a new frame with an answer column. Nothing else in llmframe
+branches on the frame library.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +16,135 @@ from typing import Any, overload
 from ._errors import ConfigError
 
 __all__ = [
+    "PandasFrame",
+    "PolarsFrame",
     "RenderedColumn",
     "columns_of",
     "field_columns",
+    "frame",
     "kind_of",
     "rendered_columns",
+    "take_rows",
     "with_answers",
 ]
 
 
-def kind_of(df: Any) -> str:
+class PandasFrame:
+    kind = "pandas"
+    __slots__ = ("df",)
+
+    def __init__(self, df: Any) -> None:
+        self.df = df
+
+    def columns(self) -> list[str]:
+        return [str(c) for c in self.df.columns]
+
+    def column(self, name: str) -> Any:
+        by_name = {str(c): c for c in self.df.columns}  # labels may be non-strings
+        return self.df[by_name[name]]
+
+    def values(self, name: str) -> list[Any]:
+        return list(self.column(name).tolist())
+
+    def take(self, positions: list[int]) -> Any:
+        return self.df.iloc[positions]
+
+    @staticmethod
+    def render(series: Any, start: int, stop: int) -> list[str | None]:
+        part = series.iloc[start:stop]
+        nulls = part.isna().to_numpy()
+        values = part.tolist()
+        if nulls.any():
+            return [
+                None if n else (v if type(v) is str else str(v))
+                for v, n in zip(values, nulls.tolist(), strict=True)
+            ]
+        return [v if type(v) is str else str(v) for v in values]
+
+    def with_column(self, name: str, values: list[str | None]) -> Any:
+        import pandas as pd
+
+        # pandas >= 3 infers its string dtype from str; older pandas keeps object with None.
+        dtype: Any = str if int(pd.__version__.split(".")[0]) >= 3 else object
+        out = self.df.copy(deep=False)
+        out[name] = pd.Series(values, index=self.df.index, dtype=dtype, name=name)
+        return out
+
+
+class PolarsFrame:
+    kind = "polars"
+    __slots__ = ("df",)
+
+    def __init__(self, df: Any) -> None:
+        self.df = df
+
+    def columns(self) -> list[str]:
+        return [str(c) for c in self.df.columns]
+
+    def column(self, name: str) -> Any:
+        return self.df.get_column(name)
+
+    def values(self, name: str) -> list[Any]:
+        return list(self.column(name).to_list())
+
+    def take(self, positions: list[int]) -> Any:
+        return self.df[positions]
+
+    @staticmethod
+    def render(series: Any, start: int, stop: int) -> list[str | None]:
+        import polars as pl
+
+        part = series.slice(start, stop - start)
+        if part.dtype == pl.String:
+            return part.to_list()  # type: ignore[no-any-return]
+        if part.dtype.is_float():
+            part = part.fill_nan(None)
+        return [None if v is None else str(v) for v in part.to_list()]
+
+    def with_column(self, name: str, values: list[str | None]) -> Any:
+        import polars as pl
+
+        return self.df.with_columns(pl.Series(name, values, dtype=pl.String))
+
+
+Frame = PandasFrame | PolarsFrame
+
+
+def frame(df: Any) -> Frame:
+    """The adapter for ``df``; a clear error for anything but a pandas or polars DataFrame."""
     module = type(df).__module__.split(".")[0]
     if module == "pandas":
         import pandas as pd
 
         if isinstance(df, pd.DataFrame):  # not a Series or an Index
-            return "pandas"
+            return PandasFrame(df)
     elif module == "polars":
         import polars as pl
 
         if isinstance(df, pl.LazyFrame):
             raise ConfigError("llmframe needs a polars DataFrame; call .collect() on the LazyFrame first")
         if isinstance(df, pl.DataFrame):
-            return "polars"
+            return PolarsFrame(df)
     raise ConfigError(f"expected a pandas or polars DataFrame, got {type(df).__module__}.{type(df).__name__}")
 
 
+def kind_of(df: Any) -> str:
+    return frame(df).kind
+
+
 def columns_of(df: Any) -> list[str]:
-    return [str(c) for c in df.columns]
+    return frame(df).columns()
 
 
 def field_columns(df: Any, fields: Sequence[str]) -> dict[str, list[Any]]:
     """The values of each template field, as Python objects, in row order."""
-    if kind_of(df) == "pandas":
-        by_name = {str(c): c for c in df.columns}
-        return {f: df[by_name[f]].tolist() for f in fields}
-    return {f: df.get_column(f).to_list() for f in fields}
+    adapter = frame(df)
+    return {f: adapter.values(f) for f in fields}
+
+
+def take_rows(df: Any, positions: list[int]) -> Any:
+    """The rows at ``positions`` (0-based, in that order), as a frame of the same kind."""
+    return frame(df).take(positions)
 
 
 #: Rows rendered at a time when a column is iterated.
@@ -54,21 +154,22 @@ _ITER_ROWS = 10_000
 class RenderedColumn(Sequence[str | None]):
     """One template field's values as prompt text: ``str(value)``, or ``None`` for a null.
 
-    Rendered on demand, a slice at a time: a million-row re-run then never holds a
-    million prompt strings at once, only the slice it is keying. Nulls are found per
-    slice, vectorized (None, NaN, NA, NaT alike), and string columns are taken as
-    they are, so no value costs a Python call. Holds the column (a pandas or polars
-    Series), not the frame, so a column replaced in the frame later does not change it.
+    The one way a value becomes prompt text (and so part of its cache key). Rendered
+    on demand, a slice at a time: a million-row re-run then never holds a million
+    prompt strings at once, only the slice it is keying. Nulls are found per slice,
+    vectorized (None, NaN, NA, NaT alike), and string columns are taken as they are,
+    so no value costs a Python call. Holds the column (a pandas or polars Series),
+    not the frame, so a column replaced in the frame later does not change it.
 
     >>> rendered_columns(pd.DataFrame({"n": [1, None]}), ["n"])["n"][:]  # doctest: +SKIP
     ['1.0', None]
     """
 
-    __slots__ = ("_kind", "_series")
+    __slots__ = ("_render", "_series")
 
-    def __init__(self, series: Any, kind: str) -> None:
+    def __init__(self, series: Any, adapter: type[PandasFrame] | type[PolarsFrame]) -> None:
         self._series = series
-        self._kind = kind
+        self._render = adapter.render
 
     def __len__(self) -> int:
         return len(self._series)
@@ -83,67 +184,31 @@ class RenderedColumn(Sequence[str | None]):
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
             if step == 1:
-                return self._render(start, max(start, stop))
+                return self._render(self._series, start, max(start, stop))
             rows = range(start, stop, step)
             if not rows:
                 return []
             first = min(rows)
-            block = self._render(first, max(rows) + 1)
+            block = self._render(self._series, first, max(rows) + 1)
             return [block[row - first] for row in rows]
         row = operator.index(index)
         if row < 0:
             row += len(self)
         if not 0 <= row < len(self):
             raise IndexError(f"row {index} out of range for {len(self)} rows")
-        return self._render(row, row + 1)[0]
+        return self._render(self._series, row, row + 1)[0]
 
     def __iter__(self) -> Iterator[str | None]:
         for start in range(0, len(self), _ITER_ROWS):
-            yield from self._render(start, min(len(self), start + _ITER_ROWS))
-
-    def _render(self, start: int, stop: int) -> list[str | None]:
-        if self._kind == "pandas":
-            part = self._series.iloc[start:stop]
-            nulls = part.isna().to_numpy()
-            values = part.tolist()
-            if nulls.any():
-                return [
-                    None if n else (v if type(v) is str else str(v))
-                    for v, n in zip(values, nulls.tolist(), strict=True)
-                ]
-            return [v if type(v) is str else str(v) for v in values]
-        import polars as pl
-
-        part = self._series.slice(start, stop - start)
-        if part.dtype == pl.String:
-            return part.to_list()  # type: ignore[no-any-return]
-        if part.dtype.is_float():
-            part = part.fill_nan(None)
-        return [None if v is None else str(v) for v in part.to_list()]
+            yield from self._render(self._series, start, min(len(self), start + _ITER_ROWS))
 
 
 def rendered_columns(df: Any, fields: Sequence[str]) -> dict[str, RenderedColumn]:
     """Each field's values as prompt text (see :class:`RenderedColumn`), rendered lazily."""
-    kind = kind_of(df)
-    if kind == "pandas":
-        by_name = {str(c): c for c in df.columns}
-        return {f: RenderedColumn(df[by_name[f]], kind) for f in fields}
-    return {f: RenderedColumn(df.get_column(f), kind) for f in fields}
+    adapter = frame(df)
+    return {f: RenderedColumn(adapter.column(f), type(adapter)) for f in fields}
 
 
 def with_answers(df: Any, output: str, answers: Sequence[str | None]) -> Any:
     """A new frame: ``df`` with the answers as column ``output`` (replaced if present)."""
-    if kind_of(df) == "pandas":
-        import pandas as pd
-
-        # pandas >= 3 infers its string dtype from str; older pandas keeps object with None.
-        dtype: Any = str if int(pd.__version__.split(".")[0]) >= 3 else object
-        values = answers if isinstance(answers, list) else list(answers)
-        series = pd.Series(values, index=df.index, dtype=dtype, name=output)
-        out = df.copy(deep=False)
-        out[output] = series
-        return out
-    import polars as pl
-
-    values = answers if isinstance(answers, list) else list(answers)
-    return df.with_columns(pl.Series(output, values, dtype=pl.String))
+    return frame(df).with_column(output, answers if isinstance(answers, list) else list(answers))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ._errors import TemplateError
 
-__all__ = ["Template", "is_null", "parse_template", "render_value"]
+__all__ = ["Template", "is_null", "parse_template"]
 
 _formatter = string.Formatter()
 
@@ -37,7 +37,7 @@ class Template:
         return hashlib.blake2b(self.text.encode(), digest_size=8).hexdigest()
 
     def render(self, values: Mapping[str, str]) -> str:
-        """Render with already-stringified ``values`` (see :func:`render_value`)."""
+        """Render with already-stringified ``values`` (see :class:`~llmframe._frames.RenderedColumn`)."""
         out: list[str] = []
         for literal, field in self._parts:
             out.append(literal)
@@ -140,8 +140,3 @@ def is_null(value: Any) -> bool:
         return bool(pd.isna(value)) if not isinstance(value, (str, bytes, list, dict, tuple)) else False
     except (TypeError, ValueError):
         return False
-
-
-def render_value(value: Any) -> str:
-    """The text a value contributes to a prompt (and to its cache key): ``str(value)``."""
-    return value if isinstance(value, str) else str(value)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from llmframe import TemplateError
-from llmframe._template import is_null, parse_template, render_value
+from llmframe._template import is_null, parse_template
 
 
 def test_fields_in_first_use_order_and_render() -> None:
@@ -55,7 +55,3 @@ def test_not_nulls(value: object) -> None:
     assert not is_null(value)
 
 
-def test_render_value() -> None:
-    assert render_value("x") == "x"
-    assert render_value(1.5) == "1.5"
-    assert render_value(3) == "3"
