@@ -29,8 +29,7 @@ __all__ = [
 ]
 
 
-class PandasFrame:
-    kind = "pandas"
+class _Adapter:
     __slots__ = ("df",)
 
     def __init__(self, df: Any) -> None:
@@ -38,6 +37,11 @@ class PandasFrame:
 
     def columns(self) -> list[str]:
         return [str(c) for c in self.df.columns]
+
+
+class PandasFrame(_Adapter):
+    kind = "pandas"
+    __slots__ = ()
 
     def column(self, name: str) -> Any:
         by_name = {str(c): c for c in self.df.columns}  # labels may be non-strings
@@ -71,15 +75,9 @@ class PandasFrame:
         return out
 
 
-class PolarsFrame:
+class PolarsFrame(_Adapter):
     kind = "polars"
-    __slots__ = ("df",)
-
-    def __init__(self, df: Any) -> None:
-        self.df = df
-
-    def columns(self) -> list[str]:
-        return [str(c) for c in self.df.columns]
+    __slots__ = ()
 
     def column(self, name: str) -> Any:
         return self.df.get_column(name)
