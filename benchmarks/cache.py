@@ -470,7 +470,7 @@ def fill_directly(cache_dir: Path, values: Sequence[str], *, start_index: int = 
     from llmframe._cache import AnswerCache
     from llmframe._keys import call_prefix, row_keys
     from llmframe._pricing import PRICES
-    from llmframe._template import parse_template, render_value
+    from llmframe._template import parse_template
     from llmframe.testing import expected_answer
 
     template = parse_template(TEMPLATE, ["review"])
@@ -481,7 +481,7 @@ def fill_directly(cache_dir: Path, values: Sequence[str], *, start_index: int = 
     with AnswerCache(cache_dir, flush_rows=chunk) as cache:
         for lo in range(0, len(values), chunk):
             part = values[lo : lo + chunk]
-            rendered = [render_value(v) for v in part]
+            rendered = [v if isinstance(v, str) else str(v) for v in part]  # as the run renders
             keys = row_keys(prefix, [rendered])
             m = len(part)
             index = np.arange(start_index + lo, start_index + lo + m)
