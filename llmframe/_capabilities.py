@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "ENDPOINTS_FILE",
@@ -61,7 +62,9 @@ _UNSUPPORTED = re.compile(
     r"unexpected keyword|use '?max_(?:completion_)?tokens'? instead",
     re.IGNORECASE,
 )
-_FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object|\bstrict\b", re.IGNORECASE)
+_FORMAT_WORDS = re.compile(
+    r"response_format|json[ _-]?schema|json_object|\bstrict\b|grammar|guided", re.IGNORECASE
+)
 _CONTEXT = re.compile(
     r"context (?:length|window|size)|maximum context|exceeds? (?:the )?(?:model'?s? )?context|"
     r"too many tokens|prompt is too long",
@@ -79,7 +82,11 @@ class Rejection:
 
 
 def _names(text: str, name: str) -> bool:
-    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text) is not None
+    """Whether ``text`` names the parameter: quoted ('seed', "n", `stop`) always; bare
+    only for names long enough not to be an ordinary word (``temperature``)."""
+    quoted = rf"['\"`]{re.escape(name)}['\"`]"
+    bare = rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])"
+    return re.search(quoted if len(name) < 6 else f"{quoted}|{bare}", text) is not None
 
 
 def rejection(
@@ -185,7 +192,12 @@ class EndpointMemory:
 
     @staticmethod
     def key(base_url: str, model: str) -> str:
-        return f"{base_url.rstrip('/')} {model}"
+        """``base_url model``, the URL without credentials or query (a key can hide there)."""
+        parts = urlsplit(base_url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        url = urlunsplit((parts.scheme, netloc, parts.path, "", "")) if parts.scheme else base_url
+        return f"{url.rstrip('/')} {model}"
 
     def get(self, endpoint: str, cache_dir: Path | None = None) -> dict[str, Any]:
         """A copy of what is known of ``endpoint`` (the process first, then the folder)."""

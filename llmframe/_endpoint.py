@@ -73,6 +73,7 @@ class EndpointState:
         "notes",
         "params",
         "probe_in_flight",
+        "renamed",
         "response_format",
         "user_format",
     )
@@ -109,6 +110,7 @@ class EndpointState:
         self.probe_in_flight = False
         self.fatal: CallError | None = None
         self.notes: list[str] = []  # what was rejected and what changed, for the report
+        self.renamed: set[str] = set()  # parameter names renamed away from in this run
         self.known = known  # as the run started: packing verdicts are read from it
 
     @property
@@ -137,7 +139,7 @@ class EndpointState:
             self.endpoint_confirmed = True
             self.learned(answered={self.signature: True})
         mode = request.mode
-        if request.response_format is not None and mode == self.response_format and not self.format_confirmed:
+        if request.packed and mode == self.response_format and not self.format_confirmed:
             self.format_confirmed = True
             if self.user_format == "auto":
                 self.learned(response_format=mode)
@@ -175,7 +177,12 @@ class EndpointState:
             return True
         if rejected.action == "rename":
             target = rejected.rename_to or ""
+            if target in self.renamed:  # it rejected that name too: neither works
+                self.stop(err, f"the endpoint rejects both params[{target!r}] and params[{name!r}] "
+                               f"({err.message}); remove it from params=")  # fmt: skip
+                return False
             if name in self.params:
+                self.renamed.add(name)
                 self.params[target] = self.params.pop(name)
                 self.notes.append(f"{name!r} rejected ({status}); sent as {target!r}")
                 self.learned(renames={name: target})

@@ -79,10 +79,12 @@ class Run:
         try:
             await (self.send_trial(batch) if batch.kind == "trial" else self.send(batch))
         except Exception as exc:  # a bug must cost its rows, never the run
-            self.outcomes.fail([j for j in batch.jobs if not j.done and j.rows], "internal",
-                               f"unexpected {type(exc).__name__}: {exc}")  # fmt: skip
-            if batch.kind == "trial" and self.planner.check is not None:
-                self.planner.check.record_trial(batch.jobs, [None] * len(batch.jobs))
+            if batch.kind == "trial":  # its rows are asked again as the check decides
+                if self.planner.check is not None and not batch.recorded:
+                    self.planner.check.record_trial(batch.jobs, [None] * len(batch.jobs))
+            else:
+                self.outcomes.fail([j for j in batch.jobs if not j.done and j.rows], "internal",
+                                   f"unexpected {type(exc).__name__}: {exc}")  # fmt: skip
         finally:
             self.endpoint.probe_done(batch)
 
@@ -140,6 +142,10 @@ class Run:
         check = self.planner.check
         assert check is not None
         request, n = self.builder.build(batch.jobs), len(batch.jobs)
+        assert self.limiter is not None
+        if not self.limiter.fits(request.tokens):  # larger than the TPM limit: cannot be sent
+            batch.recorded = True
+            return check.record_trial(batch.jobs, [None] * n)
         try:
             done = await self.call(request, [j for j in batch.jobs if j.rows])
         except CallError as err:
@@ -149,6 +155,7 @@ class Run:
                 return check.requeue(batch.jobs)
             if err.fatal:
                 self.endpoint.fatal = self.endpoint.fatal or err
+            batch.recorded = True
             return check.record_trial(batch.jobs, [None] * n)
         self.endpoint.confirm(request)
         prompt, completion = done.prompt_tokens or 0, done.completion_tokens or 0
@@ -161,6 +168,7 @@ class Run:
         prompts, completions = split_tokens(prompt, n), split_tokens(completion, n)
         row_cost = None if cost is None else cost / n
         usages = [(prompts[i], completions[i], row_cost, done.request_id) for i in range(n)]
+        batch.recorded = True
         check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
 
     def too_large(self, batch: Batch, message: str, kind: str = "too_large", status: int | None = None) -> None:
@@ -178,7 +186,11 @@ class Run:
         if rejected is not None and rejected.action != "too_large":
             if self.endpoint.adapt(rejected, err, request):
                 batch.rejected = True
-                self.planner.split(batch.jobs, len(batch.jobs))
+                for job in batch.jobs:
+                    job.resends += 1
+                tired = [j for j in batch.jobs if j.resends > MAX_RESENDS]
+                self.outcomes.fail(tired, err.kind, f"{err.message} (rejected again after each change)", err.status)
+                self.planner.split([j for j in batch.jobs if j not in tired], len(batch.jobs))
                 return
             fatal = self.endpoint.fatal or err
             return self.outcomes.fail(batch.jobs, fatal.kind, fatal.message, fatal.status)
@@ -187,6 +199,8 @@ class Run:
             return self.outcomes.fail(batch.jobs, err.kind, err.message, err.status)
         if err.kind == "too_large" or rejected is not None:
             return self.too_large(batch, err.message, status=err.status)
+        if err.kind == "bad_request" and len(batch.jobs) > 1:  # one row may be why (a content filter)
+            return self.planner.split(batch.jobs, len(batch.jobs) // 2)
         self.outcomes.fail(batch.jobs, err.kind, err.message, err.status)
 
     # ---- answers ----------------------------------------------------------------------

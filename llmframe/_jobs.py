@@ -43,6 +43,7 @@ class Batch:
     canaries: list[Job] = field(default_factory=list)  # row-less copies with known answers
     probe: bool = False  # sent alone: the endpoint's first request, or a format's
     rejected: bool = False  # the endpoint rejected what it carried; it goes again, changed
+    recorded: bool = False  # a trial whose outcome the packing check has been told
 
     @property
     def packed(self) -> bool:

@@ -126,8 +126,10 @@ def parse_packed(content: str | None, n_items: int, *, truncated: bool = False) 
 
 
 def parse_single(content: str | None) -> str | None:
-    """A one-row reply is the answer, stripped of surrounding white space."""
-    return None if content is None else content.strip()
+    """A one-row reply is the answer, stripped of surrounding white space; an empty or
+    blank reply is no answer (``None``), to be asked again."""
+    text = None if content is None else content.strip()
+    return text or None
 
 
 _EDGE = " \t\n\r\f\v.,;:!?…'\"`‘’‚“”„«»‹›*_"

@@ -71,9 +71,13 @@ class Planner:
 
     def take(self) -> Batch | None:
         """The next batch to send, or ``None`` when there is none now."""
-        if self.endpoint.fatal is not None or self.endpoint.probe_in_flight:
-            return None
         check = self.check
+        if self.endpoint.fatal is not None:
+            if check is not None and check.verdict is not None:
+                self.decided(check)  # keep what the trial answered before the stop
+            return None
+        if self.endpoint.probe_in_flight:
+            return None
         if check is not None and check.verdict is None:
             if self.resend:  # while checking, every request is one row
                 return self.endpoint.gate(Batch([self.resend.popleft()]))
@@ -96,10 +100,14 @@ class Planner:
             if check.verdict is None:
                 return None  # the check's answers are not all back
         if check is not None and check.verdict is not None:
-            self.check = None
-            size = self.on_verdict(check) if self.on_verdict else check.verdict.batch_size
-            self.sizer.cap = max(1, min(self.sizer.cap, size))
+            self.decided(check)
         return self.take_rows()
+
+    def decided(self, check: PackingCheck) -> None:
+        assert check.verdict is not None
+        self.check = None
+        size = self.on_verdict(check) if self.on_verdict else check.verdict.batch_size
+        self.sizer.cap = max(1, min(self.sizer.cap, size))
 
     def take_rows(self) -> Batch | None:
         jobs: list[Job] = []

@@ -48,6 +48,7 @@ class Request:
     mode: str  # the structured-output mode of a packed request ("text" for one row)
     input_tokens: int  # exact (tiktoken over the messages as sent)
     output_tokens: int  # expected: max_tokens if set, else the answer-length guess
+    packed: bool = False  # many rows in one reply (in any mode, "text" included)
 
     @property
     def tokens(self) -> int:
@@ -109,4 +110,4 @@ class RequestBuilder:
         elif mode == "json_object":
             fmt = {"type": "json_object"}
         tokens = count_messages(messages, self.tokenizer)
-        return Request(messages, params, fmt, mode, tokens, out)
+        return Request(messages, params, fmt, mode, tokens, out, packed=True)

@@ -117,3 +117,33 @@ def test_memory_survives_a_corrupt_file(tmp_path: Path) -> None:
     assert memory.get("e m", tmp_path) == {}
     memory.update("e m", tmp_path, response_format="text")
     assert EndpointMemory().get("e m", tmp_path) == {"response_format": "text"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "HTTP 400: The provided JSON schema contains features not supported by xgrammar.",
+        "HTTP 400: JSON schema conversion failed: unsupported keyword",
+        "HTTP 400: guided decoding is not available for this model",
+    ],
+)
+def test_structured_output_rejections_in_other_servers_words(message: str) -> None:
+    assert rejection(400, message, None, PARAMS, response_format="json_schema") == Rejection(
+        "response_format", "step_down"
+    )
+
+
+def test_short_parameter_names_must_be_quoted_to_count() -> None:
+    params = {"stop": ["\n"], "n": 1, "user": "u", "temperature": 0}
+    prose = "HTTP 400: Unsupported: streaming must stop before n is not supported for this user"
+    assert rejection(400, prose, None, params, response_format=None) is None
+    quoted = "HTTP 400: Unsupported parameter: 'stop' is not supported with this model."
+    assert rejection(400, quoted, None, params, response_format=None) == Rejection("stop", "stop")
+    bare = "HTTP 400: temperature is not supported with this model"
+    assert rejection(400, bare, None, params, response_format=None) == Rejection("temperature", "stop")
+
+
+def test_the_memory_key_drops_credentials_and_query() -> None:
+    key = EndpointMemory.key("https://user:sk-secret@gw.example.com:8443/v1/?api-key=sk-x", "m")
+    assert key == "https://gw.example.com:8443/v1 m"
+    assert "secret" not in key and "sk-x" not in key

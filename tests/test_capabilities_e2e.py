@@ -121,3 +121,24 @@ def test_an_unknown_model_stops_the_run_early(fake_server_factory: Any) -> None:
     assert server.stats.requests <= 3
     assert len(info.value.errors) == 200
     assert isinstance(info.value, llmframe.RunError)  # one except RunError catches every stop
+
+
+def test_text_mode_is_confirmed_too_so_packed_requests_go_concurrently(fake_server_factory: Any) -> None:
+    server = fake_server_factory(json_schema=False, json_object=False, latency=0.05)
+    rows = texts(400)
+    out = pd.DataFrame({"text": rows}).llm.apply(TEMPLATE, **opts(server, batch_size=10, max_concurrency=8))
+    assert answers(out) == [expected_answer(TEMPLATE.format(text=t)) for t in rows]
+    assert server.stats.max_in_flight > 1  # not every packed request alone
+    # Remembered: the next run starts in text mode, with no rejection.
+    server.reset_stats()
+    pd.DataFrame({"text": texts(50, "more")}).llm.apply(TEMPLATE, **opts(server, batch_size=10))
+    assert 400 not in statuses(server)
+
+
+def test_an_endpoint_that_rejects_both_token_names_stops_instead_of_looping(fake_server_factory: Any) -> None:
+    server = fake_server_factory(unsupported_params=("max_tokens", "max_completion_tokens"))
+    df = pd.DataFrame({"text": texts(100)})
+    with pytest.raises(EndpointError, match="rejects both"):
+        df.llm.apply(TEMPLATE, **opts(server, params={"max_tokens": 20}))
+    assert server.stats.requests <= 4
+

@@ -63,3 +63,4 @@ def test_non_string_answers_kept_as_json() -> None:
 def test_single() -> None:
     assert parse_single("  positive\n") == "positive"
     assert parse_single(None) is None
+    assert parse_single("") is None and parse_single(" \n") is None  # blank: asked again
