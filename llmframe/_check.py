@@ -127,6 +127,11 @@ class PackingCheck:
         """Reference or trial requests are out: packing waits for their answers."""
         return self._in_flight > 0
 
+    @property
+    def first_trial_due(self) -> bool:
+        """The first trial was not sent yet, and there are sizes to try."""
+        return not self._opened and bool(self.sizes) and self.verdict is None
+
     def first_trial_room(self, fits: int) -> int | None:
         """How many new rows may ride in the first trial (``None``: it was sent already).
 
@@ -134,7 +139,7 @@ class PackingCheck:
         check then costs about one request's time. New rows fill it up to the first
         size, so it measures the size the run will pack at and answers rows too.
         """
-        if self._opened or not self.sizes or self.verdict is not None:
+        if not self.first_trial_due:
             return None
         return max(0, self.first_size(fits) - self.taken)
 

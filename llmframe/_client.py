@@ -20,7 +20,7 @@ from ._capabilities import is_context_overflow
 from ._headers import parse_retry_after
 from ._retry import is_retryable_status
 
-__all__ = ["PLACEHOLDER_KEY", "CallError", "ChatClient", "Completion"]
+__all__ = ["PLACEHOLDER_KEY", "CallError", "ChatClient", "Completion", "credentials"]
 
 # Where the user gives no key, local servers (vLLM, llama.cpp, Ollama) accept any.
 PLACEHOLDER_KEY = "not-needed"
@@ -149,6 +149,14 @@ def _http_client(max_connections: int) -> Any:
     return openai.DefaultAsyncHttpxClient(limits=limits)
 
 
+def credentials(base_url: str | None, api_key: str | None) -> tuple[str | None, str]:
+    """The base URL (``None``: the SDK's default, OpenAI) and the key a call uses: as given,
+    else ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``, else a placeholder key (local servers
+    accept any)."""
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    return url, api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
+
+
 class ChatClient:
     """Sends chat completions for one run, on the running event loop.
 
@@ -174,11 +182,11 @@ class ChatClient:
             self._api_key = getattr(client, "api_key", None)
             self._owned = False
         else:
-            key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
+            url, key = credentials(base_url, api_key)
             self._api_key = key
             self._client = openai.AsyncOpenAI(
                 api_key=key,
-                base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                base_url=url,
                 max_retries=0,
                 timeout=timeout,
                 http_client=_http_client(max_connections),

@@ -15,13 +15,12 @@ What it learns goes to :data:`~llmframe._capabilities.MEMORY`.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._capabilities import MEMORY, EndpointMemory, Rejection, next_format, rejection
-from ._client import PLACEHOLDER_KEY, CallError
+from ._client import CallError, credentials
 from ._jobs import Batch
 from ._limiter import RateLimiter, shared_limiter
 from ._requests import Request
@@ -44,9 +43,9 @@ class Endpoint:
            client: Any = None) -> Endpoint:  # fmt: skip
         if client is not None:
             url, key = str(client.base_url), getattr(client, "api_key", None)
-        else:
-            url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-            key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
+        else:  # as ChatClient resolves them, so the run and this agree
+            given_url, key = credentials(base_url, api_key)
+            url = given_url or DEFAULT_BASE_URL
         digest = hashlib.sha256((key or "").encode()).hexdigest()[:16]
         return cls(url.rstrip("/"), model, digest)
 

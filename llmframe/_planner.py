@@ -85,8 +85,10 @@ class Planner:
                 job = self.pending.popleft()
                 check.add_reference(job)
                 return self.endpoint.gate(Batch([job], kind="reference"))
-            fits = self.rows_that_fit(check.reference_jobs())
-            room = check.first_trial_room(fits)
+            room = None
+            if check.first_trial_due:
+                fits = self.rows_that_fit(check.reference_jobs())
+                room = check.first_trial_room(fits)
             if room is not None:
                 if not self.pending:
                     check.verdict = Verdict(1, "no rows left to pack after the sampled ones", {})
