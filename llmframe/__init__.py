@@ -10,7 +10,7 @@ limiter, cached in parquet, and written back as a new column.
 
 from __future__ import annotations
 
-from ._api import ApplyOptions, aapply, aestimate, apply, estimate
+from ._api import ApplyOptions, aapply, aclassify, aestimate, apply, classify, estimate
 from ._cache_admin import cache_info, clear_cache, compact_cache, read_cache
 from ._calibrate import CalibrationReport, acalibrate, calibrate
 from ._config import configure
@@ -48,10 +48,12 @@ __all__ = [
     "__version__",
     "aapply",
     "acalibrate",
+    "aclassify",
     "aestimate",
     "apply",
     "cache_info",
     "calibrate",
+    "classify",
     "clear_cache",
     "compact_cache",
     "configure",

@@ -20,7 +20,8 @@ Frame = TypeVar("Frame")
 
 
 class LLMNamespace(Generic[Frame]):
-    """``df.llm``: ``apply``, ``aapply``, ``estimate``, ``calibrate`` and ``report``."""
+    """``df.llm``: ``apply``, ``aapply``, ``classify``, ``aclassify``, ``estimate``, ``calibrate``
+    and ``report``."""
 
     def __init__(self, df: Frame):
         self._df = df
@@ -35,6 +36,17 @@ class LLMNamespace(Generic[Frame]):
     async def aapply(self, template: str, **options: Any) -> Frame:
         """The async form of :meth:`apply`, for code that already runs in an event loop."""
         return await _api.aapply(self._df, template, **options)
+
+    def classify(self, template: str, *, labels: Any, **options: Any) -> Frame:
+        """One of ``labels`` per row (``multi=True``: a list); see :func:`llmframe.classify`.
+
+        >>> out = df.llm.classify("Topic of: {text}", labels=["billing", "bug", "other"], output="topic")
+        """
+        return _api.classify(self._df, template, labels=labels, **options)
+
+    async def aclassify(self, template: str, *, labels: Any, **options: Any) -> Frame:
+        """The async form of :meth:`classify`."""
+        return await _api.aclassify(self._df, template, labels=labels, **options)
 
     def estimate(self, template: str, *, sample: int = 0, **options: Any) -> Estimate:
         """What :meth:`apply` with the same options would send and cost; see :func:`llmframe.estimate`.

@@ -27,7 +27,7 @@ from typing import Any
 
 from ._parse import normalize
 
-__all__ = ["agreement", "answer_agreement", "token_f1"]
+__all__ = ["agreement", "answer_agreement", "field_agreement", "token_f1"]
 
 #: Answers of at most this many words are compared for equality, never fuzzily.
 SHORT_WORDS = 5
@@ -54,6 +54,35 @@ def _field_value(value: Any) -> str:
     if isinstance(value, str):
         return normalize(value)
     return normalize(json.dumps(value, sort_keys=True, ensure_ascii=False))
+
+
+def _same_field(a: Any, b: Any) -> bool:
+    """Two values of one field agree: equal, or for two long texts, the same words mostly."""
+    if _field_value(a) == _field_value(b):
+        return True
+    if isinstance(a, str) and isinstance(b, str) and min(len(_words(a)), len(_words(b))) > SHORT_WORDS:
+        return token_f1(a, b) >= SAME_TEXT
+    return False
+
+
+def field_agreement(references: Sequence[str | None], answers: Sequence[str | None]) -> dict[str, float]:
+    """For JSON object answers: each field's share of compared rows whose values agree
+    (rows without both answers left out), so a report can say which fields disagree.
+
+    >>> field_agreement(['{"a": 1, "b": "x"}', '{"a": 2, "b": "y"}'], ['{"a": 1, "b": "x"}', '{"a": 2, "b": "z"}'])
+    {'a': 1.0, 'b': 0.5}
+    """
+    same: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+    for reference, answer in zip(references, answers, strict=True):
+        ref = _json_object(reference) if reference is not None else None
+        ans = _json_object(answer) if answer is not None else None
+        if ref is None or ans is None:
+            continue
+        for key in list(ref) + [k for k in ans if k not in ref]:
+            seen[key] += 1
+            same[key] += key in ref and key in ans and _same_field(ref[key], ans[key])
+    return {key: same[key] / seen[key] for key in seen}
 
 
 def _words(text: str) -> list[str]:
@@ -94,11 +123,7 @@ def answer_agreement(reference: str, answer: str, others: Sequence[str] = ()) ->
         keys = set(ref) | set(ans)
         if not keys:
             return 1.0
-        same = sum(
-            1
-            for k in keys
-            if k in ref and k in ans and _field_value(ref[k]) == _field_value(ans[k])
-        )
+        same = sum(1 for k in keys if k in ref and k in ans and _same_field(ref[k], ans[k]))
         return same / len(keys)
     if normalize(reference) == normalize(answer):
         return 1.0

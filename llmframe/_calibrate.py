@@ -52,9 +52,11 @@ from ._calibration_store import (
 from ._config import resolve
 from ._errors import ConfigError, RunError
 from ._frames import columns_of, field_columns, kind_of, rendered_columns, take_rows
+from ._keys import output_spec
 from ._parse import normalize
 from ._report import RunReport
 from ._run import run_frame
+from ._schema import OutputSchema, classify_schema, output_schema
 from ._sync import run_sync
 from ._template import is_null, parse_template
 from ._warn import warn_user
@@ -190,7 +192,8 @@ async def acalibrate(
     for ``apply(..., batch_size="calibrated")``.
     """
     sizes = _check(sample, batch_sizes, min_agreement, seed)
-    given = _without(options, "output")
+    schema = _schema_of(options)
+    given = _without(options, "output", "schema", "labels", "multi", "unnest", "prefix")
     if "batch_size" in given:
         raise ConfigError(
             "calibrate chooses the batch sizes itself: pass batch_sizes=(1, 5, 10, ...) "
@@ -200,9 +203,9 @@ async def acalibrate(
     tpl = parse_template(template, columns_of(df))
     # errors="null": a failed row counts as disagreeing; canaries=0: packing as it is,
     # not as canaries repair it.
-    opts = replace(resolve(**given), errors="null", canaries=0, error_column=None)
+    opts = replace(resolve(**given), errors="null", canaries=0, error_column=None, schema=schema)
     model = opts.model or ""
-    key = calibration_key(model, tpl.text, opts.system, opts.params)
+    key = calibration_key(model, tpl.text, opts.system, opts.params, output_spec(schema))
     cache_dir = resolve_cache_dir(opts.cache)
 
     positions = _sample_positions(df, tpl.fields, sample, seed)
@@ -217,7 +220,7 @@ async def acalibrate(
 
     with tempfile.TemporaryDirectory(prefix="llmframe-calibrate-") as fresh:
         one_row_opts = replace(opts, batch_size=1, cache=fresh if cache_dir is not None else False)
-        out, one_row = await run_frame(rows_df, tpl, one_row_opts, name)
+        out, one_row = await run_frame(rows_df, tpl, one_row_opts, name, raw=True)
         if cache_dir is not None:
             _copy_records(Path(fresh), cache_dir)
     reference = _answers(out, name)
@@ -238,7 +241,7 @@ async def acalibrate(
             f"{', '.join(map(str, skipped))} were not measured"
         )
     for size in (b for b in sizes if 1 < b <= n):
-        out, packed = await run_frame(rows_df, tpl, replace(opts, batch_size=size, cache=False), name)
+        out, packed = await run_frame(rows_df, tpl, replace(opts, batch_size=size, cache=False), name, raw=True)
         agreement_share, _ = agreement(reference, _answers(out, name))
         rows.append(_row(size, agreement_share, compared, packed))
 
@@ -261,6 +264,18 @@ async def acalibrate(
 
 def _without(options: Mapping[str, Any], *names: str) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in names}
+
+
+def _schema_of(options: Mapping[str, Any]) -> OutputSchema | None:
+    """The answer's form from ``schema=`` or ``labels=``/``multi=``, as ``apply`` takes them."""
+    schema, labels = options.get("schema"), options.get("labels")
+    if labels is not None:
+        if schema is not None:
+            raise ConfigError("pass schema= or labels=, not both")
+        return classify_schema(labels, multi=bool(options.get("multi", False)))
+    if schema is None or isinstance(schema, OutputSchema):
+        return schema
+    return output_schema(schema)
 
 
 def calibrate(
@@ -295,14 +310,14 @@ async def acalibrated_batch_size(df: Any, template: str, **options: Any) -> int:
     (``output`` and ``batch_size`` are ignored). Without a cache folder
     (``cache=False``) nothing is stored, so every call calibrates again.
     """
-    given = _without(options, "output", "batch_size")
+    given = _without(options, "output", "batch_size", "unnest", "prefix")
     tpl = parse_template(template, columns_of(df))
-    opts = resolve(**given)
+    schema = _schema_of(given)
+    opts = resolve(**_without(given, "schema", "labels", "multi"))
     cache_dir = resolve_cache_dir(opts.cache)
     if cache_dir is not None:
-        stored = load_calibration(
-            cache_dir, calibration_key(opts.model or "", tpl.text, opts.system, opts.params)
-        )
+        key = calibration_key(opts.model or "", tpl.text, opts.system, opts.params, output_spec(schema))
+        stored = load_calibration(cache_dir, key)
         if stored is not None:
             return stored
     report = await acalibrate(df, template, **given)

@@ -36,6 +36,7 @@ def calibration_key(
     template: str,
     system: str | None = None,
     params: Mapping[str, Any] | None = None,
+    output: Any = "text",
 ) -> str:
     """The key a calibration is stored under: what decides the answers, as for cache keys.
 
@@ -43,7 +44,7 @@ def calibration_key(
     ...     "gpt-4o-mini", "Capital of {country}?", None, {})
     True
     """
-    prefix = call_prefix(model=model, template=template, system=system, params=params)
+    prefix = call_prefix(model=model, template=template, system=system, params=params, output=output)
     return "cal-" + prefix.hex()
 
 

@@ -23,10 +23,10 @@ difference between one-row and packed tokens for the sample.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ._agreement import agreement
+from ._agreement import agreement, field_agreement
 from ._canaries import Canaries
 from ._jobs import Job
 from ._warn import warn_user
@@ -44,6 +44,7 @@ class Verdict:
     batch_size: int  # 1: do not pack
     reason: str
     agreement: dict[int, float]  # packed size -> share of sampled rows that agreed
+    fields: dict[str, float] = field(default_factory=dict)  # structured: each field's agreement, last size
 
 
 class PackingCheck:
@@ -62,6 +63,7 @@ class PackingCheck:
         "_retries",
         "_trial_rows",
         "agreement",
+        "fields",
         "held",
         "min_agreement",
         "returned",
@@ -78,6 +80,7 @@ class PackingCheck:
         self.taken = 0
         self.verdict: Verdict | None = None
         self.agreement: dict[int, float] = {}
+        self.fields: dict[str, float] = {}  # structured answers: agreement per field, last size judged
         # New rows that rode in the first trial: (job, packed answer, usage). Kept as
         # answers when the trial agrees (``held``), asked again when it does not
         # (``returned``).
@@ -246,9 +249,9 @@ class PackingCheck:
         answered = [k for k in keys if self._answers.get(k) is not None]
         share = None
         if keys and len(answered) >= MIN_ANSWERED * len(keys):
-            share, _ = agreement(
-                [self._references[k] for k in answered], [self._answers[k] for k in answered]
-            )
+            refs, answers = [self._references[k] for k in answered], [self._answers[k] for k in answered]
+            share, _ = agreement(refs, answers)
+            self.fields = field_agreement(refs, answers)
         self.agreement[size] = share or 0.0
         self._retries = 0
         self._trial_rows = []
@@ -259,6 +262,7 @@ class PackingCheck:
                 f"packed {size} rows per request: on {len(keys)} sampled rows, packed answers agreed "
                 f"with one-row answers on {self.agreement[size]:.0%} (need {self.min_agreement:.0%})",
                 dict(self.agreement),
+                dict(self.fields),
             )
             return
         self.returned.extend(job for job, _, _ in self.held)  # answered at a size that failed
@@ -275,9 +279,17 @@ class PackingCheck:
             1,
             "one row per request: packed answers did not agree with one-row answers on the "
             f"{len(self.answers)} sampled rows ({measured}; need {self.min_agreement:.0%}). "
-            "Pass batch_size=N to pack anyway, or calibrate() to measure more rows",
+            "Pass batch_size=N to pack anyway, or calibrate() to measure more rows" + _fields_note(self.fields),
             dict(self.agreement),
+            dict(self.fields),
         )
+
+
+def _fields_note(fields: dict[str, float]) -> str:
+    worst = sorted((share, name) for name, share in fields.items() if share < 1.0)[:3]
+    if not worst:
+        return ""
+    return "; fields that disagreed most: " + ", ".join(f"{name} ({share:.0%} agree)" for share, name in worst)
 
 
 # ------------------------------------------------------------------------- the plan

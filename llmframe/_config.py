@@ -63,6 +63,9 @@ class Options:
     response_format: ResponseFormat = "auto"
     canaries: int | None = None
     error_column: str | None = None
+    #: The answer's form (:class:`~llmframe._schema.OutputSchema`), from ``schema=`` or
+    #: ``labels=`` of one call; never a process-wide default.
+    schema: Any = None
 
 
 _OPTION_NAMES = frozenset(f.name for f in fields(Options))
@@ -80,6 +83,8 @@ def configure(**options: Any) -> None:
     """
     global _defaults
     reset = options.pop("reset", False)
+    if "schema" in options:
+        raise ConfigError("schema= belongs to one call (apply, classify), not to configure()")
     unknown = set(options) - _OPTION_NAMES
     if unknown:
         raise ConfigError(

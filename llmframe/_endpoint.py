@@ -74,6 +74,7 @@ class EndpointState:
         "probe_in_flight",
         "renamed",
         "response_format",
+        "structured",
         "user_format",
     )
 
@@ -85,8 +86,10 @@ class EndpointState:
         user_format: str,
         *,
         learns: bool = True,
+        structured: bool = False,
     ) -> None:
         known = MEMORY.get(memory_key, memory_dir)
+        self.structured = structured  # every request, one row too, carries the format
         self.memory_key = memory_key
         self.memory_dir = memory_dir
         self.learns = learns  # False for estimates: what they assume is not what an endpoint said
@@ -120,7 +123,7 @@ class EndpointState:
     # ---- the gate ---------------------------------------------------------------------
     def gate(self, batch: Batch) -> Batch:
         """Mark ``batch`` to go alone if it is a probe (see the module docstring)."""
-        if not self.endpoint_confirmed or (batch.packed and not self.format_confirmed):
+        if not self.endpoint_confirmed or ((batch.packed or self.structured) and not self.format_confirmed):
             batch.probe = self.probe_in_flight = True
         return batch
 
@@ -138,7 +141,7 @@ class EndpointState:
             self.endpoint_confirmed = True
             self.learned(answered={self.signature: True})
         mode = request.mode
-        if request.packed and mode == self.response_format and not self.format_confirmed:
+        if (request.packed or self.structured) and mode == self.response_format and not self.format_confirmed:
             self.format_confirmed = True
             if self.user_format == "auto":
                 self.learned(response_format=mode)

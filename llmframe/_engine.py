@@ -25,16 +25,16 @@ from . import _check
 from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache import resolve_cache_dir
-from ._check import PackingCheck, batch_cap
+from ._check import batch_cap
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._endpoint import Endpoint, EndpointState
 from ._errors import AuthenticationError, EndpointError, RowError, RunError
 from ._jobs import Batch, Job
-from ._keys import call_prefix
+from ._keys import call_prefix, output_spec
 from ._limiter import RateLimiter
 from ._outcomes import Outcomes, progress_bar, split_tokens
-from ._parse import parse_packed, parse_single
+from ._parse import parse_packed, read_single
 from ._planner import Planner
 from ._prepare import Prepared, prepare
 from ._pricing import price_for
@@ -42,6 +42,7 @@ from ._report import RunReport, set_last_report
 from ._requests import Request, RequestBuilder
 from ._template import Template
 from ._tokens import get_tokenizer
+from ._trials import on_verdict, send_trial
 from ._warn import warn_user
 from ._workers import drain
 
@@ -53,6 +54,12 @@ AUTO_BATCH_TOKENS = 4000
 MAX_RESENDS = 4
 #: Seconds between cache flushes while a run goes: a crash loses at most this much.
 FLUSH_SECONDS = 2.0
+#: One-row answers that fail the schema before the row fails (the same prompt mostly
+#: gets the same answer: more tries cost more than they find).
+ALONE_TRIES = 2
+#: Answers failing the schema, with none valid yet, that stop the run: the model or the
+#: endpoint does not follow the schema, and every row would pay its retries for a null.
+SYSTEMIC_INVALID = 10
 
 
 @dataclass
@@ -73,11 +80,12 @@ class Run:
         self.opts, self.client, self.limiter, self.report = opts, client, limiter, report
         self.endpoint, self.builder, self.planner, self.outcomes = endpoint, builder, planner, outcomes
         self.budget, self.sleep, self.policy = budget, sleep, policy
+        self.valid, self.invalid = 0, 0  # answers checked against the schema, so far
 
     # ---- one batch --------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
         try:
-            await (self.send_trial(batch) if batch.kind == "trial" else self.send(batch))
+            await (send_trial(self, batch) if batch.kind == "trial" else self.send(batch))
         except Exception as exc:  # a bug must cost its rows, never the run
             if batch.kind == "trial":  # its rows are asked again as the check decides
                 if self.planner.check is not None and not batch.recorded:
@@ -136,41 +144,6 @@ class Run:
         self.endpoint.confirm(request)
         self.accept(jobs, sent, done)
 
-    async def send_trial(self, batch: Batch) -> None:
-        """A packing-check request: copies of reference rows, whose answers are only
-        compared, and new rows, whose answers are kept if the check agrees."""
-        check = self.planner.check
-        assert check is not None
-        request, n = self.builder.build(batch.jobs), len(batch.jobs)
-        assert self.limiter is not None
-        if not self.limiter.fits(request.tokens):  # larger than the TPM limit: cannot be sent
-            batch.recorded = True
-            return check.record_trial(batch.jobs, [None] * n)
-        try:
-            done = await self.call(request, [j for j in batch.jobs if j.rows])
-        except CallError as err:
-            rejected = self.endpoint.rejection_of(err, request)
-            if rejected is not None and self.endpoint.adapt(rejected, err, request):
-                batch.rejected = True
-                return check.requeue(batch.jobs)
-            if err.fatal:
-                self.endpoint.fatal = self.endpoint.fatal or err
-            batch.recorded = True
-            return check.record_trial(batch.jobs, [None] * n)
-        self.endpoint.confirm(request)
-        prompt, completion = done.prompt_tokens or 0, done.completion_tokens or 0
-        cost = self.budget.spend(prompt, completion)
-        self.report.add_usage(prompt, completion, cost)
-        copies = sum(1 for j in batch.jobs if not j.rows)
-        self.report.check_requests += 1
-        self.report.check_tokens += round((prompt + completion) * copies / n)
-        parsed = parse_packed(done.content, n, truncated=done.finish_reason == "length")
-        prompts, completions = split_tokens(prompt, n), split_tokens(completion, n)
-        row_cost = None if cost is None else cost / n
-        usages = [(prompts[i], completions[i], row_cost, done.request_id) for i in range(n)]
-        batch.recorded = True
-        check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
-
     def too_large(self, batch: Batch, message: str, kind: str = "too_large", status: int | None = None) -> None:
         if len(batch.jobs) > 1:
             self.planner.split(batch.jobs, len(batch.jobs) // 2)
@@ -216,18 +189,25 @@ class Run:
         row_cost = None if cost is None else cost / n
         truncated = done.finish_reason == "length"
         if n == 1:
-            answer = parse_single(done.content)
+            answer, problem = read_single(done.content, self.builder.schema)
             usage = (prompt, completion, cost, done.request_id)
             if truncated:
                 self.outcomes.fail(jobs, "truncated", "answer cut off at max_tokens (finish_reason=length); "
                                    "raise params['max_tokens']", usage=usage)  # fmt: skip
             elif answer is None:
-                self.retry_rows(jobs, {0: "empty answer"}, 1)
+                if problem is not None:
+                    jobs[0].invalid_alone += 1
+                    self.count_valid(0, 1, problem)
+                if problem is not None and jobs[0].invalid_alone >= ALONE_TRIES:
+                    self.outcomes.fail(jobs, "validation", f"no valid answer after {ALONE_TRIES} tries alone ({problem})")
+                else:
+                    self.retry_rows(jobs, {0: problem or "empty answer"}, 1, invalid={0} if problem else set())
             else:
+                self.count_valid(1, 0)
                 self.outcomes.finish(jobs[0], answer, usage)
                 self.planner.canaries.learn(jobs[0], answer)
             return
-        parsed = parse_packed(done.content, n, truncated=truncated)
+        parsed = self.parse_packed(done, n)
         self.report.canary_rows += n - len(jobs)
         if self.planner.canaries.wrong(sent, parsed.answers):
             # A canary's packed answer differs from its one-row answer: this batch's answers
@@ -238,6 +218,7 @@ class Run:
             return
         position = {id(job): i for i, job in enumerate(sent)}
         failed: dict[int, str] = {}
+        invalid: set[int] = set()
         for j, job in enumerate(jobs):
             i = position[id(job)]
             if i in parsed.answers:
@@ -245,43 +226,42 @@ class Run:
                 self.outcomes.finish(job, parsed.answers[i], usage)
             else:
                 failed[j] = parsed.failed.get(i, "id missing from the reply")
+                invalid.update([j] if i in parsed.invalid else [])
         self.planner.sizer.observe(n, len(parsed.failed), len(jobs))
+        self.count_valid(len(parsed.answers), len(parsed.invalid), next(iter(parsed.failed.values()), ""))
         if failed:
-            self.retry_rows(jobs, failed, len(jobs))
+            self.retry_rows(jobs, failed, len(jobs), invalid)
 
-    def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int) -> None:
+    def count_valid(self, valid: int, invalid: int, problem: str = "") -> None:
+        """Stop the run when answers keep failing the schema and none has passed yet."""
+        if self.builder.schema is None:
+            return
+        self.valid, self.invalid = self.valid + valid, self.invalid + invalid
+        if not self.valid and self.invalid >= SYSTEMIC_INVALID:
+            self.endpoint.stop(CallError("validation", problem, False), (
+                f"none of the first {self.invalid} answers matched the schema (last: {problem}); the model "
+                "or the endpoint does not follow it. Check the schema and the template, or try another model"))  # fmt: skip
+
+    def parse_packed(self, done: Completion, n: int) -> Any:
+        schema = self.builder.schema
+        return parse_packed(done.content, n, truncated=done.finish_reason == "length",
+                            item=None if schema is None else schema.validate)  # fmt: skip
+
+    def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int, invalid: set[int] | None = None) -> None:
+        """Ask the ``failed`` rows again (their answer missing, or in ``invalid`` not valid),
+        in smaller batches; a row out of tries fails with kind ``validation`` or ``invalid_answer``."""
         again: list[Job] = []
         for i, reason in failed.items():
             job = jobs[i]
             job.resends += 1
             if job.resends > MAX_RESENDS:
-                self.outcomes.fail([job], "invalid_answer", f"no valid answer after {job.resends} tries ({reason})")
+                kind = "validation" if invalid and i in invalid else "invalid_answer"
+                self.outcomes.fail([job], kind, f"no valid answer after {job.resends} tries ({reason})")
             else:
                 again.append(job)
         if again:
             self.report.resent_rows += sum(len(j.rows) for j in again)
             self.planner.split(again, max(1, n // 2))
-
-    def on_verdict(self, check: PackingCheck, fixed_size: int | None, task_key: str) -> int:
-        """The packing check decided: keep or re-ask the rows that rode in its trial, say
-        why, remember it; returns the batch size from now on."""
-        verdict = check.verdict
-        assert verdict is not None
-        for job, answer, usage in check.held:  # the trial agreed: its new rows are answered
-            if answer is not None:
-                self.outcomes.finish(job, answer, usage)
-            else:
-                self.planner.split([job], verdict.batch_size)
-        self.planner.pending.extendleft(reversed(check.returned))  # asked again, as decided
-        self.report.packing_agreement = dict(verdict.agreement)
-        if fixed_size is not None:
-            return fixed_size
-        self.report.packing_reason = verdict.reason
-        if verdict.agreement:  # measured, not a lack of rows: worth remembering
-            self.endpoint.learned(verdicts={task_key: {"batch_size": verdict.batch_size, "reason": verdict.reason}})
-            if verdict.batch_size == 1:
-                warn_user(f"llmframe: {verdict.reason}.")
-        return verdict.batch_size
 
 def new_run(
     prepared: Prepared, template: Template, opts: Options, *, client: Any, limiter: RateLimiter | None,
@@ -292,10 +272,11 @@ def new_run(
     model = opts.model or ""
     report = prepared.report
     state = EndpointState(endpoint.memory_key, resolve_cache_dir(opts.cache), dict(opts.params or {}),
-                          opts.response_format, learns=learns)  # fmt: skip
-    builder = RequestBuilder(template, opts.system, get_tokenizer(model), state)
+                          opts.response_format, learns=learns, structured=opts.schema is not None)  # fmt: skip
+    builder = RequestBuilder(template, opts.system, get_tokenizer(model), state, opts.schema)
     cap = batch_cap(opts.batch_size, template.fields)
-    task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params).hex()
+    task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
+                           output=output_spec(opts.schema)).hex()  # fmt: skip
     packing = _check.plan(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
         verdict=(state.known.get("verdicts") or {}).get(task_key),
@@ -314,7 +295,7 @@ def new_run(
     the_run = Run(opts=opts, client=client, limiter=limiter, report=report, endpoint=state, builder=builder,
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
                   sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts))  # fmt: skip
-    planner.on_verdict = lambda check: the_run.on_verdict(check, packing.fixed_size, task_key)
+    planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key)
     return the_run
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "rendered_columns",
     "take_rows",
     "with_answers",
+    "with_columns",
 ]
 
 
@@ -74,6 +75,14 @@ class PandasFrame(_Adapter):
         out[name] = pd.Series(values, index=self.df.index, dtype=dtype, name=name)
         return out
 
+    def with_typed(self, columns: Sequence[tuple[str, Any]]) -> Any:
+        import pandas as pd
+
+        out = self.df.copy(deep=False)
+        for name, values in columns:  # pandas arrays of their own dtype (see _typed)
+            out[name] = pd.Series(values, index=self.df.index, name=name, copy=False)
+        return out
+
 
 class PolarsFrame(_Adapter):
     kind = "polars"
@@ -103,6 +112,9 @@ class PolarsFrame(_Adapter):
         import polars as pl
 
         return self.df.with_columns(pl.Series(name, values, dtype=pl.String))
+
+    def with_typed(self, columns: Sequence[tuple[str, Any]]) -> Any:
+        return self.df.with_columns([series.alias(name) for name, series in columns])
 
 
 Frame = PandasFrame | PolarsFrame
@@ -210,3 +222,9 @@ def rendered_columns(df: Any, fields: Sequence[str]) -> dict[str, RenderedColumn
 def with_answers(df: Any, output: str, answers: Sequence[str | None]) -> Any:
     """A new frame: ``df`` with the answers as column ``output`` (replaced if present)."""
     return frame(df).with_column(output, answers if isinstance(answers, list) else list(answers))
+
+
+def with_columns(df: Any, columns: Sequence[tuple[str, Any]]) -> Any:
+    """A new frame: ``df`` with typed columns added (``(name, values)`` as :mod:`._typed` builds
+    them: polars Series, or pandas arrays), each replacing a column of that name."""
+    return frame(df).with_typed(columns)

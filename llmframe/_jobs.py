@@ -25,6 +25,7 @@ class Job:
     max_batch: int = 0  # when resent: the largest batch it may go in next (0: any)
     no_canaries: bool = False  # its request was too large with canaries added
     reference: bool = False  # answered alone to check packing (a packing-check row)
+    invalid_alone: int = 0  # one-row answers that did not validate against the schema
 
     def copy(self) -> Job:
         """A row-less copy, to send again as a check without touching the output."""

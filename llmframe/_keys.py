@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["KEY_VERSION", "call_prefix", "row_digests", "row_keys"]
+__all__ = ["KEY_VERSION", "call_prefix", "output_spec", "row_digests", "row_keys"]
 
 # Bump when the meaning of a key changes, so old cache entries stop matching.
 KEY_VERSION = "1"
@@ -28,8 +28,12 @@ def call_prefix(
     template: str,
     system: str | None,
     params: Mapping[str, Any] | None,
+    output: Any = "text",
 ) -> bytes:
-    """The part of every key that is shared by all rows of one call."""
+    """The part of every key that is shared by all rows of one call.
+
+    ``output`` is what an answer is: ``"text"``, or :func:`output_spec` of a schema.
+    """
     spec = {
         "v": KEY_VERSION,
         "model": model,
@@ -37,11 +41,16 @@ def call_prefix(
         "system": system,
         # Sorted and JSON-encoded so {"temperature": 0, "seed": 1} in any order hashes the same.
         "params": {k: params[k] for k in sorted(params)} if params else {},
-        "output": "text",  # one text answer per row; kept so existing keys stay valid
+        "output": output,  # "text" for one text answer per row, as keys always had
     }
     return hashlib.blake2b(
         json.dumps(spec, sort_keys=True, default=str, ensure_ascii=False).encode(), digest_size=16
     ).digest()
+
+
+def output_spec(schema: Any) -> Any:
+    """What decides an answer's form, for the key: ``"text"``, or the schema's canonical hash."""
+    return "text" if schema is None else {"schema": schema.hash}
 
 
 def row_digests(prefix: bytes, columns: Sequence[Sequence[str | None]]) -> tuple[bytes, list[int]]:

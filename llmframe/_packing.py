@@ -27,7 +27,9 @@ from typing import Any
 
 __all__ = [
     "PACKED_INSTRUCTIONS",
+    "STRUCTURED_INSTRUCTIONS",
     "answers_schema",
+    "json_schema_format",
     "packed_messages",
     "single_messages",
 ]
@@ -41,20 +43,29 @@ PACKED_INSTRUCTIONS = (
     'e.g. {"0": "...", "1": "..."}: one entry per id.'
 )
 
+#: The same rules when each answer is JSON that follows a schema (structured outputs);
+#: the schema itself follows, between ``<schema>`` tags.
+STRUCTURED_INSTRUCTIONS = PACKED_INSTRUCTIONS.replace('{"0": "...", "1": "..."}', '{"0": ..., "1": ...}')
+
 Message = dict[str, str]
 
 
-def single_messages(prompt: str, system: str | None) -> list[Message]:
-    """The chat messages of a one-row request: the rendered prompt as it is."""
+def single_messages(prompt: str, system: str | None, answer_format: str | None = None) -> list[Message]:
+    """The chat messages of a one-row request: the rendered prompt as it is; what the
+    answer must look like (a schema), if anything, goes to the system message."""
     messages: list[Message] = []
+    if answer_format:
+        system = f"{system}\n\n{answer_format}" if system else answer_format
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
     return messages
 
 
-def packed_system(template: str, system: str | None) -> str:
+def packed_system(template: str, system: str | None, answer_format: str | None = None) -> str:
     head = f"{system}\n\n" if system else ""
+    if answer_format:
+        return f"{head}{STRUCTURED_INSTRUCTIONS} {answer_format}\n\n<task>\n{template}\n</task>"
     return f"{head}{PACKED_INSTRUCTIONS}\n\n<task>\n{template}\n</task>"
 
 
@@ -65,14 +76,19 @@ def item_line(item_id: int, fields: Mapping[str, str]) -> str:
 
 
 def packed_messages(
-    template: str, system: str | None, items: Sequence[Mapping[str, str]]
+    template: str, system: str | None, items: Sequence[Mapping[str, str]], answer_format: str | None = None
 ) -> list[Message]:
     """The chat messages of a packed request; item ``i`` gets id ``i``."""
     lines = "\n".join(item_line(i, fields) for i, fields in enumerate(items))
     return [
-        {"role": "system", "content": packed_system(template, system)},
+        {"role": "system", "content": packed_system(template, system, answer_format)},
         {"role": "user", "content": lines},
     ]
+
+
+def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """``response_format`` for strict structured outputs with ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
 
 
 def answers_schema(n_items: int) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PackedAnswers", "normalize", "parse_packed", "parse_single"]
+__all__ = ["PackedAnswers", "normalize", "parse_packed", "parse_single", "read_single"]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
@@ -30,6 +31,8 @@ class PackedAnswers:
 
     answers: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
+    #: Of the failed ids, those whose answer came but does not validate against the schema.
+    invalid: set[int] = field(default_factory=set)
 
 
 def _as_text(value: Any) -> str:
@@ -89,8 +92,15 @@ def _flatten(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return [(k, _unwrap(v)) for k, v in pairs]
 
 
-def parse_packed(content: str | None, n_items: int, *, truncated: bool = False) -> PackedAnswers:
-    """Match a packed reply to item ids ``0..n_items-1``."""
+def parse_packed(
+    content: str | None, n_items: int, *, truncated: bool = False, item: Callable[[Any], str] | None = None
+) -> PackedAnswers:
+    """Match a packed reply to item ids ``0..n_items-1``.
+
+    ``item`` checks one answer on its own (a schema's validator): it returns the
+    answer's stored text or raises ``ValueError`` naming what is wrong; only that
+    id fails. Without it an answer is its text (JSON for a non-string).
+    """
     result = PackedAnswers()
     ids = range(n_items)
     if truncated:
@@ -118,11 +128,29 @@ def parse_packed(content: str | None, n_items: int, *, truncated: bool = False) 
             result.failed[i] = "id answered more than once"
         elif i not in seen:
             result.failed[i] = "id missing from the reply"
+        elif item is not None:
+            try:
+                result.answers[i] = item(seen[i])
+            except ValueError as exc:
+                result.failed[i] = str(exc)
+                result.invalid.add(i)
         elif seen[i] is None:
             result.failed[i] = "answer is null"
         else:
             result.answers[i] = _as_text(seen[i])
     return result
+
+
+def read_single(content: str | None, schema: Any = None) -> tuple[str | None, str | None]:
+    """A one-row reply's answer, or ``None`` and why it does not validate (``None`` too for
+    an empty reply). With a schema (:class:`~llmframe._schema.OutputSchema`), the answer
+    is its validated JSON."""
+    if schema is None or parse_single(content) is None:
+        return parse_single(content), None
+    try:
+        return schema.from_reply(content), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def parse_single(content: str | None) -> str | None:

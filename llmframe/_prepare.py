@@ -14,7 +14,7 @@ import numpy as np
 from ._cache import AnswerCache, resolve_cache_dir
 from ._config import Options
 from ._jobs import Job
-from ._keys import call_prefix, row_digests
+from ._keys import call_prefix, output_spec, row_digests
 from ._report import RunReport
 from ._template import Template
 
@@ -56,7 +56,8 @@ def prepare(
     sources = [columns[f] for f in fields]
 
     # 1-2: render and key every row, a slice at a time (nulls found vectorized per slice).
-    prefix = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params)
+    prefix = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
+                         output=output_spec(opts.schema))  # fmt: skip
     digests = bytearray(16 * n_rows)
     null = np.zeros(n_rows, dtype=bool)  # rows with a null in a used field: null answer, no request
     for lo in range(0, n_rows, chunk_rows):

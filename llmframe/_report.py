@@ -54,6 +54,7 @@ class RunReport:
     batch_size_final: int | None = None
     packing_reason: str = ""  # why the run packed as it did (the packing check's verdict)
     packing_agreement: dict[int, float] = field(default_factory=dict)  # checked size -> agreement
+    packing_fields: dict[str, float] = field(default_factory=dict)  # schema field -> agreement, last size
     check_requests: int = 0  # packed requests of the packing check (answers compared, not kept)
     check_tokens: int = 0  # their tokens: the check's cost beyond the rows' own answers
     canary_rows: int = 0  # canary copies carried by packed requests
@@ -120,6 +121,7 @@ class RunReport:
             ("batch size at the end", self.batch_size_final if self.batch_size_final is not None else "-"),
             ("packing check", f"agreement {checked}; {self.check_requests} requests, "
                               f"{self.check_tokens:,} tokens" if checked else "not run"),
+            ("fields agreeing", ", ".join(f"{k} {v:.0%}" for k, v in self.packing_fields.items()) or "-"),
             ("canaries", f"{self.canary_rows:,} rows carried, {self.canary_failures} batches rejected"),
             ("response format", self.response_format or "-"),
             ("requests", f"{self.requests:,} ({self.retries} retries, {self.rate_limited} rate-limited, "

@@ -8,12 +8,14 @@ endpoint accepts (:mod:`._endpoint`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import _packing
 from ._jobs import Job
+from ._schema import OutputSchema
 from ._template import Template
 from ._tokens import Tokenizer, count_messages
 
@@ -22,6 +24,7 @@ __all__ = [
     "PACKED_TOKENS_PER_ROW",
     "Request",
     "RequestBuilder",
+    "expected_tokens",
     "max_tokens_param",
 ]
 
@@ -66,16 +69,29 @@ class RequestBuilder:
     """Builds the request for a list of jobs. What ``sends`` says is read at each build,
     so a change the endpoint forced applies to every later request, resends included."""
 
-    __slots__ = ("answer_tokens", "sends", "system", "system_tokens", "template", "tokenizer")
+    __slots__ = ("answer_tokens", "packed_format", "schema", "sends", "single_format", "system",
+                 "system_tokens", "template", "tokenizer")  # fmt: skip
 
-    def __init__(self, template: Template, system: str | None, tokenizer: Tokenizer, sends: Sends) -> None:
+    def __init__(
+        self, template: Template, system: str | None, tokenizer: Tokenizer, sends: Sends,
+        schema: OutputSchema | None = None,
+    ) -> None:  # fmt: skip
         self.template = template
         self.system = system
         self.tokenizer = tokenizer
         self.sends = sends
+        self.schema = schema
+        # What the prompt says about the answer's form (the schema), one row and packed.
+        self.single_format = schema.instructions(packed=False) if schema is not None else None
+        self.packed_format = schema.instructions(packed=True) if schema is not None else None
         key = max_tokens_param(sends.params)
-        self.answer_tokens = int(sends.params[key]) if key is not None else DEFAULT_ANSWER_TOKENS
-        system_text = _packing.packed_system(template.text, system)
+        if key is not None:
+            self.answer_tokens = int(sends.params[key])
+        elif schema is not None:
+            self.answer_tokens = expected_tokens(schema, tokenizer)
+        else:
+            self.answer_tokens = DEFAULT_ANSWER_TOKENS
+        system_text = _packing.packed_system(template.text, system, self.packed_format)
         self.system_tokens = count_messages(
             [{"role": "system", "content": system_text}, {"role": "user", "content": ""}], tokenizer
         )
@@ -92,22 +108,59 @@ class RequestBuilder:
 
     def build(self, jobs: Sequence[Job]) -> Request:
         params = dict(self.sends.params)
+        schema = self.schema
+        mode = self.sends.response_format
+        fmt: Any = None
         if len(jobs) == 1:
             prompt = self.template.render(jobs[0].values)
-            messages = _packing.single_messages(prompt, self.system)
+            messages = _packing.single_messages(prompt, self.system, self.single_format)
             tokens = count_messages(messages, self.tokenizer)
-            return Request(messages, params, None, "text", tokens, self.answer_tokens)
-        messages = _packing.packed_messages(self.template.text, self.system, [j.values for j in jobs])
+            if schema is None:
+                return Request(messages, params, None, "text", tokens, self.answer_tokens)
+            if mode == "json_schema":
+                fmt = _packing.json_schema_format("answer", schema.single_root())
+            elif mode == "json_object":
+                fmt = {"type": "json_object"}
+            return Request(messages, params, fmt, mode, tokens, self.answer_tokens)
+        messages = _packing.packed_messages(self.template.text, self.system, [j.values for j in jobs],
+                                            self.packed_format)  # fmt: skip
         n = len(jobs)
         out = n * self.per_row_output + 8
         key = max_tokens_param(params)
         if key is not None:
             params[key] = out  # the user's max_tokens is per answer; a packed reply holds n
-        mode = self.sends.response_format
-        fmt: Any = None
         if mode == "json_schema":
-            fmt = _packing.answers_schema(n)
+            fmt = _packing.answers_schema(n) if schema is None else (
+                _packing.json_schema_format("answers", schema.packed_root(n)))
         elif mode == "json_object":
             fmt = {"type": "json_object"}
         tokens = count_messages(messages, self.tokenizer)
         return Request(messages, params, fmt, mode, tokens, out, packed=True)
+
+
+def _example(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:
+    """A typical answer for a schema node, to count the tokens an answer takes."""
+    if not isinstance(node, dict) or depth > 8:
+        return None
+    if "$ref" in node:
+        return _example(defs.get(str(node["$ref"]).rsplit("/", 1)[-1]), defs, depth + 1)
+    branches = [b for b in node.get("anyOf") or () if b.get("type") != "null"]
+    if branches:
+        return _example(branches[0], defs, depth + 1)
+    if node.get("enum"):
+        return max(node["enum"], key=lambda v: len(str(v)))
+    kind = node.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    if kind == "object":
+        return {k: _example(v, defs, depth + 1) for k, v in (node.get("properties") or {}).items()}
+    if kind == "array":
+        return [_example(node.get("items"), defs, depth + 1) for _ in range(2)]
+    return {"string": "a few words here", "integer": 100, "number": 10.25, "boolean": True}.get(str(kind))
+
+
+def expected_tokens(schema: OutputSchema, tokenizer: Tokenizer) -> int:
+    """The output tokens one answer of ``schema`` takes, from a typical answer (``max_tokens``
+    when the user sets it; corrected from usage either way)."""
+    sample = _example(schema.body(), schema.defs())
+    return tokenizer.count(json.dumps(sample, separators=(",", ":"), ensure_ascii=False)) + 2

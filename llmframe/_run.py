@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from . import _engine
 from ._config import Options
-from ._frames import rendered_columns, with_answers
+from ._frames import kind_of, rendered_columns, with_answers, with_columns
 from ._report import RunReport
 from ._template import Template
 
@@ -28,11 +28,25 @@ Frame = TypeVar("Frame")
 _REPORT = "_llmframe_report"
 
 
-async def run_frame(df: Frame, template: Template, opts: Options, output: str) -> tuple[Frame, RunReport]:
-    """Answer ``template`` for every row of ``df``; the new frame and its report."""
+async def run_frame(
+    df: Frame, template: Template, opts: Options, output: str, *, unnest: bool = True, prefix: str = "",
+    raw: bool = False,
+) -> tuple[Frame, RunReport]:  # fmt: skip
+    """Answer ``template`` for every row of ``df``; the new frame and its report.
+
+    With a schema (``opts.schema``) the answers become typed columns: one per field
+    (``prefix`` + name) when ``unnest`` and the answer is an object, else one column
+    ``output``. ``raw=True`` keeps the validated JSON text in ``output`` instead.
+    """
     columns = rendered_columns(df, template.fields)
     result = await _engine.run(columns, len(df), template, opts)  # type: ignore[arg-type]
-    out = with_answers(df, output, result.answers)
+    if opts.schema is not None and not raw:
+        from ._typed import typed_columns
+
+        typed = typed_columns(kind_of(df), result.answers, opts.schema, output, unnest=unnest, prefix=prefix)
+        out = with_columns(df, typed)
+    else:
+        out = with_answers(df, output, result.answers)
     if opts.error_column:
         messages: list[str | None] = [None] * len(result.answers)
         for e in result.errors:

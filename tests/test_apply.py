@@ -321,8 +321,8 @@ def test_exported_names_are_exactly_the_public_api() -> None:
     assert sorted(llmframe.__all__) == sorted([
         "PRICES", "ApplyOptions", "AuthenticationError", "CacheError", "CalibrationReport",
         "ConfigError", "EndpointError", "Estimate", "LLMFrameError", "Price", "RowError", "RunError",
-        "RunReport", "TemplateError", "__version__", "aapply", "acalibrate", "aestimate", "apply",
-        "cache_info", "calibrate", "clear_cache", "compact_cache", "configure", "estimate",
+        "RunReport", "TemplateError", "__version__", "aapply", "acalibrate", "aclassify", "aestimate",
+        "apply", "cache_info", "calibrate", "classify", "clear_cache", "compact_cache", "configure", "estimate",
         "last_report", "read_cache",
     ])  # fmt: skip
     for name in llmframe.__all__:

@@ -1,0 +1,81 @@
+"""The packing check's side of a run: its trial requests, and what its verdict changes.
+
+A trial (:mod:`._check`) carries copies of rows already answered one per request,
+whose packed answers are only compared, and new rows, whose answers are kept if
+the check agrees. These are functions of the :class:`~llmframe._engine.Run`
+they belong to, kept here so the engine holds only the path every batch takes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._check import PackingCheck
+from ._client import CallError
+from ._jobs import Batch
+from ._outcomes import split_tokens
+from ._warn import warn_user
+
+if TYPE_CHECKING:
+    from ._engine import Run
+
+__all__ = ["on_verdict", "send_trial"]
+
+
+async def send_trial(run: Run, batch: Batch) -> None:
+    """A packing-check request: copies of reference rows, whose answers are only
+    compared, and new rows, whose answers are kept if the check agrees."""
+    check = run.planner.check
+    assert check is not None
+    request, n = run.builder.build(batch.jobs), len(batch.jobs)
+    assert run.limiter is not None
+    if not run.limiter.fits(request.tokens):  # larger than the TPM limit: cannot be sent
+        batch.recorded = True
+        return check.record_trial(batch.jobs, [None] * n)
+    try:
+        done = await run.call(request, [j for j in batch.jobs if j.rows])
+    except CallError as err:
+        rejected = run.endpoint.rejection_of(err, request)
+        if rejected is not None and run.endpoint.adapt(rejected, err, request):
+            batch.rejected = True
+            return check.requeue(batch.jobs)
+        if err.fatal:
+            run.endpoint.fatal = run.endpoint.fatal or err
+        batch.recorded = True
+        return check.record_trial(batch.jobs, [None] * n)
+    run.endpoint.confirm(request)
+    prompt, completion = done.prompt_tokens or 0, done.completion_tokens or 0
+    cost = run.budget.spend(prompt, completion)
+    run.report.add_usage(prompt, completion, cost)
+    copies = sum(1 for j in batch.jobs if not j.rows)
+    run.report.check_requests += 1
+    run.report.check_tokens += round((prompt + completion) * copies / n)
+    parsed = run.parse_packed(done, n)
+    prompts, completions = split_tokens(prompt, n), split_tokens(completion, n)
+    row_cost = None if cost is None else cost / n
+    usages = [(prompts[i], completions[i], row_cost, done.request_id) for i in range(n)]
+    batch.recorded = True
+    check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
+
+
+def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: str) -> int:
+    """The packing check decided: keep or re-ask the rows that rode in its trial, say
+    why, remember it; returns the batch size from now on."""
+    verdict = check.verdict
+    assert verdict is not None
+    for job, answer, usage in check.held:  # the trial agreed: its new rows are answered
+        if answer is not None:
+            run.outcomes.finish(job, answer, usage)
+        else:
+            run.planner.split([job], verdict.batch_size)
+    run.planner.pending.extendleft(reversed(check.returned))  # asked again, as decided
+    run.report.packing_agreement = dict(verdict.agreement)
+    run.report.packing_fields = dict(verdict.fields)
+    if fixed_size is not None:
+        return fixed_size
+    run.report.packing_reason = verdict.reason
+    if verdict.agreement:  # measured, not a lack of rows: worth remembering
+        run.endpoint.learned(verdicts={task_key: {"batch_size": verdict.batch_size, "reason": verdict.reason}})
+        if verdict.batch_size == 1:
+            warn_user(f"llmframe: {verdict.reason}.")
+    return verdict.batch_size
