@@ -103,7 +103,7 @@ def strict_schema(schema: Mapping[str, Any], source: str = "schema") -> dict[str
                 out[key] = [walk(b, path) for b in value]
             elif key == "$ref":
                 resolve(value, path)
-                out[key] = value
+                out[key] = "#/$defs/" + value.rsplit("/", 1)[-1]  # definitions move to $defs
             else:
                 out[key] = value
         kind = out.get("type")

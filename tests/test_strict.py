@@ -407,3 +407,15 @@ def test_recursion_is_refused(schema: dict[str, Any]) -> None:
 def test_what_cannot_be_a_type_is_a_config_error(schema: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         from_json_schema(schema)
+
+
+def test_refs_into_definitions_point_where_the_defs_went() -> None:
+    # ``definitions`` (draft 7, pydantic v1) are gathered under ``$defs``: a ref left at
+    # ``#/definitions/A`` would point at nothing in what is sent.
+    out = strict({"type": "object", "properties": {"a": {"$ref": "#/definitions/A"}}, "required": ["a"],
+                  "definitions": {"A": {"type": "object", "properties": {"b": {"$ref": "#/definitions/B"}},
+                                        "required": ["b"]},
+                                  "B": {"type": "string", "enum": ["x"]}}})  # fmt: skip
+    assert "definitions" not in out and set(out["$defs"]) == {"A", "B"}
+    assert out["properties"]["a"] == {"$ref": "#/$defs/A"}
+    assert out["$defs"]["A"]["properties"]["b"] == {"$ref": "#/$defs/B"}
