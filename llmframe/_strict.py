@@ -142,6 +142,11 @@ def from_json_schema(schema: Mapping[str, Any]) -> Any:
     def conv(node: Mapping[str, Any], hint: str) -> Any:
         if not isinstance(node, Mapping):
             raise ConfigError(f"the JSON schema has {node!r} where a schema belongs")
+        if "allOf" in node:  # one schema merged, as strict_schema does; several are refused there
+            parts = node["allOf"]
+            if not isinstance(parts, list) or len(parts) != 1 or not isinstance(parts[0], Mapping):
+                raise ConfigError("the JSON schema uses allOf with several schemas, which is not supported")
+            node = {**parts[0], **{k: v for k, v in node.items() if k != "allOf"}}
         if "$ref" in node:
             name = str(node["$ref"]).rsplit("/", 1)[-1]
             if name not in defs:

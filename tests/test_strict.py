@@ -419,3 +419,16 @@ def test_refs_into_definitions_point_where_the_defs_went() -> None:
     assert "definitions" not in out and set(out["$defs"]) == {"A", "B"}
     assert out["properties"]["a"] == {"$ref": "#/$defs/A"}
     assert out["$defs"]["A"]["properties"]["b"] == {"$ref": "#/$defs/B"}
+
+
+def test_a_single_all_of_validates_like_its_schema() -> None:
+    # what pydantic v1 and other generators write for a described $ref; strict_schema merges it
+    schema = {"type": "object", "required": ["a"],
+              "properties": {"a": {"allOf": [{"$ref": "#/$defs/Kind"}], "description": "the kind"},
+                             "n": {"allOf": [{"type": "integer"}], "minimum": 1}},
+              "$defs": {"Kind": {"type": "string", "enum": ["x", "y"]}}}  # fmt: skip
+    assert valid(schema, {"a": "x", "n": 2}).a == "x"
+    invalid(schema, {"a": "z"})
+    invalid(schema, {"a": "x", "n": 0})
+    with pytest.raises(ConfigError, match="allOf"):
+        from_json_schema({"allOf": [{"type": "integer"}, {"minimum": 0}]})
