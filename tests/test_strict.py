@@ -432,3 +432,15 @@ def test_a_single_all_of_validates_like_its_schema() -> None:
     invalid(schema, {"a": "x", "n": 0})
     with pytest.raises(ConfigError, match="allOf"):
         from_json_schema({"allOf": [{"type": "integer"}, {"minimum": 0}]})
+
+
+@pytest.mark.filterwarnings("error")  # "shadows an attribute in parent BaseModel" is a warning
+def test_field_names_pydantic_keeps_for_itself_are_fields_too() -> None:
+    names = ["_id", "schema", "model_config", "model_name", "json", "copy", "field_0", "my field", "class"]
+    schema = {"type": "object", "properties": {n: {"type": "integer"} for n in names}, "required": names[:-1]}
+    made = adapter(schema)
+    value = {n: i for i, n in enumerate(names)}
+    assert made.dump_python(made.validate_python(value), by_alias=True) == value
+    with pytest.raises(ValidationError, match="_id"):
+        made.validate_python({**value, "_id": "x"})
+    assert made.dump_python(made.validate_python({n: 1 for n in names[:-1]}), by_alias=True)["class"] is None
