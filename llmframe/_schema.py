@@ -80,6 +80,9 @@ class OutputSchema:
     labels: tuple[str, ...] | None = None  # classify: the labels, in order
     multi: bool = False  # classify: a list of labels per row
     description: str = "schema"
+    #: The JSON Schema as given or generated: what the strict ``item`` leaves out
+    #: (``minLength``, defaults, ...) still validates, so it is part of the hash.
+    source: Any = None
 
     @property
     def is_object(self) -> bool:
@@ -92,7 +95,7 @@ class OutputSchema:
 
     @property
     def hash(self) -> str:
-        spec = {"item": self.item, "labels": self.labels, "multi": self.multi}
+        spec = {"item": self.item, "labels": self.labels, "multi": self.multi, "source": _untitled(self.source)}
         text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -172,6 +175,19 @@ class OutputSchema:
         return f"Reply with only a JSON object that follows this schema:\n<schema>{compact}</schema>"
 
 
+_VALUES = frozenset({"default", "enum", "const", "examples"})  # data, not schemas: kept whole
+
+
+def _untitled(node: Any) -> Any:
+    """A JSON Schema without its titles: a model's class name is not part of what it asks."""
+    if isinstance(node, Mapping):
+        return {k: v if k in _VALUES else _untitled(v) for k, v in node.items()
+                if not (k == "title" and isinstance(v, str))}  # fmt: skip
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
+
+
 def _is_model(obj: Any) -> bool:
     from pydantic import BaseModel
 
@@ -244,8 +260,9 @@ def output_schema(schema: Any) -> OutputSchema:
         generated = adapter.json_schema(by_alias=True)
     except Exception as exc:
         raise ConfigError(f"schema {schema!r} cannot be serialized to JSON Schema: {exc}") from None
-    item = strict_schema(raw if raw is not None else generated, what)
-    return OutputSchema(item=item, adapter=adapter, description=what)
+    source = raw if raw is not None else generated
+    item = strict_schema(source, what)
+    return OutputSchema(item=item, adapter=adapter, description=what, source=source)
 
 
 def _label_matcher(labels: Sequence[str]) -> Any:

@@ -491,3 +491,38 @@ def test_extract_json_finds_the_value(content: str, value: Any) -> None:
 @pytest.mark.parametrize("content", ["", "billing", "{not json}", '{"a": 1} and {"b": 2}', "```\nplain\n```"])
 def test_extract_json_finds_nothing_in_plain_text(content: str) -> None:
     assert extract_json(content) == (False, None)
+
+
+# ---- the hash covers what validates, not only what is sent -----------------------------------------
+def _model(**field: Any) -> type[BaseModel]:
+    class Answer(BaseModel):
+        name: str = Field(**field)
+
+    return Answer
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"min_length": 2}, {"min_length": 3}),  # strict mode drops minLength from what is sent
+        ({}, {"max_length": 9}),
+        ({"default": "x"}, {"default": "y"}),  # a default is what a left-out field stores
+    ],
+)
+def test_constraints_left_out_of_the_item_still_change_the_hash(before: Any, after: Any) -> None:
+    a, b = output_schema(_model(**before)), output_schema(_model(**after))
+    assert a.item == b.item  # the same request...
+    assert a.hash != b.hash  # ...but not the same answers: a cached one may not validate now
+
+
+def test_a_models_class_name_is_not_part_of_the_hash() -> None:
+    class Renamed(BaseModel):
+        name: str = Field(min_length=2)
+
+    assert output_schema(Renamed).hash == output_schema(_model(min_length=2)).hash
+
+
+def test_a_property_called_title_is_part_of_the_hash() -> None:
+    with_title = {"type": "object", "properties": {"title": {"type": "string"}, "x": {"type": "integer"}}}
+    without = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    assert output_schema(with_title).hash != output_schema(without).hash
