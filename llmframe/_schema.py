@@ -17,6 +17,7 @@ the frame's typed columns are built from that JSON (:mod:`._typed`).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -69,6 +70,32 @@ def describe(err: Any) -> str:
         parts.append(f"{where}: {e['msg']} (got {_short(e.get('input'))})")
     more = len(err.errors()) - 3
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+_NOTHING = object()
+
+
+def _nulls_left_out(value: Any, err: Any) -> Any:
+    """A copy of ``value`` without the object fields whose null failed (``_NOTHING`` if none)."""
+    out = copy.deepcopy(value)
+    dropped = False
+    for e in err.errors(include_url=False):
+        loc = e["loc"]
+        if e["type"] == "missing" or e.get("input", 0) is not None or not loc or not isinstance(loc[-1], str):
+            continue
+        node = out
+        for key in loc[:-1]:
+            node = node[key] if isinstance(node, (dict, list)) and _has(node, key) else None
+        if isinstance(node, dict) and loc[-1] in node and node[loc[-1]] is None:
+            del node[loc[-1]]
+            dropped = True
+    return out if dropped else _NOTHING
+
+
+def _has(node: dict[str, Any] | list[Any], key: Any) -> bool:
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(key, int) and 0 <= key < len(node)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,7 +170,15 @@ class OutputSchema:
         try:
             valid = self.adapter.validate_python(value)
         except ValidationError as err:
-            raise InvalidAnswer(describe(err)) from None
+            # Strict mode sends a field that may be left out as null: a field with a
+            # default (``tags: list[str] = []``) then takes its default.
+            left_out = _nulls_left_out(value, err)
+            if left_out is _NOTHING:
+                raise InvalidAnswer(describe(err)) from None
+            try:
+                valid = self.adapter.validate_python(left_out)
+            except ValidationError:
+                raise InvalidAnswer(describe(err)) from None
         return str(self.adapter.dump_json(valid, by_alias=True).decode())
 
     def from_reply(self, content: str | None) -> str:

@@ -526,3 +526,47 @@ def test_a_property_called_title_is_part_of_the_hash() -> None:
     with_title = {"type": "object", "properties": {"title": {"type": "string"}, "x": {"type": "integer"}}}
     without = {"type": "object", "properties": {"x": {"type": "integer"}}}
     assert output_schema(with_title).hash != output_schema(without).hash
+
+
+# ---- null for a field that may be left out ---------------------------------------------------------
+class Defaults(BaseModel):
+    name: str
+    tags: list[str] = []
+    lang: str = "en"
+    home: Address | None = None
+
+
+def test_null_for_a_field_with_a_default_is_its_default() -> None:
+    # strict_schema made these fields nullable, so a strict-mode model may well send null
+    schema = output_schema(Defaults)
+    assert schema.item["properties"]["tags"]["anyOf"][-1] == {"type": "null"}
+    value = {"name": "a", "tags": None, "lang": None, "home": None}
+    assert schema.validate(value) == '{"name":"a","tags":[],"lang":"en","home":null}'
+    assert value == {"name": "a", "tags": None, "lang": None, "home": None}  # not changed
+
+
+def test_null_for_a_default_inside_a_list_of_objects() -> None:
+    class Many(BaseModel):
+        rows: list[Defaults]
+
+    schema = output_schema(Many)
+    answer = schema.validate({"rows": [{"name": "a", "tags": None, "lang": "fr"}, {"name": "b", "lang": None}]})
+    assert json.loads(answer)["rows"] == [{"name": "a", "tags": [], "lang": "fr", "home": None},
+                                          {"name": "b", "tags": [], "lang": "en", "home": None}]  # fmt: skip
+
+
+def test_null_for_a_required_field_still_fails_and_says_so() -> None:
+    with pytest.raises(InvalidAnswer, match=r"field 'name': Input should be a valid string \(got null\)"):
+        output_schema(Defaults).validate({"name": None, "tags": None})
+    with pytest.raises(InvalidAnswer, match=r"^field 'city': Input should be a valid string \(got null\)$"):
+        output_schema(Address).validate({"city": None, "zip": None})
+
+
+def test_null_for_a_default_with_another_error_reports_the_other() -> None:
+    with pytest.raises(InvalidAnswer, match="field 'name'"):
+        output_schema(Defaults).validate({"name": 5, "tags": None})
+
+
+def test_null_for_a_field_dict_default() -> None:
+    schema = output_schema({"a": int, "b": (str, "x")})
+    assert schema.validate({"a": 1, "b": None}) == '{"a":1,"b":"x"}'
