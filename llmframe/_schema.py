@@ -194,12 +194,15 @@ class OutputSchema:
             return self.validate(value)
         if found and isinstance(value, dict) and set(value) == {"value"}:
             return self.validate(value["value"])
-        if found:
+        if not found:
+            return self.validate(text)  # plain text: "billing", "1999", "2001-01-01"
+        try:
+            return self.validate(value)
+        except InvalidAnswer as err:
             try:
-                return self.validate(value)
+                return self.validate(text)  # a str answer that happens to parse as JSON
             except InvalidAnswer:
-                pass
-        return self.validate(text)  # plain text: "billing", "1999", "2001-01-01"
+                raise err from None  # what is wrong with the JSON, not with it read as text
 
     def instructions(self, *, packed: bool) -> str:
         """What the prompt says about the answer's form; ``<schema>`` tags delimit the JSON."""

@@ -570,3 +570,18 @@ def test_null_for_a_default_with_another_error_reports_the_other() -> None:
 def test_null_for_a_field_dict_default() -> None:
     schema = output_schema({"a": int, "b": (str, "x")})
     assert schema.validate({"a": 1, "b": None}) == '{"a":1,"b":"x"}'
+
+
+@pytest.mark.parametrize(
+    ("schema", "reply", "words"),
+    [
+        (classify_schema(["a", "b"], multi=True), '["a", "c"]', r"field '1': Input should be 'a' or 'b' \(got 'c'\)"),
+        (output_schema(int), "[42]", r"^the answer: Input should be a valid integer \(got \[42\]\)$"),
+        (output_schema(list[int]), '{"value": ["x"]}', "field '0'"),
+        (output_schema(dt.date), '"2023-02-29"', r"day value is outside expected range \(got '2023-02-29'\)"),
+    ],
+)
+def test_from_reply_names_what_is_wrong_with_the_json_it_found(schema: OutputSchema, reply: str, words: str) -> None:
+    # not the error of the whole reply read as a plain string ("Input should be a valid list")
+    with pytest.raises(InvalidAnswer, match=words):
+        schema.from_reply(reply)
