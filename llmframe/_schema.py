@@ -275,13 +275,15 @@ def output_schema(schema: Any) -> OutputSchema:
     from pydantic import TypeAdapter
 
     raw: Any = None
+    item: dict[str, Any] = {}
     if isinstance(schema, Mapping):
         if not schema:
             raise ConfigError("schema={} has no fields")
         if _looks_like_json_schema(schema):
             raw = dict(_unwrap_format(schema))
-            annotation = from_json_schema(raw)
             what = "JSON schema"
+            item = strict_schema(raw, what)  # first, so that a refusal names the construct
+            annotation = from_json_schema(raw)
         else:
             annotation = _shorthand(schema)
             what = "schema dict"
@@ -298,9 +300,9 @@ def output_schema(schema: Any) -> OutputSchema:
         generated = adapter.json_schema(by_alias=True)
     except Exception as exc:
         raise ConfigError(f"schema {schema!r} cannot be serialized to JSON Schema: {exc}") from None
-    source = raw if raw is not None else generated
-    item = strict_schema(source, what)
-    return OutputSchema(item=item, adapter=adapter, description=what, source=source)
+    if raw is None:
+        item = strict_schema(generated, what)
+    return OutputSchema(item=item, adapter=adapter, description=what, source=generated if raw is None else raw)
 
 
 def _label_matcher(labels: Sequence[str]) -> Any:

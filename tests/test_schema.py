@@ -585,3 +585,19 @@ def test_from_reply_names_what_is_wrong_with_the_json_it_found(schema: OutputSch
     # not the error of the whole reply read as a plain string ("Input should be a valid list")
     with pytest.raises(InvalidAnswer, match=words):
         schema.from_reply(reply)
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "object", "properties": {"a": {"not": {"type": "integer"}}}}, "'not' at a"),
+        ({"type": "object", "properties": {"a": {}}}, "a value of any type"),
+        ({"type": "array", "items": [{"type": "integer"}]}, "tuples"),
+        ({"type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}}, "own \\$defs"),
+        ({"type": "object", "properties": {"a": {"allOf": [{"type": "integer"}, {"minimum": 1}]}}}, "several"),
+    ],
+)
+def test_a_json_schema_is_refused_with_the_construct_named(schema: dict[str, Any], words: str) -> None:
+    # not "the JSON schema has a value of unknown type None" from building the validator
+    with pytest.raises(ConfigError, match=f"^the JSON schema (uses|has) .*{words}"):
+        output_schema(schema)
