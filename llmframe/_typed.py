@@ -33,6 +33,20 @@ __all__ = ["output_columns", "polars_dtype", "typed_columns"]
 _SCALARS = ("string", "int", "float", "bool", "date", "datetime")
 
 
+def _values_kind(values: list[Any]) -> Any:
+    """The kind of an ``enum``: labels, or numbers/booleans; null is a null in any column."""
+    values = [v for v in values if v is not None]
+    if values and all(isinstance(v, str) for v in values):
+        return ("enum", tuple(values))
+    if values and all(isinstance(v, bool) for v in values):
+        return "bool"
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "int"
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "float"
+    return "json"
+
+
 def _kind(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Any:
     """A schema node's column kind: a name, or ("enum", labels) / ("list", kind) / ("struct", fields)."""
     if "$ref" in node:
@@ -46,10 +60,9 @@ def _kind(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Any:
         rest = [t for t in types if t != "null"]
         return _kind({**node, "type": rest[0]}, defs) if len(rest) == 1 else "json"
     if "enum" in node:
-        values = list(node["enum"])
-        return ("enum", tuple(values)) if values and all(isinstance(v, str) for v in values) else "json"
+        return _values_kind(list(node["enum"]))
     if "const" in node:
-        return "string" if isinstance(node["const"], str) else "json"
+        return "string" if isinstance(node["const"], str) else _values_kind([node["const"]])
     fmt = node.get("format")
     simple = {"integer": "int", "number": "float", "boolean": "bool"}
     if types == "string":
@@ -84,8 +97,8 @@ def _decode(answers: Sequence[str | None], kind: Any) -> Any:
     import polars as pl
 
     texts = pl.Series("answers", answers if isinstance(answers, list) else list(answers), dtype=pl.String)
-    if kind == "json":  # mixed types: the validated JSON text, as it is
-        return texts
+    if kind == "json":  # mixed types: the validated JSON text, as it is (a JSON null is a null)
+        return texts.replace("null", None)
     if kind == "string":  # a bare JSON string decodes the same way
         return texts.str.json_decode(pl.String)
     return texts.str.json_decode(polars_dtype(kind))

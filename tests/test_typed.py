@@ -315,3 +315,39 @@ def test_round_trip_of_an_object(frame_kind: str) -> None:
     rows = [{name: _python(frame_kind, as_list(frame_kind, col)[i], kinds.get(name, "")) for name, col in cols.items()}
             for i in range(2)]  # fmt: skip
     assert rows == [Row.model_validate(ROW).model_dump(), Row.model_validate(ROW_NULLS).model_dump()]
+
+
+# ---- kinds that need care: numbers as enums, null in an enum, unions, recursion ------------------------
+@pytest.mark.parametrize("frame_kind", ["pandas", "polars"])
+@pytest.mark.parametrize(
+    ("annotation", "values", "polars_dtype", "pandas_dtype"),
+    [
+        (Literal[1, 2, 3], [3, 1], pl.Int64, "Int64"),
+        (Literal[0.5, 1], [0.5, 1.0], pl.Float64, "Float64"),
+        (Literal[True], [True], pl.Boolean, "boolean"),
+        (Literal[1, 2] | None, [2, None], pl.Int64, "Int64"),
+    ],
+)
+def test_an_enum_of_numbers_is_a_number_column(frame_kind: str, annotation: Any, values: list[Any],
+                                              polars_dtype: Any, pandas_dtype: str) -> None:  # fmt: skip
+    col = columns(frame_kind, output_schema(annotation), [*values, ...])["out"]
+    assert as_list(frame_kind, col) == [*values, None]  # 3, not the text "3"
+    assert (dtype(col) == polars_dtype) if frame_kind == "polars" else (str(dtype(col)) == pandas_dtype)
+
+
+@pytest.mark.parametrize("frame_kind", ["pandas", "polars"])
+def test_null_inside_an_enum_is_a_null_of_the_labels_column(frame_kind: str) -> None:
+    schema = output_schema(Literal["a", "b", None])  # {"enum": ["a", "b", null]}
+    assert schema.item == {"enum": ["a", "b", None]}
+    col = columns(frame_kind, schema, ["b", None, ...])["out"]
+    assert as_list(frame_kind, col) == ["b", None, None]
+    if frame_kind == "polars":
+        assert col.dtype == pl.Enum(["a", "b"])
+    else:
+        assert list(col.categories) == ["a", "b"]
+
+
+@pytest.mark.parametrize("frame_kind", ["pandas", "polars"])
+def test_a_json_null_is_a_null_in_a_column_of_mixed_types(frame_kind: str) -> None:
+    col = columns(frame_kind, output_schema(int | str | None), [None, "null", 1, ...])["out"]
+    assert as_list(frame_kind, col) == [None, '"null"', "1", None]
