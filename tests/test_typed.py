@@ -351,3 +351,34 @@ def test_null_inside_an_enum_is_a_null_of_the_labels_column(frame_kind: str) -> 
 def test_a_json_null_is_a_null_in_a_column_of_mixed_types(frame_kind: str) -> None:
     col = columns(frame_kind, output_schema(int | str | None), [None, "null", 1, ...])["out"]
     assert as_list(frame_kind, col) == [None, '"null"', "1", None]
+
+
+class Node(BaseModel):
+    name: str
+    children: list[Node] = []
+
+
+@pytest.mark.parametrize("frame_kind", ["pandas", "polars"])
+def test_a_recursive_model_makes_columns(frame_kind: str) -> None:
+    tree = {"name": "a", "children": [{"name": "b", "children": [{"name": "c"}]}]}
+    cols = columns(frame_kind, output_schema(Node), [tree, ...])
+    assert as_list(frame_kind, cols["name"]) == ["a", None]
+    children = as_list(frame_kind, cols["children"])
+    assert children[1] is None
+    # typed as deep as a dtype can be; the level where the model repeats is its JSON text
+    assert children[0] == [{"name": "b", "children": ['{"name":"c","children":[]}']}]
+
+
+class Either(BaseModel):
+    x: int | str
+    w: Inner | str | None
+    z: list[int | str]
+
+
+@pytest.mark.parametrize("frame_kind", ["pandas", "polars"])
+def test_unions_inside_an_object_are_json_text(frame_kind: str) -> None:
+    values = [{"x": 1, "w": {"q": 1}, "z": [1]}, {"x": "y", "w": None, "z": ["a"]}, {"x": "y", "w": "t", "z": []}, ...]
+    cols = columns(frame_kind, output_schema(Either), values)
+    assert as_list(frame_kind, cols["x"]) == ["1", '"y"', '"y"', None]  # as a top-level union is
+    assert as_list(frame_kind, cols["w"]) == ['{"q":1}', None, '"t"', None]
+    assert as_list(frame_kind, cols["z"]) == [["1"], ['"a"'], [], None]
