@@ -140,3 +140,9 @@ def test_field_agreement_needs_as_many_answers_as_references() -> None:
 def test_agreement_of_objects() -> None:
     refs = [obj(a=1, b=2), obj(a=1, b=2), None]
     assert agreement(refs, [obj(a=1, b=0), None, obj(a=1)]) == (pytest.approx(0.25), 2)
+
+
+@pytest.mark.parametrize(("reference", "answer"), [('{"a": null}', '{"a": "null"}'), ('{"a": "None."}', '{"a": null}')])
+def test_a_null_field_does_not_agree_with_the_text_null(reference: str, answer: str) -> None:
+    assert answer_agreement(reference, answer) == 0.0
+    assert field_agreement([reference], [answer]) == {"a": 0.0}
