@@ -126,18 +126,20 @@ class OutputSchema:
         text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
+    # The schemas below are copies: what a request carries can be changed on its way (a
+    # client=, a gateway) without changing the item, its hash or later requests.
     def defs(self) -> dict[str, Any]:
-        return dict(self.item.get("$defs") or {})
+        return copy.deepcopy(dict(self.item.get("$defs") or {}))
 
     def body(self) -> dict[str, Any]:
         """The item schema without its ``$defs`` (they move to the root of a request)."""
-        return {k: v for k, v in self.item.items() if k != "$defs"}
+        return copy.deepcopy({k: v for k, v in self.item.items() if k != "$defs"})
 
     def single_root(self) -> dict[str, Any]:
         """The schema of a one-row reply: the item if it is an object, else ``{"value": item}``
         (structured outputs need an object at the root)."""
         if self.is_object:
-            return self.item
+            return copy.deepcopy(self.item)
         root: dict[str, Any] = {
             "type": "object",
             "title": WRAPPER_TITLE,

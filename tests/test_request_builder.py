@@ -191,6 +191,19 @@ def test_what_sends_says_is_read_at_each_build() -> None:
     assert b.build(jobs(2)).response_format is None and b.build(jobs(1)).response_format is None
 
 
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("annotation", [Place, list[Address]])
+def test_the_schema_sent_is_not_the_schemas_own_item(n: int, annotation: Any) -> None:
+    # a client= or gateway that edits the request must not change later requests or the hash
+    schema = output_schema(annotation)
+    before, hash_before = copy.deepcopy(schema.item), schema.hash
+    sent = builder(schema).build(jobs(n)).response_format["json_schema"]["schema"]
+    for node in (sent, *sent.get("$defs", {}).values(), *sent["properties"].values()):
+        node.pop("properties", None)
+        node.pop("items", None)
+    assert schema.item == before and schema.hash == hash_before
+
+
 # ---- expected_tokens -----------------------------------------------------------------------------
 def test_expected_tokens_grows_with_the_answer() -> None:
     small = expected_tokens(output_schema(int), TOKENIZER)
