@@ -58,6 +58,8 @@ def _field_value(value: Any) -> str:
 
 def _same_field(a: Any, b: Any) -> bool:
     """Two values of one field agree: equal, or for two long texts, the same words mostly."""
+    if (a is None) != (b is None):  # a null (not known) is not the text "null"
+        return False
     if _field_value(a) == _field_value(b):
         return True
     if isinstance(a, str) and isinstance(b, str) and min(len(_words(a)), len(_words(b))) > SHORT_WORDS:

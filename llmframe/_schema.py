@@ -17,6 +17,7 @@ the frame's typed columns are built from that JSON (:mod:`._typed`).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -71,6 +72,32 @@ def describe(err: Any) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+_NOTHING = object()
+
+
+def _nulls_left_out(value: Any, err: Any) -> Any:
+    """A copy of ``value`` without the object fields whose null failed (``_NOTHING`` if none)."""
+    out = copy.deepcopy(value)
+    dropped = False
+    for e in err.errors(include_url=False):
+        loc = e["loc"]
+        if e["type"] == "missing" or e.get("input", 0) is not None or not loc or not isinstance(loc[-1], str):
+            continue
+        node = out
+        for key in loc[:-1]:
+            node = node[key] if isinstance(node, (dict, list)) and _has(node, key) else None
+        if isinstance(node, dict) and loc[-1] in node and node[loc[-1]] is None:
+            del node[loc[-1]]
+            dropped = True
+    return out if dropped else _NOTHING
+
+
+def _has(node: dict[str, Any] | list[Any], key: Any) -> bool:
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(key, int) and 0 <= key < len(node)
+
+
 @dataclass(frozen=True, eq=False)
 class OutputSchema:
     """One row's answer: its strict JSON Schema, its validator and its hash."""
@@ -80,6 +107,9 @@ class OutputSchema:
     labels: tuple[str, ...] | None = None  # classify: the labels, in order
     multi: bool = False  # classify: a list of labels per row
     description: str = "schema"
+    #: The JSON Schema as given or generated: what the strict ``item`` leaves out
+    #: (``minLength``, defaults, ...) still validates, so it is part of the hash.
+    source: Any = None
 
     @property
     def is_object(self) -> bool:
@@ -92,22 +122,24 @@ class OutputSchema:
 
     @property
     def hash(self) -> str:
-        spec = {"item": self.item, "labels": self.labels, "multi": self.multi}
+        spec = {"item": self.item, "labels": self.labels, "multi": self.multi, "source": _untitled(self.source)}
         text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
+    # The schemas below are copies: what a request carries can be changed on its way (a
+    # client=, a gateway) without changing the item, its hash or later requests.
     def defs(self) -> dict[str, Any]:
-        return dict(self.item.get("$defs") or {})
+        return copy.deepcopy(dict(self.item.get("$defs") or {}))
 
     def body(self) -> dict[str, Any]:
         """The item schema without its ``$defs`` (they move to the root of a request)."""
-        return {k: v for k, v in self.item.items() if k != "$defs"}
+        return copy.deepcopy({k: v for k, v in self.item.items() if k != "$defs"})
 
     def single_root(self) -> dict[str, Any]:
         """The schema of a one-row reply: the item if it is an object, else ``{"value": item}``
         (structured outputs need an object at the root)."""
         if self.is_object:
-            return self.item
+            return copy.deepcopy(self.item)
         root: dict[str, Any] = {
             "type": "object",
             "title": WRAPPER_TITLE,
@@ -140,7 +172,15 @@ class OutputSchema:
         try:
             valid = self.adapter.validate_python(value)
         except ValidationError as err:
-            raise InvalidAnswer(describe(err)) from None
+            # Strict mode sends a field that may be left out as null: a field with a
+            # default (``tags: list[str] = []``) then takes its default.
+            left_out = _nulls_left_out(value, err)
+            if left_out is _NOTHING:
+                raise InvalidAnswer(describe(err)) from None
+            try:
+                valid = self.adapter.validate_python(left_out)
+            except ValidationError:
+                raise InvalidAnswer(describe(err)) from None
         return str(self.adapter.dump_json(valid, by_alias=True).decode())
 
     def from_reply(self, content: str | None) -> str:
@@ -156,12 +196,15 @@ class OutputSchema:
             return self.validate(value)
         if found and isinstance(value, dict) and set(value) == {"value"}:
             return self.validate(value["value"])
-        if found:
+        if not found:
+            return self.validate(text)  # plain text: "billing", "1999", "2001-01-01"
+        try:
+            return self.validate(value)
+        except InvalidAnswer as err:
             try:
-                return self.validate(value)
+                return self.validate(text)  # a str answer that happens to parse as JSON
             except InvalidAnswer:
-                pass
-        return self.validate(text)  # plain text: "billing", "1999", "2001-01-01"
+                raise err from None  # what is wrong with the JSON, not with it read as text
 
     def instructions(self, *, packed: bool) -> str:
         """What the prompt says about the answer's form; ``<schema>`` tags delimit the JSON."""
@@ -170,6 +213,19 @@ class OutputSchema:
         if packed:
             return f"Each answer is JSON that follows this schema:\n<schema>{compact}</schema>"
         return f"Reply with only a JSON object that follows this schema:\n<schema>{compact}</schema>"
+
+
+_VALUES = frozenset({"default", "enum", "const", "examples"})  # data, not schemas: kept whole
+
+
+def _untitled(node: Any) -> Any:
+    """A JSON Schema without its titles: a model's class name is not part of what it asks."""
+    if isinstance(node, Mapping):
+        return {k: v if k in _VALUES else _untitled(v) for k, v in node.items()
+                if not (k == "title" and isinstance(v, str))}  # fmt: skip
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
 
 
 def _is_model(obj: Any) -> bool:
@@ -221,13 +277,15 @@ def output_schema(schema: Any) -> OutputSchema:
     from pydantic import TypeAdapter
 
     raw: Any = None
+    item: dict[str, Any] = {}
     if isinstance(schema, Mapping):
         if not schema:
             raise ConfigError("schema={} has no fields")
         if _looks_like_json_schema(schema):
             raw = dict(_unwrap_format(schema))
-            annotation = from_json_schema(raw)
             what = "JSON schema"
+            item = strict_schema(raw, what)  # first, so that a refusal names the construct
+            annotation = from_json_schema(raw)
         else:
             annotation = _shorthand(schema)
             what = "schema dict"
@@ -244,8 +302,9 @@ def output_schema(schema: Any) -> OutputSchema:
         generated = adapter.json_schema(by_alias=True)
     except Exception as exc:
         raise ConfigError(f"schema {schema!r} cannot be serialized to JSON Schema: {exc}") from None
-    item = strict_schema(raw if raw is not None else generated, what)
-    return OutputSchema(item=item, adapter=adapter, description=what)
+    if raw is None:
+        item = strict_schema(generated, what)
+    return OutputSchema(item=item, adapter=adapter, description=what, source=generated if raw is None else raw)
 
 
 def _label_matcher(labels: Sequence[str]) -> Any:

@@ -103,7 +103,7 @@ def strict_schema(schema: Mapping[str, Any], source: str = "schema") -> dict[str
                 out[key] = [walk(b, path) for b in value]
             elif key == "$ref":
                 resolve(value, path)
-                out[key] = value
+                out[key] = "#/$defs/" + value.rsplit("/", 1)[-1]  # definitions move to $defs
             else:
                 out[key] = value
         kind = out.get("type")
@@ -133,7 +133,7 @@ def strict_schema(schema: Mapping[str, Any], source: str = "schema") -> dict[str
 # ---- JSON Schema -> a pydantic type ------------------------------------------------------
 def from_json_schema(schema: Mapping[str, Any]) -> Any:
     """A type pydantic validates like ``schema`` (a JSON Schema dict given as ``schema=``)."""
-    from pydantic import Field, create_model
+    from pydantic import BaseModel, Field, create_model
 
     defs = dict(schema.get("$defs") or {}) | dict(schema.get("definitions") or {})
     made: dict[str, Any] = {}
@@ -142,6 +142,11 @@ def from_json_schema(schema: Mapping[str, Any]) -> Any:
     def conv(node: Mapping[str, Any], hint: str) -> Any:
         if not isinstance(node, Mapping):
             raise ConfigError(f"the JSON schema has {node!r} where a schema belongs")
+        if "allOf" in node:  # one schema merged, as strict_schema does; several are refused there
+            parts = node["allOf"]
+            if not isinstance(parts, list) or len(parts) != 1 or not isinstance(parts[0], Mapping):
+                raise ConfigError("the JSON schema uses allOf with several schemas, which is not supported")
+            node = {**parts[0], **{k: v for k, v in node.items() if k != "allOf"}}
         if "$ref" in node:
             name = str(node["$ref"]).rsplit("/", 1)[-1]
             if name not in defs:
@@ -187,13 +192,19 @@ def from_json_schema(schema: Mapping[str, Any]) -> Any:
         elif kind == "object" or "properties" in node:
             required = set(node.get("required") or ())
             fields: dict[str, Any] = {}
-            for name, sub in (node.get("properties") or {}).items():
+            props = node.get("properties") or {}
+            for i, (name, sub) in enumerate(props.items()):
                 ann = conv(sub, name.title().replace("_", ""))
-                info = Field(description=sub.get("description")) if isinstance(sub, Mapping) else Field()
+                about = sub.get("description") if isinstance(sub, Mapping) else None
+                key, alias = name, None
+                if not name.isidentifier() or name.startswith(("_", "model_")) or hasattr(BaseModel, name):
+                    key, alias = f"field_{i}", name  # "_id", "schema", "model_config": pydantic's own names
+                    while key in props:
+                        key += "_"
                 if name in required:
-                    fields[name] = (ann, info)
+                    fields[key] = (ann, Field(alias=alias, description=about))
                 else:
-                    fields[name] = (ann | None, Field(default=None, description=info.description))
+                    fields[key] = (ann | None, Field(default=None, alias=alias, description=about))
             try:
                 return create_model(str(node.get("title") or hint or "Answer"), **fields)
             except Exception as exc:

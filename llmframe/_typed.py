@@ -22,6 +22,7 @@ object         ``Struct``                  ``object`` (Python dicts)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,23 +34,39 @@ __all__ = ["output_columns", "polars_dtype", "typed_columns"]
 _SCALARS = ("string", "int", "float", "bool", "date", "datetime")
 
 
-def _kind(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Any:
+def _values_kind(values: list[Any]) -> Any:
+    """The kind of an ``enum``: labels, or numbers/booleans; null is a null in any column."""
+    values = [v for v in values if v is not None]
+    if values and all(isinstance(v, str) for v in values):
+        return ("enum", tuple(values))
+    if values and all(isinstance(v, bool) for v in values):
+        return "bool"
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "int"
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "float"
+    return "json"
+
+
+def _kind(node: Mapping[str, Any], defs: Mapping[str, Any], seen: frozenset[str] = frozenset()) -> Any:
     """A schema node's column kind: a name, or ("enum", labels) / ("list", kind) / ("struct", fields)."""
     if "$ref" in node:
-        return _kind(defs[str(node["$ref"]).rsplit("/", 1)[-1]], defs)
+        name = str(node["$ref"]).rsplit("/", 1)[-1]
+        if name in seen:  # a recursive model: no dtype is deep enough, so the level below is JSON
+            return "json"
+        return _kind(defs[name], defs, seen | {name})
     branches = [b for b in node.get("anyOf") or () if b.get("type") != "null"]
     if branches:
-        kinds = [_kind(b, defs) for b in branches]
+        kinds = [_kind(b, defs, seen) for b in branches]
         return kinds[0] if all(k == kinds[0] for k in kinds) else "json"
     types = node.get("type")
     if isinstance(types, list):
         rest = [t for t in types if t != "null"]
-        return _kind({**node, "type": rest[0]}, defs) if len(rest) == 1 else "json"
+        return _kind({**node, "type": rest[0]}, defs, seen) if len(rest) == 1 else "json"
     if "enum" in node:
-        values = list(node["enum"])
-        return ("enum", tuple(values)) if values and all(isinstance(v, str) for v in values) else "json"
+        return _values_kind(list(node["enum"]))
     if "const" in node:
-        return "string" if isinstance(node["const"], str) else "json"
+        return "string" if isinstance(node["const"], str) else _values_kind([node["const"]])
     fmt = node.get("format")
     simple = {"integer": "int", "number": "float", "boolean": "bool"}
     if types == "string":
@@ -57,9 +74,9 @@ def _kind(node: Mapping[str, Any], defs: Mapping[str, Any]) -> Any:
     if types in simple:
         return simple[types]
     if types == "array":
-        return ("list", _kind(node.get("items") or {}, defs))
+        return ("list", _kind(node.get("items") or {}, defs, seen))
     if types == "object":
-        return ("struct", tuple((k, _kind(v, defs)) for k, v in node["properties"].items()))
+        return ("struct", tuple((k, _kind(v, defs, seen)) for k, v in node["properties"].items()))
     return "json"
 
 
@@ -79,13 +96,37 @@ def polars_dtype(kind: Any) -> Any:
     }[kind]  # fmt: skip
 
 
+def _nested_json(kind: Any) -> bool:
+    if isinstance(kind, tuple) and kind[0] == "list":
+        return kind[1] == "json" or _nested_json(kind[1])
+    if isinstance(kind, tuple) and kind[0] == "struct":
+        return any(k == "json" or _nested_json(k) for _, k in kind[1])
+    return False
+
+
+def _json_parts_as_text(value: Any, kind: Any) -> Any:
+    """``value`` with its parts of no single type as their JSON text, which polars reads as a String."""
+    if value is None:
+        return None
+    if kind == "json":
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(kind, tuple) and kind[0] == "list":
+        return [_json_parts_as_text(v, kind[1]) for v in value]
+    if isinstance(kind, tuple) and kind[0] == "struct":
+        return {name: _json_parts_as_text(value.get(name), k) for name, k in kind[1]}
+    return value
+
+
 def _decode(answers: Sequence[str | None], kind: Any) -> Any:
     """All answers at once into a polars Series of the kind's dtype (None stays null)."""
     import polars as pl
 
+    if _nested_json(kind):  # a union or a recursive model inside: polars cannot read an object as a String
+        answers = [None if a is None else json.dumps(_json_parts_as_text(json.loads(a), kind), ensure_ascii=False)
+                   for a in answers]  # fmt: skip
     texts = pl.Series("answers", answers if isinstance(answers, list) else list(answers), dtype=pl.String)
-    if kind == "json":  # mixed types: the validated JSON text, as it is
-        return texts
+    if kind == "json":  # mixed types: the validated JSON text, as it is (a JSON null is a null)
+        return texts.replace("null", None)
     if kind == "string":  # a bare JSON string decodes the same way
         return texts.str.json_decode(pl.String)
     return texts.str.json_decode(polars_dtype(kind))

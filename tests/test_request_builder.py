@@ -1,0 +1,231 @@
+"""RequestBuilder with a schema: what one-row and packed requests carry, mode by mode."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from llmframe._jobs import Job
+from llmframe._packing import PACKED_INSTRUCTIONS, STRUCTURED_INSTRUCTIONS, answers_schema
+from llmframe._requests import (
+    DEFAULT_ANSWER_TOKENS,
+    PACKED_TOKENS_PER_ROW,
+    RequestBuilder,
+    expected_tokens,
+)
+from llmframe._schema import OutputSchema, classify_schema, output_schema
+from llmframe._template import parse_template
+from llmframe._tokens import count_messages
+
+
+class WordTokenizer:
+    """One token per whitespace-separated word: offline, and easy to reason about."""
+
+    name = "words"
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+
+@dataclass
+class Sends:
+    """What the endpoint accepts now (the part of EndpointState the builder reads)."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    response_format: str = "json_schema"
+
+
+class Address(BaseModel):
+    city: str
+
+
+class Place(BaseModel):
+    name: str
+    population: int
+    address: Address
+
+
+TOKENIZER = WordTokenizer()
+TEMPLATE = parse_template("Describe {place} briefly.")
+MODES = ["json_schema", "json_object", "text"]
+
+
+def jobs(n: int) -> list[Job]:
+    return [Job(f"k{i}", {"place": f"town {i}"}, [i]) for i in range(n)]
+
+
+def builder(schema: OutputSchema | None, mode: str = "json_schema", system: str | None = "Be exact.",
+            **params: Any) -> RequestBuilder:  # fmt: skip
+    return RequestBuilder(TEMPLATE, system, TOKENIZER, Sends(dict(params), mode), schema)
+
+
+def schema_in(text: str) -> Any:
+    assert text.count("<schema>") == 1
+    return json.loads(text.split("<schema>", 1)[1].split("</schema>", 1)[0])
+
+
+# ---- one row ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("annotation", [Place, int, list[Address]])
+def test_one_row_carries_the_schema_in_the_system_message(mode: str, annotation: Any) -> None:
+    schema = output_schema(annotation)
+    request = builder(schema, mode).build(jobs(1))
+    system, user = request.messages
+    assert system["role"] == "system" and user == {"role": "user", "content": "Describe town 0 briefly."}
+    assert system["content"] == "Be exact.\n\n" + schema.instructions(packed=False)
+    assert schema_in(system["content"]) == schema.single_root()
+    assert not request.packed and request.mode == mode
+    assert request.input_tokens == count_messages(request.messages, TOKENIZER)
+    assert request.output_tokens == expected_tokens(schema, TOKENIZER)
+
+
+def test_one_row_in_json_schema_mode_sends_the_strict_single_root() -> None:
+    for annotation in (Place, int):
+        schema = output_schema(annotation)
+        request = builder(schema, "json_schema").build(jobs(1))
+        assert request.response_format == {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "strict": True, "schema": schema.single_root()},
+        }
+    assert request.response_format["json_schema"]["schema"]["properties"] == {"value": {"type": "integer"}}
+
+
+def test_one_row_in_json_object_and_text_modes() -> None:
+    schema = output_schema(Place)
+    assert builder(schema, "json_object").build(jobs(1)).response_format == {"type": "json_object"}
+    assert builder(schema, "text").build(jobs(1)).response_format is None
+
+
+def test_one_row_without_a_system_prompt_gets_one_for_the_schema() -> None:
+    schema = classify_schema(["pos", "neg"])
+    system, user = builder(schema, system=None).build(jobs(1)).messages
+    assert system == {"role": "system", "content": schema.instructions(packed=False)}
+    assert user["content"] == "Describe town 0 briefly."
+
+
+def test_one_row_without_a_schema_is_the_prompt_alone() -> None:
+    for mode in MODES:
+        request = builder(None, mode, system=None).build(jobs(1))
+        assert request.messages == [{"role": "user", "content": "Describe town 0 briefly."}]
+        assert request.response_format is None and request.mode == "text" and not request.packed
+        assert request.output_tokens == DEFAULT_ANSWER_TOKENS
+
+
+# ---- packed ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_rows_carry_the_item_schema_in_the_system_message(mode: str) -> None:
+    schema = output_schema(Place)
+    request = builder(schema, mode).build(jobs(3))
+    system, user = request.messages
+    assert system["content"].startswith("Be exact.\n\n" + STRUCTURED_INSTRUCTIONS)
+    assert schema_in(system["content"]) == schema.item
+    assert "<task>\nDescribe {place} briefly.\n</task>" in system["content"]
+    assert [json.loads(line) for line in user["content"].splitlines()] == [
+        {"id": i, "place": f"town {i}"} for i in range(3)
+    ]
+    assert request.packed and request.mode == mode
+    assert request.input_tokens == count_messages(request.messages, TOKENIZER)
+
+
+def test_packed_rows_in_json_schema_mode_send_one_ref_per_id() -> None:
+    schema = output_schema(Place)
+    fmt = builder(schema, "json_schema").build(jobs(3)).response_format
+    assert fmt["type"] == "json_schema"
+    assert fmt["json_schema"]["name"] == "answers" and fmt["json_schema"]["strict"] is True
+    root = fmt["json_schema"]["schema"]
+    assert root == schema.packed_root(3)
+    assert root["properties"] == {str(i): {"$ref": "#/$defs/llmframe_item"} for i in range(3)}
+    assert root["required"] == ["0", "1", "2"] and root["additionalProperties"] is False
+    assert root["$defs"]["llmframe_item"] == schema.body() and "Address" in root["$defs"]
+
+
+def test_packed_rows_in_json_object_and_text_modes() -> None:
+    schema = output_schema(Place)
+    assert builder(schema, "json_object").build(jobs(2)).response_format == {"type": "json_object"}
+    assert builder(schema, "text").build(jobs(2)).response_format is None
+
+
+def test_packed_rows_without_a_schema_keep_the_plain_answers() -> None:
+    request = builder(None, "json_schema").build(jobs(2))
+    assert request.response_format == answers_schema(2)
+    assert PACKED_INSTRUCTIONS in request.messages[0]["content"] and "<schema>" not in request.messages[0]["content"]
+
+
+def test_packed_output_tokens_count_every_row() -> None:
+    schema = output_schema(Place)
+    b = builder(schema)
+    per_row = expected_tokens(schema, TOKENIZER) + PACKED_TOKENS_PER_ROW
+    assert b.per_row_output == per_row
+    for n in (2, 5):
+        assert b.build(jobs(n)).output_tokens == n * per_row + 8
+
+
+def test_a_users_max_tokens_is_per_answer() -> None:
+    schema = output_schema(Place)
+    sends = Sends({"max_tokens": 40, "temperature": 0}, "json_schema")
+    before = copy.deepcopy(sends.params)
+    b = RequestBuilder(TEMPLATE, None, TOKENIZER, sends, schema)
+    assert b.answer_tokens == 40  # the user's, not the schema's guess
+    one = b.build(jobs(1))
+    assert one.params == {"max_tokens": 40, "temperature": 0} and one.output_tokens == 40
+    packed = b.build(jobs(3))
+    assert packed.params == {"max_tokens": 3 * (40 + PACKED_TOKENS_PER_ROW) + 8, "temperature": 0}
+    assert packed.output_tokens == packed.params["max_tokens"]
+    assert sends.params == before
+
+
+def test_what_sends_says_is_read_at_each_build() -> None:
+    schema = output_schema(Place)
+    sends = Sends({}, "json_schema")
+    b = RequestBuilder(TEMPLATE, None, TOKENIZER, sends, schema)
+    assert b.build(jobs(2)).response_format["type"] == "json_schema"
+    sends.response_format = "json_object"  # the endpoint refused json_schema
+    assert b.build(jobs(2)).response_format == {"type": "json_object"}
+    assert b.build(jobs(1)).mode == "json_object"
+    sends.response_format = "text"
+    assert b.build(jobs(2)).response_format is None and b.build(jobs(1)).response_format is None
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("annotation", [Place, list[Address]])
+def test_the_schema_sent_is_not_the_schemas_own_item(n: int, annotation: Any) -> None:
+    # a client= or gateway that edits the request must not change later requests or the hash
+    schema = output_schema(annotation)
+    before, hash_before = copy.deepcopy(schema.item), schema.hash
+    sent = builder(schema).build(jobs(n)).response_format["json_schema"]["schema"]
+    for node in (sent, *sent.get("$defs", {}).values(), *sent["properties"].values()):
+        node.pop("properties", None)
+        node.pop("items", None)
+    assert schema.item == before and schema.hash == hash_before
+
+
+# ---- expected_tokens -----------------------------------------------------------------------------
+def test_expected_tokens_grows_with_the_answer() -> None:
+    small = expected_tokens(output_schema(int), TOKENIZER)
+    big = expected_tokens(output_schema(Place), TOKENIZER)
+    assert 0 < small < big
+
+
+def test_expected_tokens_counts_the_longest_label() -> None:
+    short = expected_tokens(classify_schema(["a", "b"]), TOKENIZER)
+    long = expected_tokens(classify_schema(["a", "a label of quite a few words"]), TOKENIZER)
+    assert long > short
+
+
+def test_expected_tokens_of_a_recursive_model_is_finite() -> None:
+    class Node(BaseModel):
+        name: str
+        children: list[Node] = []
+
+    assert 0 < expected_tokens(output_schema(Node), TOKENIZER) < 10_000
+
+
+def test_the_builder_uses_expected_tokens_without_max_tokens() -> None:
+    schema = output_schema(Place)
+    assert builder(schema).answer_tokens == expected_tokens(schema, TOKENIZER)
+    assert builder(None).answer_tokens == DEFAULT_ANSWER_TOKENS
