@@ -36,12 +36,12 @@ from aiohttp import web
 from llmframe import _tokens
 from llmframe.testing._limits import Limits, Rejection
 from llmframe.testing._model import (
-    answer_packed,
     expected_answer,
     one_row_prompt,
     parse_packed,
     truncate_to_tokens,
 )
+from llmframe.testing._packed import answer_packed
 from llmframe.testing._requests import (
     context_exceeded,
     error,
