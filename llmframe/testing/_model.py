@@ -16,6 +16,10 @@ instead of sharing its mistakes. Each item's template is rendered with
 ``str.format_map`` (:func:`render_item`); :mod:`llmframe.testing._packed`
 answers each item exactly as the one-row request of the rendered prompt would
 be answered, in the compact JSON object ``{"0":"...","1":"..."}``.
+
+A request that asks for structured output (a JSON schema) is answered with
+deterministic values of that schema: :mod:`llmframe.testing._structured`
+finds the schema, :mod:`llmframe.testing._schema` fills it.
 """
 
 from __future__ import annotations

@@ -1,24 +1,28 @@
 """The answer to a packed request: every item's answer, degraded, then damaged by faults.
 
 Each item of a :class:`~llmframe.testing._model.PackedRequest` is answered as
-the one-row request of its rendered prompt would be, with ``answer_fn(prompt)``.
+the one-row request of its rendered prompt would be: with the text answer
+``answer_fn(prompt)`` when the request is text-packed, with the filled item
+schema (:class:`~llmframe.testing._structured.ItemSchema`) when it carries one.
 A template field missing from an item (or a template that does not render)
-gets the answer ``"?"``, as a model would guess. The reply is the compact JSON
-object ``{"0": ..., "1": ...}``.
+gets a guess: ``"?"``, or the schema's value with ``"?"`` for the text answer.
+The reply is the compact JSON object ``{"0": ..., "1": ...}``.
 
 The degrading model of :mod:`llmframe.testing._degrade` (wrong answers that
 grow more likely with the number of items, a shift by one row) is applied
-first, to the answers; the packing faults of :mod:`llmframe.testing._faults`
-then damage the list of ``(id, answer)`` pairs and the JSON text.
+first, to the answers; a wrong structured answer is the item schema filled
+from another seed (a valid value, only not the right one). The packing faults
+of :mod:`llmframe.testing._faults` then damage the list of ``(id, answer)``
+pairs and the JSON text.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
+from typing import Any
 
-from llmframe.testing._degrade import Degrade, degrade_answers
+from llmframe.testing._degrade import Degrade, degrade_answers, wrong_answer
 from llmframe.testing._faults import PACKING_FAULTS, Faults
 from llmframe.testing._model import (
     UNKNOWN_ANSWER,
@@ -27,19 +31,14 @@ from llmframe.testing._model import (
     expected_answer,
     render_item,
 )
+from llmframe.testing._structured import ItemSchema, dumps
 
 __all__ = ["answer_packed"]
 
 
-def _dumps(pairs: Sequence[tuple[str, str]]) -> str:
+def _dumps(pairs: Sequence[tuple[str, Any]]) -> str:
     # Built by hand rather than from a dict so that a duplicate key can be written.
-    return (
-        "{"
-        + ",".join(
-            f"{json.dumps(key)}:{json.dumps(value, ensure_ascii=False)}" for key, value in pairs
-        )
-        + "}"
-    )
+    return "{" + ",".join(f"{dumps(key)}:{dumps(value)}" for key, value in pairs) + "}"
 
 
 def answer_packed(
@@ -48,10 +47,13 @@ def answer_packed(
     faults: Faults,
     rng: random.Random,
     degrade: Degrade | None = None,
+    item: ItemSchema | None = None,
 ) -> tuple[str, list[str], int]:
     """The JSON answer text of a packed request, the packing faults applied to it, and
-    how many items the degrading model answered wrong (0 without ``degrade``)."""
-    pairs: list[tuple[str, str]] = []
+    how many items the degrading model answered wrong (0 without ``degrade``).
+
+    ``item`` is the request's item schema; ``None`` answers every item with text."""
+    pairs: list[tuple[str, Any]] = []
     prompts: dict[str, str] = {}
     for item_id, fields in packed.items:
         key = str(item_id)
@@ -59,13 +61,20 @@ def answer_packed(
             continue
         rendered = render_item(packed.template, fields)
         prompts[key] = rendered if rendered is not None else ""
-        pairs.append((key, answer_fn(rendered) if rendered is not None else UNKNOWN_ANSWER))
+        if item is not None:
+            pairs.append((key, item.answer(rendered, answer_fn)))
+        else:
+            pairs.append((key, answer_fn(rendered) if rendered is not None else UNKNOWN_ANSWER))
 
     degraded = 0
     if degrade is not None and pairs:
         right = [value for _, value in pairs]
         answers = degrade_answers(
-            degrade, [prompts[key] for key, _ in pairs], right, len(packed.items)
+            degrade,
+            [prompts[key] for key, _ in pairs],
+            right,
+            len(packed.items),
+            wrong_answer if item is None else item.degraded,
         )
         degraded = sum(a != r for a, r in zip(answers, right, strict=True))
         pairs = [(key, answer) for (key, _), answer in zip(pairs, answers, strict=True)]
@@ -96,17 +105,21 @@ def answer_packed(
             new_id = max((item_id for item_id, _ in packed.items), default=-1) + 1
             while str(new_id) in asked:
                 new_id += 1
-            pairs.insert(
-                rng.randrange(len(pairs) + 1), (str(new_id), expected_answer(f"wrong:{new_id}"))
-            )
+            seed = f"wrong:{new_id}"
+            value = expected_answer(seed) if item is None else item.answer(seed, expected_answer)
+            pairs.insert(rng.randrange(len(pairs) + 1), (str(new_id), value))
         elif kind == "duplicate":
             if not pairs:
                 continue
             index = rng.randrange(len(pairs))
             key, value = pairs[index]
-            other = expected_answer(f"duplicate:{prompts.get(key, key)}")
-            if other == value:
-                other += "x"
+            seed = f"duplicate:{prompts.get(key, key)}"
+            if item is None:
+                other = expected_answer(seed)
+                if other == value:
+                    other += "x"
+            else:
+                other = item.different(seed, value)
             pairs.insert(rng.randrange(index + 1, len(pairs) + 1), (key, other))
         # "prose" and "truncate" change the text, below.
         applied.append(kind)

@@ -1,4 +1,8 @@
-"""Structured output: the fake's value for a JSON schema follows rules a test recomputes."""
+"""Structured output: the fake answers JSON-schema requests with values a test recomputes.
+
+The requests are built here by hand, to the wire protocol, so the fake is checked
+against the protocol rather than against llmframe's own schema code.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,19 @@ import copy
 import datetime as dt
 import doctest
 import hashlib
+import json
 import re
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
+import openai
 import pytest
-from pydantic import BaseModel, Field
+from _support import ask, fails
+from pydantic import BaseModel, Field, TypeAdapter
 
 import llmframe.testing._schema
-from llmframe.testing import expected_answer, expected_value
+from llmframe._packing import answers_schema, packed_messages
+from llmframe.testing import Degrade, FakeServer, expected_answer, expected_value
 from llmframe.testing._schema import fill
 
 TEMPLATE = "Review: {review} ({stars} stars)"
@@ -171,3 +180,244 @@ def test_fill_does_not_change_the_schema() -> None:
 def test_expected_value_doctest() -> None:
     result = doctest.testmod(llmframe.testing._schema)
     assert result.attempted >= 5 and result.failed == 0
+
+
+@pytest.fixture
+def server(fake_server: FakeServer) -> FakeServer:
+    return fake_server
+
+
+# ------------------------------------------------------------------ the wire protocol
+
+
+def wrapped(item: dict[str, Any]) -> dict[str, Any]:
+    """ROOT for a single value: llmframe's wrapper (the item's $defs lifted to the root)."""
+    item = dict(item)
+    defs = item.pop("$defs", None)
+    root = {
+        "type": "object",
+        "title": "llmframe_value",
+        "properties": {"value": item},
+        "required": ["value"],
+        "additionalProperties": False,
+    }
+    return {**root, "$defs": defs} if defs else root
+
+
+def json_schema(root: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": root}}
+
+
+def packed_format(item: dict[str, Any], n: int) -> dict[str, Any]:
+    """Packed structured response_format: ITEM in $defs, every id a $ref to it."""
+    item = dict(item)
+    defs = {"llmframe_item": item, **item.pop("$defs", {})}
+    ids = [str(i) for i in range(n)]
+    return json_schema(
+        {
+            "type": "object",
+            "$defs": defs,
+            "properties": {i: {"$ref": "#/$defs/llmframe_item"} for i in ids},
+            "required": ids,
+            "additionalProperties": False,
+        }
+    )
+
+
+def tag(schema: dict[str, Any]) -> str:
+    return f"<schema>\n{json.dumps(schema, indent=1)}\n</schema>"
+
+
+def one_row(server: FakeServer, prompt: str, **params: Any) -> Any:
+    return json.loads(ask(server, prompt, **params).choices[0].message.content)
+
+
+def packed(
+    server: FakeServer, item: dict[str, Any], *, via: str = "defs", items: Any = ITEMS
+) -> str:
+    """The content of a packed structured request; ``via`` is "defs" or "tag"."""
+    if via == "defs":
+        messages = packed_messages(TEMPLATE, "Be brief.", items)
+        reply = ask(server, messages=messages, response_format=packed_format(item, len(items)))
+    else:
+        messages = packed_messages(TEMPLATE, f"Be brief.\n{tag(item)}", items)
+        reply = ask(server, messages=messages, response_format={"type": "json_object"})
+    return str(reply.choices[0].message.content)
+
+
+def expected_items(item: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    return {str(i): expected_value(prompt, item, **kwargs) for i, prompt in enumerate(PROMPTS)}
+
+
+# -------------------------------------------------------------------- one-row requests
+
+
+def test_one_row_json_schema_answers_every_field(server: FakeServer) -> None:
+    prompt = PROMPTS[0]
+    reply = ask(server, prompt, response_format=json_schema(REVIEW))
+    content = reply.choices[0].message.content
+    want = expected_value(prompt, REVIEW)
+    assert content == json.dumps(want, ensure_ascii=False, separators=(",", ":"))
+    assert Review.model_validate_json(content).model_dump(mode="json") == want
+    assert want["sentiment"] in ("positive", "negative", "mixed")
+    # Only the answer itself is at path ""; a property is a string of its own.
+    assert want["summary"] == expected_answer(f"{prompt}\x00/summary") != expected_answer(prompt)
+    assert want["address"]["city"] == expected_answer(f"{prompt}\x00/address/city")
+
+
+def test_one_row_schema_tag_takes_the_last_block(server: FakeServer) -> None:
+    other = {"type": "object", "properties": {"wrong": {"type": "integer"}}}
+    messages = [
+        {"role": "system", "content": f"Old:\n{tag(other)}"},
+        {"role": "developer", "content": f"Answer in JSON.\n{tag(other)}\nthen\n{tag(REVIEW)}"},
+        {"role": "user", "content": PROMPTS[1]},
+    ]
+    want = expected_value(PROMPTS[1], REVIEW)
+    assert json.loads(ask(server, messages=messages).choices[0].message.content) == want
+    assert one_row(server, "", messages=messages, response_format={"type": "json_object"}) == want
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        Literal["positive", "negative"],
+        int,
+        Annotated[int, Field(ge=1, le=5)],
+        list[str],
+        dt.date,
+        float | None,
+        list[Address],
+    ],
+)
+def test_wrapped_single_value_equals_the_packed_item(server: FakeServer, kind: Any) -> None:
+    item = TypeAdapter(kind).json_schema()
+    for prompt in PROMPTS[:3]:
+        got = one_row(server, prompt, response_format=json_schema(wrapped(item)))
+        assert got == {"value": expected_value(prompt, item)}
+        TypeAdapter(kind).validate_python(got["value"])
+    answers = json.loads(packed(server, item))
+    assert answers == expected_items(item)
+    first = one_row(server, PROMPTS[0], response_format=json_schema(wrapped(item)))
+    assert answers["0"] == first["value"]
+
+
+def test_wrapped_string_and_label_are_the_text_answer(
+    fake_server_factory: Callable[..., FakeServer],
+) -> None:
+    server = fake_server_factory(answer_fn=lambda p: "negative" if "Broke" in p else "shout")
+    label = {"enum": ["positive", "negative"], "type": "string"}
+    text = {"type": "string"}
+    assert one_row(server, PROMPTS[1], response_format=json_schema(wrapped(label))) == {
+        "value": "negative"
+    }
+    assert one_row(server, PROMPTS[1], response_format=json_schema(wrapped(text))) == {
+        "value": "negative"
+    }
+    assert one_row(server, PROMPTS[0], response_format=json_schema(wrapped(text))) == {
+        "value": "shout"
+    }
+    # "shout" is not a label: the label comes from the hash, and is a label.
+    assert expected_value(PROMPTS[0], label) in ("positive", "negative")
+
+
+# --------------------------------------------------------------------- packed requests
+
+
+@pytest.mark.parametrize("via", ["defs", "tag"])
+def test_packed_answers_every_field_of_every_item(server: FakeServer, via: str) -> None:
+    content = packed(server, REVIEW, via=via)
+    answers = json.loads(content)
+    assert answers == expected_items(REVIEW)
+    assert content == json.dumps(expected_items(REVIEW), ensure_ascii=False, separators=(",", ":"))
+    for i, prompt in enumerate(PROMPTS):
+        assert Review.model_validate(answers[str(i)]).model_dump(mode="json") == answers[str(i)]
+        assert one_row(server, prompt, response_format=json_schema(REVIEW)) == answers[str(i)]
+    assert server.stats.packing_faults == {}
+
+
+def test_packed_tag_inside_the_template_is_not_the_schema(server: FakeServer) -> None:
+    template = "Review {review}: <schema>{{}}</schema>"
+    system = f"Rules.\n{tag(REVIEW)}"  # before the <task> block, which holds a decoy
+    messages = packed_messages(template, system, ITEMS[:2])
+    answers = json.loads(ask(server, messages=messages).choices[0].message.content)
+    assert answers == {
+        str(i): expected_value(template.format_map(item), REVIEW)
+        for i, item in enumerate(ITEMS[:2])
+    }
+
+
+def test_packed_item_missing_a_field_gets_a_valid_guess(server: FakeServer) -> None:
+    items = [ITEMS[0], {"review": "no stars"}]
+    answers = json.loads(packed(server, REVIEW, items=items))
+    assert answers["0"] == expected_value(PROMPTS[0], REVIEW)
+    assert answers["1"] == expected_value("", REVIEW, answer_fn=lambda _: "?")
+    Review.model_validate(answers["1"])
+
+
+def test_answers_are_deterministic_and_differ_between_rows(server: FakeServer) -> None:
+    first, again = packed(server, REVIEW), packed(server, REVIEW)
+    assert first == again
+    answers = list(json.loads(first).values())
+    assert len({a["summary"] for a in answers}) == len(answers)
+    assert len({json.dumps(a) for a in answers}) == len(answers)
+    server.configure(seed=99)  # the seed drives faults, never answers
+    assert packed(server, REVIEW) == first
+
+
+def test_unresolvable_ref_is_a_400(server: FakeServer) -> None:
+    broken = {"type": "object", "properties": {"x": {"$ref": "#/$defs/Missing"}}}
+    error = fails(server, openai.BadRequestError, response_format=json_schema(broken))
+    assert error.param == "response_format" and "Missing" in error.message
+    assert server.stats.bad_requests == 1 and server.stats.ok == 0
+
+
+# ------------------------------------------------------------ degrading, compatibility
+
+
+def test_degrading_model_gives_valid_wrong_structured_answers(
+    fake_server_factory: Callable[..., FakeServer],
+) -> None:
+    server = fake_server_factory(degrade=Degrade(error_per_item=1.0, start=0))
+    want = expected_items(REVIEW)
+    answers = json.loads(packed(server, REVIEW))
+    assert sorted(answers) == sorted(want)
+    assert all(answers[key] != want[key] for key in want)
+    for value in answers.values():
+        Review.model_validate(value)
+    assert server.stats.degraded == len(want)
+    shifted = fake_server_factory(degrade=Degrade(error_per_item=0.0, shift_after=2))
+    answers = json.loads(packed(shifted, REVIEW))
+    order = [want[str(i)] for i in range(len(want))]
+    assert [answers[str(i)] for i in range(len(want))] == order[:2] + order[1:-1]
+    assert shifted.stats.degraded == len(want) - 2
+
+
+def test_text_answers_unchanged(server: FakeServer) -> None:
+    # No schema, a plain-string ROOT, and plain-string items: today's answers, byte for byte.
+    assert ask(server, PROMPTS[0]).choices[0].message.content == expected_answer(PROMPTS[0])
+    plain = ask(server, PROMPTS[0], response_format=json_schema({"type": "string"}))
+    assert plain.choices[0].message.content == expected_answer(PROMPTS[0])
+    text = {str(i): expected_answer(prompt) for i, prompt in enumerate(PROMPTS)}
+    correct = json.dumps(text, ensure_ascii=False, separators=(",", ":"))
+    assert packed(server, {"type": "string"}) == correct
+    assert packed(server, {"type": "string"}, via="tag") == correct
+    messages = packed_messages(TEMPLATE, None, ITEMS)
+    old = ask(server, messages=messages, response_format=answers_schema(len(ITEMS)))
+    assert old.choices[0].message.content == correct
+
+
+@pytest.mark.parametrize("rejects_like", ["openai", "llama.cpp"])
+def test_json_schema_off_rejects_structured_requests_as_before(
+    fake_server_factory: Callable[..., FakeServer], rejects_like: str
+) -> None:
+    server = fake_server_factory(json_schema=False, rejects_like=rejects_like)
+    error_type = openai.BadRequestError if rejects_like == "openai" else openai.InternalServerError
+    for response_format in (json_schema(REVIEW), packed_format(REVIEW, 2)):
+        error = fails(server, error_type, response_format=response_format)
+        if rejects_like == "openai":
+            assert error.param == "response_format" and "json_schema" in error.message
+        else:
+            assert "Input should be 'text' or 'json_object'" in error.message
+    # The <schema> tag with json_object is how such a server gets structured answers.
+    assert json.loads(packed(server, REVIEW, via="tag")) == expected_items(REVIEW)
+    assert server.stats.bad_requests == 2 and server.stats.ok == 1
