@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmframe.testing._degrade import Degrade, degrade_answers, wrong_answer
-from llmframe.testing._faults import PACKING_FAULTS, Faults
+from llmframe.testing._faults import PACKING_FAULTS, STRUCTURED_FAULTS, Faults
 from llmframe.testing._model import (
     UNKNOWN_ANSWER,
     AnswerFn,
@@ -82,9 +82,15 @@ def answer_packed(
     applied: list[str] = []
     for kind in PACKING_FAULTS:
         rate = faults.packing_rate(kind)
-        if rate <= 0.0 or rng.random() >= rate:
+        if rate <= 0.0 or (item is None and kind in STRUCTURED_FAULTS) or rng.random() >= rate:
             continue
-        if kind == "shuffle":
+        if kind == "wrong_type":
+            if item is None or not item.wrong_type(pairs, rng):
+                continue
+        elif kind == "bad_enum":
+            if item is None or not item.bad_enum(pairs, rng):
+                continue
+        elif kind == "shuffle":
             if not pairs:
                 continue
             # Only a swap of two different answers is a visible fault. If no answer

@@ -18,14 +18,16 @@ This module reads llmframe's wire protocol for structured output on its own
   plain ``{"type": "string"}`` per id, is no item schema: the request is
   answered as text.
 
-:class:`ItemSchema` answers the items of a packed request and makes the other
-(still valid) values that the duplicate and wrong-id faults and the degrading
-model need.
+:class:`ItemSchema` answers the items of a packed request, makes the other
+(still valid) values that the duplicate and wrong-id faults and the
+degrading model need, and applies the two faults that only structured answers
+have: ``wrong_type`` and ``bad_enum`` (see :mod:`llmframe.testing._faults`).
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,11 +45,15 @@ from llmframe.testing._schema import (
     flatten,
     implied_type,
     is_plain_string,
+    nullable_branch,
     resolve,
     value_type,
 )
 
-__all__ = ["ItemSchema", "answer_one_row", "dumps", "packed_item", "schema_block"]
+__all__ = ["BAD_LABEL", "ItemSchema", "answer_one_row", "dumps", "packed_item", "schema_block"]
+
+#: What ``bad_enum`` puts in place of a label.
+BAD_LABEL = "not_a_label"
 
 _SCHEMA_OPEN = "<schema>"
 _SCHEMA_CLOSE = "</schema>"
@@ -161,6 +167,53 @@ class ItemSchema:
         other = self.other(f"degraded:{prompt}", right)
         return right if other is None else other
 
+    # -- the structured packing faults; each returns whether it damaged something ----
+
+    def wrong_type(self, pairs: list[tuple[str, Any]], rng: random.Random) -> bool:
+        """One random item gets one top-level field (or itself) of a wrong type."""
+        fields = self._fields()
+        choices: list[tuple[int, str | None, Any]] = []
+        for index, (_, value) in enumerate(pairs):
+            if fields is not None and isinstance(value, dict) and value:
+                choices.extend(
+                    (index, name, wrong)
+                    for name in value
+                    if (wrong := self._wrong(fields.get(name, {}), value[name])) is not None
+                )
+            elif (wrong := self._wrong(self.schema, value)) is not None:
+                choices.append((index, None, wrong))
+        if not choices:
+            return False
+        index = rng.choice(sorted({index for index, _, _ in choices}))
+        _, name, wrong = rng.choice([choice for choice in choices if choice[0] == index])
+        self._put(pairs, index, name, wrong)
+        return True
+
+    def bad_enum(self, pairs: list[tuple[str, Any]], rng: random.Random) -> bool:
+        """One random item's first enum field (or the item, if it is a label) gets
+        :data:`BAD_LABEL`; nothing happens when the item has no enum."""
+        if _enum(self.schema, self.root):
+            name = None
+            held = list(range(len(pairs)))
+        else:
+            fields = self._fields() or {}
+            name = next((key for key, sub in fields.items() if _enum(sub, self.root)), None)
+            if name is None:
+                return False
+            held = [
+                i for i, (_, value) in enumerate(pairs) if isinstance(value, dict) and name in value
+            ]
+        if not held:
+            return False
+        self._put(pairs, rng.choice(held), name, BAD_LABEL)
+        return True
+
+    def _fields(self) -> dict[str, Any] | None:
+        """The top-level properties of an object item, or ``None`` for a scalar item."""
+        item = nullable_branch(self.schema, self.root)
+        properties = item.get("properties")
+        return dict(properties) if isinstance(properties, Mapping) else None
+
     def _wrong(self, schema: Any, value: Any) -> Any | None:
         """A value whose type ``schema`` does not admit, chosen by the type of ``value``."""
         allowed = _types(schema, self.root)
@@ -174,6 +227,17 @@ class ItemSchema:
             if got not in allowed and not (got == "integer" and "number" in allowed):
                 return candidate
         return None
+
+    @staticmethod
+    def _put(pairs: list[tuple[str, Any]], index: int, name: str | None, new: Any) -> None:
+        key, value = pairs[index]
+        pairs[index] = (key, new if name is None else {**value, name: new})
+
+
+def _enum(schema: Any, root: Any) -> bool:
+    """Whether ``schema`` (through ``$ref`` and a nullable ``anyOf``) is an enum."""
+    enum = nullable_branch(schema, root).get("enum")
+    return isinstance(enum, list) and bool(enum)
 
 
 def _types(schema: Any, root: Any, depth: int = 0) -> list[str]:

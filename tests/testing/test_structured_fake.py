@@ -18,11 +18,11 @@ from typing import Annotated, Any, Literal
 import openai
 import pytest
 from _support import ask, fails
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import llmframe.testing._schema
 from llmframe._packing import answers_schema, packed_messages
-from llmframe.testing import Degrade, FakeServer, expected_answer, expected_value
+from llmframe.testing import Degrade, FakeServer, Faults, expected_answer, expected_value
 from llmframe.testing._schema import fill
 
 TEMPLATE = "Review: {review} ({stars} stars)"
@@ -421,3 +421,195 @@ def test_json_schema_off_rejects_structured_requests_as_before(
     # The <schema> tag with json_object is how such a server gets structured answers.
     assert json.loads(packed(server, REVIEW, via="tag")) == expected_items(REVIEW)
     assert server.stats.bad_requests == 2 and server.stats.ok == 1
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+class _Pairs(list[tuple[str, Any]]):
+    pass
+
+
+def top_pairs(content: str) -> list[tuple[str, Any]]:
+    """The top-level (key, value) pairs of a JSON object, repeated keys kept."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, _Pairs):
+            return {key: plain(sub) for key, sub in value}
+        return [plain(sub) for sub in value] if isinstance(value, list) else value
+
+    return [(key, plain(value)) for key, value in json.loads(content, object_pairs_hook=_Pairs)]
+
+
+def differing(content: str, want: dict[str, Any]) -> list[str]:
+    answers = json.loads(content)
+    assert sorted(answers) == sorted(want), "every id, once"
+    return [key for key in want if answers[key] != want[key]]
+
+
+WRONG_TYPES = [
+    ({"type": "integer"}, "n/a"),
+    ({"type": "number"}, "n/a"),
+    ({"type": "string"}, 12345),
+    ({"type": "string", "format": "date"}, 12345),
+    ({"enum": ["a", "b"], "type": "string"}, 12345),
+    ({"type": "boolean"}, "maybe"),
+    ({"type": "array", "items": {"type": "integer"}}, "x"),
+    ({"anyOf": [{"type": "boolean"}, {"type": "null"}]}, "maybe"),
+    ({"type": ["integer", "null"]}, "n/a"),
+]
+
+
+@pytest.mark.parametrize(
+    ("item", "damaged"),
+    # An object item: its one field is damaged. A scalar item: the item itself.
+    [({"type": "object", "properties": {"f": s}}, {"f": w}) for s, w in WRONG_TYPES]
+    + [({"type": "object", "properties": {"f": {"type": "object", "properties": {}}}}, {"f": 7})]
+    + [(s, w) for s, w in WRONG_TYPES],
+)
+def test_wrong_type_fault(
+    fake_server_factory: Callable[..., FakeServer], item: Any, damaged: Any
+) -> None:
+    for seed in range(3):
+        server = fake_server_factory(faults=Faults(wrong_type_rate=1.0), seed=seed)
+        want = expected_items(item)
+        content = packed(server, item)
+        (key,) = differing(content, want)
+        assert json.loads(content)[key] == damaged
+        assert server.stats.packing_faults == {"wrong_type": 1}
+
+
+def test_wrong_type_damages_one_field_of_a_pydantic_item(
+    fake_server_factory: Callable[..., FakeServer],
+) -> None:
+    damaged = set()
+    for seed in range(12):
+        server = fake_server_factory(faults=Faults(wrong_type_rate=1.0), seed=seed)
+        want = expected_items(REVIEW)
+        content = packed(server, REVIEW)
+        (key,) = differing(content, want)
+        got = json.loads(content)[key]
+        (name,) = [name for name in got if got[name] != want[key][name]]
+        with pytest.raises(ValidationError) as caught:
+            Review.model_validate(got)
+        assert [error["loc"][0] for error in caught.value.errors()] == [name]
+        damaged.add(name)
+    assert len(damaged) >= 4  # the field is drawn, not always the same one
+
+
+@pytest.mark.parametrize("via", ["defs", "tag"])
+def test_bad_enum_fault(fake_server_factory: Callable[..., FakeServer], via: str) -> None:
+    item = {
+        "type": "object",
+        "properties": {
+            "note": {"type": "string"},
+            "first": {"anyOf": [{"$ref": "#/$defs/Mood"}, {"type": "null"}]},
+            "second": {"enum": ["x", "y"]},
+        },
+        "$defs": {"Mood": {"enum": ["happy", "sad"], "type": "string"}},
+    }
+    server = fake_server_factory(faults=Faults(bad_enum_rate=1.0))
+    want = expected_items(item)
+    content = packed(server, item, via=via)
+    (key,) = differing(content, want)
+    assert json.loads(content)[key] == {**want[key], "first": "not_a_label"}
+    assert server.stats.packing_faults == {"bad_enum": 1}
+
+
+def test_bad_enum_on_a_label_item_and_without_an_enum(
+    fake_server_factory: Callable[..., FakeServer],
+) -> None:
+    server = fake_server_factory(faults=Faults(bad_enum_rate=1.0))
+    label = TypeAdapter(Literal["positive", "negative"]).json_schema()
+    content = packed(server, label)
+    (key,) = differing(content, expected_items(label))
+    assert json.loads(content)[key] == "not_a_label"
+    assert server.stats.packing_faults == {"bad_enum": 1}
+    no_enum = Address.model_json_schema()
+    assert json.loads(packed(server, no_enum)) == expected_items(no_enum)
+    assert server.stats.packing_faults == {"bad_enum": 1}  # not applied, not counted
+
+
+@pytest.mark.parametrize("kind", ["drop", "duplicate", "shuffle", "wrong_id", "truncate", "prose"])
+def test_old_faults_on_structured_answers(
+    fake_server_factory: Callable[..., FakeServer], kind: str
+) -> None:
+    server = fake_server_factory(faults=Faults(**{f"{kind}_rate": 1.0}))
+    want = expected_items(REVIEW)
+    correct = json.dumps(want, ensure_ascii=False, separators=(",", ":"))
+    content = packed(server, REVIEW)
+    assert server.stats.packing_faults == {kind: 1}
+    if kind == "truncate":
+        assert correct.startswith(content) and len(content) < len(correct)
+        with pytest.raises(ValueError):
+            json.loads(content)
+        return
+    if kind == "prose":
+        fenced = re.search(r"```json\n(.*?)\n```", content, re.DOTALL)
+        assert fenced and json.loads(fenced.group(1)) == want
+        return
+    pairs = top_pairs(content)
+    keys = [key for key, _ in pairs]
+    if kind == "drop":
+        assert len(pairs) == len(want) - 1 and all(want[k] == v for k, v in pairs)
+    elif kind == "duplicate":
+        (twice,) = {key for key in keys if keys.count(key) == 2}
+        values = [v for k, v in pairs if k == twice]
+        assert want[twice] in values and values[0] != values[1]
+        for value in values:
+            Review.model_validate(value)  # the other answer is valid, only not the right one
+    elif kind == "shuffle":
+        got = dict(pairs)
+        wrong = [k for k in want if got[k] != want[k]]
+        assert len(wrong) == 2
+        a, b = wrong
+        assert got[a] == want[b] and got[b] == want[a]
+    elif kind == "wrong_id":
+        (extra,) = set(keys) - set(want)
+        got = dict(pairs)
+        assert all(got[k] == want[k] for k in want)
+        Review.model_validate(got[extra])
+
+
+def test_duplicate_of_a_constant_item_still_differs(
+    fake_server_factory: Callable[..., FakeServer],
+) -> None:
+    server = fake_server_factory(faults=Faults(duplicate_rate=1.0))
+    pairs = top_pairs(packed(server, {"const": "same"}))
+    keys = [key for key, _ in pairs]
+    (twice,) = {key for key in keys if keys.count(key) == 2}
+    values = [value for key, value in pairs if key == twice]
+    assert "same" in values and len({json.dumps(v) for v in values}) == 2
+
+
+def test_structured_faults_spare_text_packing_and_one_row_requests(
+    fake_server_factory: Callable[..., FakeServer],
+) -> None:
+    server = fake_server_factory(faults=Faults(wrong_type_rate=1.0, bad_enum_rate=1.0))
+    messages = packed_messages(TEMPLATE, None, ITEMS)
+    for response_format in (answers_schema(len(ITEMS)), {"type": "json_object"}, None):
+        reply = ask(server, messages=messages, response_format=response_format)
+        assert json.loads(reply.choices[0].message.content) == {
+            str(i): expected_answer(prompt) for i, prompt in enumerate(PROMPTS)
+        }
+    assert one_row(server, PROMPTS[0], response_format=json_schema(REVIEW)) == expected_value(
+        PROMPTS[0], REVIEW
+    )
+    assert ask(server, "plain").choices[0].message.content == expected_answer("plain")
+    assert server.stats.packing_faults == {}
+
+
+def test_structured_fault_rates_leave_text_packing_draws_alone(
+    fake_server_factory: Callable[..., FakeServer],
+) -> None:
+    # A text run sees the same faults whether or not structured fault rates are set.
+    def contents(**rates: float) -> list[str]:
+        server = fake_server_factory(
+            faults=Faults(shuffle_rate=0.5, drop_rate=0.5, **rates), seed=7
+        )
+        messages = packed_messages(TEMPLATE, None, ITEMS)
+        return [ask(server, messages=messages).choices[0].message.content for _ in range(8)]
+
+    plain = contents()
+    assert len(set(plain)) > 1
+    assert contents(wrong_type_rate=0.5, bad_enum_rate=0.5) == plain
