@@ -14,7 +14,9 @@ practically never share an answer, and two fields of one row are unrelated.
   without ``null``: branch ``h % len``.
 - ``const``: itself. ``enum``: ``enum[h % len]``, but at path ``""`` (a label)
   the answer ``answer_fn(prompt)`` if it is one of the values, so a test can
-  steer labels.
+  steer labels; also, as it is, if it is a label but for case, spaces and
+  surrounding punctuation or quotes (a model that writes ``"  Bug."`` for
+  ``"bug"``, for llmframe to match).
 - ``string``: ``format: "date"`` a date from 2000-01-01 on; ``"date-time"`` a
   UTC datetime; else ``answer_fn(prompt)`` at path ``""`` (so a plain string
   answer is the text answer) and ``expected_answer(f"{prompt}\\x00{path}")``
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -227,7 +230,7 @@ def fill(
     if isinstance(enum, list) and enum:
         if path == "":
             answer = answer_fn(prompt)
-            if answer in enum:
+            if answer in enum or _loosely_in(answer, enum):
                 return answer
         return enum[h % len(enum)]
     kind = implied_type(schema)
@@ -253,6 +256,20 @@ def fill(
     if kind == "null":
         return None
     return _string(prompt, schema, path, answer_fn, h)
+
+
+_EDGE = " \t\n.,;:!?\"'`()[]\u201c\u201d\u2018\u2019\u00ab\u00bb"
+
+
+def _loose(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).strip(_EDGE)
+
+
+def _loosely_in(answer: Any, enum: list[Any]) -> bool:
+    """Whether ``answer`` is one of the string values but for case, spaces and edge marks."""
+    if not isinstance(answer, str) or not _loose(answer):
+        return False
+    return any(isinstance(value, str) and _loose(value) == _loose(answer) for value in enum)
 
 
 def _string(prompt: str, schema: Mapping[str, Any], path: str, answer_fn: AnswerFn, h: int) -> str:

@@ -124,6 +124,11 @@ def test_enum_labels() -> None:
     labels = {"enum": ["a", "b", "c"]}
     assert {expected_value(f"p{i}", labels) for i in range(60)} == {"a", "b", "c"}
     assert expected_value("p", labels, answer_fn=lambda _: "c") == "c"
+    # A label but for case, spaces and edge marks is said as answer_fn says it.
+    for sloppy in ("  C.", '"c"', "C\n", "\u201cc\u201d!"):
+        assert expected_value("p", labels, answer_fn=lambda _, s=sloppy: s) == sloppy
+    for other in ("cc", "c d", "", "-c"):
+        assert expected_value("p", labels, answer_fn=lambda _, o=other: o) in ("a", "b", "c")
     below = {"type": "object", "properties": {"label": labels}}
     # Only a top-level label follows answer_fn; a nested one follows the hash.
     assert {
@@ -318,6 +323,12 @@ def test_wrapped_string_and_label_are_the_text_answer(
     }
     # "shout" is not a label: the label comes from the hash, and is a label.
     assert expected_value(PROMPTS[0], label) in ("positive", "negative")
+    sloppy = fake_server_factory(answer_fn=lambda p: "  Negative." if "Broke" in p else "shout")
+    assert one_row(sloppy, PROMPTS[1], response_format=json_schema(wrapped(label))) == {
+        "value": "  Negative."
+    }
+    answers = json.loads(packed(sloppy, label))
+    assert answers["1"] == "  Negative." and answers["0"] in ("positive", "negative")
 
 
 # --------------------------------------------------------------------- packed requests
