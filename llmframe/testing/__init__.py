@@ -3,9 +3,10 @@
 :class:`FakeServer` listens on ``127.0.0.1`` and speaks the OpenAI HTTP API
 (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/models``), so the real
 ``openai`` client, and llmframe on top of it, run end to end without an API
-key or a network. Its answers are deterministic (:func:`expected_answer`), so a
-test knows what every row must get, including rows answered in packed
-requests; it enforces RPM/TPM limits with OpenAI's 429 bodies and headers; and
+key or a network. Its answers are deterministic (:func:`expected_answer`, and
+:func:`expected_value` for every field of a structured answer to a JSON
+schema), so a test knows what every row must get, including rows answered in
+packed requests; it enforces RPM/TPM limits with OpenAI's 429 bodies and headers; and
 it injects :class:`Faults` (5xx, hangs, garbage bodies, damaged packed
 answers) at chosen rates; and with :class:`Degrade` it plays a model whose
 packed answers get worse as batches grow (for ``llmframe.calibrate``)::
@@ -27,6 +28,7 @@ With pytest, the ``fake_server`` and ``fake_server_factory`` fixtures of
 from llmframe.testing._degrade import Degrade as Degrade  # public; see the note below
 from llmframe.testing._faults import Faults
 from llmframe.testing._model import expected_answer
+from llmframe.testing._schema import expected_value
 from llmframe.testing._server import FakeServer
 
-__all__ = ["Degrade", "FakeServer", "Faults", "expected_answer"]
+__all__ = ["Degrade", "FakeServer", "Faults", "expected_answer", "expected_value"]

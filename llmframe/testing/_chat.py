@@ -8,8 +8,10 @@ What happens to one chat request, in order:
    prompt plus ``max_tokens`` beyond ``model_context`` (see ``_requests``);
 3. ``429`` unless the RPM and TPM buckets admit it (see ``_limits``);
 4. one draw for the transport faults (5xx, hang, garbage; see ``_faults``);
-5. the answer (see ``_model``), degraded if ``degrade`` is set (see
-   ``_degrade``), the packing faults, the ``max_tokens`` cut;
+5. the answer (see ``_model``; a structured one, to a JSON schema, see
+   ``_structured``; a schema that cannot be answered is a ``400``), degraded
+   if ``degrade`` is set (see ``_degrade``), the packing faults, the
+   ``max_tokens`` cut;
 6. the server sleeps ``latency + latency_per_token * completion_tokens``
    (the request holds its estimated tokens meanwhile), corrects the token
    debit to the real usage, and answers.
@@ -35,21 +37,19 @@ from aiohttp import web
 
 from llmframe import _tokens
 from llmframe.testing._limits import Limits, Rejection
-from llmframe.testing._model import (
-    answer_packed,
-    expected_answer,
-    one_row_prompt,
-    parse_packed,
-    truncate_to_tokens,
-)
+from llmframe.testing._model import expected_answer, parse_packed, truncate_to_tokens
+from llmframe.testing._packed import answer_packed
 from llmframe.testing._requests import (
+    bad_request,
     context_exceeded,
     error,
     parse_chat,
     unauthorized,
 )
+from llmframe.testing._schema import SchemaError
 from llmframe.testing._settings import Settings
 from llmframe.testing._stats import CLIENT_CLOSED, RequestRecord, ServerStats
+from llmframe.testing._structured import answer_one_row, packed_item
 
 __all__ = ["ChatCompletions"]
 
@@ -159,7 +159,7 @@ class ChatCompletions:
             # with the bad requests, logged with the status sent.
             outcome.set(parsed.status, "bad_requests")
             return parsed
-        model, messages, max_out = parsed
+        model, messages, max_out, response_format = parsed
 
         tokenizer = _tokens.get_tokenizer(model)
         prompt_tokens = _tokens.count_messages(messages, tokenizer)
@@ -201,18 +201,28 @@ class ChatCompletions:
         answer_fn = settings.answer_fn or expected_answer
         packed = parse_packed(messages)
         applied: list[str] = []
-        if packed is None:
-            content = answer_fn(one_row_prompt(messages))
-            outcome.n_items = 1
-        else:
-            content, applied, degraded = answer_packed(
-                packed, answer_fn, faults, self._rng, settings.degrade
-            )
-            outcome.n_items = len(packed.items)
-            if applied:
-                self._stats._count(kinds=applied)
-            if degraded:
-                self._stats._add("degraded", degraded)
+        degraded = 0
+        try:
+            if packed is None:
+                content = answer_one_row(messages, response_format, answer_fn)
+            else:
+                content, applied, degraded = answer_packed(
+                    packed,
+                    answer_fn,
+                    faults,
+                    self._rng,
+                    settings.degrade,
+                    packed_item(messages, response_format),
+                )
+        except SchemaError as exc:
+            self._limits.settle(estimate, 0, time.monotonic())  # nothing was generated
+            outcome.set(400, "bad_requests")
+            return bad_request(f"Invalid schema: {exc}", param="response_format")
+        outcome.n_items = 1 if packed is None else len(packed.items)
+        if applied:
+            self._stats._count(kinds=applied)
+        if degraded:
+            self._stats._add("degraded", degraded)
         finish_reason = "length" if "truncate" in applied else "stop"
         if max_out is not None:
             cut = truncate_to_tokens(content, max_out, tokenizer.count)

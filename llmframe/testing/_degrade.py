@@ -3,7 +3,7 @@
 Real models, small ones most, answer worse when many rows share one request: a
 0.5B model asked for the capital of a country went from 68% correct one row per
 request to 5% at ten rows per request. Such answers are *valid*: every id is
-there, every value is a string, so nothing in the packed-answer checks can
+there, every value has the asked type, so nothing in the packed-answer checks can
 catch them; only comparing with the one-row answers (``llmframe.calibrate``)
 does. The fake server's ``degrade=`` setting imitates this, so calibration is
 testable offline. Two behaviours, which combine:
@@ -16,7 +16,9 @@ item's answer is replaced by a wrong one with probability::
 so ``start`` is the largest batch answered without errors and each item beyond
 it adds ``error_per_item``. ``Degrade(error_per_item=0.02, start=10)`` gives
 p(5) = p(10) = 0, p(20) = 0.2, p(50) = 0.8. A wrong answer is a different,
-deterministic string of the same shape (:func:`wrong_answer`).
+deterministic string of the same shape (:func:`wrong_answer`); a wrong
+structured answer is the item's schema filled from another seed, a valid value
+that is not the right one.
 
 **Shift.** With ``shift_after=k``, a packed request of more than ``k`` items
 answers the item at 0-based position ``i >= k`` with the answer of the item at
@@ -137,14 +139,15 @@ def _is_int(value: Any) -> bool:
 def degrade_answers(
     degrade: Degrade,
     prompts: Sequence[str],
-    answers: Sequence[str],
+    answers: Sequence[Any],
     n_items: int,
-    wrong: Callable[[str, str], str] = wrong_answer,
-) -> list[str]:
+    wrong: Callable[[str, Any], Any] = wrong_answer,
+) -> list[Any]:
     """The answers of one packed request after degradation, in request order.
 
     ``prompts[i]`` is item ``i``'s rendered prompt and ``answers[i]`` its right
-    answer; ``n_items`` is how many items the request carried.
+    answer (text, or any JSON value of a structured answer); ``n_items`` is how
+    many items the request carried; ``wrong(prompt, right)`` makes a wrong answer.
     """
     out = [
         wrong(prompt, right) if degrade.is_wrong(prompt, n_items) else right

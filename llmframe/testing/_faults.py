@@ -18,7 +18,16 @@ Two families:
   ``shuffle_rate`` (two ids swap answers: every key is right, two values are
   wrong), ``wrong_id_rate`` (an id that was not asked for), ``truncate_rate``
   (the JSON cut off, ``finish_reason="length"``) and ``prose_rate`` (the JSON
-  wrapped in a sentence and a Markdown code fence).
+  wrapped in a sentence and a Markdown code fence). Two more damage only
+  *structured* packed answers (a request with an item schema; text-packed
+  requests never draw them): ``wrong_type_rate`` (one random item gets one
+  top-level field, or itself if it is not an object, replaced by a value of a
+  type the schema does not admit: a number becomes ``"n/a"``, a string
+  ``12345``, a boolean ``"maybe"``, an array ``"x"``, an object ``7``, a null
+  the wrong type for its non-null branch) and ``bad_enum_rate`` (one random
+  item's first enum field, or the item itself if it is a label, becomes
+  ``"not_a_label"``; not applied, nor counted, when the item has no enum).
+  The values these put in are the only damage: every id is still there once.
 """
 
 from __future__ import annotations
@@ -26,10 +35,23 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["PACKING_FAULTS", "Faults"]
+__all__ = ["PACKING_FAULTS", "STRUCTURED_FAULTS", "Faults"]
 
-#: The packing fault kinds, in the order the server applies them.
-PACKING_FAULTS = ("shuffle", "drop", "wrong_id", "duplicate", "prose", "truncate")
+#: The packing fault kinds, in the order the server applies them. The two that change
+#: values come first, so that each damages an answer that was asked for.
+PACKING_FAULTS = (
+    "wrong_type",
+    "bad_enum",
+    "shuffle",
+    "drop",
+    "wrong_id",
+    "duplicate",
+    "prose",
+    "truncate",
+)
+
+#: The packing faults that only structured answers (with an item schema) can have.
+STRUCTURED_FAULTS = ("wrong_type", "bad_enum")
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,8 @@ class Faults:
     wrong_id_rate: float = 0.0
     truncate_rate: float = 0.0
     prose_rate: float = 0.0
+    wrong_type_rate: float = 0.0
+    bad_enum_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for field in fields(self):

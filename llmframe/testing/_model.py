@@ -13,39 +13,33 @@ template, and the user message holds one JSON object per line, each with an
 integer ``"id"`` and the item's fields. This module parses that format on its
 own, without importing ``llmframe._packing``, so that it checks the packing code
 instead of sharing its mistakes. Each item's template is rendered with
-``str.format_map`` and answered exactly as the one-row request of the rendered
-prompt would be; the reply is the compact JSON object ``{"0":"...","1":"..."}``.
-A template field missing from an item (or a template that does not render)
-gets the answer ``"?"``, as a model would guess.
+``str.format_map`` (:func:`render_item`); :mod:`llmframe.testing._packed`
+answers each item exactly as the one-row request of the rendered prompt would
+be answered, in the compact JSON object ``{"0":"...","1":"..."}``.
 
-The degrading model of :mod:`llmframe.testing._degrade` (wrong answers that
-grow more likely with the number of items, a shift by one row) is applied
-first, to the answers; the packing faults of :mod:`llmframe.testing._faults`
-then damage the list of ``(id, answer)`` pairs and the JSON text.
+A request that asks for structured output (a JSON schema) is answered with
+deterministic values of that schema: :mod:`llmframe.testing._structured`
+finds the schema, :mod:`llmframe.testing._schema` fills it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from llmframe.testing._degrade import Degrade, degrade_answers
-from llmframe.testing._faults import PACKING_FAULTS, Faults
 
 __all__ = [
     "UNKNOWN_ANSWER",
     "AnswerFn",
     "PackedRequest",
-    "answer_packed",
     "expected_answer",
     "message_text",
     "one_row_prompt",
     "parse_packed",
     "render_item",
+    "task_span",
     "truncate_to_tokens",
 ]
 
@@ -95,14 +89,22 @@ class PackedRequest:
     items: list[tuple[int, dict[str, Any]]]
 
 
-def _task_template(system: str) -> str | None:
+def task_span(system: str) -> tuple[int, int] | None:
+    """Where the last ``<task>`` block of ``system`` starts and ends (tags included)."""
     end = system.rfind(_TASK_CLOSE)
     if end < 0:
         return None
     start = system.rfind(_TASK_OPEN, 0, end + 1)
     if start < 0:
         return None
-    return system[start + len(_TASK_OPEN) : end]
+    return start, end + len(_TASK_CLOSE)
+
+
+def _task_template(system: str) -> str | None:
+    span = task_span(system)
+    if span is None:
+        return None
+    return system[span[0] + len(_TASK_OPEN) : span[1] - len(_TASK_CLOSE)]
 
 
 def _parse_items(text: str) -> list[tuple[int, dict[str, Any]]] | None:
@@ -163,96 +165,6 @@ def one_row_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
         if message.get("role") == "user":
             return message_text(message)
     return message_text(messages[-1]) if messages else ""
-
-
-def _dumps(pairs: Sequence[tuple[str, str]]) -> str:
-    # Built by hand rather than from a dict so that a duplicate key can be written.
-    return (
-        "{"
-        + ",".join(
-            f"{json.dumps(key)}:{json.dumps(value, ensure_ascii=False)}" for key, value in pairs
-        )
-        + "}"
-    )
-
-
-def answer_packed(
-    packed: PackedRequest,
-    answer_fn: AnswerFn,
-    faults: Faults,
-    rng: random.Random,
-    degrade: Degrade | None = None,
-) -> tuple[str, list[str], int]:
-    """The JSON answer text of a packed request, the packing faults applied to it, and
-    how many items the degrading model answered wrong (0 without ``degrade``)."""
-    pairs: list[tuple[str, str]] = []
-    prompts: dict[str, str] = {}
-    for item_id, fields in packed.items:
-        key = str(item_id)
-        if key in prompts:  # a repeated id in the request is answered once
-            continue
-        rendered = render_item(packed.template, fields)
-        prompts[key] = rendered if rendered is not None else ""
-        pairs.append((key, answer_fn(rendered) if rendered is not None else UNKNOWN_ANSWER))
-
-    degraded = 0
-    if degrade is not None and pairs:
-        right = [value for _, value in pairs]
-        answers = degrade_answers(
-            degrade, [prompts[key] for key, _ in pairs], right, len(packed.items)
-        )
-        degraded = sum(a != r for a, r in zip(answers, right, strict=True))
-        pairs = [(key, answer) for (key, _), answer in zip(pairs, answers, strict=True)]
-
-    applied: list[str] = []
-    for kind in PACKING_FAULTS:
-        rate = faults.packing_rate(kind)
-        if rate <= 0.0 or rng.random() >= rate:
-            continue
-        if kind == "shuffle":
-            if not pairs:
-                continue
-            # Only a swap of two different answers is a visible fault. If no answer
-            # differs from the one at i, all answers are equal and none can be swapped.
-            i = rng.randrange(len(pairs))
-            others = [j for j, (_, value) in enumerate(pairs) if value != pairs[i][1]]
-            if not others:
-                continue
-            j = rng.choice(others)
-            (key_i, value_i), (key_j, value_j) = pairs[i], pairs[j]
-            pairs[i], pairs[j] = (key_i, value_j), (key_j, value_i)
-        elif kind == "drop":
-            if not pairs:
-                continue
-            del pairs[rng.randrange(len(pairs))]
-        elif kind == "wrong_id":
-            asked = {key for key, _ in pairs} | set(prompts)
-            new_id = max((item_id for item_id, _ in packed.items), default=-1) + 1
-            while str(new_id) in asked:
-                new_id += 1
-            pairs.insert(
-                rng.randrange(len(pairs) + 1), (str(new_id), expected_answer(f"wrong:{new_id}"))
-            )
-        elif kind == "duplicate":
-            if not pairs:
-                continue
-            index = rng.randrange(len(pairs))
-            key, value = pairs[index]
-            other = expected_answer(f"duplicate:{prompts.get(key, key)}")
-            if other == value:
-                other += "x"
-            pairs.insert(rng.randrange(index + 1, len(pairs) + 1), (key, other))
-        # "prose" and "truncate" change the text, below.
-        applied.append(kind)
-
-    text = _dumps(pairs)
-    if "prose" in applied:
-        text = f"Here are the answers:\n\n```json\n{text}\n```\n\nLet me know if you need anything else."
-    if "truncate" in applied:
-        # Any proper prefix of a JSON object is invalid JSON: its closing brace comes last.
-        start, end = text.find("{") + 1, text.rfind("}")
-        text = text[: rng.randrange(start, end) if end > start else start]
-    return text, applied, degraded
 
 
 def truncate_to_tokens(text: str, max_tokens: int, count: Callable[[str], int]) -> str:

@@ -41,6 +41,7 @@ class ChatRequest(NamedTuple):
     model: str
     messages: list[dict[str, Any]]
     max_out: int | None  # the smaller of max_completion_tokens and max_tokens, if given
+    response_format: dict[str, Any] | None = None  # as sent, if it is an object
 
 
 class EmbeddingsRequest(NamedTuple):
@@ -161,7 +162,12 @@ def parse_chat(raw: bytes, settings: Settings) -> ChatRequest | web.Response:
                 code="integer_below_min_value",
             )
         limits.append(value)
-    return ChatRequest(model, messages, min(limits) if limits else None)
+    return ChatRequest(
+        model,
+        messages,
+        min(limits) if limits else None,
+        response_format if isinstance(response_format, dict) else None,
+    )
 
 
 def _llama_cpp_format_error(kind: Any, accepted: list[str]) -> web.Response:

@@ -82,7 +82,8 @@ class FakeServer:
     any OpenAI client at :attr:`base_url` with :attr:`api_key`. The answer to a
     prompt is :func:`~llmframe.testing.expected_answer` of the prompt (or
     ``answer_fn``), and a packed request answers every row exactly as its
-    one-row request would be answered.
+    one-row request would be answered. A request for structured output (a JSON
+    schema) gets :func:`~llmframe.testing.expected_value` for every row.
 
     Example::
 

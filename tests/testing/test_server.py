@@ -29,7 +29,13 @@ def server(fake_server: FakeServer) -> FakeServer:
 
 
 def test_public_names() -> None:
-    assert llmframe.testing.__all__ == ["Degrade", "FakeServer", "Faults", "expected_answer"]
+    assert llmframe.testing.__all__ == [
+        "Degrade",
+        "FakeServer",
+        "Faults",
+        "expected_answer",
+        "expected_value",
+    ]
 
 
 def test_expected_answer_is_short_and_deterministic() -> None:
