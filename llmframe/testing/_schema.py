@@ -13,10 +13,11 @@ practically never share an answer, and two fields of one row are unrelated.
   ``None`` when ``h % 4 == 0``, else the first other branch at the same path;
   without ``null``: branch ``h % len``.
 - ``const``: itself. ``enum``: ``enum[h % len]``, but at path ``""`` (a label)
-  the answer ``answer_fn(prompt)`` if it is one of the values, so a test can
-  steer labels; also, as it is, if it is a label but for case, spaces and
-  surrounding punctuation or quotes (a model that writes ``"  Bug."`` for
-  ``"bug"``, for llmframe to match).
+  or as an object's field (not a list's item) the answer ``answer_fn(prompt)``
+  if it is one of the values, so a test or a demo can steer labels; at path
+  ``""`` also, as it is, if it is a label but for case, spaces and surrounding
+  punctuation or quotes (a model that writes ``"  Bug."`` for ``"bug"``, for
+  llmframe to match).
 - ``string``: ``format: "date"`` a date from 2000-01-01 on; ``"date-time"`` a
   UTC datetime; else ``answer_fn(prompt)`` at path ``""`` (so a plain string
   answer is the text answer) and ``expected_answer(f"{prompt}\\x00{path}")``
@@ -228,9 +229,9 @@ def fill(
         return schema["const"]
     enum = schema.get("enum")
     if isinstance(enum, list) and enum:
-        if path == "":
+        if path == "" or not path.rsplit("/", 1)[-1].isdigit():  # a label, or an object's field
             answer = answer_fn(prompt)
-            if answer in enum or _loosely_in(answer, enum):
+            if answer in enum or (path == "" and _loosely_in(answer, enum)):
                 return answer
         return enum[h % len(enum)]
     kind = implied_type(schema)

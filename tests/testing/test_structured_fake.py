@@ -130,14 +130,14 @@ def test_enum_labels() -> None:
     for other in ("cc", "c d", "", "-c"):
         assert expected_value("p", labels, answer_fn=lambda _, o=other: o) in ("a", "b", "c")
     below = {"type": "object", "properties": {"label": labels}}
-    # Only a top-level label follows answer_fn; a nested one follows the hash.
+    # An object's label field follows answer_fn too, but only exactly; a list's items
+    # follow the hash (so a list of labels stays varied).
+    assert {expected_value(f"p{i}", below, answer_fn=lambda _: "c")["label"] for i in range(60)} == {"c"}
     assert {
-        expected_value(f"p{i}", below, answer_fn=lambda _: "c")["label"] for i in range(60)
-    } == {
-        "a",
-        "b",
-        "c",
-    }
+        expected_value(f"p{i}", below, answer_fn=lambda _: " C.")["label"] for i in range(60)
+    } == {"a", "b", "c"}
+    listed = {"type": "array", "items": labels, "minItems": 3, "maxItems": 3}
+    assert len({tuple(expected_value(f"p{i}", listed, answer_fn=lambda _: "c")) for i in range(30)}) > 1
     multi = {"type": "array", "items": labels, "uniqueItems": True}
     picks = [expected_value(f"p{i}", multi) for i in range(100)]
     assert all(len(set(p)) == len(p) for p in picks) and {len(p) for p in picks} == {1, 2, 3}
