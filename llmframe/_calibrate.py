@@ -39,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._agreement import agreement, answer_agreement
+from ._agreement import agreement, answer_agreement, field_agreement
 from ._cache import AnswerCache, read_cache, resolve_cache_dir
 from ._calibration_report import CalibrationReport, CalibrationRow, recommend
 from ._calibration_store import (
@@ -242,8 +242,10 @@ async def acalibrate(
         )
     for size in (b for b in sizes if 1 < b <= n):
         out, packed = await run_frame(rows_df, tpl, replace(opts, batch_size=size, cache=False), name, raw=True)
-        agreement_share, _ = agreement(reference, _answers(out, name))
-        rows.append(_row(size, agreement_share, compared, packed))
+        answers = _answers(out, name)
+        agreement_share, _ = agreement(reference, answers)
+        by_field = field_agreement(reference, answers) if schema is not None else {}
+        rows.append(replace(_row(size, agreement_share, compared, packed), fields=by_field))
 
     recommended, verdict = recommend(rows, min_agreement)
     report = CalibrationReport(

@@ -32,6 +32,7 @@ class CalibrationRow:
     completion_tokens_per_row: float | None
     cost_per_row: float | None  # None when the model's price is unknown
     seconds: float
+    fields: dict[str, float] = field(default_factory=dict)  # schema runs: each field's agreement
 
 
 _ROW_SCHEMA: dict[str, str] = {
@@ -94,7 +95,18 @@ class CalibrationReport:
         import polars as pl
 
         schema = {name: getattr(pl, dtype) for name, dtype in _ROW_SCHEMA.items()}
-        return pl.DataFrame([asdict(r) for r in self.rows], schema=schema, orient="row")
+        return pl.DataFrame([[getattr(r, name) for name in _ROW_SCHEMA] for r in self.rows], schema=schema,
+                            orient="row")  # fmt: skip
+
+    def field_lines(self) -> list[str]:
+        """For schema runs: the fields that disagreed, per batch size."""
+        lines = []
+        for r in self.rows:
+            off = {k: v for k, v in r.fields.items() if v < 1.0}
+            if off:
+                shown = ", ".join(f"{k} {v:.0%}" for k, v in sorted(off.items(), key=lambda kv: kv[1]))
+                lines.append(f"fields agreeing at batch_size {r.batch_size}: {shown}")
+        return lines
 
     def _repr_html_(self) -> str:  # Jupyter
         header = ["batch", "agreement", "rows", "failed", "requests", "items/req",
@@ -109,7 +121,7 @@ class CalibrationReport:
             f"llmframe calibration: {self.model}, {self.sample_rows} sampled rows; "
             f"recommended batch_size {self.recommended_batch_size}"
         )
-        return table(title, rows, header=header, note=self.verdict)
+        return table(title, rows, header=header, note=" ".join([*self.field_lines(), self.verdict]))
 
     def plot(self, ax: Any = None) -> Any:
         """Agreement and tokens per row against batch size, on one matplotlib ``Axes``.
@@ -159,6 +171,7 @@ class CalibrationReport:
         if self.skipped_batch_sizes:
             skipped = ", ".join(map(str, self.skipped_batch_sizes))
             lines.append(f"not measured (larger than the sample): {skipped}")
+        lines.extend(self.field_lines())
         lines.append(f"recommended batch_size: {self.recommended_batch_size}")
         lines.append(self.verdict)
         return "\n".join(lines)
