@@ -232,3 +232,30 @@ def test_a_pydantic_validation_error_names_the_field() -> None:
     # Every packed reply has one bad item; resent alone (no faults on one-row replies) it is right.
     assert report.failed_rows == 0
     assert column(out, "score") == [w["score"] for w in expected_rows(60, REVIEW_SCHEMA)]
+
+
+def test_answers_that_never_match_the_schema_stop_the_run_early() -> None:
+    # The fake ignores "pattern" (so does strict mode): every answer fails validation, as
+    # with a model or endpoint that does not follow the schema. One error, a few requests.
+    class Code(BaseModel):
+        code: str = Field(pattern=r"^\d{3}$")
+
+    with FakeServer() as server:
+        with pytest.raises(llmframe.EndpointError, match="none of the first 10 answers matched") as caught:
+            llmframe.apply(frame("pandas", 300), TEMPLATE, schema=Code, **options(server))
+        assert server.stats.requests <= 30
+    assert len(caught.value.errors) == 300
+    assert "code" in str(caught.value)
+
+
+def test_calibrate_compares_structured_answers_field_by_field() -> None:
+    from llmframe.testing import Degrade
+
+    with FakeServer(degrade=Degrade(error_per_item=0.03)) as server:
+        report = llmframe.calibrate(frame("pandas", 100), TEMPLATE, schema=Review, sample=40,
+                                    batch_sizes=(1, 5, 20), **options(server))  # fmt: skip
+    by_size = {r.batch_size: r for r in report.rows}
+    assert by_size[1].fields == {}
+    assert set(by_size[20].fields) == {"sentiment", "score", "topics", "refund_asked"}
+    assert min(by_size[20].fields.values()) < 1.0, "the degrading model gets fields wrong at 20"
+    assert "fields agreeing at batch_size 20" in str(report)
