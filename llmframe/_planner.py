@@ -109,7 +109,7 @@ class Planner:
         assert check.verdict is not None
         self.check = None
         size = self.on_verdict(check) if self.on_verdict else check.verdict.batch_size
-        self.sizer.cap = max(1, min(self.sizer.cap, size))
+        self.sizer.set_limit(size)
 
     def take_rows(self) -> Batch | None:
         jobs: list[Job] = []
