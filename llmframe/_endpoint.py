@@ -22,8 +22,9 @@ from typing import Any
 from ._capabilities import MEMORY, EndpointMemory, Rejection, next_format, rejection
 from ._client import CallError, credentials
 from ._jobs import Batch
-from ._limiter import RateLimiter, shared_limiter
+from ._limiter import RateLimiter
 from ._requests import Request
+from ._shared_limiter import shared_limiter
 
 __all__ = ["DEFAULT_BASE_URL", "Endpoint", "EndpointState"]
 

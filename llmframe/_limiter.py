@@ -21,20 +21,19 @@ Only the waiters held back behind the probe poll (every
 ``PROBE_POLL_SECONDS``): they wait for an event in another request's life,
 not for a time, and polling keeps them free of any event loop.
 
-:func:`shared_limiter` hands out one limiter per (base URL, API key, model).
+:func:`~llmframe._shared_limiter.shared_limiter` hands out one limiter per
+(base URL, API key, model), started from the limits an earlier process learned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
 from ._headers import parse_rate_limits
@@ -43,7 +42,7 @@ from ._reserve import Slot
 from ._retry import backoff_delay
 from ._schedule import ACTIVE, DONE, QUEUED, Reservation, Schedule
 
-__all__ = ["LimiterStats", "RateLimiter", "Reservation", "shared_limiter"]
+__all__ = ["LimiterStats", "RateLimiter", "Reservation"]
 
 #: How often a request held back behind the probe checks whether it may go.
 #: A probe is one LLM call (a second or more), so 50 ms adds little latency.
@@ -92,7 +91,7 @@ class RateLimiter:
     __slots__ = (
         "_burst_seconds", "_cancelled", "_clock", "_granted", "_lock", "_longest_wait",
         "_paused_seconds", "_pauses", "_probe", "_queue", "_quota", "_schedule", "_sleep",
-        "_waited",
+        "_waited", "on_learned",
     )  # fmt: skip
 
     def __init__(
@@ -122,7 +121,17 @@ class RateLimiter:
         self._longest_wait = 0.0
         self._pauses = 0
         self._paused_seconds = 0.0
+        #: Told ``(rpm, tpm, headers)`` after each response, outside the lock (to persist them).
+        self.on_learned: Callable[[float | None, float | None, bool], None] | None = None
         self._configure(clock())
+
+    def remember(self, rpm: float | None, tpm: float | None) -> None:
+        """Start from limits an earlier process learned: no probe; headers correct them."""
+        with self._lock:
+            self._quota.remember(rpm, tpm)
+            now = self._clock()
+            self._configure(now)
+            self._admit_queued(now)
 
     # -- limits ---------------------------------------------------------------
 
@@ -287,6 +296,9 @@ class RateLimiter:
                 if window.remaining is not None:
                     bucket.lower_to(window.remaining, now)
             self._admit_queued(now)
+            learned = self._quota.learned_limits
+        if self.on_learned is not None:
+            self.on_learned(learned[0], learned[1], seen.requests.limit is not None or seen.tokens.limit is not None)
 
     def pause(self, seconds: float) -> None:
         """After a 429: nobody sharing this limiter starts before ``seconds`` from now.
@@ -325,61 +337,3 @@ class RateLimiter:
     def __repr__(self) -> str:
         probing = ", probing" if self._quota.probing else ""
         return f"RateLimiter(rpm={self.rpm}, tpm={self.tpm}{probing})"
-
-
-# -- one limiter per endpoint ---------------------------------------------------
-
-_registry_lock = threading.Lock()
-# Keyed by a hash of the API key: the key itself is never stored, so it cannot
-# leak through a repr, a log line or a debugger.
-_registry: dict[tuple[str, str, str], RateLimiter] = {}
-
-
-def _normalize_base_url(base_url: str) -> str:
-    """``HTTPS://API.example.com/v1/`` and ``https://api.example.com/v1`` are one endpoint."""
-    parts = urlsplit(base_url.strip())
-    return urlunsplit(
-        (parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), parts.query, "")
-    )
-
-
-def _key_fingerprint(api_key: str | None) -> str:
-    if api_key is None:
-        return ""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
-
-
-#: The burst of the process-wide limiters, under a server's likely one second:
-#: requests released together reach the server spread out and late (connections
-#: opening), so a client bucket as large as the server's runs it dry and earns a
-#: 429 at every phase change (benchmarks/rate_limits.py: 0.8 s halved the 429s).
-SHARED_BURST_SECONDS = 0.5
-
-
-def shared_limiter(
-    base_url: str,
-    api_key: str | None,
-    model: str,
-    *,
-    rpm: float | None = None,
-    tpm: float | None = None,
-) -> RateLimiter:
-    """The process-wide limiter for one (base URL, API key, model).
-
-    Quotas belong to the key and the model on one endpoint, so every call
-    with the same three shares one limiter, in any thread or event loop.
-    ``rpm`` / ``tpm`` set (or update) its user-given limits.
-
-    >>> a = shared_limiter("https://api.openai.com/v1", "sk-...", "gpt-4o-mini")
-    >>> a is shared_limiter("https://api.openai.com/v1/", "sk-...", "gpt-4o-mini")
-    True
-    """
-    key = (_normalize_base_url(base_url), _key_fingerprint(api_key), model)
-    with _registry_lock:
-        limiter = _registry.get(key)
-        if limiter is None:
-            limiter = _registry[key] = RateLimiter(rpm=rpm, tpm=tpm, burst_seconds=SHARED_BURST_SECONDS)
-            return limiter
-    if rpm is not None or tpm is not None:
-        limiter.set_limits(rpm=rpm, tpm=tpm)
-    return limiter

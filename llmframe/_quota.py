@@ -55,6 +55,7 @@ class Quota:
         "_learned_tpm",
         "learned",
         "observed",
+        "remembered",
         "reset_requests",
         "reset_tokens",
     )
@@ -66,6 +67,7 @@ class Quota:
         self._learned_tpm: float | None = None
         self.observed = False  # has any response been observed (with or without headers)?
         self.learned = False  # has any response stated a limit?
+        self.remembered = False  # limits from an earlier process, until a response speaks
         # The last x-ratelimit-reset-* values seen, in seconds, for the report.
         self.reset_requests: float | None = None
         self.reset_tokens: float | None = None
@@ -96,9 +98,26 @@ class Quota:
         if tpm is not None:
             self._given_tpm = tpm
 
+    def remember(self, rpm: float | None, tpm: float | None) -> None:
+        """Start from limits an earlier process learned (no probe); the next response's
+        headers replace them. ``None`` for both: the endpoint sent no limits then."""
+        if self.observed:
+            return  # this process has seen the endpoint itself: that is fresher
+        self.observed = self.remembered = True
+        self._learned_rpm = float(rpm) if rpm else None
+        self._learned_tpm = float(tpm) if tpm else None
+
+    @property
+    def learned_limits(self) -> tuple[float | None, float | None]:
+        """What the server's headers said (not what the user gave)."""
+        return self._learned_rpm, self._learned_tpm
+
     def learn(self, seen: RateLimitHeaders) -> None:
         """Take in one response's rate-limit headers (an empty set ends probing too)."""
         self.observed = True
+        if self.remembered:  # the server speaks now: what it says replaces the memory
+            self.remembered = False
+            self._learned_rpm = self._learned_tpm = None
         if seen.requests.limit is not None:
             self.learned = True
             self._learned_rpm = seen.requests.limit

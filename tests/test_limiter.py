@@ -25,8 +25,8 @@ from llmframe._limiter import (
     LimiterStats,
     RateLimiter,
     Reservation,
-    shared_limiter,
 )
+from llmframe._shared_limiter import shared_limiter
 
 T = TypeVar("T")
 
@@ -722,15 +722,15 @@ def _everything_reachable(obj: object, seen: set[int] | None = None) -> list[str
 
 
 def test_api_key_is_never_stored() -> None:
-    import llmframe._limiter as limiter_module
+    import llmframe._shared_limiter as shared_module
 
     limiter = shared_limiter("https://secret.example.com/v1", SECRET, "m", rpm=10)
     limiter.observe(OPENAI_HEADERS)
     texts = [*_everything_reachable(limiter), repr(limiter.stats), str(limiter)]
-    texts += _everything_reachable(vars(limiter_module)["_registry"])
+    texts += _everything_reachable(vars(shared_module)["_registry"])
     assert texts
     assert not any(SECRET in text for text in texts)
-    assert "DO-NOT-LEAK" not in repr(vars(limiter_module)["_registry"])
+    assert "DO-NOT-LEAK" not in repr(vars(shared_module)["_registry"])
 
 
 def test_shared_limiter_is_thread_safe() -> None:
