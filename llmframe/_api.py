@@ -57,8 +57,8 @@ class ApplyOptions(TypedDict, total=False):
 def _prepare(df: Any, template: str, options: Mapping[str, Any], schema: Any = None) -> tuple[Any, Any, Any]:
     kind_of(df)
     tpl = parse_template(template, columns_of(df))
-    if "schema" in options:
-        raise ConfigError("pass schema= to apply itself, not inside options")
+    if "labels" in options or "multi" in options:
+        raise ConfigError("labels= and multi= belong to classify: df.llm.classify(template, labels=[...])")
     opts = resolve(**options, schema=None if schema is None else _output_schema(schema))
     return tpl, opts, rendered_columns(df, tpl.fields)
 
@@ -67,14 +67,19 @@ def _output_schema(schema: Any) -> OutputSchema:
     return schema if isinstance(schema, OutputSchema) else output_schema(schema)
 
 
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _check_output(df: Any, opts: Any, output: str, unnest: bool, prefix: str) -> None:
     """Column names: valid, and a schema's fields free in ``df``, before any request."""
     if not isinstance(output, str) or not output:
         raise ConfigError(f"output must be a non-empty column name, got {output!r}")
     if not isinstance(prefix, str):
         raise ConfigError(f"prefix must be a string, got {prefix!r}")
-    if not isinstance(unnest, bool):
-        raise ConfigError(f"unnest must be True or False, got {unnest!r}")
+    _flag(unnest, "unnest")
     names = [output] if opts.schema is None else output_columns(opts.schema, output, unnest=unnest, prefix=prefix)
     if opts.error_column in names:
         raise ConfigError(f"error_column {opts.error_column!r} is also an output column; choose another name")
@@ -141,9 +146,9 @@ async def aclassify(
     **options: Unpack[ApplyOptions],
 ) -> Frame:  # fmt: skip
     """The async form of :func:`classify`."""
-    if not isinstance(multi, bool):
-        raise ConfigError(f"multi must be True or False, got {multi!r}")
-    schema = classify_schema(labels, multi=multi)
+    if "schema" in options:
+        raise ConfigError("classify makes its schema from labels=; pass schema= to apply instead")
+    schema = classify_schema(labels, multi=_flag(multi, "multi"))
     name = output if output is not None else ("labels" if multi else "label")
     return await aapply(df, template, output=name, schema=schema, **options)
 
@@ -167,15 +172,18 @@ def classify(
 
 async def aestimate(
     df: Any, template: str, *, output: str = "answer", sample: int = 0, schema: Any = None,
-    labels: Any = None, multi: bool = False, **options: Unpack[ApplyOptions],
+    labels: Any = None, multi: bool = False, unnest: bool = True, prefix: str = "",
+    **options: Unpack[ApplyOptions],
 ) -> Estimate:  # fmt: skip
-    """The async form of :func:`estimate`. ``output`` is accepted (and ignored) so that
-    an ``apply`` line becomes an estimate by changing one word; ``labels``/``multi``
-    estimate a :func:`classify`."""
+    """The async form of :func:`estimate`. ``output``, ``unnest`` and ``prefix`` are accepted
+    (and ignored) so that an ``apply`` line becomes an estimate by changing one word;
+    ``labels``/``multi`` estimate a :func:`classify`."""
     if labels is not None:
         if schema is not None:
             raise ConfigError("pass schema= or labels=, not both")
-        schema = classify_schema(labels, multi=multi)
+        schema = classify_schema(labels, multi=_flag(multi, "multi"))
+    elif multi:
+        raise ConfigError("multi=True needs labels=")
     tpl, opts, columns = _prepare(df, template, options, schema)
     take = (lambda rows: take_rows(df, rows)) if sample else None
     return await estimate_run(columns, len(df), tpl, opts, sample=sample, take_rows=take)
@@ -183,7 +191,8 @@ async def aestimate(
 
 def estimate(
     df: Any, template: str, *, output: str = "answer", sample: int = 0, schema: Any = None,
-    labels: Any = None, multi: bool = False, **options: Unpack[ApplyOptions],
+    labels: Any = None, multi: bool = False, unnest: bool = True, prefix: str = "",
+    **options: Unpack[ApplyOptions],
 ) -> Estimate:  # fmt: skip
     """What ``apply`` with the same options would send and cost, without paying for it.
 

@@ -144,7 +144,9 @@ class EndpointState:
         mode = request.mode
         if (request.packed or self.structured) and mode == self.response_format and not self.format_confirmed:
             self.format_confirmed = True
-            if self.user_format == "auto":
+            # A structured run's step-down may be about its schema (a construct the endpoint
+            # refuses), not the endpoint: only a text run's lesson, or json_schema working, is kept.
+            if self.user_format == "auto" and (not self.structured or mode == "json_schema"):
                 self.learned(response_format=mode)
 
     def learned(self, **values: Any) -> None:

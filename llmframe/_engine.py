@@ -57,8 +57,8 @@ FLUSH_SECONDS = 2.0
 #: One-row answers that fail the schema before the row fails (the same prompt mostly
 #: gets the same answer: more tries cost more than they find).
 ALONE_TRIES = 2
-#: Answers failing the schema, with none valid yet, that stop the run: the model or the
-#: endpoint does not follow the schema, and every row would pay its retries for a null.
+#: Answers failing the schema (or one-row answers cut off at max_tokens), with none valid
+#: yet, that stop the run: every row would pay its requests for a null.
 SYSTEMIC_INVALID = 10
 
 
@@ -81,6 +81,7 @@ class Run:
         self.endpoint, self.builder, self.planner, self.outcomes = endpoint, builder, planner, outcomes
         self.budget, self.sleep, self.policy = budget, sleep, policy
         self.valid, self.invalid = 0, 0  # answers checked against the schema, so far
+        self.cut_off = 0  # one-row answers cut off at max_tokens
 
     # ---- one batch --------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
@@ -194,6 +195,11 @@ class Run:
             if truncated:
                 self.outcomes.fail(jobs, "truncated", "answer cut off at max_tokens (finish_reason=length); "
                                    "raise params['max_tokens']", usage=usage)  # fmt: skip
+                self.cut_off += 1
+                if self.cut_off >= SYSTEMIC_INVALID and not self.report.answered_rows:
+                    self.endpoint.stop(CallError("truncated", "", False), (
+                        f"the first {self.cut_off} answers were all cut off at max_tokens; raise "
+                        "params['max_tokens'] (it is per answer)"))  # fmt: skip
             elif answer is None:
                 if problem is not None:
                     jobs[0].invalid_alone += 1
@@ -228,7 +234,8 @@ class Run:
                 failed[j] = parsed.failed.get(i, "id missing from the reply")
                 invalid.update([j] if i in parsed.invalid else [])
         self.planner.sizer.observe(n, len(parsed.failed), len(jobs))
-        self.count_valid(len(parsed.answers), len(parsed.invalid), next(iter(parsed.failed.values()), ""))
+        problem = next((parsed.failed[i] for i in parsed.invalid), "")
+        self.count_valid(len(parsed.answers), len(parsed.invalid), problem)
         if failed:
             self.retry_rows(jobs, failed, len(jobs), invalid)
 

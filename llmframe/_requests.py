@@ -34,6 +34,8 @@ DEFAULT_ANSWER_TOKENS = 16
 #: Extra output tokens per packed row: the id key, quotes, colon and comma.
 PACKED_TOKENS_PER_ROW = 5
 _MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
+#: Output tokens of the ``{"value": ...}`` wrapper a single value takes in a one-row reply.
+WRAPPER_TOKENS = 6
 
 
 def max_tokens_param(params: Mapping[str, Any] | None) -> str | None:
@@ -117,6 +119,9 @@ class RequestBuilder:
             tokens = count_messages(messages, self.tokenizer)
             if schema is None:
                 return Request(messages, params, None, "text", tokens, self.answer_tokens)
+            key = max_tokens_param(params)
+            if key is not None and not schema.is_object:  # the {"value": ...} wrapper is extra
+                params[key] = int(params[key]) + WRAPPER_TOKENS
             if mode == "json_schema":
                 fmt = _packing.json_schema_format("answer", schema.single_root())
             elif mode == "json_object":
@@ -160,7 +165,7 @@ def _example(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:
 
 
 def expected_tokens(schema: OutputSchema, tokenizer: Tokenizer) -> int:
-    """The output tokens one answer of ``schema`` takes, from a typical answer (``max_tokens``
-    when the user sets it; corrected from usage either way)."""
+    """The output tokens one answer of ``schema`` takes, from a typical answer (used when the
+    user sets no ``max_tokens``, to reserve tokens and size batches)."""
     sample = _example(schema.body(), schema.defs())
     return tokenizer.count(json.dumps(sample, separators=(",", ":"), ensure_ascii=False)) + 2

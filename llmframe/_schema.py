@@ -181,7 +181,15 @@ class OutputSchema:
                 valid = self.adapter.validate_python(left_out)
             except ValidationError:
                 raise InvalidAnswer(describe(err)) from None
-        return str(self.adapter.dump_json(valid, by_alias=True).decode())
+        dumped = str(self.adapter.dump_json(valid, by_alias=True).decode())
+        if "null" in dumped:  # NaN and infinity validate as floats but are dumped as null
+            from pydantic import ValidationError
+
+            try:
+                self.adapter.validate_json(dumped)
+            except ValidationError as err:
+                raise InvalidAnswer(describe(err) + " (not a finite number?)") from None
+        return dumped
 
     def from_reply(self, content: str | None) -> str:
         """A one-row reply validated: JSON found in the text, the ``{"value": ...}``
@@ -194,13 +202,16 @@ class OutputSchema:
             if not found:
                 raise InvalidAnswer("the reply is not JSON")
             return self.validate(value)
-        if found and isinstance(value, dict) and set(value) == {"value"}:
-            return self.validate(value["value"])
+        if found and isinstance(value, dict) and len(value) == 1:
+            # {"value": ...}, or the key a model chose in JSON mode ({"answer": ...}).
+            return self.validate(next(iter(value.values())))
         if not found:
             return self.validate(text)  # plain text: "billing", "1999", "2001-01-01"
         try:
             return self.validate(value)
         except InvalidAnswer as err:
+            if isinstance(value, (dict, list)):
+                raise  # JSON of the wrong shape is never taken as text
             try:
                 return self.validate(text)  # a str answer that happens to parse as JSON
             except InvalidAnswer:

@@ -23,6 +23,8 @@ from ._errors import ConfigError
 
 __all__ = ["WRAPPER_TITLE", "from_json_schema", "strict_schema"]
 
+#: The string formats strict structured outputs accept; others are validated, not sent.
+STRICT_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"})
 #: The title of the ``{"value": ...}`` object a single value is wrapped in for one-row replies.
 WRAPPER_TITLE = "llmframe_value"
 
@@ -101,6 +103,8 @@ def strict_schema(schema: Mapping[str, Any], source: str = "schema") -> dict[str
                 out[key] = walk(value, f"{path}[]")
             elif key == "anyOf":
                 out[key] = [walk(b, path) for b in value]
+            elif key == "format" and value not in STRICT_FORMATS:
+                continue  # strict mode refuses other formats (uri, ...); validation keeps them
             elif key == "$ref":
                 resolve(value, path)
                 out[key] = "#/$defs/" + value.rsplit("/", 1)[-1]  # definitions move to $defs

@@ -309,7 +309,8 @@ def test_many_errors_are_summed_up() -> None:
         (str, '"billing"', '"billing"'),
         (str, '{"value": "billing"}', '"billing"'),
         (str, "42", '"42"'),  # plain text that also parses as JSON
-        (str, '{"a": 1}', '"{\\"a\\": 1}"'),  # an object is not a string: the reply as text
+        (str, '{"answer": "billing"}', '"billing"'),  # JSON mode: the key the model chose
+        (int, '{"answer": 5}', "5"),
         (dt.date, "2001-01-01", '"2001-01-01"'),
         (dt.date, '{"value": "2001-01-01"}', '"2001-01-01"'),
         (int | None, "null", "null"),
@@ -342,6 +343,8 @@ def test_from_reply_objects(reply: str) -> None:
         (int, "   ", "empty answer"),
         (int, None, "empty answer"),
         (int, "forty-two", "valid integer"),
+        (str, '{"a": 1}', "valid string"),  # JSON of the wrong shape is never stored as text
+        (str, '{"a": "x", "b": "y"}', "valid string"),
         (Person, "Ann, 3, Oslo", "not JSON"),
         (Person, '{"name": "Ann", "age": 3}', "field 'home'"),
         (Person, '{"value": {"name": "Ann", "age": 3, "home": {"city": "Oslo"}}}', "field 'name'"),
