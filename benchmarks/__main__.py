@@ -1,6 +1,6 @@
 """Run every benchmark, print one summary table, regenerate cost-analysis.md.
 
-    python -m benchmarks                 # everything at full size (~25 minutes on 2 cores)
+    python -m benchmarks                 # everything at full size (~30 minutes on 2 cores)
     python -m benchmarks --scale 0.1     # a quick pass (rows scaled; limits and latencies not)
     python -m benchmarks --only packing,cache
 
@@ -24,7 +24,7 @@ from typing import Any
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).parent.parent
 
-BENCHMARKS = ["rate_limits", "packing", "cache", "calibration"]
+BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration"]
 
 
 def _newest(pattern: str) -> dict[str, Any] | None:
@@ -61,6 +61,19 @@ def _packing(d: dict[str, Any]) -> list[tuple[str, str, str]]:
             if c.get("kind") in ("target", "cost") or "cost" in c["name"]]  # fmt: skip
 
 
+def _structured(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    checks = d["checks"]
+    rows = [(f"structured: {c['name']}", c["detail"], "ok" if c["ok"] else "MISSED")
+            for c in checks if c["kind"] == "target"]  # fmt: skip
+    faults = [c for c in checks if c["kind"] == "correctness" and c["name"].startswith("faults")]
+    main = [c for c in checks if c["kind"] == "correctness" and c["name"].startswith("main")]
+    rows.append(("structured: 100% of fields correct, packed and one-row",
+                 f"{sum(c['ok'] for c in main)}/{len(main)} runs", "ok" if all(c["ok"] for c in main) else "MISSED"))  # fmt: skip
+    rows.append(("structured: packing faults at 20%, never a wrong row",
+                 f"{sum(c['ok'] for c in faults)}/{len(faults)} runs", "ok" if all(c["ok"] for c in faults) else "MISSED"))  # fmt: skip
+    return rows
+
+
 def _cache(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
     for name, s in d.get("summary", {}).items():
@@ -90,6 +103,7 @@ def _calibration(d: dict[str, Any]) -> list[tuple[str, str, str]]:
 SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
     "rate_limits": ("rate_limits-*.json", _rate_limits),
     "packing": ("packing.json", _packing),
+    "structured": ("structured-*.json", _structured),
     "cache": ("cache.json", _cache),
     "calibration": ("calibration-*.json", _calibration),
 }

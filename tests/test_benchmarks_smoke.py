@@ -131,3 +131,33 @@ def test_apply_on_server_times_and_checks_one_call(fake_server: FakeServer) -> N
     assert run.answers == [expected_answer("Sentiment of good"), None, expected_answer("Sentiment of bad")]
     assert run.report.requests == fake_server.stats.requests and run.report.null_rows == 1
     assert run.seconds > 0
+
+
+def test_structured_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import structured
+
+    # A fast server: the smoke run checks the plumbing and every field, not the timing.
+    fast = {**structured.SERVER, "rpm": 6_000, "latency": 0.01, "latency_per_token": 0.0}
+    monkeypatch.setattr(structured, "SERVER", fast)
+    assert structured.main(["--scale", "0.05", "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.structured --scale 0.05" in printed
+    assert "machine: " in printed and "fields ok" in printed
+    [saved] = tmp_path.glob("structured-*.json")
+    result = json.loads(saved.read_text())
+    checks = result["checks"]
+    assert all(c["ok"] for c in checks if c["kind"] == "correctness"), checks
+    assert {c["name"] for c in checks if c["kind"] == "target"} == {
+        "main: packed >= 10x rows/s",
+        "main: packed output tokens/row <= 1.2x one-row",
+    }
+    runs = {(r["workload"], r["variant"]): r for r in result["results"]}
+    one, packed = runs[("main", "one-row")], runs[("main", "packed")]
+    assert one["requests"] == one["rows"] and packed["requests"] < packed["rows"] / 4
+    assert packed["correct_fields"] == 4 * packed["rows"]
+    faults = [r for (w, _), r in runs.items() if w == "faults"]
+    assert len(faults) == 2 + len(structured.FAULT_KINDS) + 1  # clean, mixed, each, shuffle
+    assert sum(sum(r["packing_faults"].values()) for r in faults) > 0, "faults were injected"
+    assert all(r["wrong_rows"] == 0 for r in faults if "shuffle" not in r["variant"])
