@@ -815,10 +815,10 @@ def plots(sections: dict[str, Any], out_dir: Path) -> list[Path]:
 
 def library_defaults() -> dict[str, Any]:
     """What "packed" means in this run: the library's automatic batch limits and canaries."""
-    from llmframe import _config, _engine
+    from llmframe import _check, _config, _engine
 
     return {
-        "auto_batch_items": getattr(_engine, "AUTO_BATCH_ITEMS", None),
+        "auto_batch_items": getattr(_check, "AUTO_BATCH_ITEMS", None),
         "auto_batch_tokens": getattr(_engine, "AUTO_BATCH_TOKENS", None),
         "canaries": getattr(_config.Options(), "canaries", None),
     }

@@ -215,7 +215,9 @@ class Run:
             return
         parsed = self.parse_packed(done, n)
         self.report.canary_rows += n - len(jobs)
-        if self.planner.canaries.wrong(sent, parsed.answers):
+        # A reply that failed as a whole (cut off, not JSON, numbering off) says nothing of
+        # its canaries: its rows go again for that reason, not as a canary failure.
+        if parsed.answers and self.planner.canaries.wrong(sent, parsed.answers):
             # A canary's packed answer differs from its one-row answer: this batch's answers
             # may be shifted or guessed, so none of them is trusted.
             self.report.canary_failures += 1
