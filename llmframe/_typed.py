@@ -17,7 +17,11 @@ date           ``Date``                    ``datetime64``
 date-time      ``Datetime(us, UTC)``       ``datetime64[us, UTC]``
 array          ``List``                    ``object`` (Python lists)
 object         ``Struct``                  ``object`` (Python dicts)
+mixed union    ``String`` (the JSON text)  ``string`` (the JSON text)
 =============  ==========================  ===================================
+
+A union of different types (``int | str``) has no one column type: the column
+holds each answer's validated JSON text (``'5'``, ``'"five"'``).
 """
 
 from __future__ import annotations
