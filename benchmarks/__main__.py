@@ -112,8 +112,8 @@ def _throughput(d: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"throughput: {size:,} rows uncached, {backend}, server in its own process",
             f"{rate:,.0f} rows/s per core (best of {len(runs)}), peak {ratio:.1f}x the frame, "
             f"server {share:.0%} of the CPU",
-            f"target >= 20,000 rows/s ({'ok' if rate >= 20_000 else 'MISSED'}), "
-            f"<= 3x at 1M ({'ok' if ratio <= 3 else 'MISSED'})",
+            f"target >= 20,000 rows/s ({'ok' if rate >= 20_000 else 'MISSED'}), <= 3x at 1M"
+            + (f" ({'ok' if ratio <= 3 else 'MISSED'})" if size >= 1_000_000 else ""),
         ))  # fmt: skip
     return rows
 
