@@ -24,7 +24,7 @@ from typing import Any
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).parent.parent
 
-BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration"]
+BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration", "throughput"]
 
 
 def _newest(pattern: str) -> dict[str, Any] | None:
@@ -100,12 +100,31 @@ def _calibration(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _throughput(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    results = [r for r in d.get("results", []) if r["mode"] == "process"]
+    for backend, size in sorted({(r["backend"], r["rows"]) for r in results}):
+        runs = [r for r in results if (r["backend"], r["rows"]) == (backend, size)]
+        rate = max(min(r["rows_per_second"], r["rows_per_client_cpu_second"] or 0) for r in runs)
+        ratio = max(r["peak_x_frame"] for r in runs)
+        share = max(r["server_share"] or 0 for r in runs)
+        rows.append((
+            f"throughput: {size:,} rows uncached, {backend}, server in its own process",
+            f"{rate:,.0f} rows/s per core (best of {len(runs)}), peak {ratio:.1f}x the frame, "
+            f"server {share:.0%} of the CPU",
+            f"target >= 20,000 rows/s ({'ok' if rate >= 20_000 else 'MISSED'}), <= 3x at 1M"
+            + (f" ({'ok' if ratio <= 3 else 'MISSED'})" if size >= 1_000_000 else ""),
+        ))  # fmt: skip
+    return rows
+
+
 SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
     "rate_limits": ("rate_limits-*.json", _rate_limits),
     "packing": ("packing.json", _packing),
     "structured": ("structured-*.json", _structured),
     "cache": ("cache.json", _cache),
     "calibration": ("calibration-*.json", _calibration),
+    "throughput": ("throughput-*.json", _throughput),
 }
 
 

@@ -161,3 +161,43 @@ def test_structured_runs(
     assert len(faults) == 2 + len(structured.FAULT_KINDS) + 1  # clean, mixed, each, shuffle
     assert sum(sum(r["packing_faults"].values()) for r in faults) > 0, "faults were injected"
     assert all(r["wrong_rows"] == 0 for r in faults if "shuffle" not in r["variant"])
+
+
+def test_throughput_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import throughput
+
+    # pandas with the server in its own process, measured and profiled: two fresh processes of
+    # 100 rows (the thread mode and polars: below). The numbers mean nothing at this size.
+    argv = ["--scale", "0.001", "--repeat", "1", "--backends", "pandas", "--modes", "process"]
+    assert throughput.main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.throughput --scale 0.001" in printed
+    assert "load:    before:" in printed and "top 15 by own time:" in printed
+    assert "llmframe/_engine.py" in printed and "own time summed per module" in printed
+    [saved] = tmp_path.glob("throughput-*.json")
+    result = json.loads(saved.read_text())
+    assert [(r["backend"], r["mode"]) for r in result["results"]] == [("pandas", "process")]
+    for r in [*result["results"], result["profiled"]]:
+        assert r["rows"] == 100 and r["wrong_answers"] == 0 and r["failed_rows"] == 0
+        assert r["checked_rows"] == 100 and r["cached_rows"] == 0
+        assert r["requests"] >= 100 / 20 and r["server_requests"] == r["requests"]
+        assert r["server_cpu_seconds"] > 0 and 0 < r["server_share"] < 1
+        assert r["peak_increase"] > 0 and r["frame_bytes"] > 0
+    assert result["failures"] == []
+
+
+def test_throughput_measures_polars(tmp_path: Path) -> None:
+    import argparse
+
+    from benchmarks import throughput
+
+    # The polars frame and answers with the server in a thread, in this process (timings and
+    # memory mean nothing here).
+    args = argparse.Namespace(
+        backend="polars", rows=50, mode="thread", out=tmp_path, profile=False,
+        base_url=None, api_key=None,
+    )  # fmt: skip
+    r = throughput.child_measure(args)
+    assert (r["rows"], r["checked_rows"], r["wrong_answers"], r["failed_rows"]) == (50, 50, 0, 0)
+    assert r["server_thread_cpu_seconds"] is not None and r["requests"] >= 50 / 20
+    assert 0 < r["server_thread_cpu_seconds"] < r["client_cpu_seconds"]
