@@ -16,7 +16,7 @@ from ._estimate import Estimate, estimate_run
 from ._frames import columns_of, kind_of, rendered_columns, take_rows
 from ._pricing import price_for
 from ._run import report_of, run_frame
-from ._schema import OutputSchema, classify_schema, output_schema
+from ._schema import answer_form
 from ._sync import run_sync
 from ._template import parse_template
 from ._typed import output_columns
@@ -59,12 +59,8 @@ def _prepare(df: Any, template: str, options: Mapping[str, Any], schema: Any = N
     tpl = parse_template(template, columns_of(df))
     if "labels" in options or "multi" in options:
         raise ConfigError("labels= and multi= belong to classify: df.llm.classify(template, labels=[...])")
-    opts = resolve(**options, schema=None if schema is None else _output_schema(schema))
+    opts = resolve(**options, schema=answer_form(schema))
     return tpl, opts, rendered_columns(df, tpl.fields)
-
-
-def _output_schema(schema: Any) -> OutputSchema:
-    return schema if isinstance(schema, OutputSchema) else output_schema(schema)
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -148,7 +144,9 @@ async def aclassify(
     """The async form of :func:`classify`."""
     if "schema" in options:
         raise ConfigError("classify makes its schema from labels=; pass schema= to apply instead")
-    schema = classify_schema(labels, multi=_flag(multi, "multi"))
+    if labels is None:
+        raise ConfigError("classify needs labels=[...], the answers it may give")
+    schema = answer_form(labels=labels, multi=multi)
     name = output if output is not None else ("labels" if multi else "label")
     return await aapply(df, template, output=name, schema=schema, **options)
 
@@ -178,12 +176,7 @@ async def aestimate(
     """The async form of :func:`estimate`. ``output``, ``unnest`` and ``prefix`` are accepted
     (and ignored) so that an ``apply`` line becomes an estimate by changing one word;
     ``labels``/``multi`` estimate a :func:`classify`."""
-    if labels is not None:
-        if schema is not None:
-            raise ConfigError("pass schema= or labels=, not both")
-        schema = classify_schema(labels, multi=_flag(multi, "multi"))
-    elif multi:
-        raise ConfigError("multi=True needs labels=")
+    schema = answer_form(schema, labels, multi)
     tpl, opts, columns = _prepare(df, template, options, schema)
     take = (lambda rows: take_rows(df, rows)) if sample else None
     return await estimate_run(columns, len(df), tpl, opts, sample=sample, take_rows=take)

@@ -56,7 +56,7 @@ from ._keys import output_spec
 from ._parse import normalize
 from ._report import RunReport
 from ._run import run_frame
-from ._schema import OutputSchema, classify_schema, output_schema
+from ._schema import OutputSchema, answer_form
 from ._sync import run_sync
 from ._template import is_null, parse_template
 from ._warn import warn_user
@@ -270,14 +270,7 @@ def _without(options: Mapping[str, Any], *names: str) -> dict[str, Any]:
 
 def _schema_of(options: Mapping[str, Any]) -> OutputSchema | None:
     """The answer's form from ``schema=`` or ``labels=``/``multi=``, as ``apply`` takes them."""
-    schema, labels = options.get("schema"), options.get("labels")
-    if labels is not None:
-        if schema is not None:
-            raise ConfigError("pass schema= or labels=, not both")
-        return classify_schema(labels, multi=bool(options.get("multi", False)))
-    if schema is None or isinstance(schema, OutputSchema):
-        return schema
-    return output_schema(schema)
+    return answer_form(options.get("schema"), options.get("labels"), options.get("multi", False))
 
 
 def calibrate(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PackedAnswers", "normalize", "parse_packed", "parse_single", "read_single"]
+__all__ = ["PackedAnswers", "json_candidates", "normalize", "parse_packed", "parse_single", "read_single"]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
@@ -42,19 +42,22 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _candidates(content: str) -> list[str]:
-    """Texts that may hold the JSON object, most likely first."""
+def json_candidates(content: str, brackets: tuple[str, ...] = ("{}",)) -> list[str]:
+    """Texts that may hold the JSON value, most likely first: the whole reply, each code
+    fence, and the span from the first opening to the last closing of each bracket pair."""
     text = content.strip()
     out = [text]
     out.extend(m.strip() for m in _FENCE.findall(text))
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        out.append(text[start : end + 1])
+    for pair in brackets:
+        open_, close = pair[0], pair[1]
+        start, end = text.find(open_), text.rfind(close)
+        if 0 <= start < end:
+            out.append(text[start : end + 1])
     return out
 
 
 def _load_pairs(content: str) -> list[tuple[str, Any]] | None:
-    for candidate in _candidates(content):
+    for candidate in json_candidates(content):
         try:
             pairs = json.loads(candidate, object_pairs_hook=lambda p: ("__pairs__", p))
         except ValueError:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import hashlib
 import json
-import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from ._errors import ConfigError
+from ._parse import json_candidates
 from ._strict import WRAPPER_TITLE, from_json_schema, strict_schema
 
-__all__ = ["InvalidAnswer", "OutputSchema", "classify_schema", "extract_json", "output_schema"]
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-
+__all__ = ["InvalidAnswer", "OutputSchema", "answer_form", "classify_schema", "extract_json", "output_schema"]
 
 class InvalidAnswer(ValueError):
     """An answer that does not validate; the message names the field."""
@@ -42,12 +40,7 @@ class InvalidAnswer(ValueError):
 
 def extract_json(content: str) -> tuple[bool, Any]:
     """The JSON value in a reply (whole, in a code fence, or the outermost ``{...}``/``[...]``)."""
-    text = content.strip()
-    candidates = [text, *(m.strip() for m in _FENCE.findall(text))]
-    for open_, close in (("{", "}"), ("[", "]")):
-        start, end = text.find(open_), text.rfind(close)
-        if 0 <= start < end:
-            candidates.append(text[start : end + 1])
+    candidates = json_candidates(content, brackets=("{}", "[]"))
     for candidate in candidates:
         try:
             return True, json.loads(candidate)
@@ -120,7 +113,7 @@ class OutputSchema:
         """The answer's top-level fields (empty for a single value)."""
         return list(self.item["properties"]) if self.is_object else []
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         spec = {"item": self.item, "labels": self.labels, "multi": self.multi, "source": _untitled(self.source)}
         text = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -365,3 +358,19 @@ def classify_schema(labels: Any, *, multi: bool = False) -> OutputSchema:
     if multi:
         item = {"type": "array", "items": item}
     return OutputSchema(item=item, adapter=adapter, labels=tuple(names), multi=multi, description="labels")
+
+
+def answer_form(schema: Any = None, labels: Any = None, multi: Any = False) -> OutputSchema | None:
+    """What ``schema=`` or ``labels=``/``multi=`` ask for, as every entry point takes them:
+    ``None`` (text), an :class:`OutputSchema` as it is, or one made from them."""
+    if not isinstance(multi, bool):
+        raise ConfigError(f"multi must be True or False, got {multi!r}")
+    if labels is not None:
+        if schema is not None:
+            raise ConfigError("pass schema= or labels=, not both")
+        return classify_schema(labels, multi=multi)
+    if multi:
+        raise ConfigError("multi=True needs labels=")
+    if schema is None or isinstance(schema, OutputSchema):
+        return schema
+    return output_schema(schema)
