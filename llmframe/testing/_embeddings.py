@@ -36,6 +36,7 @@ import numpy as np
 from aiohttp import web
 
 from llmframe import _tokens
+from llmframe._embed_plan import MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS
 from llmframe.testing._chat import GARBAGE_BODY, TRANSPORT_ERRORS
 from llmframe.testing._limits import Limits
 from llmframe.testing._requests import bad_request, error, parse_embeddings, unauthorized
@@ -44,10 +45,6 @@ from llmframe.testing._stats import CLIENT_CLOSED, RequestRecord, ServerStats
 
 __all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "Embeddings", "embedding", "vectors"]
 
-#: The embeddings API's limits: inputs per request, tokens per input, tokens per request.
-MAX_INPUTS = 2048
-MAX_INPUT_TOKENS = 8192
-MAX_REQUEST_TOKENS = 300_000
 
 
 def vectors(texts: list[str], dimensions: int) -> np.ndarray:
