@@ -51,13 +51,19 @@ _TEMP_PREFIX, _TEMP_SUFFIX = ".tmp-", ".part"  # as the answer cache: ignored by
 
 
 class Found:
-    """What a lookup found: for each row, the position of its vector in ``vectors``, or -1."""
+    """What a lookup found: for each row, the position of its vector in ``vectors``, or -1.
 
-    __slots__ = ("positions", "vectors")
+    When every row was found in a few long runs of the segments (a re-run of what one
+    run wrote: its replies are stored in blocks, in row order), ``aligned`` holds the
+    rows' vectors as slices of the segments as read, no copy, and ``vectors`` is empty.
+    """
 
-    def __init__(self, positions: np.ndarray, vectors: np.ndarray) -> None:
+    __slots__ = ("aligned", "positions", "vectors")
+
+    def __init__(self, positions: np.ndarray, vectors: np.ndarray, aligned: pa.ChunkedArray | None = None) -> None:
         self.positions = positions  # int64, one per row
         self.vectors = vectors  # (found, dims) float32; (0, 0) when nothing was found
+        self.aligned = aligned  # fixed_size_list<float32>[dims], one row per row, or None
 
     @property
     def hits(self) -> int:
@@ -104,11 +110,55 @@ def write_vectors(folder: Path, table: pa.Table) -> str:
 def _read(folder: Path, name: str) -> pa.Table | None:
     path = folder / name
     try:
-        return pq.read_table(path, columns=["key", "vector"])
+        return pq.read_table(path, columns=["key", "vector"], memory_map=True)
     except Exception as exc:
         if path.exists():
             warn_corrupt(path, exc)
         return None
+
+
+#: Most slices a fully cached lookup returns instead of copying: one per reply is typical.
+_MAX_RUNS = 4096
+
+
+def _as_lists(chunk: pa.Array, dims: int) -> pa.FixedSizeListArray:
+    """A ``fixed_size_binary(4 * dims)`` array as ``fixed_size_list<float32>[dims]``, no copy."""
+    values = pa.Array.from_buffers(pa.float32(), (chunk.offset + len(chunk)) * dims, [None, chunk.buffers()[1]])
+    return pa.FixedSizeListArray.from_arrays(values, dims).slice(chunk.offset, len(chunk))
+
+
+def _runs(vectors: pa.ChunkedArray, rows: np.ndarray, dims: int) -> pa.ChunkedArray | None:
+    """The vectors at ``rows`` as slices of ``vectors``' chunks, when they form at most
+    :data:`_MAX_RUNS` runs of consecutive positions; else None (copy them instead)."""
+    starts = np.cumsum([0] + [len(c) for c in vectors.chunks])
+    cuts = np.union1d(np.flatnonzero(np.diff(rows) != 1) + 1, np.flatnonzero(np.isin(rows, starts[1:-1])))
+    if len(cuts) >= _MAX_RUNS or not len(rows) or vectors.null_count:
+        return None
+    pieces = []
+    chunks = [_as_lists(c, dims) for c in vectors.chunks]
+    for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)], strict=True):
+        first = int(rows[lo])
+        index = int(np.searchsorted(starts, first, side="right")) - 1
+        pieces.append(chunks[index].slice(first - int(starts[index]), hi - lo))
+    return pa.chunked_array(pieces, pa.list_(pa.float32(), dims))
+
+
+def _gather(vectors: pa.ChunkedArray, rows: np.ndarray, dims: int) -> np.ndarray:
+    """The float32 vectors at ``rows`` of a column of ``fixed_size_binary(4 * dims)`` chunks."""
+    out = np.empty((len(rows), dims), dtype=np.float32)
+    start = 0
+    for chunk in vectors.chunks:
+        end = start + len(chunk)
+        if len(chunk):
+            view = np.frombuffer(chunk.buffers()[1], dtype="<f4", count=(chunk.offset + len(chunk)) * dims)
+            view = view.reshape(-1, dims)[chunk.offset :]
+            inside = (rows >= start) & (rows < end)
+            if inside.all():
+                out[:] = view[rows - start]
+            elif inside.any():
+                out[inside] = view[rows[inside] - start]
+        start = end
+    return out
 
 
 class EmbeddingCache:
@@ -147,7 +197,7 @@ class EmbeddingCache:
         widths = {t.schema.field("vector").type.byte_width for t in tables if t.num_rows}
         if dims is not None:
             widths &= {4 * dims}
-        found: list[np.ndarray] = []
+        found: Found | None = None
         for width in sorted(widths):
             group = pa.concat_tables([t for t in tables if t.schema.field("vector").type.byte_width == width])
             stored_keys = group.column("key").combine_chunks()
@@ -159,17 +209,18 @@ class EmbeddingCache:
             hit = (stored[candidate, 0] == wanted[:, 0]) & (stored[candidate, 1] == wanted[:, 1])
             if not hit.any():
                 continue
-            if found:
+            if found is not None:
                 raise CacheError(f"cached vectors for these texts have {sorted(widths)} bytes: the model's "
                                  f"vectors changed length; clear {self.folder}")  # fmt: skip
-            vectors = group.column("vector").combine_chunks()
-            matrix = np.frombuffer(vectors.buffers()[1], dtype="<f4", count=len(vectors) * (width // 4))
-            matrix = matrix.reshape(-1, width // 4)
-            # Only the rows found are copied out: a few MB, not the whole folder's vectors.
             rows = candidate[hit]
-            found.append(matrix[rows])
             positions[hit] = np.arange(len(rows))
-        return Found(positions, found[0] if found else np.zeros((0, 0), np.float32))
+            dims = width // 4
+            aligned = _runs(group.column("vector"), rows, dims) if hit.all() else None
+            if aligned is not None:
+                found = Found(positions, np.zeros((0, dims), np.float32), aligned)
+            else:  # only the rows found are copied out, chunk by chunk: one copy of what the run uses
+                found = Found(positions, _gather(group.column("vector"), rows, dims))
+        return found if found is not None else Found(positions, np.zeros((0, 0), np.float32))
 
     def add(self, keys: bytes, model: str, vectors: np.ndarray) -> None:
         """Buffer one reply's vectors (``keys``: 16 bytes a row, in the rows' order)."""

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ._cache_admin import resolve_cache_dir
 from ._config import Options
 from ._embed_cache import EmbeddingCache
-from ._embed_output import vector_array
 from ._embed_plan import EmbedPlanner
 from ._embed_run import EmbedSpec, embed_run
 from ._embed_texts import EmbedTexts, embed_prefix, embed_texts, render_texts
@@ -27,9 +27,8 @@ from ._pricing import price_for
 from ._run import _REPORT
 from ._template import Template, parse_template
 from ._tokens import get_tokenizer
-from ._cache_admin import resolve_cache_dir
 
-__all__ = ["embed_frame", "estimate_embed_frame", "embed_template"]
+__all__ = ["embed_frame", "embed_template", "estimate_embed_frame"]
 
 Frame = TypeVar("Frame")
 
@@ -43,7 +42,7 @@ def embed_template(df: Any, template: str) -> Template:
 
 def _prepared(df: Any, template: Template, opts: Options, spec: EmbedSpec) -> tuple[EmbedTexts, int]:
     texts = render_texts(template, rendered_columns(df, template.fields), len(df))
-    nulls = sum(t is None for t in texts)
+    nulls = texts.count(None)
     prefix = embed_prefix(opts.model or "", spec.dimensions)
     prepared = embed_texts(texts, prefix, limit=spec.max_input_tokens, truncate=spec.truncate,
                            tokenizer=get_tokenizer(opts.model))  # fmt: skip
@@ -54,12 +53,11 @@ async def embed_frame(df: Frame, template: Template, opts: Options, spec: EmbedS
     """``df`` with the vectors of ``template``'s texts as column ``output``."""
     prepared, nulls = _prepared(df, template, opts, spec)
     result = await embed_run(prepared, opts, spec, null_rows=nulls)
-    dims = result.vectors.shape[1] if result.vectors is not None else spec.dimensions
-    array = vector_array(result.vectors, result.valid, dims)
+    array = result.vectors
     if kind_of(df) == "polars":
         import polars as pl
 
-        column: Any = pl.Series(output, array)
+        column: Any = pl.from_arrow(array, rechunk=False).alias(output)  # type: ignore[union-attr]
     else:
         import pandas as pd
 

@@ -50,8 +50,8 @@ class EmbedPlanner:
 
     def take(self) -> EmbedBatch | None:
         if self._again:
-            texts = self._again.popleft()
-            return EmbedBatch(texts, sum(self.tokens[i] for i in texts))
+            again = self._again.popleft()
+            return EmbedBatch(again, sum(self.tokens[i] for i in again))
         budget = self.max_tokens()
         texts: list[int] = []
         total = 0

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
@@ -36,6 +37,7 @@ from ._client import CallError
 from ._config import Options
 from ._embed_cache import EmbeddingCache, Found
 from ._embed_client import EmbedClient, EmbedReply
+from ._embed_output import vector_array
 from ._embed_plan import EmbedBatch, EmbedPlanner
 from ._embed_texts import EmbedTexts
 from ._endpoint import Endpoint
@@ -66,8 +68,7 @@ class EmbedSpec:
 
 @dataclass
 class EmbedResult:
-    vectors: np.ndarray | None  # (rows, dims) float32; None when no row has a vector
-    valid: np.ndarray  # bool per row
+    vectors: pa.Array | pa.ChunkedArray  # fixed_size_list<float32>[dims], null where no vector
     errors: list[RowError]
     report: RunReport
 
@@ -281,7 +282,12 @@ async def embed_run(
             why = failed.get(int(unique.of_row[row]))
             if why is not None:
                 errors.append(RowError(row, why[0], why[1], why[2]))
-    matrix, valid = _assemble(n, found, run, dims)
+    if found is not None and found.aligned is not None:  # every row cached: the segments' own buffers
+        column: pa.Array | pa.ChunkedArray = found.aligned
+        valid = np.ones(n, dtype=bool)
+    else:
+        matrix, valid = _assemble(n, found, run, dims)
+        column = vector_array(matrix, valid, dims or spec.dimensions)
     errors.sort(key=lambda e: e.row)
     report.errors = errors
     report.answered_rows = int(valid.sum()) - report.cached_rows
@@ -295,4 +301,4 @@ async def embed_run(
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
         raise RunError(f"{len(errors)} of {n} rows failed ({kinds}); first: {errors[0]}. Every other row was "
                        "embedded and cached; run again to retry only the failed rows.", errors, report)  # fmt: skip
-    return EmbedResult(matrix, valid, errors, report)
+    return EmbedResult(column, errors, report)

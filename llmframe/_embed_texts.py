@@ -80,7 +80,9 @@ def embed_texts(
     errors: list[RowError] = []
     cut = 0
     could_be_over = limit // 4
-    for row, text in enumerate(texts):
+    # One pass in C over the lengths; the rows are visited only when a text could be over.
+    longest = max(map(len, filter(None, texts)), default=0)
+    for row, text in enumerate(texts) if longest > could_be_over else ():
         if text is None or len(text) <= could_be_over:
             continue
         tokens = tokenizer.count(text)

@@ -183,7 +183,7 @@ def test_failures_that_hit_every_row_stop_with_one_error(fake_server_factory: An
     with socket.socket() as probe:  # a port with nothing listening
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
-    with pytest.raises(llmframe.EndpointError, match="reach the endpoint|connect"):
+    with pytest.raises(llmframe.EndpointError, match=r"reach the endpoint|connect"):
         df.llm.embed("t", model=MODEL, base_url=dead, api_key="k", progress=False, cache=False)
 
 

@@ -89,10 +89,27 @@ def test_vectors_of_another_length_for_the_same_keys_are_an_error(tmp_path: Path
     assert len(list((tmp_path / FOLDER).glob("seg-*.parquet"))) == 2  # one segment per length
     with pytest.raises(llmframe.CacheError, match="changed length"):
         cache.lookup(keys)
-    assert cache.lookup(keys, dims=6).vectors.shape == (1, 6)
+    found = cache.lookup(keys, dims=6)  # every row found, in one run: slices of the segment, no copy
+    assert found.hits == 1 and found.aligned is not None and found.aligned.type == pa.list_(pa.float32(), 6)
     with pytest.raises(llmframe.CacheError, match="dims="):
         llmframe.read_embeddings(tmp_path)
     assert llmframe.read_embeddings(tmp_path, dims=4).num_rows == 1
+
+
+def test_a_fully_cached_lookup_slices_the_segments_and_a_partial_one_copies(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    keys = [bytes([i]) * 16 for i in range(1, 7)]
+    vecs = np.arange(24, dtype=np.float32).reshape(6, 4)
+    cache.add(b"".join(keys[:3]), "m", vecs[:3])
+    cache.add(b"".join(keys[3:]), "m", vecs[3:])
+    cache.close()
+    order = [4, 5, 0, 1, 2, 3]  # two runs, across two segments
+    found = EmbeddingCache(tmp_path).lookup(b"".join(keys[i] for i in order))
+    assert found.aligned is not None and found.aligned.num_chunks >= 2
+    assert np.array_equal(np.asarray(found.aligned.combine_chunks().flatten()).reshape(6, 4), vecs[order])
+    partial = EmbeddingCache(tmp_path).lookup(keys[2] + bytes(16) + keys[5])
+    assert partial.aligned is None and partial.positions.tolist() == [0, -1, 1]
+    assert np.array_equal(partial.vectors, vecs[[2, 5]])
 
 
 def _body(order: list[int], vectors: np.ndarray, tokens: int = 7) -> bytes:
