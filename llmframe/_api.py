@@ -31,15 +31,13 @@ __all__ = [
 Frame = TypeVar("Frame")
 
 
-class ApplyOptions(TypedDict, total=False):
-    """Every option of :func:`apply` besides ``output``; each falls back to ``configure()``."""
+class EmbedOptions(TypedDict, total=False):
+    """The options of every call (:func:`embed`'s, besides its own); each falls back to ``configure()``."""
 
     model: str | None
-    system: str | None
     base_url: str | None
     api_key: str | None
     client: Any
-    params: Mapping[str, Any] | None
     max_concurrency: int
     errors: Errors
     progress: bool
@@ -47,14 +45,21 @@ class ApplyOptions(TypedDict, total=False):
     tpm: float | None
     max_attempts: int
     timeout: float
-    batch_size: BatchSize
-    max_batch_tokens: int | None
     cache: bool | str | os.PathLike[str]
     max_cost_usd: float | None
     prices: Mapping[str, tuple[float, float]] | None
+    error_column: str | None
+
+
+class ApplyOptions(EmbedOptions, total=False):
+    """Every option of :func:`apply` besides ``output``; each falls back to ``configure()``."""
+
+    system: str | None
+    params: Mapping[str, Any] | None
+    batch_size: BatchSize
+    max_batch_tokens: int | None
     response_format: ResponseFormat
     canaries: int | None
-    error_column: str | None
 
 
 def _prepare(df: Any, template: str, options: Mapping[str, Any], schema: Any = None) -> tuple[Any, Any, Any]:
@@ -203,25 +208,6 @@ def estimate(
     return run_sync(lambda: aestimate(df, template, sample=sample, schema=schema, labels=labels, multi=multi,
                                       **options))  # fmt: skip
 
-
-class EmbedOptions(TypedDict, total=False):
-    """The options of :func:`embed` besides its own; each falls back to ``configure()``."""
-
-    model: str | None
-    base_url: str | None
-    api_key: str | None
-    client: Any
-    max_concurrency: int
-    errors: Errors
-    progress: bool
-    rpm: float | None
-    tpm: float | None
-    max_attempts: int
-    timeout: float
-    cache: bool | str | os.PathLike[str]
-    max_cost_usd: float | None
-    prices: Mapping[str, tuple[float, float]] | None
-    error_column: str | None
 
 
 def _embed_call(df: Any, template: str, options: Mapping[str, Any], spec: EmbedSpec) -> tuple[Any, Any, EmbedSpec]:

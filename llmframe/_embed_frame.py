@@ -8,7 +8,6 @@ report attached, as ``apply`` does.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -121,4 +120,4 @@ def check_spec(spec: EmbedSpec) -> EmbedSpec:
         value = getattr(spec, name)
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    return replace(spec)
+    return spec

@@ -115,6 +115,16 @@ def test_a_text_over_the_input_limit_fails_alone_or_is_cut_with_truncate(fake_se
     assert cut.llm.report.errors == []
 
 
+def test_errors_raise_after_the_rest_and_error_column_says_why(fake_server: FakeServer) -> None:
+    df = pl.DataFrame({"t": ["fine", "word " * 400]})
+    out = df.llm.embed("t", output="vec", dimensions=4, max_input_tokens=100, error_column="why",
+                       **opts(fake_server))  # fmt: skip
+    assert out["why"].to_list()[0] is None and out["why"].to_list()[1].startswith("too_large: ")
+    with pytest.raises(llmframe.RunError, match="1 of 2 rows failed") as caught:
+        df.llm.embed("t", output="vec", dimensions=4, max_input_tokens=100, errors="raise", **opts(fake_server))
+    assert caught.value.report.cached_rows == 1  # the other row was embedded and kept
+
+
 def test_an_input_the_endpoint_refuses_fails_alone(fake_server: FakeServer) -> None:
     # The client's limit is raised above the server's 8,192 tokens: the server's 400 is
     # about one input, so the batch is split until that input goes alone and fails.
