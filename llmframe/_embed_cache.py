@@ -1,34 +1,38 @@
-"""The embedding cache: vectors in parquet segments under ``<cache folder>/_embeddings/``.
+"""The embedding cache: vectors in Arrow IPC segments under ``<cache folder>/_embeddings/``.
 
 Its own record kind beside the answer cache, one row per vector::
 
-    key      fixed_size_binary(16)    blake2b-128 of (model, dimensions) and the text
+    key      fixed_size_binary(16)          blake2b-128 of (model, dimensions) and the text
     model    string
-    dims     int32                    the vector's length
-    vector   fixed_size_binary(4*dims) the float32 values, little-endian
+    dims     int32                          the vector's length
+    vector   fixed_size_list<float32>[dims]
     created  timestamp[us, UTC]
 
-The folder's name starts with ``_`` so that pyarrow's and pandas' dataset
-discovery of the answer cache (``pd.read_parquet(folder)``) skips it. The vector
-is stored as its float32 bytes, not as a parquet list: parquet writes a
-repetition and a definition level for every float of a list, which made a
-million 256-float vectors read six times slower (measured with pyarrow 26);
-stored as bytes they read as one buffer and become a ``(rows, dims)`` float32
-array without a copy. :func:`read_embeddings` gives them back as
-``fixed_size_list<float32>``. The vector column is written uncompressed (zstd
-gains ~10% on float32 and costs more than the read itself); the rest with zstd.
+Segments are Arrow IPC files (Feather v2, uncompressed), not parquet as the
+answer cache's are: parquet writes a repetition and a definition level for
+every float of a list and decodes every page on reading, which made a million
+256-float vectors (1 GB) take longer to read than the answer cache's whole
+cached re-run (measured with pyarrow 26: 2-3 s against 3.4 s). An IPC file is
+memory-mapped and its vectors are used where they lie: a fully cached re-run
+reads keys, not vectors, and its output column is slices of the mapped files.
+pandas (``pd.read_feather``), polars (``pl.read_ipc``), pyarrow and DuckDB's
+arrow reader read them as they are; :func:`read_embeddings` reads the folder.
+The folder's name starts with ``_``, so dataset discovery of the answer cache
+(``pd.read_parquet(folder)``) skips it.
 
 Segments are written as the answer cache's are: a new uniquely named file,
-written to a temporary name and ``os.replace``-d into place, so several
-processes may fill one folder at once and a reader sees whole files only. A
-lookup reads every segment, keys as two uint64 halves sorted once, and finds a
-whole run's keys by binary search: no per-row Python object on a cached re-run.
+written to a temporary name and ``os.replace``-d into place, never changed
+afterwards (so a mapping stays valid), so several processes may fill one folder
+at once and a reader sees whole files only. A lookup reads every segment's
+keys as two uint64 halves, sorted once, and finds a whole run's keys by binary
+search: no per-row Python object on a cached re-run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 import uuid
@@ -38,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ._cache_segments import list_segments, warn_corrupt
+from ._cache_admin import default_cache_dir
+from ._cache_segments import warn_corrupt
 from ._errors import CacheError
 
 __all__ = ["FOLDER", "EmbeddingCache", "Found", "read_embeddings"]
@@ -48,6 +52,7 @@ __all__ = ["FOLDER", "EmbeddingCache", "Found", "read_embeddings"]
 #: The subfolder of the cache folder that holds the embedding segments.
 FOLDER = "_embeddings"
 _TEMP_PREFIX, _TEMP_SUFFIX = ".tmp-", ".part"  # as the answer cache: ignored by every reader
+SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.arrow")
 
 
 class Found:
@@ -82,21 +87,28 @@ def _table(keys: bytes, model: str, vectors: np.ndarray) -> pa.Table:
         "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(keys)]),
         "model": pa.array([model] * n, pa.string()),
         "dims": pa.array(np.full(n, dims, dtype=np.int32)),
-        "vector": pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * dims), n, [None, pa.py_buffer(raw)]),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(raw.reshape(-1)), dims),
         "created": pa.array(np.full(n, int(datetime.now(timezone.utc).timestamp() * 1e6), dtype="int64"),
                             pa.timestamp("us", tz="UTC")),
     })  # fmt: skip
 
 
+def list_segments(folder: Path) -> list[str]:
+    """The segment names of ``folder``, oldest first (the name starts with time_ns)."""
+    try:
+        return sorted(e.name for e in os.scandir(folder) if SEGMENT_NAME.fullmatch(e.name))
+    except FileNotFoundError:
+        return []
+
+
 def write_vectors(folder: Path, table: pa.Table) -> str:
     """Write ``table`` as a new segment, atomically; return its file name."""
-    name = f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+    name = f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.arrow"
     temp = folder / f"{_TEMP_PREFIX}{name}{_TEMP_SUFFIX}"
     try:
         with open(temp, "wb") as sink:
-            pq.write_table(table, sink, compression={"key": "none", "model": "zstd", "dims": "zstd",
-                                                     "vector": "none", "created": "zstd"},
-                           use_dictionary=["model"], write_statistics=["dims", "created"])  # fmt: skip
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table, max_chunksize=1 << 20)
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(temp, folder / name)
@@ -107,27 +119,27 @@ def write_vectors(folder: Path, table: pa.Table) -> str:
     return name
 
 
-def _read(folder: Path, name: str) -> pa.Table | None:
+def _read(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table | None:
+    """A segment, memory-mapped (no copy); None, with a warning, if it is unreadable."""
     path = folder / name
     try:
-        return pq.read_table(path, columns=["key", "vector"], memory_map=True)
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        return table if columns is None else table.select(columns)
     except Exception as exc:
         if path.exists():
             warn_corrupt(path, exc)
         return None
 
 
+def _dims(table: pa.Table) -> int:
+    return int(table.schema.field("vector").type.list_size)
+
+
 #: Most slices a fully cached lookup returns instead of copying: one per reply is typical.
 _MAX_RUNS = 4096
 
 
-def _as_lists(chunk: pa.Array, dims: int) -> pa.FixedSizeListArray:
-    """A ``fixed_size_binary(4 * dims)`` array as ``fixed_size_list<float32>[dims]``, no copy."""
-    values = pa.Array.from_buffers(pa.float32(), (chunk.offset + len(chunk)) * dims, [None, chunk.buffers()[1]])
-    return pa.FixedSizeListArray.from_arrays(values, dims).slice(chunk.offset, len(chunk))
-
-
-def _runs(vectors: pa.ChunkedArray, rows: np.ndarray, dims: int) -> pa.ChunkedArray | None:
+def _runs(vectors: pa.ChunkedArray, rows: np.ndarray) -> pa.ChunkedArray | None:
     """The vectors at ``rows`` as slices of ``vectors``' chunks, when they form at most
     :data:`_MAX_RUNS` runs of consecutive positions; else None (copy them instead)."""
     starts = np.cumsum([0] + [len(c) for c in vectors.chunks])
@@ -135,23 +147,21 @@ def _runs(vectors: pa.ChunkedArray, rows: np.ndarray, dims: int) -> pa.ChunkedAr
     if len(cuts) >= _MAX_RUNS or not len(rows) or vectors.null_count:
         return None
     pieces = []
-    chunks = [_as_lists(c, dims) for c in vectors.chunks]
     for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)], strict=True):
         first = int(rows[lo])
         index = int(np.searchsorted(starts, first, side="right")) - 1
-        pieces.append(chunks[index].slice(first - int(starts[index]), hi - lo))
-    return pa.chunked_array(pieces, pa.list_(pa.float32(), dims))
+        pieces.append(vectors.chunk(index).slice(first - int(starts[index]), hi - lo))
+    return pa.chunked_array(pieces, vectors.type)
 
 
 def _gather(vectors: pa.ChunkedArray, rows: np.ndarray, dims: int) -> np.ndarray:
-    """The float32 vectors at ``rows`` of a column of ``fixed_size_binary(4 * dims)`` chunks."""
+    """The float32 vectors at ``rows`` of a ``fixed_size_list<float32>[dims]`` column, copied."""
     out = np.empty((len(rows), dims), dtype=np.float32)
     start = 0
     for chunk in vectors.chunks:
         end = start + len(chunk)
         if len(chunk):
-            view = np.frombuffer(chunk.buffers()[1], dtype="<f4", count=(chunk.offset + len(chunk)) * dims)
-            view = view.reshape(-1, dims)[chunk.offset :]
+            view = chunk.values.to_numpy(zero_copy_only=True).reshape(-1, dims)[chunk.offset :]
             inside = (rows >= start) & (rows < end)
             if inside.all():
                 out[:] = view[rows - start]
@@ -191,15 +201,16 @@ class EmbeddingCache:
         vectors found differ in length (the model changed them: clear the folder)."""
         wanted = _halves(keys)
         positions = np.full(len(wanted), -1, dtype=np.int64)
-        tables = [t for t in (_read(self.folder, name) for name in list_segments(self.folder)) if t is not None]
+        names = list_segments(self.folder)
+        tables = [t for t in (_read(self.folder, name, ["key", "vector"]) for name in names) if t is not None]
         with self._lock:
             tables.extend(t.select(["key", "vector"]) for t in self._buffer)
-        widths = {t.schema.field("vector").type.byte_width for t in tables if t.num_rows}
+        lengths = {_dims(t) for t in tables if t.num_rows}
         if dims is not None:
-            widths &= {4 * dims}
+            lengths &= {dims}
         found: Found | None = None
-        for width in sorted(widths):
-            group = pa.concat_tables([t for t in tables if t.schema.field("vector").type.byte_width == width])
+        for length in sorted(lengths):
+            group = pa.concat_tables([t for t in tables if _dims(t) == length])
             stored_keys = group.column("key").combine_chunks()
             stored = _halves(stored_keys.buffers()[1], len(stored_keys))
             order = np.argsort(stored[:, 0], kind="stable")
@@ -210,16 +221,15 @@ class EmbeddingCache:
             if not hit.any():
                 continue
             if found is not None:
-                raise CacheError(f"cached vectors for these texts have {sorted(widths)} bytes: the model's "
+                raise CacheError(f"cached vectors for these texts have {sorted(lengths)} values: the model's "
                                  f"vectors changed length; clear {self.folder}")  # fmt: skip
             rows = candidate[hit]
             positions[hit] = np.arange(len(rows))
-            dims = width // 4
-            aligned = _runs(group.column("vector"), rows, dims) if hit.all() else None
+            aligned = _runs(group.column("vector"), rows) if hit.all() else None
             if aligned is not None:
-                found = Found(positions, np.zeros((0, dims), np.float32), aligned)
+                found = Found(positions, np.zeros((0, length), np.float32), aligned)
             else:  # only the rows found are copied out, chunk by chunk: one copy of what the run uses
-                found = Found(positions, _gather(group.column("vector"), rows, dims))
+                found = Found(positions, _gather(group.column("vector"), rows, length))
         return found if found is not None else Found(positions, np.zeros((0, 0), np.float32))
 
     def add(self, keys: bytes, model: str, vectors: np.ndarray) -> None:
@@ -238,14 +248,14 @@ class EmbeddingCache:
         with self._lock:
             buffer, self._buffer = self._buffer, []
             self._last_write = self._clock()
-        widths = sorted({t.schema.field("vector").type.byte_width for t in buffer})
-        if widths:
+        lengths = sorted({_dims(t) for t in buffer})
+        if lengths:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CacheError(f"cannot create the embedding cache folder {self.folder}: {exc}") from exc
-        for width in widths:
-            table = pa.concat_tables([t for t in buffer if t.schema.field("vector").type.byte_width == width])
+        for length in lengths:
+            table = pa.concat_tables([t for t in buffer if _dims(t) == length])
             try:
                 write_vectors(self.folder, table)
             except Exception as exc:
@@ -263,30 +273,16 @@ def read_embeddings(cache_dir: str | os.PathLike[str] | None = None, *, dims: in
 
     >>> llmframe.read_embeddings(cache_dir=".cache", dims=256)   # doctest: +SKIP
     """
-    from ._cache_admin import default_cache_dir
-
     folder = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / FOLDER
-    tables = [t for t in (_read_all(folder, n) for n in list_segments(folder)) if t is not None]
+    tables = [t for t in (_read(folder, n) for n in list_segments(folder)) if t is not None]
     if dims is not None:
-        tables = [t for t in tables if t.schema.field("vector").type.byte_width == 4 * dims]
-    widths = {t.schema.field("vector").type.byte_width for t in tables}
-    if len(widths) > 1:
-        raise CacheError(f"{folder} holds vectors of several lengths ({sorted(w // 4 for w in widths)}); "
+        tables = [t for t in tables if _dims(t) == dims]
+    lengths = {_dims(t) for t in tables}
+    if len(lengths) > 1:
+        raise CacheError(f"{folder} holds vectors of several lengths ({sorted(lengths)}); "
                          "pass dims= to read one of them")  # fmt: skip
     if not tables:
         return pa.table({"key": pa.array([], pa.binary(16)), "model": pa.array([], pa.string()),
                          "dims": pa.array([], pa.int32()), "vector": pa.array([], pa.list_(pa.float32(), 1)),
                          "created": pa.array([], pa.timestamp("us", tz="UTC"))})  # fmt: skip
-    table = pa.concat_tables(tables)
-    raw = table.column("vector").combine_chunks()
-    width = raw.type.byte_width
-    values = pa.Array.from_buffers(pa.float32(), len(raw) * (width // 4), [None, raw.buffers()[1]])
-    return table.set_column(3, "vector", pa.FixedSizeListArray.from_arrays(values, width // 4))
-
-
-def _read_all(folder: Path, name: str) -> pa.Table | None:
-    try:
-        return pq.read_table(folder / name)
-    except Exception as exc:
-        warn_corrupt(folder / name, exc)
-        return None
+    return pa.concat_tables(tables)

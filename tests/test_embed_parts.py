@@ -67,12 +67,12 @@ def test_the_cache_finds_what_it_buffered_and_wrote_and_a_lookup_writes_nothing(
     vecs = np.arange(8, dtype=np.float32).reshape(2, 4)
     assert cache.lookup(keys).hits == 0 and not (tmp_path / FOLDER).exists()  # no folder made by a lookup
     cache.add(keys, "m", vecs)
-    assert not list((tmp_path / FOLDER).glob("*.parquet"))  # buffered: 2 s have not passed
+    assert not list((tmp_path / FOLDER).glob("seg-*.arrow"))  # buffered: 2 s have not passed
     found = cache.lookup(keys[16:] + bytes(16) + keys[:16])
     assert found.positions.tolist()[1] == -1 and np.array_equal(found.vectors[found.positions[[0, 2]]], vecs[::-1])
     clock[0] = 2.5
     cache.add(bytes(range(100, 116)), "m", vecs[:1])  # due: everything is written
-    assert len(list((tmp_path / FOLDER).glob("seg-*.parquet"))) == 1
+    assert len(list((tmp_path / FOLDER).glob("seg-*.arrow"))) == 1
     fresh = EmbeddingCache(tmp_path)
     assert fresh.lookup(keys + bytes(range(100, 116))).hits == 3
     assert fresh.lookup(keys, dims=8).hits == 0  # another length is another lookup
@@ -86,7 +86,7 @@ def test_vectors_of_another_length_for_the_same_keys_are_an_error(tmp_path: Path
     cache.add(keys, "m", np.ones((1, 4), np.float32))
     cache.add(keys, "m", np.ones((1, 6), np.float32))
     cache.close()
-    assert len(list((tmp_path / FOLDER).glob("seg-*.parquet"))) == 2  # one segment per length
+    assert len(list((tmp_path / FOLDER).glob("seg-*.arrow"))) == 2  # one segment per length
     with pytest.raises(llmframe.CacheError, match="changed length"):
         cache.lookup(keys)
     found = cache.lookup(keys, dims=6)  # every row found, in one run: slices of the segment, no copy
