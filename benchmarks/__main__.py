@@ -24,7 +24,7 @@ from typing import Any
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).parent.parent
 
-BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration", "throughput"]
+BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration", "throughput", "embeddings"]
 
 
 def _newest(pattern: str) -> dict[str, Any] | None:
@@ -118,6 +118,17 @@ def _throughput(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _embeddings(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    packing, cached = d["packing"], d["cached"]
+    return [
+        ("embeddings: packed vs one text per request",
+         f"{packing['request_ratio']:,.0f}x fewer requests, {packing['speedup']:.1f}x faster", ""),
+        (f"embeddings: {cached['rows']:,}-row cached re-run vs apply's",
+         f"{cached['rows_per_second']['embed']:,.0f} vs {cached['rows_per_second']['apply']:,.0f} rows/s",
+         f"target >= 1x ({'ok' if cached['embed_vs_apply'] >= 1 else 'MISSED'})"),
+    ]  # fmt: skip
+
+
 SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
     "rate_limits": ("rate_limits-*.json", _rate_limits),
     "packing": ("packing.json", _packing),
@@ -125,6 +136,7 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, 
     "cache": ("cache.json", _cache),
     "calibration": ("calibration-*.json", _calibration),
     "throughput": ("throughput-*.json", _throughput),
+    "embeddings": ("embeddings-*.json", _embeddings),
 }
 
 

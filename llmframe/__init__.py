@@ -10,10 +10,24 @@ limiter, cached in parquet, and written back as a new column.
 
 from __future__ import annotations
 
-from ._api import ApplyOptions, aapply, aclassify, aestimate, apply, classify, estimate
+from ._api import (
+    ApplyOptions,
+    EmbedOptions,
+    aapply,
+    aclassify,
+    aembed,
+    aestimate,
+    apply,
+    classify,
+    embed,
+    estimate,
+    estimate_embed,
+)
 from ._cache_admin import cache_info, clear_cache, compact_cache, read_cache
 from ._calibrate import CalibrationReport, acalibrate, calibrate
 from ._config import configure
+from ._embed_cache import read_embeddings
+from ._embed_output import embedding_matrix
 from ._errors import (
     AuthenticationError,
     CacheError,
@@ -37,6 +51,7 @@ __all__ = [
     "CacheError",
     "CalibrationReport",
     "ConfigError",
+    "EmbedOptions",
     "EndpointError",
     "Estimate",
     "LLMFrameError",
@@ -49,6 +64,7 @@ __all__ = [
     "aapply",
     "acalibrate",
     "aclassify",
+    "aembed",
     "aestimate",
     "apply",
     "cache_info",
@@ -57,9 +73,13 @@ __all__ = [
     "clear_cache",
     "compact_cache",
     "configure",
+    "embed",
+    "embedding_matrix",
     "estimate",
+    "estimate_embed",
     "last_report",
     "read_cache",
+    "read_embeddings",
 ]
 
 

@@ -20,8 +20,8 @@ Frame = TypeVar("Frame")
 
 
 class LLMNamespace(Generic[Frame]):
-    """``df.llm``: ``apply``, ``aapply``, ``classify``, ``aclassify``, ``estimate``, ``calibrate``
-    and ``report``."""
+    """``df.llm``: ``apply``, ``aapply``, ``classify``, ``aclassify``, ``estimate``, ``embed``,
+    ``aembed``, ``estimate_embed``, ``calibrate`` and ``report``."""
 
     def __init__(self, df: Frame):
         self._df = df
@@ -54,6 +54,21 @@ class LLMNamespace(Generic[Frame]):
         >>> print(df.llm.estimate("Classify: {review}", model="gpt-4o-mini"))
         """
         return _api.estimate(self._df, template, sample=sample, **options)
+
+    def embed(self, template: str, **options: Any) -> Frame:
+        """One embedding vector per row; see :func:`llmframe.embed`.
+
+        >>> out = df.llm.embed("{title}: {abstract}", output="vec", model="text-embedding-3-small")
+        """
+        return _api.embed(self._df, template, **options)
+
+    async def aembed(self, template: str, **options: Any) -> Frame:
+        """The async form of :meth:`embed`."""
+        return await _api.aembed(self._df, template, **options)
+
+    def estimate_embed(self, template: str, **options: Any) -> Estimate:
+        """What :meth:`embed` would send and cost; see :func:`llmframe.estimate_embed`."""
+        return _api.estimate_embed(self._df, template, **options)
 
     def calibrate(self, template: str, **options: Any) -> CalibrationReport:
         """Measure packed-vs-one-row agreement on a sample; see :func:`llmframe.calibrate`."""

@@ -11,6 +11,8 @@ from typing_extensions import Unpack
 
 from ._calibrate import acalibrated_batch_size
 from ._config import BatchSize, Errors, ResponseFormat, resolve
+from ._embed_frame import check_spec, embed_frame, embed_template, estimate_embed_frame
+from ._embed_run import EmbedSpec
 from ._errors import ConfigError
 from ._estimate import Estimate, estimate_run
 from ._frames import columns_of, kind_of, rendered_columns, take_rows
@@ -22,21 +24,20 @@ from ._template import parse_template
 from ._typed import output_columns
 
 __all__ = [
-    "ApplyOptions", "aapply", "aclassify", "aestimate", "apply", "classify", "estimate", "report_of",
+    "ApplyOptions", "EmbedOptions", "aapply", "aclassify", "aembed", "aestimate", "apply", "classify", "embed",
+    "estimate", "estimate_embed", "report_of",
 ]  # fmt: skip
 
 Frame = TypeVar("Frame")
 
 
-class ApplyOptions(TypedDict, total=False):
-    """Every option of :func:`apply` besides ``output``; each falls back to ``configure()``."""
+class EmbedOptions(TypedDict, total=False):
+    """The options of every call (:func:`embed`'s, besides its own); each falls back to ``configure()``."""
 
     model: str | None
-    system: str | None
     base_url: str | None
     api_key: str | None
     client: Any
-    params: Mapping[str, Any] | None
     max_concurrency: int
     errors: Errors
     progress: bool
@@ -44,14 +45,21 @@ class ApplyOptions(TypedDict, total=False):
     tpm: float | None
     max_attempts: int
     timeout: float
-    batch_size: BatchSize
-    max_batch_tokens: int | None
     cache: bool | str | os.PathLike[str]
     max_cost_usd: float | None
     prices: Mapping[str, tuple[float, float]] | None
+    error_column: str | None
+
+
+class ApplyOptions(EmbedOptions, total=False):
+    """Every option of :func:`apply` besides ``output``; each falls back to ``configure()``."""
+
+    system: str | None
+    params: Mapping[str, Any] | None
+    batch_size: BatchSize
+    max_batch_tokens: int | None
     response_format: ResponseFormat
     canaries: int | None
-    error_column: str | None
 
 
 def _prepare(df: Any, template: str, options: Mapping[str, Any], schema: Any = None) -> tuple[Any, Any, Any]:
@@ -199,3 +207,73 @@ def estimate(
     """
     return run_sync(lambda: aestimate(df, template, sample=sample, schema=schema, labels=labels, multi=multi,
                                       **options))  # fmt: skip
+
+
+
+def _embed_call(df: Any, template: str, options: Mapping[str, Any], spec: EmbedSpec) -> tuple[Any, Any, EmbedSpec]:
+    kind_of(df)
+    unknown = set(options) - set(EmbedOptions.__annotations__)
+    if unknown:
+        raise ConfigError(f"option(s) {sorted(unknown)} do not apply to embed; it takes "
+                          f"{sorted(EmbedOptions.__annotations__)}")  # fmt: skip
+    return embed_template(df, template), resolve(**options), check_spec(spec)
+
+
+async def aembed(
+    df: Frame, template: str, *, output: str = "embedding", dimensions: int | None = None, truncate: bool = False,
+    max_input_tokens: int = 8192, max_batch_items: int = 2048, max_batch_tokens: int = 300_000,
+    **options: Unpack[EmbedOptions],
+) -> Frame:  # fmt: skip
+    """The async form of :func:`embed`."""
+    spec = EmbedSpec(dimensions, truncate, max_input_tokens, max_batch_items, max_batch_tokens)
+    tpl, opts, spec = _embed_call(df, template, options, spec)
+    if not isinstance(output, str) or not output:
+        raise ConfigError(f"output must be a non-empty column name, got {output!r}")
+    if opts.error_column == output:
+        raise ConfigError(f"error_column {output!r} is also the output column; choose another name")
+    if opts.max_cost_usd is not None and price_for(opts.model or "", opts.prices) is None:
+        raise ConfigError(f"max_cost_usd needs a price for model {opts.model!r}; pass prices={{{opts.model!r}: "
+                          "(usd_per_1m_input, 0)}}")  # fmt: skip
+    return await embed_frame(df, tpl, opts, spec, output)
+
+
+def embed(
+    df: Frame, template: str, *, output: str = "embedding", dimensions: int | None = None, truncate: bool = False,
+    max_input_tokens: int = 8192, max_batch_items: int = 2048, max_batch_tokens: int = 300_000,
+    **options: Unpack[EmbedOptions],
+) -> Frame:  # fmt: skip
+    """One embedding vector per row of ``template``'s text, as column ``output``.
+
+    >>> out = llmframe.embed(df, "{title}: {abstract}", output="vec",
+    ...                      model="text-embedding-3-small", dimensions=256)
+    >>> X = llmframe.embedding_matrix(out["vec"])      # (rows, 256) float32, no copy
+
+    ``template`` is a template or a bare column name. The column is
+    ``fixed_size_list<float32>[dims]``: polars ``Array(Float32, dims)``, pandas
+    ``pd.ArrowDtype`` of that type; null for a row with a null field or a failure
+    (its :class:`RowError` is in the report). Requests carry up to
+    ``max_batch_items`` texts and ``max_batch_tokens`` tokens (the API's 2,048 and
+    300,000), under the endpoint's shared limiter; equal texts go once; every
+    vector is cached. A text over ``max_input_tokens`` fails alone, or is cut to
+    it with ``truncate=True``. Works inside a running event loop (Jupyter).
+    """
+    return run_sync(lambda: aembed(df, template, output=output, dimensions=dimensions, truncate=truncate,
+                                   max_input_tokens=max_input_tokens, max_batch_items=max_batch_items,
+                                   max_batch_tokens=max_batch_tokens, **options))  # fmt: skip
+
+
+def estimate_embed(
+    df: Any, template: str, *, output: str = "embedding", dimensions: int | None = None, truncate: bool = False,
+    max_input_tokens: int = 8192, max_batch_items: int = 2048, max_batch_tokens: int = 300_000,
+    **options: Unpack[EmbedOptions],
+) -> Estimate:  # fmt: skip
+    """What :func:`embed` with the same arguments would send and cost, without sending.
+
+    >>> print(llmframe.estimate_embed(df, "{title}: {abstract}", model="text-embedding-3-small"))
+
+    Rows, cached rows, requests (packed, and at one text per request), input tokens
+    (tiktoken, exact), cost and the time at the rate limits; output tokens are 0.
+    """
+    spec = EmbedSpec(dimensions, truncate, max_input_tokens, max_batch_items, max_batch_tokens)
+    tpl, opts, spec = _embed_call(df, template, options, spec)
+    return estimate_embed_frame(df, tpl, opts, spec)

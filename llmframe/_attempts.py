@@ -12,14 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from . import _retry
 from ._budget import Budget
-from ._client import CallError, Completion
+from ._client import CallError
 from ._report import RunReport
-from ._requests import Request
 
-__all__ = ["RetryPolicy", "send_with_retries"]
+__all__ = ["Priced", "RetryPolicy", "send_with_retries"]
+
+
+class Priced(Protocol):
+    """What the budget reads of a request: a chat ``Request``, or an embeddings one."""
+
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+
+Q = TypeVar("Q", bound=Priced)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -34,8 +48,8 @@ class RetryPolicy:
 
 
 async def send_with_retries(
-    request: Request,
-    once: Callable[[Request], Awaitable[Completion]],
+    request: Q,
+    once: Callable[[Q], Awaitable[R]],
     *,
     policy: RetryPolicy,
     sleep: Callable[[float], Awaitable[None]],
@@ -43,7 +57,7 @@ async def send_with_retries(
     report: RunReport,
     rows: int,
     final: Callable[[CallError], bool],
-) -> Completion:
+) -> R:
     """The reply to ``request``, trying again while ``policy`` allows.
 
     ``once`` sends one attempt; ``final(err)`` says an error must not be retried

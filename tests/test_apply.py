@@ -320,10 +320,10 @@ def test_budget_needs_a_price(fake_server: FakeServer, make_frame: Any) -> None:
 def test_exported_names_are_exactly_the_public_api() -> None:
     assert sorted(llmframe.__all__) == sorted([
         "PRICES", "ApplyOptions", "AuthenticationError", "CacheError", "CalibrationReport",
-        "ConfigError", "EndpointError", "Estimate", "LLMFrameError", "Price", "RowError", "RunError",
-        "RunReport", "TemplateError", "__version__", "aapply", "acalibrate", "aclassify", "aestimate",
-        "apply", "cache_info", "calibrate", "classify", "clear_cache", "compact_cache", "configure", "estimate",
-        "last_report", "read_cache",
+        "ConfigError", "EmbedOptions", "EndpointError", "Estimate", "LLMFrameError", "Price", "RowError", "RunError",
+        "RunReport", "TemplateError", "__version__", "aapply", "acalibrate", "aclassify", "aembed", "aestimate",
+        "apply", "cache_info", "calibrate", "classify", "clear_cache", "compact_cache", "configure", "embed",
+        "embedding_matrix", "estimate", "estimate_embed", "last_report", "read_cache", "read_embeddings",
     ])  # fmt: skip
     for name in llmframe.__all__:
         assert hasattr(llmframe, name)

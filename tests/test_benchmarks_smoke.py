@@ -201,3 +201,19 @@ def test_throughput_measures_polars(tmp_path: Path) -> None:
     assert (r["rows"], r["checked_rows"], r["wrong_answers"], r["failed_rows"]) == (50, 50, 0, 0)
     assert r["server_thread_cpu_seconds"] is not None and r["requests"] >= 50 / 20
     assert 0 < r["server_thread_cpu_seconds"] < r["client_cpu_seconds"]
+
+
+def test_embeddings_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import embeddings
+
+    assert embeddings.main(["--scale", "0.01", "--repeat", "1", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.embeddings --scale 0.01" in printed
+    assert "one text per request" in printed and "embed / apply speed" in printed
+    [saved] = tmp_path.glob("embeddings-*.json")
+    result = json.loads(saved.read_text())
+    packing, cached = result["packing"], result["cached"]
+    assert packing["packed"]["requests"] == 1 and packing["one text per request"]["requests"] == 50
+    assert packing["packed"]["correct"] and packing["one text per request"]["correct"]
+    assert cached["rows"] == 10_000 and cached["server_requests"] == 0
+    assert set(cached["rows_per_second"]) == {"embed", "apply", "embed, rows shuffled"}

@@ -8,7 +8,8 @@ to OpenAI, vLLM or a gateway. It serves::
     POST /v1/chat/completions   deterministic answers (one-row and packed), usage,
                                 RPM/TPM limits with OpenAI's 429s and headers,
                                 latency, and injected faults          (_chat)
-    POST /v1/embeddings         deterministic unit vectors derived from a hash (_embeddings)
+    POST /v1/embeddings         deterministic unit vectors derived from a hash, with the
+                                same limits and transport faults as chat (_embeddings)
     GET  /v1/models             a short list of model names           (_catalog)
 
 This module starts and stops the thread and the loop, and applies
@@ -121,8 +122,12 @@ class FakeServer:
       llama-cpp-python's pydantic message and no ``param``, as its server does).
     - ``unsupported_params``: body parameters answered with OpenAI's 400
       ``unsupported_parameter`` (e.g. ``("seed", "max_tokens")``).
-    - ``models``: the chat model names served (else OpenAI's 404
+    - ``models``: the model names served, chat and embeddings (else OpenAI's 404
       ``model_not_found``); ``None`` serves any name.
+    - ``embeddings_shuffled``: embeddings replies list ``data`` in shuffled order
+      (each item keeps its ``index``, as the API allows).
+    - ``embedding_length``: ``(n) -> length`` of the vectors of the n-th embeddings
+      reply, whatever ``dimensions`` asked: a model whose vectors change length.
     - ``hang_seconds``: how long a hang fault sleeps before answering.
     - ``model_context``: the context window, in tokens (prompt + ``max_tokens``).
     - ``port``: 0 picks a free port.
@@ -149,13 +154,17 @@ class FakeServer:
         rejects_like: str = "openai",
         unsupported_params: Iterable[str] = (),
         models: Iterable[str] | None = None,
+        embeddings_shuffled: bool = False,
+        embedding_length: Callable[[int], int] | None = None,
     ) -> None:
         # locals() is still just the arguments: those named like a setting are read.
         self._settings = Settings.of(locals())
         self._requested_port = port
         self.stats = ServerStats()
         self._chat = ChatCompletions(lambda: self._settings, self.stats, seed)
-        self._embeddings = Embeddings(lambda: self._settings)
+        #: Counters of embeddings requests (``items``: inputs embedded), apart from the chat ones.
+        self.embedding_stats = ServerStats()
+        self._embeddings = Embeddings(lambda: self._settings, self.embedding_stats, seed)
         self._catalog = Catalog(lambda: self._settings)
         # Owned by the server thread while it runs.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,8 +252,9 @@ class FakeServer:
         self.stop()
 
     def reset_stats(self) -> None:
-        """Zero the counters and the request log (``in_flight`` keeps describing the present)."""
+        """Zero the counters and the request logs (``in_flight`` keeps describing the present)."""
         self.stats.reset()
+        self.embedding_stats.reset()
 
     def configure(
         self,
@@ -265,6 +275,8 @@ class FakeServer:
         degrade: Degrade | dict[str, Any] | None = UNSET,
         rejects_like: str = UNSET,
         unsupported_params: Iterable[str] = UNSET,
+        embeddings_shuffled: bool = UNSET,
+        embedding_length: Callable[[int], int] | None = UNSET,
     ) -> None:
         """Change settings while the server runs (thread-safe); unnamed settings stay.
 
@@ -285,6 +297,7 @@ class FakeServer:
     def _apply(self, settings: Settings, seed: int | None) -> None:
         self._settings = settings
         self._chat.configure(settings, seed)
+        self._embeddings.configure(settings, seed)
 
     def _in_loop(self, change: Callable[[], None]) -> None:
         """Run ``change`` on the server's loop (where the buckets live) and wait for it."""
@@ -350,6 +363,7 @@ class FakeServer:
 
     async def _shutdown(self) -> None:
         await self._chat.cancel_all()
+        await self._embeddings.cancel_all()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

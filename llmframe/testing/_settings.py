@@ -74,6 +74,11 @@ class Settings:
     rejects_like: str = "openai"
     unsupported_params: tuple[str, ...] = ()
     models: tuple[str, ...] | None = None
+    #: ``data`` of an embeddings reply in shuffled order (each item keeps its ``index``).
+    embeddings_shuffled: bool = False
+    #: ``(n) -> length`` of the vectors in the n-th embeddings reply (from 1), instead of
+    #: the ``dimensions`` asked for: a model whose vectors change length. ``None``: as asked.
+    embedding_length: Callable[[int], int] | None = None
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> Settings:
@@ -107,6 +112,8 @@ class Settings:
             raise TypeError("answer_fn must be a callable (prompt: str) -> str, or None")
         if self.api_keys is not None and not self.api_keys:
             raise ValueError("api_keys must hold at least one key, or be None to accept any key")
+        if self.embedding_length is not None and not callable(self.embedding_length):
+            raise TypeError("embedding_length must be a callable (n: int) -> int, or None")
         if self.rejects_like not in ("openai", "llama.cpp"):
             raise ValueError(f"rejects_like must be 'openai' or 'llama.cpp', got {self.rejects_like!r}")
 
