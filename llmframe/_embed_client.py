@@ -85,6 +85,6 @@ class EmbedClient(ChatClient):
             )
             body = raw.http_response.content
         except Exception as exc:  # classify() re-raises what it does not know
-            raise classify(exc, api_key=self._api_key) from None
+            raise classify(exc, api_key=self._api_key, base_url=self.base_url) from None
         vectors, tokens = decode(body, len(texts))
         return EmbedReply(vectors, tokens, raw.headers, time.monotonic() - start)

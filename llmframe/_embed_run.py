@@ -33,7 +33,7 @@ import pyarrow as pa
 from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache_admin import resolve_cache_dir
-from ._client import CallError
+from ._client import UNREACHABLE, CallError
 from ._config import Options
 from ._embed_cache import EmbeddingCache, Found
 from ._embed_client import EmbedClient, EmbedReply
@@ -158,8 +158,8 @@ class _EmbedRun:
         self.accept(batch, reply)
 
     def final(self, err: CallError) -> bool:
-        # Before any reply, a connection error is a dead endpoint, not a blip: stop at once.
-        return err.fatal or self.fatal is not None or (err.kind == "connection" and not self.replies)
+        # Before any reply, a connection that cannot be opened is a dead endpoint, not a blip.
+        return err.fatal or self.fatal is not None or (err.code == UNREACHABLE and not self.replies)
 
     async def attempt(self, batch: EmbedBatch) -> EmbedReply:
         async with self.limiter.reserve(batch.input_tokens, fallback_pause=lambda: self.policy.wait(0, {})) as slot:
