@@ -47,9 +47,9 @@ import polars as pl
 import pyarrow as pa
 
 from ._cache_admin import read_cache, resolve_cache_dir
-from ._cache_log import AnswerLog, fold_orphans
+from ._cache_log import LOGS_SUPPORTED, AnswerLog, fold_orphans
 from ._cache_reader import CacheReader
-from ._cache_schema import CacheRecord, columns_to_table, records_to_table_skipping_bad
+from ._cache_schema import SCHEMA, CacheRecord, columns_to_table, records_to_table_skipping_bad
 from ._cache_segments import auto_compact_plan, compact, list_segments, write_segment
 from ._errors import CacheError
 from ._warn import warn_user
@@ -73,7 +73,8 @@ class AnswerCache:
     writes nothing, and keeps nothing in memory once it returns: a run looks up
     once, then only writes. (:class:`~llmframe._cache_reader.CacheReader` keeps its
     index, for callers that look up again and again.) ``log_answers=False`` keeps
-    records in memory only until the next segment, as bulk importers may prefer.
+    records in memory only until the next segment, as bulk importers may prefer
+    (and as on platforms without ``fcntl``, where there is no log).
     Example::
 
         with AnswerCache(tmp_path / "cache") as cache:
@@ -127,16 +128,16 @@ class AnswerCache:
         self._buffered_rows = 0
         self._last_write = clock()
         self._closed = False
-        self._log_answers = log_answers
+        self._log_answers = log_answers and LOGS_SUPPORTED
         self._log: AnswerLog | None = None  # created by the first add, replaced at each flush
         self._retired: list[AnswerLog] = []  # logs whose records are not in a segment yet
         self._log_failed = False  # a log write failed: memory only until a segment is written
         # Keeps no index, only the names of corrupt segments: each is warned about once.
         self._reader = CacheReader(self.folder, keep_index=False)
-        try:
+        # Logs of processes that died. A folder that cannot take the fold (read-only)
+        # keeps them: lookups read them as they are.
+        with contextlib.suppress(OSError):
             fold_orphans(self.folder)
-        except OSError:
-            pass  # e.g. a read-only folder: lookups read the orphaned logs as they are
 
     def __repr__(self) -> str:
         return f"AnswerCache({str(self.folder)!r})"
@@ -220,9 +221,12 @@ class AnswerCache:
                     self._retired.append(self._log)
                     self._log = None
                 retired = list(self._retired)
-            table = pa.concat_tables(buffer) if buffer else None
+            # One chunk per column, as one table of records was before the log: a reply's
+            # records are a chunk each.
+            batches = [batch for chunk in buffer for batch in chunk.to_batches()]
+            table = pa.Table.from_batches(batches, schema=SCHEMA).combine_chunks()
             try:
-                if table is not None and table.num_rows:
+                if table.num_rows:
                     write_segment(self.folder, table)
             except BaseException as exc:
                 with self._lock:  # keep the records for the next attempt (close() in finally)
@@ -236,11 +240,12 @@ class AnswerCache:
             with self._lock:
                 self._writing = []
                 self._retired = [log for log in self._retired if log not in retired]
-                self._log_failed = False  # the folder takes writes again
+                if table.num_rows:
+                    self._log_failed = False  # the folder takes writes again: so may the log
             for log in retired:
                 with contextlib.suppress(OSError):
                     log.discard()
-            if table is not None and table.num_rows:
+            if table.num_rows:
                 self._auto_compact()
 
     def close(self) -> None:

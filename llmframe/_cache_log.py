@@ -39,8 +39,9 @@ whose lock can be taken is orphaned; taking the lock is also what makes one
 process, and only one, fold it. This survives pid reuse, which a pid check
 (``os.kill(pid, 0)``) would not. A log is created under a temporary name and
 renamed into place only once it is locked, so no one can take a new log for an
-orphan. Without ``fcntl`` (Windows), logs of other processes are never treated
-as orphaned; their records are still found by every lookup.
+orphan. Without ``fcntl`` (Windows) there is no such lock, so there is no log
+(:data:`LOGS_SUPPORTED` is false): the cache keeps answers in memory until its
+next segment, as it did before logs.
 
 Folding writes the segment (atomically) first and deletes the log after, so a
 crash in between leaves duplicates, never a loss: a lookup takes the newest ok
@@ -56,7 +57,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "LOGS_SUPPORTED",
     "LOG_NAME",
     "AnswerLog",
     "LogRead",
@@ -83,6 +85,8 @@ __all__ = [
     "remove_orphans",
 ]
 
+#: Whether this platform has the lock a log needs (``fcntl.flock``: every POSIX system).
+LOGS_SUPPORTED = fcntl is not None
 LOG_NAME = re.compile(r"\.log-(\d+)-([0-9a-f]{8})-([A-Za-z0-9._-]*)\.arrows")
 _TEMP_PREFIX = ".tmp-"  # ignored by every reader, as the segments' temporary files are
 _HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64]
@@ -135,9 +139,11 @@ class AnswerLog:
         in a log whose writer goes on."""
         if self._fd is None:
             raise ValueError(f"{self!r} is closed")
-        data = b"".join(batch.serialize().to_pybytes() for batch in table.to_batches())
-        if not data:
+        messages = [batch.serialize() for batch in table.to_batches() if batch.num_rows]
+        if not messages:
             return
+        # One write: a reply is one batch, written from Arrow's buffer without a copy.
+        data = messages[0] if len(messages) == 1 else b"".join(m.to_pybytes() for m in messages)
         try:
             _write_all(self._fd, data)
         except BaseException:
@@ -160,7 +166,7 @@ class AnswerLog:
             os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | pa.Buffer) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -214,7 +220,7 @@ def parse_log(data: bytes) -> LogRead:
             good = stream.tell()
     except EOFError:
         pass  # the end of the last whole message
-    except Exception:  # noqa: BLE001 - a torn or garbled tail, whatever pyarrow calls it
+    except Exception:  # a torn or garbled tail, whatever pyarrow calls it
         pass
     return LogRead(pa.Table.from_batches(batches, schema=SCHEMA), len(data) - good)
 
@@ -256,7 +262,7 @@ def read_logs(folder: Path, skip: Iterable[str] = ()) -> pa.Table:
 
 
 @contextlib.contextmanager
-def _claimed(path: Path) -> Iterable[int | None]:
+def _claimed(path: Path) -> Iterator[int | None]:
     """The log's file descriptor, locked by this process, or ``None`` if its writer
     lives (or it is gone, or locks are not available)."""
     if fcntl is None:

@@ -98,7 +98,7 @@ def _whole_prefix(data: bytes, cut: int) -> int:
         while True:
             pa.ipc.read_message(stream)
             good = stream.tell()
-    except Exception:  # noqa: BLE001 - EOF or a torn message
+    except Exception:  # EOF or a torn message
         return good
 
 
