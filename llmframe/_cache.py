@@ -158,7 +158,8 @@ class AnswerCache:
             self.flush()
 
     def add_columns(self, columns: Mapping[str, Any] | pa.Table) -> None:
-        """Buffer many records given column-wise, for bulk writers.
+        """Log and buffer many records given column-wise, for bulk writers (one write
+        to the log, as for :meth:`add`).
 
         ``columns`` maps column names of :data:`~llmframe._cache_schema.SCHEMA` to
         equally long sequences (lists, numpy arrays, pyarrow arrays, polars or pandas
