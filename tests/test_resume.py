@@ -221,7 +221,7 @@ def test_kill_9_at_random_instants_loses_only_the_requests_in_flight(
         # only every FLUSH_SECONDS (2 s) would have lost far more rows than are in flight.
         wait_until(lambda: server.stats.items > 0, "rows are answered", child)
         kill_at = time.monotonic() + rng.uniform(0.8, 1.8)
-        wait_until(lambda at=kill_at: time.monotonic() >= at, "the moment to kill", child)  # type: ignore[misc]
+        wait_until(lambda at=kill_at: time.monotonic() >= at, "the moment to kill", child)
         t_kill = time.monotonic()
         os.kill(child.proc.pid, signal.SIGKILL)
         assert child.wait() == -signal.SIGKILL
