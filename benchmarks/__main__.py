@@ -24,7 +24,7 @@ from typing import Any
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).parent.parent
 
-BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration", "throughput", "embeddings"]
+BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration", "throughput", "embeddings", "durability"]
 
 
 def _newest(pattern: str) -> dict[str, Any] | None:
@@ -129,6 +129,18 @@ def _embeddings(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]  # fmt: skip
 
 
+def _durability(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = d["summary"]
+    per_kill = s["paid_twice"] / max(1, s["kills"])
+    baseline = s["baseline_paid_twice"] / max(1, s["baseline_kills"])
+    return [(
+        f"durability: kill -9 at random instants, {d['rows']:,} rows, batch_size=10",
+        f"{s['passed']}/{s['kills']} kills paid twice only rows in flight ({per_kill:.0f} rows per kill; "
+        f"{baseline:.0f} without the log)",
+        f"target: every kill, every re-run correct ({'ok' if s['passed'] == s['kills'] and s['all_reruns_correct'] else 'MISSED'})",
+    )]  # fmt: skip
+
+
 SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
     "rate_limits": ("rate_limits-*.json", _rate_limits),
     "packing": ("packing.json", _packing),
@@ -137,6 +149,7 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, 
     "calibration": ("calibration-*.json", _calibration),
     "throughput": ("throughput-*.json", _throughput),
     "embeddings": ("embeddings-*.json", _embeddings),
+    "durability": ("durability-*.json", _durability),
 }
 
 
@@ -153,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", f"benchmarks.{name}"]
             if name == "cache":
                 cmd += ["--rows", str(max(10_000, int(1_000_000 * args.scale)))]
+            elif name == "durability":
+                cmd += ["--rows", str(max(200, int(3_000 * args.scale)))]
             else:
                 cmd += ["--scale", str(args.scale)]
             print(f"\n$ {' '.join(cmd[1:])}", flush=True)

@@ -1,32 +1,39 @@
-"""The answer cache a run uses: one parquet dataset, one row per answer.
+"""The answer cache a run uses: parquet segments, fed by a log that every answer reaches
+the moment it arrives.
 
-:class:`AnswerCache` buffers the records a run finishes and writes them as a new
-segment every ``flush_seconds`` (a crash loses at most the records buffered
-since the last flush), and looks the keys of a whole frame up at once. Its
-lookups write nothing, so reading a cache (an estimate, a fully cached re-run)
-never changes the folder; writing, and merging small segments, happen only in
-``flush`` and ``close``.
+:class:`AnswerCache` appends the records of each ``add`` (one reply's rows) to
+its own answer log in the folder, so that a process killed at any instant loses
+only the requests it had in flight, and folds the log into a new parquet
+segment every ``flush_seconds`` and at close. Opening a folder folds the logs
+that dead processes left. It looks the keys of a whole frame up at once, in the
+segments, in every log (other processes' included) and in what it holds itself.
+Its lookups write nothing; writing, and merging small segments, happen in
+``add`` (the log), ``flush``, ``close`` and on opening (orphaned logs only).
 
 The cache, module by module:
 
     _cache_schema     what a row holds: SCHEMA, CacheRecord, records -> Arrow
     _cache_segments   the folder of parquet files: list, read, write atomically, compact
+    _cache_log        the answer logs: append per reply, read, torn tails, orphans folded
     _cache_index      the in-memory index: newest ok answer per key, found in bulk
-    _cache_reader     CacheReader: lookups against a folder, never a write
+    _cache_reader     CacheReader: lookups against a folder (segments and logs), never a write
     _cache            AnswerCache: the run's writer, with lookups through a reader
     _cache_admin      the user's tools: where the folder is, read, info, compact, clear
 
 Rows are :data:`~llmframe._cache_schema.SCHEMA`; pandas (``pd.read_parquet(folder)``),
 polars (``pl.read_parquet(folder / "*.parquet")``) and DuckDB
-(``read_parquet('folder/*.parquet')``) read the folder as it is. Errors are
+(``read_parquet('folder/*.parquet')``) read the segments as they are, and pass
+the logs by (``.log-*.arrows``); :func:`read_cache` reads both. Errors are
 stored with ``status == "error"`` so a report can show them, and are never
 served as answers: a lookup returns the newest ``"ok"`` answer per key. No API
-key or request header is ever stored: the schema has no column for one and
-:meth:`AnswerCache.add_columns` refuses columns outside it.
+key or request header is ever stored: the schema (of segments and logs alike)
+has no column for one and :meth:`AnswerCache.add_columns` refuses columns
+outside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -40,10 +47,12 @@ import polars as pl
 import pyarrow as pa
 
 from ._cache_admin import read_cache, resolve_cache_dir
+from ._cache_log import LOGS_SUPPORTED, AnswerLog, fold_orphans
 from ._cache_reader import CacheReader
-from ._cache_schema import CacheRecord, columns_to_table, records_to_table_skipping_bad
+from ._cache_schema import SCHEMA, CacheRecord, columns_to_table, records_to_table_skipping_bad
 from ._cache_segments import auto_compact_plan, compact, list_segments, write_segment
 from ._errors import CacheError
+from ._warn import warn_user
 
 # CacheRecord, read_cache and resolve_cache_dir are imported from here by the engine
 # and calibration, which see the cache through this module.
@@ -53,18 +62,24 @@ __all__ = ["AnswerCache", "CacheRecord", "read_cache", "resolve_cache_dir"]
 class AnswerCache:
     """A folder of cached answers, shared safely by threads and processes: what a run uses.
 
-    ``add`` buffers records; a segment is written once ``flush_seconds`` have
-    passed since the last write (checked on every ``add`` and ``flush_if_due``),
-    on ``flush`` and on ``close``; a write that leaves more than
+    ``add`` appends its records to this cache's answer log (one write, handed to
+    the OS before ``add`` returns) and keeps them in memory; a segment is written
+    from memory once ``flush_seconds`` have passed since the last write (checked
+    on every ``add`` and ``flush_if_due``), on ``flush`` and on ``close``, and the
+    log it came from is then deleted. A write that leaves more than
     :data:`~llmframe._cache_segments.AUTO_COMPACT_SEGMENTS` segments compacts the
-    small ones. ``lookup`` finds what is in the folder and what this cache still
-    buffers, writes nothing, and keeps nothing in memory once it returns: a run
-    looks up once, then only writes. (:class:`~llmframe._cache_reader.CacheReader`
-    keeps its index, for callers that look up again and again.) Example::
+    small ones. Opening the folder folds the logs of processes that died. ``lookup``
+    finds what is in the folder (segments and every log) and what this cache holds,
+    writes nothing, and keeps nothing in memory once it returns: a run looks up
+    once, then only writes. (:class:`~llmframe._cache_reader.CacheReader` keeps its
+    index, for callers that look up again and again.) ``log_answers=False`` keeps
+    records in memory only until the next segment, as bulk importers may prefer
+    (and as on platforms without ``fcntl``, where there is no log).
+    Example::
 
         with AnswerCache(tmp_path / "cache") as cache:
-            cache.add([record])
-            cache.lookup([record.key, "0" * 32])   # -> ["positive", None], nothing written yet
+            cache.add([record])                    # in the log: a kill -9 now loses nothing
+            cache.lookup([record.key, "0" * 32])   # -> ["positive", None], no segment yet
     """
 
     __slots__ = (
@@ -76,7 +91,11 @@ class AnswerCache:
         "_flush_seconds",
         "_last_write",
         "_lock",
+        "_log",
+        "_log_answers",
+        "_log_failed",
         "_reader",
+        "_retired",
         "_write_lock",
         "_writing",
         "folder",
@@ -89,6 +108,7 @@ class AnswerCache:
         flush_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         flush_rows: int = 250_000,
+        log_answers: bool = True,
     ) -> None:
         self.folder = Path(os.fspath(path)).expanduser()
         try:
@@ -103,13 +123,21 @@ class AnswerCache:
         self._clock = clock
         self._lock = threading.Lock()  # the buffer
         self._write_lock = threading.Lock()  # one segment write or compaction at a time
-        self._buffer: list[list[CacheRecord] | pa.Table] = []
-        self._writing: list[list[CacheRecord] | pa.Table] = []  # taken by a flush, not on disk yet
+        self._buffer: list[pa.Table] = []  # each add's records, as logged
+        self._writing: list[pa.Table] = []  # taken by a flush, not in a segment yet
         self._buffered_rows = 0
         self._last_write = clock()
         self._closed = False
+        self._log_answers = log_answers and LOGS_SUPPORTED
+        self._log: AnswerLog | None = None  # created by the first add, replaced at each flush
+        self._retired: list[AnswerLog] = []  # logs whose records are not in a segment yet
+        self._log_failed = False  # a log write failed: memory only until a segment is written
         # Keeps no index, only the names of corrupt segments: each is warned about once.
         self._reader = CacheReader(self.folder, keep_index=False)
+        # Logs of processes that died. A folder that cannot take the fold (read-only)
+        # keeps them: lookups read them as they are.
+        with contextlib.suppress(OSError):
+            fold_orphans(self.folder)
 
     def __repr__(self) -> str:
         return f"AnswerCache({str(self.folder)!r})"
@@ -117,23 +145,21 @@ class AnswerCache:
     # ---- writing
 
     def add(self, records: Iterable[CacheRecord]) -> None:
-        """Buffer records; write a segment if ``flush_seconds`` have passed since the last."""
+        """Append records to the log (one write) and keep them for the next segment;
+        write a segment if ``flush_seconds`` have passed since the last."""
         batch = list(records)
+        table = records_to_table_skipping_bad(batch) if batch else None
         with self._lock:
             self._check_open()
-            if batch:
-                last = self._buffer[-1] if self._buffer else None
-                if isinstance(last, list):
-                    last.extend(batch)
-                else:
-                    self._buffer.append(batch)
-                self._buffered_rows += len(batch)
+            if table is not None and table.num_rows:
+                self._keep(table)
             due = self._is_due()
         if due:
             self.flush()
 
     def add_columns(self, columns: Mapping[str, Any] | pa.Table) -> None:
-        """Buffer many records given column-wise, for bulk writers.
+        """Log and buffer many records given column-wise, for bulk writers (one write
+        to the log, as for :meth:`add`).
 
         ``columns`` maps column names of :data:`~llmframe._cache_schema.SCHEMA` to
         equally long sequences (lists, numpy arrays, pyarrow arrays, polars or pandas
@@ -151,11 +177,29 @@ class AnswerCache:
         with self._lock:
             self._check_open()
             if table.num_rows:
-                self._buffer.append(table)
-                self._buffered_rows += table.num_rows
+                self._keep(table)
             due = self._is_due()
         if due:
             self.flush()
+
+    def _keep(self, table: pa.Table) -> None:
+        """Log ``table`` and buffer it for the next segment (``_lock`` held)."""
+        self._buffer.append(table)
+        self._buffered_rows += table.num_rows
+        if not self._log_answers or self._log_failed:
+            return
+        try:
+            if self._log is None:
+                self._log = AnswerLog.create(self.folder)
+            self._log.append(table)
+        except OSError as exc:
+            self._log_failed = True
+            warn_user(
+                f"llmframe cache: cannot append to an answer log in {self.folder} ({exc}); "
+                "answers are kept in memory until the next segment is written, and a crash "
+                "before then loses them.",
+                RuntimeWarning,
+            )
 
     def flush_if_due(self) -> None:
         """Write the buffer if ``flush_seconds`` have passed since the last write."""
@@ -165,7 +209,8 @@ class AnswerCache:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered records as one segment now (nothing if the buffer is empty)."""
+        """Write the buffered records as one segment now (nothing if the buffer is empty),
+        then delete the logs they were in: a crash in between leaves duplicates, not a loss."""
         with self._write_lock:
             with self._lock:
                 # Moved, not dropped: lookups find them in _writing until they are on disk.
@@ -173,9 +218,14 @@ class AnswerCache:
                 self._buffer = []
                 self._buffered_rows = 0
                 self._last_write = self._clock()
-            if not buffer:
-                return
-            table = pa.concat_tables([_table_of(chunk) for chunk in buffer])
+                if self._log is not None:  # later adds go to a new log
+                    self._retired.append(self._log)
+                    self._log = None
+                retired = list(self._retired)
+            # One chunk per column, as one table of records was before the log: a reply's
+            # records are a chunk each.
+            batches = [batch for chunk in buffer for batch in chunk.to_batches()]
+            table = pa.Table.from_batches(batches, schema=SCHEMA).combine_chunks()
             try:
                 if table.num_rows:
                     write_segment(self.folder, table)
@@ -190,6 +240,12 @@ class AnswerCache:
                 raise
             with self._lock:
                 self._writing = []
+                self._retired = [log for log in self._retired if log not in retired]
+                if table.num_rows:
+                    self._log_failed = False  # the folder takes writes again: so may the log
+            for log in retired:
+                with contextlib.suppress(OSError):
+                    log.discard()
             if table.num_rows:
                 self._auto_compact()
 
@@ -242,7 +298,8 @@ class AnswerCache:
         >>> cache.lookup(["9f0c...", "0000..."])   # doctest: +SKIP
         ['positive', None]
         """
-        return self._reader.lookup(keys, unwritten=self._unwritten())
+        unwritten, own = self._unwritten()
+        return self._reader.lookup(keys, unwritten=unwritten, skip_logs=own)
 
     def lookup_binary(self, keys: bytes | bytearray | memoryview) -> pa.ChunkedArray:
         """:meth:`lookup` for keys in binary: 16 bytes each, concatenated
@@ -253,19 +310,16 @@ class AnswerCache:
 
             cache.lookup_binary(bytes.fromhex(key1 + key2)).to_pylist()  # ["positive", None]
         """
-        return self._reader.lookup_binary(keys, unwritten=self._unwritten())
+        unwritten, own = self._unwritten()
+        return self._reader.lookup_binary(keys, unwritten=unwritten, skip_logs=own)
 
-    def _unwritten(self) -> pa.Table | None:
-        """The records not on disk yet (buffered, or being written by a flush) as one
-        table, for a lookup to find without writing them."""
+    def _unwritten(self) -> tuple[pa.Table | None, list[str]]:
+        """The records not in a segment yet (buffered, or being written by a flush) as
+        one table, for a lookup to find without writing them; and the names of this
+        cache's logs, which hold the same records and need not be read."""
         with self._lock:
-            # Converted here once: the flush writes these tables and warns about a bad record once.
-            self._buffer = [_table_of(chunk) for chunk in self._buffer]
             chunks = [*self._writing, *self._buffer]
+            own = [log.name for log in (*self._retired, self._log) if log is not None]
         if not chunks:
-            return None
-        return pa.concat_tables([_table_of(chunk) for chunk in chunks])
-
-
-def _table_of(chunk: list[CacheRecord] | pa.Table) -> pa.Table:
-    return records_to_table_skipping_bad(chunk) if isinstance(chunk, list) else chunk
+            return None, own
+        return pa.concat_tables(chunks), own

@@ -4,7 +4,9 @@ Where the cache lives (:func:`default_cache_dir`, and :func:`resolve_cache_dir`
 for the ``cache=`` option), and the tools a user runs on a folder when no run
 is going on: :func:`read_cache`, :func:`cache_info`, :func:`compact_cache` and
 :func:`clear_cache`. They are public API (``llmframe.read_cache`` and the rest)
-and the verbs of ``python -m llmframe cache``, which only calls them.
+and the verbs of ``python -m llmframe cache``, which only calls them. They see
+the answer logs as well as the segments: the records of a running process, or
+of one that was killed before it could fold its log.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from ._cache_log import fold_orphans, list_logs, log_is_live, read_logs, remove_orphans
 from ._cache_schema import COLUMNS
 from ._cache_segments import compact, count_rows, list_segments, read_segments
 from ._errors import ConfigError
@@ -76,32 +79,47 @@ def _folder(path: str | os.PathLike[str] | None) -> Path:
     return Path(path).expanduser() if path is not None else default_cache_dir()
 
 
+def _logged(folder: Path, columns: tuple[str, ...]) -> pl.DataFrame:
+    frame = pl.from_arrow(read_logs(folder).select(list(columns)))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
 def read_cache(path: str | os.PathLike[str] | None = None) -> pl.DataFrame:
-    """Every record in the cache folder (default: the one ``cache=True`` uses), every column.
+    """Every record in the cache folder (default: the one ``cache=True`` uses), every column:
+    the segments', then those of the answer logs not folded into a segment yet.
 
     The columns and types are :data:`~llmframe._cache_schema.SCHEMA`'s even when
     the folder is empty or missing. Corrupt segments are skipped with a warning.
-    Example::
+    A record being folded from a log into a segment at that moment may be there
+    twice. Example::
 
         llmframe.read_cache().group_by("model").agg(pl.col("cost_usd").sum())
     """
     folder = _folder(path)
+    logged = _logged(folder, COLUMNS)  # before the segments: a log folded meanwhile is in one
     records, _read, _corrupt = read_segments(folder, list(list_segments(folder)), COLUMNS)
-    return records
+    return pl.concat([records, logged], how="vertical")
 
 
 def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """A summary of a cache folder (default: the one ``cache=True`` uses); the CLI's ``cache info``.
 
     Keys: ``folder``, ``segments``, ``records``, ``keys`` (distinct), ``ok``,
-    ``error``, ``bytes`` (segments on disk), ``models`` (sorted) and ``corrupt``
-    (segments skipped as unreadable). Example::
+    ``error``, ``bytes`` (segments on disk), ``models`` (sorted), ``corrupt``
+    (segments skipped as unreadable), ``logs`` (answer logs: of running processes,
+    and ``orphaned_logs`` of dead ones, folded by the next run or compaction) and
+    ``log_bytes``. Records count those in logs. Example::
 
         llmframe.cache_info("answers-cache")["records"]   # 90211
     """
     folder = _folder(path)
+    logs = list_logs(folder)
+    columns = ("key", "status", "model")
+    logged = _logged(folder, columns)
     sizes = list_segments(folder)
-    records, _read, corrupt = read_segments(folder, list(sizes), ("key", "status", "model"))
+    records, _read, corrupt = read_segments(folder, list(sizes), columns)
+    records = pl.concat([records, logged], how="vertical")
     return {
         "folder": str(folder),
         "segments": len(sizes),
@@ -112,20 +130,25 @@ def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         "bytes": sum(sizes.values()),
         "models": sorted(records.get_column("model").unique().to_list()),
         "corrupt": corrupt,
+        "logs": len(logs),
+        "orphaned_logs": sum(not log_is_live(folder / name) for name in logs),
+        "log_bytes": sum(logs.values()),
     }
 
 
 def clear_cache(path: str | os.PathLike[str] | None = None) -> int:
-    """Delete every segment in the folder (default: the one ``cache=True`` uses) and
-    return how many; the CLI's ``cache clear``.
+    """Delete every segment in the folder (default: the one ``cache=True`` uses), and the
+    answer logs dead processes left, and return how many files; the CLI's ``cache clear``.
 
-    Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``) are
-    removed; anything else in the folder is left alone. Example::
+    Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``) and logs
+    (``.log-<pid>-<uuid8>-<host>.arrows``) are removed; anything else in the folder
+    is left alone, and so are the logs of running processes, which write their
+    answers to segments as they go. Example::
 
         llmframe.clear_cache("answers-cache")   # 412
     """
     folder = _folder(path)
-    removed = 0
+    removed = remove_orphans(folder)
     for name in list_segments(folder):
         try:
             os.remove(folder / name)
@@ -136,20 +159,25 @@ def clear_cache(path: str | os.PathLike[str] | None = None) -> int:
 
 
 def compact_cache(path: str | os.PathLike[str] | None = None) -> dict[str, int]:
-    """Merge every segment of the folder (default: the one ``cache=True`` uses) into one,
-    atomically, and report the counts before and after; the CLI's ``cache compact``.
+    """Fold the logs dead processes left, then merge every segment of the folder (default:
+    the one ``cache=True`` uses) into one, atomically, and report the counts before and
+    after; the CLI's ``cache compact``.
 
     Keeps the newest ok record per key, and for keys without any ok record the
     newest error; errors that an ok record supersedes are dropped. Safe while
-    other processes read, write or compact the same folder. Example::
+    other processes read, write or compact the same folder; their live logs are
+    left to them. Example::
 
         llmframe.compact_cache("answers-cache")
         # {"segments_before": 412, "records_before": 90211, "bytes_before": ...,
-        #  "segments_after": 1, "records_after": 88000, "bytes_after": ...}
+        #  "segments_after": 1, "records_after": 88000, "bytes_after": ..., "logs_folded": 0}
     """
     folder = _folder(path)
     before = list_segments(folder)
-    records_before = compact(folder, list(before)).records_read
+    logs_before = len(list_logs(folder))
+    fold_orphans(folder)
+    logs_folded = logs_before - len(list_logs(folder))
+    records_before = compact(folder, list(list_segments(folder))).records_read
     after = list_segments(folder)
     return {
         "segments_before": len(before),
@@ -158,4 +186,5 @@ def compact_cache(path: str | os.PathLike[str] | None = None) -> dict[str, int]:
         "segments_after": len(after),
         "records_after": count_rows(folder, after),
         "bytes_after": sum(after.values()),
+        "logs_folded": logs_folded,
     }

@@ -1,10 +1,13 @@
 """Looking answers up in a cache folder, without ever writing to it.
 
 A :class:`CacheReader` builds a :class:`~llmframe._cache_index.KeyIndex` from
-the folder's segments and answers lookups from it. A lookup changes nothing on
-disk: merging small segments is done by the writer when it flushes and by
-:func:`~llmframe.compact_cache`, and records a writer has not written yet are
-handed to the lookup (``unwritten=``) instead of being flushed by it.
+the folder's segments and answers lookups from it, together with the records
+in the folder's answer logs (the writers' answers not folded into a segment
+yet, from this process and from any other, read afresh on every lookup). A
+lookup changes nothing on disk: merging small segments is done by the writer
+when it flushes and by :func:`~llmframe.compact_cache`, and records a writer
+holds in memory are handed to the lookup (``unwritten=``) instead of being
+flushed by it.
 
 Whether the index stays in memory between lookups is the caller's choice, not
 a cleanup step it must remember: ``keep_index=True`` suits a notebook that
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 
 from ._cache_index import KeyIndex, ok_rows_of, read_ok_rows, release_memory
+from ._cache_log import read_logs
 from ._cache_segments import list_segments
 
 __all__ = ["CacheReader"]
@@ -56,7 +60,11 @@ class CacheReader:
         return f"CacheReader({str(self.folder)!r})"
 
     def lookup(
-        self, keys: Sequence[str] | pl.Series, *, unwritten: pa.Table | None = None
+        self,
+        keys: Sequence[str] | pl.Series,
+        *,
+        unwritten: pa.Table | None = None,
+        skip_logs: Collection[str] = (),
     ) -> list[str | None]:
         """The cached answer for each key, in the order given (duplicates included),
         or ``None`` where there is no successful answer.
@@ -64,21 +72,26 @@ class CacheReader:
         ``keys`` is any sequence of strings or a polars Series. ``unwritten`` holds
         records (:data:`~llmframe._cache_schema.SCHEMA`) the caller has not written
         yet, found as if they were in the folder (the newest ``created`` wins; on a
-        tie, the unwritten record) for this lookup only.
+        tie, the unwritten record) for this lookup only; ``skip_logs`` names answer
+        logs not to read (the caller's own, whose records it passes as ``unwritten``).
 
         >>> reader.lookup(["9f0c...", "0000..."])   # doctest: +SKIP
         ['positive', None]
         """
         if len(keys) == 0:
             return []
-        index = self._current_index(unwritten)
+        index = self._current_index(unwritten, skip_logs)
         answers = index.answers_text(keys)
         del index  # so that _done() can give its memory back
         self._done()
         return answers
 
     def lookup_binary(
-        self, keys: bytes | bytearray | memoryview, *, unwritten: pa.Table | None = None
+        self,
+        keys: bytes | bytearray | memoryview,
+        *,
+        unwritten: pa.Table | None = None,
+        skip_logs: Collection[str] = (),
     ) -> pa.ChunkedArray:
         """:meth:`lookup` for keys in binary: 16 bytes each, concatenated
         (``bytes.fromhex(key)`` per key, as :func:`llmframe._keys.row_digests` gives
@@ -90,7 +103,7 @@ class CacheReader:
         """
         if len(keys) % 16:
             raise ValueError(f"lookup_binary: keys are 16 bytes each, got {len(keys)} bytes")
-        index = self._current_index(unwritten)
+        index = self._current_index(unwritten, skip_logs)
         answers = index.answers_binary(keys)
         del index
         self._done()
@@ -107,14 +120,18 @@ class CacheReader:
         if not self._keep_index:
             self.drop_index()
 
-    def _current_index(self, unwritten: pa.Table | None) -> KeyIndex:
+    def _current_index(self, unwritten: pa.Table | None, skip_logs: Collection[str]) -> KeyIndex:
+        # The logs before the segments: a log folded in between is in a segment by the
+        # time the segments are listed (the segment is written before the log goes).
+        logged = read_logs(self.folder, skip_logs)
         with self._lock:
             self._refresh()
             index = self._index
         assert index is not None
-        if unwritten is not None and unwritten.num_rows:
-            # Folded into a copy, for this lookup only: they may never be written.
-            index = index.folded(ok_rows_of(unwritten))
+        extra = [t for t in (logged, unwritten) if t is not None and t.num_rows]
+        if extra:
+            # Folded into a copy, for this lookup only: logs are read afresh every time.
+            index = index.folded(ok_rows_of(pa.concat_tables(extra)))
         return index
 
     def _refresh(self) -> None:

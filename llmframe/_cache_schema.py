@@ -108,7 +108,17 @@ class CacheRecord:
 _FIELD_GETTERS = tuple(operator.attrgetter(name) for name in COLUMNS)
 
 
+_ROW_GETTER = operator.attrgetter(*COLUMNS)
+_ROW_TYPE = pa.struct(list(SCHEMA))
+#: Up to this many records, one struct array is built from row tuples: a reply's
+#: records become a table in about a third of the time that eleven arrays take.
+_FEW_RECORDS = 64
+
+
 def records_to_table(records: Sequence[CacheRecord]) -> pa.Table:
+    if len(records) <= _FEW_RECORDS:
+        rows = pa.array(list(map(_ROW_GETTER, records)), type=_ROW_TYPE)
+        return pa.Table.from_struct_array(rows)
     # Column by column: zip(*rows) over a million tuples is several times slower.
     return pa.Table.from_arrays(
         [

@@ -6,6 +6,7 @@ A cache is a folder of immutable parquet *segments*::
         seg-1732896000123456789-4242-1f2e3d4c.parquet    # seg-<time_ns>-<pid>-<uuid8>
         seg-1732896002125000000-4242-9a8b7c6d.parquet
         .tmp-seg-1732896004...parquet.part               # being written; every reader ignores it
+        .log-4242-5e6f7a8b-build01.arrows                # an answer log, not a segment (_cache_log)
 
 Why segments and not one file: several processes (two notebooks, a script and a
 notebook) may fill the same cache at once. Each flush writes a *new* file under a

@@ -52,7 +52,8 @@ __all__ = ["Prepared", "Run", "RunResult", "new_run", "prepare", "run"]
 AUTO_BATCH_TOKENS = 4000
 #: How many times one row may be resent after its packed answer failed validation.
 MAX_RESENDS = 4
-#: Seconds between cache flushes while a run goes: a crash loses at most this much.
+#: Seconds between folds of the cache's answer log into a segment (every answer is in
+#: the log as it arrives: a crash loses only the requests in flight).
 FLUSH_SECONDS = 2.0
 #: One-row answers that fail the schema before the row fails (the same prompt mostly
 #: gets the same answer: more tries cost more than they find).
@@ -145,7 +146,8 @@ class Run:
         except CallError as err:
             return self.handle_error(err, batch, request)
         self.endpoint.confirm(request)
-        self.accept(jobs, sent, done)
+        with self.outcomes.one_reply():  # the reply's rows reach the cache's log in one write
+            self.accept(jobs, sent, done)
 
     def too_large(self, batch: Batch, message: str, kind: str = "too_large", status: int | None = None) -> None:
         if len(batch.jobs) > 1:

@@ -2,12 +2,15 @@
 
 Every finished row passes here once, answered (:meth:`Outcomes.finish`) or failed
 (:meth:`Outcomes.fail`), so the output, the report, the progress bar and the
-cache can never disagree. One builder makes every cache record.
+cache can never disagree. One builder makes every cache record. Inside
+:meth:`Outcomes.one_reply` the records of a reply's rows are handed to the
+cache together, as one append to its log, when the reply has been taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,7 +58,9 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 
 class Outcomes:
-    __slots__ = ("answers", "cache", "model", "on_done", "progress", "report", "template_hash")
+    __slots__ = (
+        "answers", "cache", "model", "on_done", "pending", "progress", "report", "template_hash",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -75,6 +80,29 @@ class Outcomes:
         self.template_hash = template_hash
         self.progress = progress or NoProgress()
         self.on_done = on_done  # told of every finished job (the packing check's references)
+        self.pending: list[CacheRecord] | None = None  # a reply's records, inside one_reply()
+
+    @contextlib.contextmanager
+    def one_reply(self) -> Iterator[None]:
+        """Gather the cache records made inside (one reply's rows) and add them to the
+        cache in one call, which is one write to its log. Only around code that does
+        not await: the records of concurrent replies are never mixed."""
+        if self.pending is not None or self.cache is None:  # nested, or nothing to store
+            yield
+            return
+        self.pending = []
+        try:
+            yield
+        finally:
+            records, self.pending = self.pending, None
+            if records:
+                self.cache.add(records)
+
+    def store(self, records: list[CacheRecord]) -> None:
+        if self.pending is not None:
+            self.pending.extend(records)
+        elif self.cache is not None and records:
+            self.cache.add(records)
 
     def record(self, job: Job, answer: str | None, error: str | None, usage: Usage) -> CacheRecord:
         prompt, completion, cost, request_id = usage
@@ -101,7 +129,7 @@ class Outcomes:
         self.report.answered_rows += len(job.rows)
         self.progress.update(len(job.rows))
         if self.cache is not None:
-            self.cache.add([self.record(job, answer, None, usage)])
+            self.store([self.record(job, answer, None, usage)])
 
     def fail(
         self,
@@ -121,8 +149,7 @@ class Outcomes:
             self.progress.update(len(job.rows))
             if self.cache is not None and kind not in _NOT_STORED:
                 records.append(self.record(job, None, f"{kind}: {message}", usage or (0, 0, None, None)))
-        if records and self.cache is not None:
-            self.cache.add(records)
+        self.store(records)
 
     def show_progress(self) -> None:
         report = self.report

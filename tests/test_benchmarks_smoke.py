@@ -217,3 +217,20 @@ def test_embeddings_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert packing["packed"]["correct"] and packing["one text per request"]["correct"]
     assert cached["rows"] == 10_000 and cached["server_requests"] == 0
     assert set(cached["rows_per_second"]) == {"embed", "apply", "embed, rows shuffled"}
+
+
+def test_durability_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import durability
+
+    # One kill with the log and one without: the plumbing, not the numbers.
+    argv = ["--rows", "100", "--kills", "1", "--baseline-kills", "1", "--seed", "4", "--window", "0.3"]
+    assert durability.main([*argv, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.durability --rows 100" in printed and "machine: " in printed
+    [saved] = tmp_path.glob("durability-*.json")
+    result = json.loads(saved.read_text())
+    assert [t["name"] for t in result["trials"]] == ["log-1", "baseline-1"]
+    for t in result["trials"]:
+        assert t["rerun_correct"] and t["paid_twice"] >= 0
+        assert t["answered"] + t["rerun_asked"] >= 100  # every row answered, some maybe twice
+    assert result["summary"]["passed"] == 1 and result["summary"]["run_seconds"] > 0

@@ -100,9 +100,9 @@ def test_add_columns(tmp_path: Path) -> None:
 def test_a_record_that_does_not_fit_is_dropped_not_the_others(tmp_path: Path) -> None:
     bad = CacheRecord(key(2), "m", "t", 123, "ok", None, 1, 1, None, BASE, None)  # type: ignore[arg-type]
     cache = AnswerCache(tmp_path)
-    cache.add([record(1, "fine"), bad, record(3, "fine too")])
-    with pytest.warns(RuntimeWarning, match=key(2)):
-        cache.flush()
+    with pytest.warns(RuntimeWarning, match=key(2)):  # when added: it is logged as it comes
+        cache.add([record(1, "fine"), bad, record(3, "fine too")])
+    cache.flush()
     assert cache.lookup([key(1), key(2), key(3)]) == ["fine", None, "fine too"]
 
 

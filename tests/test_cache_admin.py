@@ -94,6 +94,9 @@ def test_cache_info(tmp_path: Path) -> None:
         "bytes": sum(p.stat().st_size for p in tmp_path.glob("seg-*.parquet")),
         "models": ["gpt-4o-mini"],
         "corrupt": [],
+        "logs": 0,
+        "orphaned_logs": 0,
+        "log_bytes": 0,
     }
     assert cache_info(tmp_path / "missing")["records"] == 0
 

@@ -68,7 +68,10 @@ def test_failed_rename_leaves_no_segment_and_keeps_the_records(
     monkeypatch.setattr(_cache_segments.os, "replace", refuse)
     with pytest.raises(raised):
         cache.flush()
-    assert list(tmp_path.iterdir()) == []  # no segment, no temp file
+    # No segment, no temp file: only the answer log, which still holds the record.
+    assert [p.name for p in tmp_path.iterdir()] == [p.name for p in tmp_path.glob(".log-*")]
+    assert len(list(tmp_path.iterdir())) == 1
+    assert CacheReader(tmp_path).lookup([key(1)]) == ["survives"]
     monkeypatch.undo()
     cache.close()  # the records were kept for the next attempt
     assert AnswerCache(tmp_path).lookup([key(1)]) == ["survives"]
@@ -84,7 +87,7 @@ def test_crash_between_write_and_rename_leaves_no_visible_segment(tmp_path: Path
             os._exit(17)  # the process dies between writing the temp file and renaming it
 
         cache = AnswerCache(sys.argv[1])
-        cache.add([CacheRecord("0" * 32, "m", "t", "lost", "ok", None, 1, 1, None,
+        cache.add([CacheRecord("0" * 32, "m", "t", "kept", "ok", None, 1, 1, None,
                                datetime.now(timezone.utc), None)])
         os.replace = die
         cache.flush()
@@ -93,13 +96,19 @@ def test_crash_between_write_and_rename_leaves_no_visible_segment(tmp_path: Path
     assert done.returncode == 17, done.stderr
     assert segments(tmp_path) == []
     assert len(leftovers(tmp_path)) == 1  # what a real crash leaves: invisible to readers
-    assert read_cache(tmp_path).height == 0
-    assert AnswerCache(tmp_path).lookup(["0" * 32]) == [None]
+    # The record is in the dead process's answer log, which every lookup reads.
+    assert read_cache(tmp_path).get_column("answer").to_list() == ["kept"]
+    assert CacheReader(tmp_path).lookup(["0" * 32]) == ["kept"]
+    assert pd.read_parquet(tmp_path).empty  # pandas and polars pass the log and temp file by
 
-    with AnswerCache(tmp_path) as cache:
+    with AnswerCache(tmp_path) as cache:  # opening folds the orphaned log into a segment
+        assert len(segments(tmp_path)) == 1 and not list(tmp_path.glob(".log-*"))
+        assert cache.lookup(["0" * 32]) == ["kept"]
         cache.add([record(1, "after the crash")])
-    assert pd.read_parquet(tmp_path)["answer"].tolist() == ["after the crash"]
-    assert pl.read_parquet(tmp_path / "*.parquet")["answer"].to_list() == ["after the crash"]
+    assert sorted(pd.read_parquet(tmp_path)["answer"].tolist()) == ["after the crash", "kept"]
+    assert sorted(pl.read_parquet(tmp_path / "*.parquet")["answer"].to_list()) == [
+        "after the crash", "kept",
+    ]  # fmt: skip
 
 
 def test_pandas_polars_and_duckdb_read_the_folder(tmp_path: Path) -> None:
