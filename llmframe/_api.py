@@ -52,6 +52,7 @@ class ApplyOptions(TypedDict, total=False):
     response_format: ResponseFormat
     canaries: int | None
     error_column: str | None
+    limiter: str | None
 
 
 def _prepare(df: Any, template: str, options: Mapping[str, Any], schema: Any = None) -> tuple[Any, Any, Any]:

@@ -33,6 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ._errors import ConfigError
@@ -105,7 +106,8 @@ class RateLimiter:
     ):
         if not (math.isfinite(burst_seconds) and burst_seconds > 0):
             raise ConfigError(f"burst_seconds must be a positive number, got {burst_seconds!r}")
-        self._lock = threading.Lock()
+        # A context manager: the machine-wide limiter widens it to a file lock.
+        self._lock: AbstractContextManager[object] = threading.Lock()
         self._clock = clock
         # Looked up at call time rather than bound here, so nothing refers to
         # a particular event loop.
@@ -230,6 +232,9 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self._clock()
+                if reservation.state == QUEUED:
+                    # A probe ends here, or in another process sharing the quota.
+                    self._admit_queued(now)
                 if reservation.state == QUEUED:
                     delay = PROBE_POLL_SECONDS
                 else:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from . import _engine
 from ._config import Options
+from ._endpoint import Endpoint
 from ._frames import kind_of, rendered_columns, with_answers, with_columns
 from ._report import RunReport
 from ._template import Template
@@ -39,7 +40,12 @@ async def run_frame(
     ``output``. ``raw=True`` keeps the validated JSON text in ``output`` instead.
     """
     columns = rendered_columns(df, template.fields)
-    result = await _engine.run(columns, len(df), template, opts)  # type: ignore[arg-type]
+    limiter = None  # the engine takes the process's own
+    if opts.limiter not in (None, "process"):
+        endpoint = Endpoint.of(model=opts.model or "", base_url=opts.base_url, api_key=opts.api_key,
+                               client=opts.client)  # fmt: skip
+        limiter = endpoint.limiter(opts.rpm, opts.tpm, opts.limiter)
+    result = await _engine.run(columns, len(df), template, opts, limiter=limiter)  # type: ignore[arg-type]
     if opts.schema is not None and not raw:
         from ._typed import typed_columns
 
