@@ -210,8 +210,12 @@ class RateLimiter:
                 if self._quota.probing:
                     self._probe = reservation
                 self._schedule.place(reservation, now)
+            delay = self._due(reservation, now)  # in the same turn of the lock, if it may go now
         try:
-            await self._wait(reservation)
+            while delay is not None:
+                await self._sleep(delay)
+                with self._lock:
+                    delay = self._due(reservation, self._clock())
         except BaseException:
             self.cancel(reservation)
             raise
@@ -228,24 +232,21 @@ class RateLimiter:
             else:
                 self._schedule.place(self._queue.popleft(), now)
 
-    async def _wait(self, reservation: Reservation) -> None:
-        while True:
-            with self._lock:
-                now = self._clock()
-                if reservation.state == QUEUED:
-                    # A probe ends here, or in another process sharing the quota.
-                    self._admit_queued(now)
-                if reservation.state == QUEUED:
-                    delay = PROBE_POLL_SECONDS
-                else:
-                    delay = self._schedule.delay(reservation, now)
-                    if reservation.state == ACTIVE:
-                        self._granted += 1
-                        waited = now - reservation.arrived
-                        self._waited += waited
-                        self._longest_wait = max(self._longest_wait, waited)
-                        return
-            await self._sleep(delay)
+    def _due(self, reservation: Reservation, now: float) -> float | None:
+        """Seconds ``reservation`` must still wait, or None: it starts now (lock held)."""
+        if reservation.state == QUEUED:
+            # A probe ends here, or in another process sharing the quota.
+            self._admit_queued(now)
+        if reservation.state == QUEUED:
+            return PROBE_POLL_SECONDS
+        delay = self._schedule.delay(reservation, now)
+        if reservation.state != ACTIVE:
+            return delay
+        self._granted += 1
+        waited = now - reservation.arrived
+        self._waited += waited
+        self._longest_wait = max(self._longest_wait, waited)
+        return None
 
     # -- after the request ----------------------------------------------------
 

@@ -22,8 +22,10 @@ across processes, and sleeps in its own event loop. A process that dies (even
 ``kill -9``) leaves its row behind; within ``RECLAIM_SECONDS`` another sharer
 finds its owner file unlocked (:func:`~llmframe._machine_state.owner_alive`)
 and gives its waiting reservations, and the probe if it held one, back to
-everyone. Its requests already in flight keep their charge: the server may
-well have counted them.
+everyone (sooner, every ``EAGER_LOOK_SECONDS``, while the dead one's queue
+would hold a newcomer back). Its requests already in flight keep their charge:
+the server may well have counted them. Starts already handed out to the
+others stand; what the dead one held goes to whoever is placed next.
 
 Times are ``time.monotonic()``, one clock for every process on a machine; a
 state written before the machine restarted is started afresh.
@@ -34,95 +36,38 @@ from __future__ import annotations
 import atexit
 import math
 import os
-import struct
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from ._limiter import RateLimiter
-from ._machine_state import Owner, StateFile, clock_domain, owner_alive
+from ._machine_state import (
+    Holding,
+    Owner,
+    StateFile,
+    clock_domain,
+    decode_state,
+    encode_state,
+    owner_alive,
+)
 from ._quota import Quota
 from ._schedule import ACTIVE, SCHEDULED, Reservation, Schedule
 
-__all__ = ["RECLAIM_SECONDS", "MachineLimiter"]
+__all__ = ["EAGER_LOOK_SECONDS", "RECLAIM_SECONDS", "MachineLimiter"]
 
 #: How often a sharer looks for dead ones (one ``flock`` attempt per other sharer).
 RECLAIM_SECONDS = 1.0
-
-# The state file: a header, the schedule, what was learned, then one row per sharer.
-# Fixed-size binary, so one transaction costs microseconds (JSON cost ten times more).
-# Limits and times that may be unknown are NaN in the file, None here.
-_HEADER = struct.Struct("<4sI40s16s")  # magic, sharers, clock domain, probe holder (b"": none)
-_SCHEDULE = struct.Struct("<8ddqdd")  # two buckets (limit, rate, capacity, full_at), then the rest
-_QUOTA = struct.Struct("<dd???dd")
-_ROW = struct.Struct("<16sqddqddd")  # token, then a Holding
-_MAGIC = b"LFQ1"
+#: How often it looks while other sharers' waiting reservations hold the schedule more
+#: than ``RECLAIM_SECONDS`` ahead: a start handed out stands, so it should not be
+#: handed out behind the reservations of a sharer that has just died.
+EAGER_LOOK_SECONDS = 0.05
 
 
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def _none(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
-def _encode(domain: str, probe: str | None, quota: list[Any], schedule: list[Any],
-            holdings: dict[str, Holding]) -> bytes:  # fmt: skip
-    requests, tokens, *rest = schedule
-    rpm, tpm, observed, learned, remembered, reset_requests, reset_tokens = quota
-    parts = [
-        _HEADER.pack(_MAGIC, len(holdings), domain.encode()[:40], (probe or "").encode()),
-        _SCHEDULE.pack(*map(_nan, requests), *map(_nan, tokens), *rest),
-        _QUOTA.pack(
-            _nan(rpm), _nan(tpm), observed, learned, remembered, _nan(reset_requests), _nan(reset_tokens)
-        ),
-    ]
-    for token, h in holdings.items():
-        parts.append(_ROW.pack(token.encode(), h.pid, _nan(h.rpm), _nan(h.tpm), h.count,
-                               h.requests, h.tokens, h.latest))  # fmt: skip
-    return b"".join(parts)
-
-
-def _decode(raw: bytes) -> tuple[str, str | None, list[Any], list[Any], dict[str, Holding]]:
-    """What :func:`_encode` wrote; ValueError or struct.error for anything else."""
-    magic, sharers, domain, probe = _HEADER.unpack_from(raw, 0)
-    if magic != _MAGIC:
-        raise ValueError("not a limiter state (or another version's)")
-    at = _HEADER.size
-    values = _SCHEDULE.unpack_from(raw, at)
-    schedule = [[_none(v) for v in values[:4]], [_none(v) for v in values[4:8]], *values[8:]]
-    at += _SCHEDULE.size
-    rpm, tpm, observed, learned, remembered, reset_requests, reset_tokens = _QUOTA.unpack_from(raw, at)
-    quota = [_none(rpm), _none(tpm), observed, learned, remembered, _none(reset_requests), _none(reset_tokens)]
-    at += _QUOTA.size
-    holdings = {}
-    for _ in range(sharers):
-        token, pid, rpm, tpm, count, requests, tokens, latest = _ROW.unpack_from(raw, at)
-        holdings[token.decode()] = Holding(pid, _none(rpm), _none(tpm), count, requests, tokens, latest)
-        at += _ROW.size
-    return domain.rstrip(b"\0").decode(), probe.rstrip(b"\0").decode() or None, quota, schedule, holdings
 #: Stands for a probe that another process holds.
 _REMOTE_PROBE = Reservation(0, -math.inf)
-
-
-@dataclass(slots=True)
-class Holding:
-    """One sharer's row: its given limits, and its placed reservations not started yet."""
-
-    pid: int
-    rpm: float | None = None
-    tpm: float | None = None
-    count: int = 0  # reservations placed and waiting for their start
-    requests: float = 0.0  # what they were charged, to give back if the sharer dies
-    tokens: float = 0.0
-    latest: float = -math.inf  # the latest start among them (the FIFO anchor without it)
-
 
 
 class _OwnedSchedule(Schedule):
@@ -159,7 +104,9 @@ class _OwnedSchedule(Schedule):
         mine = self.mine
         mine.count = max(0, mine.count - 1)
         mine.requests = max(0.0, mine.requests - float(reservation._charged_request))
-        mine.tokens = max(0.0, mine.tokens - (reservation.tokens if reservation._charged_tokens else 0))
+        mine.tokens = max(
+            0.0, mine.tokens - (reservation.tokens if reservation._charged_tokens else 0)
+        )
         if not mine.count:
             mine.latest = -math.inf
 
@@ -197,7 +144,10 @@ class _Transaction:
             raise
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         try:
             self._limiter._commit()
@@ -274,7 +224,8 @@ class MachineLimiter(RateLimiter):
             now = self._clock()
             if raw != self._raw:  # another process wrote since this one did
                 self._load(raw)
-            if now - self._last_look >= RECLAIM_SECONDS:
+            since = now - self._last_look
+            if since >= RECLAIM_SECONDS or (since >= EAGER_LOOK_SECONDS and self._held_back(now)):
                 self._last_look = now
                 self._reclaim(now)
             self._configure(now)  # to the limits just loaded, if they changed
@@ -291,8 +242,8 @@ class MachineLimiter(RateLimiter):
     def _load(self, raw: bytes) -> None:
         owned = self._owned
         try:
-            domain, holder, quota, schedule, holdings = _decode(raw)
-        except (ValueError, struct.error):
+            domain, holder, quota, schedule, holdings = decode_state(raw)
+        except ValueError:
             return  # empty, or unreadable (a writer killed mid-write): this view becomes the state
         self._quota.load(quota)
         if domain != self._clock_domain:
@@ -320,7 +271,15 @@ class MachineLimiter(RateLimiter):
         else:
             probe = self._token
         owned = self._owned
-        return _encode(self._clock_domain, probe, self._quota.shared(), owned.shared(), owned.holdings)
+        return encode_state(
+            self._clock_domain, probe, self._quota.shared(), owned.shared(), owned.holdings
+        )
+
+    def _held_back(self, now: float) -> bool:
+        """Do other sharers' waiting reservations reach more than ``RECLAIM_SECONDS`` ahead?"""
+        horizon = now + RECLAIM_SECONDS
+        mine = self._owned.mine
+        return any(h.count and h.latest > horizon for h in self._owned.holdings.values() if h is not mine)
 
     def _reclaim(self, now: float) -> None:
         """Give back what dead sharers held (see the module docstring)."""
