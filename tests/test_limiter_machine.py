@@ -8,6 +8,7 @@ Real processes are in ``test_limiter_processes.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,22 @@ def test_apply_with_the_machine_limiter(fake_server: FakeServer, tmp_path: Path)
     assert isinstance(limiter, MachineLimiter)
     assert limiter.stats.requests == 12 and (limiter.rpm, limiter.tpm) == (600, 100_000)
     assert fake_server.stats.rate_limited == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_joins_as_a_sharer_of_its_own(tmp_path: Path) -> None:
+    import warnings
+
+    parent = MachineLimiter(tmp_path / "quota.state", rpm=600)
+    parent.observe({})
+    token = parent._token
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, on 3.12+
+        pid = os.fork()
+    if pid == 0:  # the child: a new owner, the parent still a sharer
+        ok = parent._token != token and parent.sharers == 2 and parent.stats.requests == 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert owner_alive(tmp_path / "owners", token)  # the child's exit left the parent's lock alone
+    assert parent._token == token
