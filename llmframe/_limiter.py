@@ -23,6 +23,8 @@ not for a time, and polling keeps them free of any event loop.
 
 :func:`~llmframe._shared_limiter.shared_limiter` hands out one limiter per
 (base URL, API key, model), started from the limits an earlier process learned.
+:class:`~llmframe._machine_limiter.MachineLimiter` is this limiter with its
+lock widened to a file, so that every process on the machine shares it.
 """
 
 from __future__ import annotations
