@@ -33,14 +33,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from benchmarks._common import (
     MODEL,
-    Rates,
     achieved_rates,
     add_standard_arguments,
     command_line,
@@ -59,6 +56,7 @@ from benchmarks.rate_limits import (
     TARGET_BINDING,
     TEMPLATE,
     TPM,
+    Outcome,
     count_correct,
     make_reviews,
     prompts_of,
@@ -75,33 +73,15 @@ CHILD_TIMEOUT = 600.0
 COST_RESERVATIONS = 20_000
 
 
-@dataclass
-class Outcome:
-    """One variant: what the processes reported and what the server saw."""
-
-    name: str
-    processes: int
-    rows: int
-    seconds: float
-    correct: int
-    requests: int
-    rate_limited: int
-    rates: Rates
-    children: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def share_429(self) -> float:
-        return self.rate_limited / self.requests if self.requests else 0.0
-
-    def targets(self) -> dict[str, bool]:
-        """What the machine limiter must reach; the default limiter is the baseline."""
-        if self.name != "machine":
-            return {}
-        return {
-            f"binding >= {TARGET_BINDING:.0%}": (self.rates.binding_fraction or 0.0) >= TARGET_BINDING,
-            "429s <= 1%": self.share_429 <= TARGET_429_SHARE,
-            "100% correct": self.correct == self.rows,
-        }
+def targets(outcome: Outcome) -> dict[str, bool]:
+    """What the machine limiter must reach; the default limiter is the baseline."""
+    if outcome.name != "machine":
+        return {}
+    return {
+        f"binding >= {TARGET_BINDING:.0%}": (outcome.rates.binding_fraction or 0.0) >= TARGET_BINDING,
+        "429s <= 1%": outcome.share_429 <= TARGET_429_SHARE,
+        "100% correct": outcome.correct == outcome.rows,
+    }
 
 
 # -- one child ------------------------------------------------------------------------
@@ -148,7 +128,10 @@ def run_variant(
     latency: float = LATENCY,
     latency_per_token: float = LATENCY_PER_TOKEN,
 ) -> Outcome:
-    """``processes`` processes at once, process ``i`` on every ``processes``-th row from ``i``."""
+    """``processes`` processes at once, process ``i`` on every ``processes``-th row from ``i``.
+
+    ``outcome.client`` holds ``processes`` and each child's report (``children``).
+    """
     from llmframe.testing import FakeServer
 
     shares = [list(reviews[i::processes]) for i in range(processes)]
@@ -192,10 +175,10 @@ def run_variant(
         log = list(server.stats.log)
     correct = sum(count_correct(r["answers"], prompts_of(s)) for r, s in zip(results, shares, strict=True))
     return Outcome(
-        name=limiter, processes=processes, rows=len(reviews), seconds=seconds, correct=correct,
-        requests=len(log), rate_limited=sum(1 for r in log if r.status == 429),
+        name=limiter, rows=len(reviews), seconds=seconds, correct=correct, requests=len(log),
+        rate_limited=sum(1 for r in log if r.status == 429),
         rates=achieved_rates(log, rpm=rpm, tpm=tpm, burst_seconds=burst_seconds),
-        children=[{"seconds": r["seconds"], **r["report"]} for r in results],
+        client={"processes": processes, "children": [{"seconds": r["seconds"], **r["report"]} for r in results]},
     )  # fmt: skip
 
 
@@ -214,11 +197,11 @@ def reservations_per_second(n: int) -> dict[str, float]:
             limiter.settle(reservation, 90)
         return n / (time.perf_counter() - started)
 
-    limits = {"rpm": 1e12, "tpm": 1e15}  # never binds: the cost of the bookkeeping alone
+    rpm, tpm = 1e12, 1e15  # never binds: the cost of the bookkeeping alone
     with tempfile.TemporaryDirectory(prefix="llmframe-cost-") as tmp:
-        machine_limiter = MachineLimiter(Path(tmp) / "cost.state", **limits)
+        machine_limiter = MachineLimiter(Path(tmp) / "cost.state", rpm, tpm)
         rates = {
-            "process": asyncio.run(time_it(RateLimiter(**limits))),
+            "process": asyncio.run(time_it(RateLimiter(rpm, tpm))),
             "machine": asyncio.run(time_it(machine_limiter)),
         }
         machine_limiter.close()
@@ -237,10 +220,11 @@ def table(outcomes: Sequence[Outcome]) -> str:
               "requests", "429s", "429 %", "correct", "targets"]  # fmt: skip
     rows = []
     for o in outcomes:
-        missed = [name for name, ok in o.targets().items() if not ok]
-        verdict = "-" if not o.targets() else ("met" if not missed else "MISSED " + "; ".join(missed))
+        checks = targets(o)
+        missed = [name for name, ok in checks.items() if not ok]
+        verdict = "-" if not checks else ("met" if not missed else "MISSED " + "; ".join(missed))
         rows.append([
-            LABELS[o.name], o.processes, o.rows, o.seconds, _pct(o.rates.rpm_fraction),
+            LABELS[o.name], o.client["processes"], o.rows, o.seconds, _pct(o.rates.rpm_fraction),
             _pct(o.rates.tpm_fraction), _pct(o.rates.binding_fraction), o.requests, o.rate_limited,
             f"{100 * o.share_429:.1f}%", f"{100 * o.correct / o.rows:.1f}%" if o.rows else "-", verdict,
         ])  # fmt: skip
@@ -291,10 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": info, "command": command_line("benchmarks.processes", argv),
         "settings": {"rows": len(reviews), "processes": args.processes, "rpm": RPM, "tpm": TPM,
                      "burst_seconds": BURST_SECONDS},
-        "variants": [{**o.__dict__, "share_429": o.share_429, "targets": o.targets()} for o in outcomes],
+        "variants": [{**o.__dict__, "share_429": o.share_429, "targets": targets(o)} for o in outcomes],
         "reservations_per_second": cost,
     }, args.out)  # fmt: skip
-    return 0 if all(all(o.targets().values()) for o in outcomes) else 1
+    return 0 if all(all(targets(o).values()) for o in outcomes) else 1
 
 
 if __name__ == "__main__":

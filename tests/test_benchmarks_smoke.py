@@ -69,7 +69,7 @@ def test_processes_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert list(variants) == ["machine"]
     machine = variants["machine"]
     assert machine["rows"] == 8 and machine["correct"] == 8 and machine["rate_limited"] == 0
-    assert [c["requests"] for c in machine["children"]] == [4, 4]
+    assert [c["requests"] for c in machine["client"]["children"]] == [4, 4]
     cost = result["reservations_per_second"]
     assert cost["machine"] > 0 and cost["process"] > 0
 

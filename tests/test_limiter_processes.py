@@ -39,7 +39,7 @@ def test_processes_on_one_key_keep_within_the_quota_together() -> None:
                           latency_per_token=0.0)  # fmt: skip
     assert outcome.correct == outcome.rows == 40
     assert outcome.rate_limited <= 0.01 * outcome.requests
-    assert [c["requests"] for c in outcome.children] == [20, 20]
+    assert [c["requests"] for c in outcome.client["children"]] == [20, 20]
 
 
 _DOOMED = textwrap.dedent(
