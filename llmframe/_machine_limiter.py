@@ -223,6 +223,7 @@ class MachineLimiter(RateLimiter):
         try:
             now = self._clock()
             if raw != self._raw:  # another process wrote since this one did
+                self._raw = raw
                 self._load(raw)
             since = now - self._last_look
             if since >= RECLAIM_SECONDS or (since >= EAGER_LOOK_SECONDS and self._held_back(now)):
@@ -236,7 +237,7 @@ class MachineLimiter(RateLimiter):
 
     def _commit(self) -> None:
         raw = self._encode()
-        self._file.unlock(raw if raw != self._raw else None)
+        self._file.unlock(raw if raw != self._raw else None)  # self._raw: what the file holds
         self._raw = raw
 
     def _load(self, raw: bytes) -> None:

@@ -33,13 +33,15 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the machine lim
 
 
 def test_processes_on_one_key_keep_within_the_quota_together() -> None:
-    # Two processes, each told the whole quota (20 requests/s, a burst of 20): with a limiter
-    # each, both would spend the burst at once, and the server would refuse half of the second.
-    outcome = run_variant("machine", make_reviews(40), 2, rpm=1_200, tpm=300_000, latency=0.05,
-                          latency_per_token=0.0)  # fmt: skip
-    assert outcome.correct == outcome.rows == 40
+    # Two processes, each told the whole quota (20 requests/s): with a limiter each they send
+    # at 40/s, and the server refuses about one in seven (14 of 94 when measured). The server
+    # holds 2 s of its limit, so that a stall of this busy test process (the server's home)
+    # does not look like a burst from the clients.
+    outcome = run_variant("machine", make_reviews(80), 2, rpm=1_200, tpm=300_000, burst_seconds=2.0,
+                          latency=0.05, latency_per_token=0.0)  # fmt: skip
+    assert outcome.correct == outcome.rows == 80
     assert outcome.rate_limited <= 0.01 * outcome.requests
-    assert [c["requests"] for c in outcome.client["children"]] == [20, 20]
+    assert [c["requests"] for c in outcome.client["children"]] == [40, 40]
 
 
 _DOOMED = textwrap.dedent(
