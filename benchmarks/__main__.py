@@ -24,7 +24,7 @@ from typing import Any
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).parent.parent
 
-BENCHMARKS = ["rate_limits", "packing", "structured", "cache", "calibration", "throughput", "embeddings", "durability"]
+BENCHMARKS = ["rate_limits", "processes", "packing", "structured", "cache", "calibration", "throughput", "embeddings", "durability"]
 
 
 def _newest(pattern: str) -> dict[str, Any] | None:
@@ -53,6 +53,24 @@ def _rate_limits(d: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{v['correct']}/{v['rows']} correct",
                 "",
             ))  # fmt: skip
+    return rows
+
+
+def _processes(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    n = d["settings"]["processes"]
+    for v in d["variants"]:
+        machine = v["name"] == "machine"
+        rows.append((
+            f"processes: {n} on one key, limiter={v['name']!r}" + ("" if machine else " (baseline)"),
+            f"{v['rates']['binding_fraction']:.0%} of the binding limit, {v['share_429']:.1%} 429s, "
+            f"{v['correct']}/{v['rows']} correct",
+            "target >= 90%, <= 1%, 100%" if machine else "",
+        ))  # fmt: skip
+    cost = d.get("reservations_per_second") or {}
+    if cost:
+        rows.append(("processes: reservations/s of one process", f"machine {cost['machine']:,.0f}/s, "
+                     f"in-process {cost['process']:,.0f}/s", ""))  # fmt: skip
     return rows
 
 
@@ -143,6 +161,7 @@ def _durability(d: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
     "rate_limits": ("rate_limits-*.json", _rate_limits),
+    "processes": ("processes-*.json", _processes),
     "packing": ("packing.json", _packing),
     "structured": ("structured-*.json", _structured),
     "cache": ("cache.json", _cache),

@@ -49,6 +49,7 @@ class EmbedOptions(TypedDict, total=False):
     max_cost_usd: float | None
     prices: Mapping[str, tuple[float, float]] | None
     error_column: str | None
+    limiter: str | None
 
 
 class ApplyOptions(EmbedOptions, total=False):

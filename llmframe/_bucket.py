@@ -87,3 +87,13 @@ class Bucket:
         if self.limit is not None:
             self.full_at += delta
 
+    def shared(self) -> list[float | None]:
+        """Everything the bucket is, for a state shared between processes."""
+        return [self.limit, self.rate, self.capacity, self.full_at]
+
+    def load(self, state: list[float | None]) -> None:
+        """Become the bucket :meth:`shared` described."""
+        limit, rate, capacity, full_at = state
+        self.limit = limit
+        self.rate, self.capacity, self.full_at = float(rate or 0), float(capacity or 0), float(full_at or 0)
+

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ._errors import ConfigError
 
-__all__ = ["UNSET", "BatchSize", "Errors", "Options", "ResponseFormat", "configure", "get_defaults", "resolve"]
+__all__ = ["LIMITERS", "UNSET", "BatchSize", "Errors", "Options", "ResponseFormat", "configure", "get_defaults", "resolve"]
 
 
 class _Unset:
@@ -63,10 +63,17 @@ class Options:
     response_format: ResponseFormat = "auto"
     canaries: int | None = None
     error_column: str | None = None
+    #: Who shares the RPM/TPM quota: "process" (None: the default, or $LLMFRAME_LIMITER)
+    #: or "machine" (every process on this machine); see :data:`LIMITERS`.
+    limiter: str | None = None
     #: The answer's form (:class:`~llmframe._schema.OutputSchema`), from ``schema=`` or
     #: ``labels=`` of one call; never a process-wide default.
     schema: Any = None
 
+
+#: The accepted values of ``limiter=``. A ``redis://`` URL, to share one quota across
+#: machines, is the next one planned; the option is a string so that it can be.
+LIMITERS = ("process", "machine")
 
 _OPTION_NAMES = frozenset(f.name for f in fields(Options))
 _lock = threading.Lock()
@@ -124,6 +131,8 @@ def resolve(**given: Any) -> Options:
         env["rpm"] = _env_float("LLMFRAME_RPM")
     if merged.tpm is None:
         env["tpm"] = _env_float("LLMFRAME_TPM")
+    if merged.limiter is None and os.environ.get("LLMFRAME_LIMITER"):
+        env["limiter"] = os.environ["LLMFRAME_LIMITER"]
     if env:
         merged = replace(merged, **env)
     if not merged.model:
@@ -136,6 +145,11 @@ def resolve(**given: Any) -> Options:
 
 
 def _validate(o: Options) -> None:
+    if o.limiter is not None and o.limiter not in LIMITERS:
+        raise ConfigError(
+            f"limiter must be 'process' (this process only, the default) or 'machine' (every "
+            f"process on this machine shares one quota), got {o.limiter!r} (also read from $LLMFRAME_LIMITER)"
+        )
     if o.errors not in ("null", "raise"):
         raise ConfigError(f"errors must be 'null' or 'raise', got {o.errors!r}")
     if not isinstance(o.max_concurrency, int) or o.max_concurrency < 1:

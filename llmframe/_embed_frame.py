@@ -87,7 +87,7 @@ def estimate_embed_frame(df: Any, template: Template, opts: Options, spec: Embed
     tokenizer = get_tokenizer(opts.model)
     tokens = [tokenizer.count(t) for t in todo]
     limiter = Endpoint.of(model=opts.model or "", base_url=opts.base_url, api_key=opts.api_key,
-                          client=opts.client).limiter(opts.rpm, opts.tpm)  # fmt: skip
+                          client=opts.client).limiter(opts.rpm, opts.tpm, opts.limiter)  # fmt: skip
     rpm, tpm = limiter.rpm, limiter.tpm
     price = price_for(opts.model or "", opts.prices)
 

@@ -246,7 +246,7 @@ async def embed_run(
             client = EmbedClient(client=opts.client, base_url=opts.base_url, api_key=opts.api_key,
                                  timeout=opts.timeout, max_connections=max(100, opts.max_concurrency))  # fmt: skip
             endpoint = Endpoint.of(model=model, base_url=opts.base_url, api_key=opts.api_key, client=opts.client)
-            run = _EmbedRun(opts, spec, unique, client, limiter or endpoint.limiter(opts.rpm, opts.tpm), cache,
+            run = _EmbedRun(opts, spec, unique, client, limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), cache,
                             report, progress, dims, sleep, policy or RetryPolicy(opts.max_attempts))  # fmt: skip
             if cache is not None:
 

@@ -59,9 +59,13 @@ class Endpoint:
     def memory_key(self) -> str:
         return EndpointMemory.key(self.base_url, self.model)
 
-    def limiter(self, rpm: float | None = None, tpm: float | None = None) -> RateLimiter:
-        """The process-wide limiter of this endpoint (key and model included)."""
-        return shared_limiter(self.base_url, self.key_hash, self.model, rpm=rpm, tpm=tpm)
+    def limiter(
+        self, rpm: float | None = None, tpm: float | None = None, kind: str | None = None
+    ) -> RateLimiter:
+        """The shared limiter of this endpoint (key and model included): the process's, or
+        with ``kind="machine"`` the machine's (the ``limiter=`` option; None: the process's)."""
+        return shared_limiter(self.base_url, self.key_hash, self.model, rpm=rpm, tpm=tpm,
+                              kind=kind or "process")  # fmt: skip
 
 
 class EndpointState:

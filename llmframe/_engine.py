@@ -339,7 +339,7 @@ async def run(
             progress.close()
             raise
         state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep,
-                        limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm), endpoint=endpoint,
+                        limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), endpoint=endpoint,
                         policy=policy)  # fmt: skip
     flusher: asyncio.Task[None] | None = None
     if cache is not None and state is not None:

@@ -187,7 +187,7 @@ async def estimate_run(
     # The very limiter the run would use: the same Endpoint, so the same learned limits.
     endpoint = Endpoint.of(model=opts.model or "", base_url=opts.base_url, api_key=opts.api_key,
                            client=opts.client)  # fmt: skip
-    limiter = endpoint.limiter(opts.rpm, opts.tpm)
+    limiter = endpoint.limiter(opts.rpm, opts.tpm, opts.limiter)
     rpm, tpm = limiter.rpm, limiter.tpm
 
     def build(o: Options) -> Estimate:

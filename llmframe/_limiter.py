@@ -23,6 +23,8 @@ not for a time, and polling keeps them free of any event loop.
 
 :func:`~llmframe._shared_limiter.shared_limiter` hands out one limiter per
 (base URL, API key, model), started from the limits an earlier process learned.
+:class:`~llmframe._machine_limiter.MachineLimiter` is this limiter with its
+lock widened to a file, so that every process on the machine shares it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ._errors import ConfigError
@@ -105,7 +108,8 @@ class RateLimiter:
     ):
         if not (math.isfinite(burst_seconds) and burst_seconds > 0):
             raise ConfigError(f"burst_seconds must be a positive number, got {burst_seconds!r}")
-        self._lock = threading.Lock()
+        # A context manager: the machine-wide limiter widens it to a file lock.
+        self._lock: AbstractContextManager[object] = threading.Lock()
         self._clock = clock
         # Looked up at call time rather than bound here, so nothing refers to
         # a particular event loop.
@@ -208,8 +212,12 @@ class RateLimiter:
                 if self._quota.probing:
                     self._probe = reservation
                 self._schedule.place(reservation, now)
+            delay = self._due(reservation, now)  # in the same turn of the lock, if it may go now
         try:
-            await self._wait(reservation)
+            while delay is not None:
+                await self._sleep(delay)
+                with self._lock:
+                    delay = self._due(reservation, self._clock())
         except BaseException:
             self.cancel(reservation)
             raise
@@ -226,21 +234,21 @@ class RateLimiter:
             else:
                 self._schedule.place(self._queue.popleft(), now)
 
-    async def _wait(self, reservation: Reservation) -> None:
-        while True:
-            with self._lock:
-                now = self._clock()
-                if reservation.state == QUEUED:
-                    delay = PROBE_POLL_SECONDS
-                else:
-                    delay = self._schedule.delay(reservation, now)
-                    if reservation.state == ACTIVE:
-                        self._granted += 1
-                        waited = now - reservation.arrived
-                        self._waited += waited
-                        self._longest_wait = max(self._longest_wait, waited)
-                        return
-            await self._sleep(delay)
+    def _due(self, reservation: Reservation, now: float) -> float | None:
+        """Seconds ``reservation`` must still wait, or None: it starts now (lock held)."""
+        if reservation.state == QUEUED:
+            # A probe ends here, or in another process sharing the quota.
+            self._admit_queued(now)
+        if reservation.state == QUEUED:
+            return PROBE_POLL_SECONDS
+        delay = self._schedule.delay(reservation, now)
+        if reservation.state != ACTIVE:
+            return delay
+        self._granted += 1
+        waited = now - reservation.arrived
+        self._waited += waited
+        self._longest_wait = max(self._longest_wait, waited)
+        return None
 
     # -- after the request ----------------------------------------------------
 

@@ -24,9 +24,11 @@ from typing import Any
 
 from ._capabilities import EndpointMemory, atomic_write_json, read_json
 
-__all__ = ["LIMITS_FILE", "endpoint_key", "recall", "remember"]
+__all__ = ["LIMITERS_FOLDER", "LIMITS_FILE", "endpoint_key", "limiter_state_path", "recall", "remember"]
 
 LIMITS_FILE = "limits.json"
+#: Where machine-wide limiters keep their state, one file per endpoint key (and ``owners/``).
+LIMITERS_FOLDER = "limiters"
 _lock = threading.Lock()
 #: What this process read or wrote last, per file and key: most responses repeat it,
 #: and then cost no file access.
@@ -47,6 +49,13 @@ def _path() -> Path | None:
         return default_cache_dir() / LIMITS_FILE
     except Exception:  # no home folder: nothing is remembered
         return None
+
+
+def limiter_state_path(key: str) -> Path:
+    """The state file of the machine-wide limiter of ``key`` (named by a hash of it)."""
+    from ._cache_admin import default_cache_dir
+
+    return default_cache_dir() / LIMITERS_FOLDER / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.state"
 
 
 def recall(key: str) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any, ClassVar
 
 from ._errors import ConfigError
 from ._headers import RateLimitHeaders
@@ -106,6 +107,29 @@ class Quota:
         self.observed = self.remembered = True
         self._learned_rpm = float(rpm) if rpm else None
         self._learned_tpm = float(tpm) if tpm else None
+
+    @property
+    def given(self) -> tuple[float | None, float | None]:
+        """The limits the user gave (``rpm``, ``tpm``), None where not given."""
+        return self._given_rpm, self._given_tpm
+
+    @given.setter
+    def given(self, limits: tuple[float | None, float | None]) -> None:
+        self._given_rpm, self._given_tpm = limits
+
+    _SHARED: ClassVar[tuple[str, ...]] = ("_learned_rpm", "_learned_tpm", "observed", "learned", "remembered",
+               "reset_requests", "reset_tokens")  # fmt: skip
+
+    def shared(self) -> list[Any]:
+        """What was learned, as plain data: processes sharing a quota share it (not ``given``)."""
+        return [getattr(self, name) for name in self._SHARED]
+
+    def load(self, state: list[Any]) -> None:
+        """Take what :meth:`shared` described (another process may have learned it)."""
+        if len(state) != len(self._SHARED):
+            raise ValueError(f"a quota state has {len(self._SHARED)} values, got {len(state)}")
+        for name, value in zip(self._SHARED, state, strict=True):
+            setattr(self, name, value)
 
     @property
     def learned_limits(self) -> tuple[float | None, float | None]:

@@ -16,6 +16,7 @@ limiter (:mod:`._limiter`) calls it with the lock held and the time read.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ._bucket import Bucket
 
@@ -138,6 +139,30 @@ class Schedule:
             self.requests.credit(now, 1)
         if reservation._charged_tokens:
             self.tokens.credit(now, reservation.tokens)
+
+    def shared(self) -> list[Any]:
+        """The whole schedule as plain data: what processes sharing a quota share."""
+        return [self.requests.shared(), self.tokens.shared(), self._last_start, self._pending,
+                self._paused_until, self._shift]  # fmt: skip
+
+    def load(self, state: list[Any]) -> None:
+        """Become the schedule :meth:`shared` described (reservations keep their own starts)."""
+        requests, tokens, last_start, pending, paused_until, shift = state
+        self.requests.load(requests)
+        self.tokens.load(tokens)
+        self._last_start = float(last_start)
+        self._pending = int(pending)
+        self._paused_until = float(paused_until)
+        self._shift = float(shift)
+
+    def forget(self, count: int, requests: float, tokens: float, now: float, last_start: float) -> None:
+        """``count`` placed reservations will never start (their process died): give back
+        the ``requests`` and ``tokens`` they were charged. ``last_start`` is the latest
+        start still waiting: newcomers queue behind it, not behind the dead ones."""
+        self._pending = max(0, self._pending - count)
+        self.requests.credit(now, requests)
+        self.tokens.credit(now, tokens)
+        self._last_start = last_start
 
     def pause(self, seconds: float, now: float) -> float:
         """Nobody starts before ``now + seconds``; both buckets drained. Returns the delay added.

@@ -1,9 +1,14 @@
-"""One limiter per (base URL, API key, model), shared by the whole process.
+"""One limiter per (base URL, API key, model), shared by the whole process or machine.
 
 Quotas belong to the key and the model on one endpoint, so every call with the
 same three shares one :class:`~llmframe._limiter.RateLimiter`, in any thread
 or event loop. A new one starts from what an earlier process learned of the
 endpoint's limits (:mod:`._limits_store`), and keeps what it learns there.
+
+``kind`` says who else shares it: ``"process"`` (the default) this process
+only; ``"machine"`` every process on this machine that uses the same three
+(:class:`~llmframe._machine_limiter.MachineLimiter`, its state in the cache
+folder's ``limiters/``).
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ import threading
 from urllib.parse import urlsplit, urlunsplit
 
 from . import _limits_store
+from ._errors import ConfigError
 from ._limiter import RateLimiter
 
-__all__ = ["SHARED_BURST_SECONDS", "shared_limiter"]
+__all__ = ["LIMITER_KINDS", "SHARED_BURST_SECONDS", "shared_limiter"]
+
+#: The values of ``limiter=``, and who shares the quota under each.
+LIMITER_KINDS = {"process": "this process only (the default)", "machine": "every process on this machine"}
 
 _registry_lock = threading.Lock()
 # Keyed by a hash of the API key: the key itself is never stored, so it cannot
 # leak through a repr, a log line or a debugger.
-_registry: dict[tuple[str, str, str], RateLimiter] = {}
+_registry: dict[tuple[str, str, str, str], RateLimiter] = {}
 
 
 def _normalize_base_url(base_url: str) -> str:
@@ -56,6 +65,17 @@ def _persist(limiter: RateLimiter, key: str) -> None:
     limiter.on_learned = keep
 
 
+def _new_limiter(kind: str, name: str, rpm: float | None, tpm: float | None) -> RateLimiter:
+    if kind == "process":
+        return RateLimiter(rpm=rpm, tpm=tpm, burst_seconds=SHARED_BURST_SECONDS)
+    from ._machine_limiter import MachineLimiter
+    from ._machine_state import sweep_owners
+
+    path = _limits_store.limiter_state_path(name)
+    sweep_owners(path.parent / "owners")
+    return MachineLimiter(path, rpm, tpm, burst_seconds=SHARED_BURST_SECONDS)
+
+
 def shared_limiter(
     base_url: str,
     api_key: str | None,
@@ -63,8 +83,9 @@ def shared_limiter(
     *,
     rpm: float | None = None,
     tpm: float | None = None,
+    kind: str = "process",
 ) -> RateLimiter:
-    """The process-wide limiter for one (base URL, API key, model).
+    """The process-wide (or machine-wide, by ``kind``) limiter for one (base URL, API key, model).
 
     Quotas belong to the key and the model on one endpoint, so every call
     with the same three shares one limiter, in any thread or event loop.
@@ -74,12 +95,16 @@ def shared_limiter(
     >>> a is shared_limiter("https://api.openai.com/v1/", "sk-...", "gpt-4o-mini")
     True
     """
-    key = (_normalize_base_url(base_url), _key_fingerprint(api_key), model)
+    if kind not in LIMITER_KINDS:
+        raise ConfigError(f"limiter must be one of {sorted(LIMITER_KINDS)}, got {kind!r}")
+    endpoint = (_normalize_base_url(base_url), _key_fingerprint(api_key), model)
+    key = (kind, *endpoint)
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None:
-            limiter = _registry[key] = RateLimiter(rpm=rpm, tpm=tpm, burst_seconds=SHARED_BURST_SECONDS)
-            _persist(limiter, _limits_store.endpoint_key(*key))
+            name = _limits_store.endpoint_key(*endpoint)
+            limiter = _registry[key] = _new_limiter(kind, name, rpm, tpm)
+            _persist(limiter, name)
             return limiter
     if rpm is not None or tpm is not None:
         limiter.set_limits(rpm=rpm, tpm=tpm)

@@ -13,7 +13,8 @@ import llmframe
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
     """Each test starts from the built-in defaults, with its own cache folder and no key."""
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLMFRAME_MODEL", "LLMFRAME_RPM", "LLMFRAME_TPM"):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLMFRAME_MODEL", "LLMFRAME_RPM", "LLMFRAME_TPM",
+                "LLMFRAME_LIMITER"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LLMFRAME_CACHE_DIR", str(tmp_path / "cache"))
     llmframe.configure(reset=True)

@@ -53,6 +53,27 @@ def test_rate_limits_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert result["machine"]["cores"] >= 1
 
 
+def test_processes_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import processes
+
+    # Two processes on 8 rows, the machine limiter only (the default one is the same code with
+    # another option): the plumbing, the table and every answer; the numbers mean nothing.
+    argv = ["--scale", "0.013", "--processes", "2", "--variants", "machine"]
+    assert processes.main([*argv, "--out", str(tmp_path)]) in (0, 1)
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.processes --scale 0.013 --processes 2" in printed
+    assert 'limiter="machine"' in printed and "reservation (acquire + settle" in printed
+    [saved] = tmp_path.glob("processes-*.json")
+    result = json.loads(saved.read_text())
+    variants = {v["name"]: v for v in result["variants"]}
+    assert list(variants) == ["machine"]
+    machine = variants["machine"]
+    assert machine["rows"] == 8 and machine["correct"] == 8 and machine["rate_limited"] == 0
+    assert [c["requests"] for c in machine["client"]["children"]] == [4, 4]
+    cost = result["reservations_per_second"]
+    assert cost["machine"] > 0 and cost["process"] > 0
+
+
 def test_rate_limits_rejects_unknown_variant() -> None:
     with pytest.raises(SystemExit):
         rate_limits.main(["--variants", "given,nope"])
