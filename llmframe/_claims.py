@@ -228,20 +228,20 @@ class ClaimStore:
             self._renew()
             self._want(keys)
             owners = db.execute(
-                "SELECT DISTINCT c.run, r.host, r.pid, r.proc, r.expires FROM wanted w JOIN claims c USING (key) "
+                "SELECT DISTINCT c.run, r.host, r.pid, r.proc, r.expires FROM wanted w CROSS JOIN claims c USING (key) "
                 "LEFT JOIN runs r ON r.run = c.run WHERE c.run != ?", (me,),
             ).fetchall()  # fmt: skip
             stale = {o[0] for o in owners if self._stale(*o[1:])}
             taken: set[str] = set()
             if stale or force:
-                held = db.execute("SELECT key, run FROM wanted JOIN claims USING (key) WHERE run != ?", (me,))
+                held = db.execute("SELECT key, run FROM wanted CROSS JOIN claims USING (key) WHERE run != ?", (me,))
                 taken = {k for k, run in held.fetchall() if force or run in stale}
             if force:
                 db.execute("DELETE FROM claims WHERE key IN (SELECT key FROM wanted) AND run != ?", (me,))
                 db.execute("UPDATE meta SET value = value + 1 WHERE name = 'releases'")
             self._drop_stale([o for o in owners if o[0] in stale])
             db.execute("INSERT OR IGNORE INTO claims SELECT key, ? FROM wanted", (me,))
-            theirs = {k for (k,) in db.execute("SELECT key FROM wanted JOIN claims USING (key) WHERE run != ?", (me,))}
+            theirs = {k for (k,) in db.execute("SELECT key FROM wanted CROSS JOIN claims USING (key) WHERE run != ?", (me,))}
             releases = self._releases()
         return Claimed(theirs, taken, releases)
 
