@@ -27,7 +27,9 @@ from test_resume import Child, answer, wait_until
 from llmframe._claims import CLAIMS_FILE
 from llmframe.testing import FakeServer, expected_answer
 
-_spawn = test_resume.spawn  # the fixture "spawn": children running tests/_resume_child.py
+#: test_resume's fixture ``spawn``, here named ``start_child``: children running
+#: tests/_resume_child.py, killed after the test if still running.
+start_child = test_resume.spawn
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="kill -9 and SIGSTOP are POSIX")
 
@@ -81,13 +83,13 @@ def finished(child: Child, rows: Iterable[int], who: str) -> dict[str, Any]:
 
 
 def test_two_processes_pay_for_each_shared_row_once(
-    fake_server_factory: Callable[..., FakeServer], spawn: Any, tmp_path: Path
+    fake_server_factory: Callable[..., FakeServer], start_child: Any, tmp_path: Path
 ) -> None:
     """1,500 rows shared, 100 of each process's own, started together into one folder."""
     prompts = Prompts()
     server = fake_server_factory(latency=0.02, answer_fn=prompts)
     rows = {"a": range(0, 1600), "b": range(100, 1700)}
-    children = start_both(spawn, server, tmp_path, rows, batch_size=10, max_concurrency=4)
+    children = start_both(start_child, server, tmp_path, rows, batch_size=10, max_concurrency=4)
     reports = {who: finished(child, rows[who], who) for who, child in children.items()}
     assert prompts.asked(range(1700)) == [1] * 1700  # every row asked once, shared or not
     assert server.stats.items == 1700
@@ -102,14 +104,14 @@ def test_two_processes_pay_for_each_shared_row_once(
 
 
 def test_a_killed_claimer_is_taken_over_and_everything_finishes(
-    fake_server_factory: Callable[..., FakeServer], spawn: Any, tmp_path: Path
+    fake_server_factory: Callable[..., FakeServer], start_child: Any, tmp_path: Path
 ) -> None:
     """kill -9 of one process mid-run: the other sees its pid gone, takes its keys over,
     and answers every row; rows the dead one had written are not asked again."""
     prompts = Prompts()
     server = fake_server_factory(latency=0.1, answer_fn=prompts)
     rows = {"a": range(0, 1200), "b": range(0, 1200)}
-    children = start_both(spawn, server, tmp_path, rows, batch_size=10, max_concurrency=2, lease_seconds=30.0)
+    children = start_both(start_child, server, tmp_path, rows, batch_size=10, max_concurrency=2, lease_seconds=30.0)
     wait_until(lambda: server.stats.ok >= 30 and holds_claims(tmp_path / "cache-shared", *children.values()),
                "both hold claims and 30 requests were answered", children["a"])  # fmt: skip
     killed_at = time.monotonic()
@@ -130,13 +132,13 @@ def test_a_killed_claimer_is_taken_over_and_everything_finishes(
 
 
 def test_a_stopped_claimer_loses_its_keys_when_its_lease_expires(
-    fake_server_factory: Callable[..., FakeServer], spawn: Any, tmp_path: Path
+    fake_server_factory: Callable[..., FakeServer], start_child: Any, tmp_path: Path
 ) -> None:
     """SIGSTOP: the pid lives, so only the lease (2 s here) frees its keys; the other
     process takes them over and finishes, and so does the stopped one once resumed."""
     server = fake_server_factory(latency=0.1)
     rows = {"a": range(0, 800), "b": range(0, 800)}
-    children = start_both(spawn, server, tmp_path, rows, batch_size=10, max_concurrency=2, lease_seconds=2.0)
+    children = start_both(start_child, server, tmp_path, rows, batch_size=10, max_concurrency=2, lease_seconds=2.0)
     wait_until(lambda: server.stats.ok >= 20 and holds_claims(tmp_path / "cache-shared", *children.values()),
                "both hold claims and 20 requests were answered", children["a"])  # fmt: skip
     children["a"].proc.send_signal(signal.SIGSTOP)
