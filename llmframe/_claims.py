@@ -280,9 +280,9 @@ class ClaimStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM claims WHERE run = ?", (self.owner.run,))
+            if db.execute("DELETE FROM claims WHERE run = ?", (self.owner.run,)).rowcount:
+                db.execute("UPDATE meta SET value = value + 1 WHERE name = 'releases'")
             db.execute("DELETE FROM runs WHERE run = ?", (self.owner.run,))
-            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'releases'")
             db.execute("COMMIT")
         finally:
             db.close()

@@ -34,7 +34,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ._cache import AnswerCache
     from ._engine import Run
 
-__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_store"]
+__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_store", "store_closed_on_error"]
 
 log = logging.getLogger("llmframe")
 
@@ -73,6 +73,17 @@ def open_store(folder: Path | None, **kwargs: Any) -> ClaimStore | None:
         warn_user(f"llmframe: cannot use the claim store in {folder} ({exc}); runs sharing this "
                   "cache folder at the same time may pay for the same rows")  # fmt: skip
         return None
+
+
+@contextlib.contextmanager
+def store_closed_on_error(store: ClaimStore | None) -> Iterator[None]:
+    """Close ``store`` if the block raises (the run never started)."""
+    try:
+        yield
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
 
 
 class RunClaims:
@@ -103,9 +114,16 @@ class RunClaims:
 
     @classmethod
     def of(
-        cls, store: ClaimStore, run: Run, cache: AnswerCache, *, sleep: Callable[[float], Awaitable[None]]
-    ) -> RunClaims:
-        """The claims of ``run``, wired: the planner gets its rows through :meth:`top_up`."""
+        cls, store: ClaimStore | None, run: Run | None, cache: AnswerCache | None, *,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> RunClaims | None:  # fmt: skip
+        """The claims of ``run``, wired: the planner gets its rows through :meth:`top_up`.
+        ``None`` without a store, or with no cache or no run (nothing to send): the store
+        is closed then."""
+        if store is None or run is None or cache is None:
+            if store is not None:
+                store.close()
+            return None
         reader = CacheReader(cache.folder)  # keeps its index while rows wait: each poll reads what is new
         claims = cls(store, run.planner.pending, report=run.report, answers=run.outcomes.answers,
                      progress=run.outcomes.progress, landed=reader.lookup, forget=reader.drop_index,

@@ -27,7 +27,7 @@ from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache import resolve_cache_dir
 from ._check import batch_cap
-from ._claims_run import RunClaims, open_store
+from ._claims_run import RunClaims, open_store, store_closed_on_error
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._endpoint import Endpoint, EndpointState
@@ -317,14 +317,9 @@ async def run(
 ) -> RunResult:  # fmt: skip
     """Answer every row; see the module docstring for the path one call takes."""
     start = time.monotonic()
-    # Opened before the cache is looked up: what another run releases later is looked up again.
-    store = open_store(resolve_cache_dir(opts.cache))
-    try:
+    store = open_store(resolve_cache_dir(opts.cache))  # before the lookup: see _claims_run
+    with store_closed_on_error(store):
         prepared = prepare(columns, n_rows, template, opts, flush_seconds=FLUSH_SECONDS)
-    except BaseException:
-        if store is not None:
-            store.close()
-        raise
     report, cache, todo = prepared.report, prepared.cache, prepared.todo
     progress = progress_bar(n_rows, opts.progress)
     progress.update(report.cached_rows + report.null_rows)
@@ -337,11 +332,7 @@ async def run(
         state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep,
                         limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm), endpoint=endpoint,
                         policy=policy)  # fmt: skip
-    claims: RunClaims | None = None
-    if store is not None and (cache is None or state is None):
-        store.close()
-    elif store is not None and cache is not None and state is not None:
-        claims = RunClaims.of(store, state, cache, sleep=sleep)
+    claims = RunClaims.of(store, state, cache, sleep=sleep)  # None (the store closed) with nothing to send
     flusher: asyncio.Task[None] | None = None
     if cache is not None and state is not None:
 

@@ -198,3 +198,13 @@ def test_the_pool_does_not_end_while_rows_wait() -> None:
 
     asyncio.run(drain(lambda: held.items.popleft() if held.items else None, process, 3, held))
     assert sorted(done) == [1, 2, 3, 10, 11] and not held.held
+
+
+def test_the_report_shows_what_other_processes_did_only_when_they_did() -> None:
+    report = RunReport(rows=10, cached_rows=4)
+    assert "another process" not in report.summary() and "other processes" not in report._repr_html_()
+    report.answered_elsewhere_rows, report.waited_seconds, report.taken_over_rows = 4, 2.25, 3
+    assert "4 answered by another process sharing the cache folder (waited 2.2 s)" in report.summary()
+    assert "3 taken over from a dead or expired claim" in report.summary()
+    assert "<td>other processes</td>" in report._repr_html_()
+    assert report.to_dict()["answered_elsewhere_rows"] == 4
