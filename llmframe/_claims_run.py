@@ -157,8 +157,11 @@ class RunClaims:
         self.held.extend(mine)
         self.report.taken_over_rows += sum(len(j.rows) for j in mine if j.key in got.taken)
         if got.taken or got.releases != self.seen:
-            self.seen = got.releases
-            mine = self.answer_landed(mine)
+            try:
+                mine = self.answer_landed(mine)
+                self.seen = got.releases
+            except Exception as exc:  # the cache could not be read: send them (paid twice at worst)
+                log.debug("llmframe: could not look claimed keys up again: %s", exc)
         return mine
 
     # ---- the pool's side ----------------------------------------------------------------

@@ -208,3 +208,16 @@ def test_the_report_shows_what_other_processes_did_only_when_they_did() -> None:
     assert "3 taken over from a dead or expired claim" in report.summary()
     assert "<td>other processes</td>" in report._repr_html_()
     assert report.to_dict()["answered_elsewhere_rows"] == 4
+
+
+def test_a_cache_that_cannot_be_read_sends_the_rows(world: Any) -> None:
+    side, _cache, _now = world
+    a, b = side("a", 1), side("b", 2)
+    a.take(4)
+    a.claims.close()  # released: b looks its claims up again, and that read fails
+
+    def unreadable(keys: Sequence[str]) -> list[str | None]:
+        raise OSError("disk gone")
+
+    b.claims.landed = unreadable
+    assert [j.values["x"] for j in b.take(4)] == ["0", "1", "2", "3"]
