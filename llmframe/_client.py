@@ -8,19 +8,23 @@ never puts the API key into an error message.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
 from ._capabilities import is_context_overflow
+from ._errors import ConfigError
 from ._headers import parse_retry_after
 from ._retry import is_retryable_status
 
-__all__ = ["PLACEHOLDER_KEY", "CallError", "ChatClient", "Completion", "credentials"]
+__all__ = ["PLACEHOLDER_KEY", "UNREACHABLE", "CallError", "ChatClient", "Completion", "credentials"]
 
 # Where the user gives no key, local servers (vLLM, llama.cpp, Ollama) accept any.
 PLACEHOLDER_KEY = "not-needed"
@@ -89,12 +93,50 @@ def _error_message(exc: openai.APIStatusError) -> str:
     return str(exc.message)
 
 
-def classify(exc: BaseException, *, api_key: str | None = None) -> CallError:
+#: ``CallError.code`` of a connection that could not be opened at all: nothing listens
+#: there (refused), the host name does not resolve, or no route leads to it.
+UNREACHABLE = "unreachable"
+_NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why no connection could be opened, when that is what ``exc`` says (``None`` for a
+    connection that broke after it was open, which a retry may well get past)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    connect = False
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused: nothing listens there"
+        if isinstance(cause, OSError) and cause.errno in _NO_ROUTE:
+            return "no route to the host"
+        connect = connect or type(cause).__name__ == "ConnectError"  # httpx's: opening failed
+        cause = cause.__cause__ or cause.__context__
+    return "the connection could not be opened" if connect else None
+
+
+def _shown(url: str) -> str:
+    """``url`` without credentials or a query, which may carry secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, host if parts.port is None else f"{host}:{parts.port}", parts.path, "", ""))
+
+
+def classify(exc: BaseException, *, api_key: str | None = None, base_url: str = "") -> CallError:
     """Map an SDK exception to a :class:`CallError`."""
     if isinstance(exc, openai.APITimeoutError):
         return CallError("timeout", "no answer within the timeout", True)
     if isinstance(exc, openai.APIConnectionError):
-        return CallError("connection", f"could not reach the endpoint ({type(exc.__cause__ or exc).__name__})", True)
+        where = f" {_shown(base_url)}" if base_url else ""
+        why = _unreachable(exc)
+        if why is not None:
+            return CallError("connection", f"could not connect to the endpoint{where} ({why}); check base_url= "
+                             "and that the server is running", True, code=UNREACHABLE)  # fmt: skip
+        return CallError("connection", f"could not reach the endpoint{where} ({type(exc.__cause__ or exc).__name__})", True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         headers = dict(exc.response.headers) if exc.response is not None else {}
@@ -183,6 +225,11 @@ class ChatClient:
             self._owned = False
         else:
             url, key = credentials(base_url, api_key)
+            if url is None and key == PLACEHOLDER_KEY:
+                raise ConfigError(
+                    "no API key for OpenAI's endpoint: set OPENAI_API_KEY or pass api_key=; for a local "
+                    "server (vLLM, llama.cpp, Ollama) pass base_url= (then no key is needed)"
+                )
             self._api_key = key
             self._client = openai.AsyncOpenAI(
                 api_key=key,
@@ -227,7 +274,7 @@ class ChatClient:
             )
             completion = raw.parse()
         except Exception as exc:  # classify() re-raises what it does not know
-            raise classify(exc, api_key=self._api_key) from None
+            raise classify(exc, api_key=self._api_key, base_url=self.base_url) from None
         latency = time.monotonic() - start
         if not getattr(completion, "choices", None):
             raise CallError("server", "response has no choices", True)

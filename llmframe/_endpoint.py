@@ -20,15 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from ._capabilities import MEMORY, EndpointMemory, Rejection, next_format, rejection
-from ._client import CallError, credentials
+from ._client import UNREACHABLE, CallError, credentials
 from ._jobs import Batch
 from ._limiter import RateLimiter
 from ._requests import Request
 from ._shared_limiter import shared_limiter
 
-__all__ = ["DEFAULT_BASE_URL", "Endpoint", "EndpointState"]
+__all__ = ["DEFAULT_BASE_URL", "UNREACHABLE_STREAK", "Endpoint", "EndpointState"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+#: Attempts in a row that could not open a connection, after the endpoint had answered
+#: in this run, that stop it: a restart blip passes within a few retries, a dead server
+#: does not. Before any answer, the first such attempt stops the run.
+UNREACHABLE_STREAK = 6
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,10 @@ class EndpointState:
         "params",
         "probe_in_flight",
         "renamed",
+        "replies",
         "response_format",
         "structured",
+        "unreachable",
         "user_format",
     )
 
@@ -112,6 +119,8 @@ class EndpointState:
         self.endpoint_confirmed = bool((known.get("answered") or {}).get(self.signature))
         self.probe_in_flight = False
         self.fatal: CallError | None = None
+        self.replies = 0  # replies in this run
+        self.unreachable = 0  # attempts in a row that could not connect
         self.notes: list[str] = []  # what was rejected and what changed, for the report
         self.renamed: set[str] = set()  # parameter names renamed away from in this run
         self.known = known  # as the run started: packing verdicts are read from it
@@ -205,6 +214,22 @@ class EndpointState:
             self.stop(err, f"the endpoint rejects params[{name!r}] ({err.message}); remove it from "
                            "params= or change its value. Rows answered so far are cached")  # fmt: skip
         return False
+
+    # ---- reachability -----------------------------------------------------------------
+    def attempted(self, err: CallError | None) -> None:
+        """Told of every attempt's outcome (``None``: a reply). Stops the run on an endpoint
+        that cannot be connected to: at once before any reply came, else after
+        :data:`UNREACHABLE_STREAK` such attempts in a row."""
+        if err is None:
+            self.replies += 1
+            self.unreachable = 0
+            return
+        if err.code != UNREACHABLE:
+            return
+        self.unreachable += 1
+        if not self.replies or self.unreachable >= UNREACHABLE_STREAK:
+            tail = "" if not self.replies else f" ({self.unreachable} attempts in a row)"
+            self.stop(err, f"{err.message}{tail}. Rows answered so far are cached")
 
     def stop(self, err: CallError, message: str) -> None:
         """Stop the run: a failure that every later request would meet too."""

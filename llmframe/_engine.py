@@ -101,7 +101,7 @@ class Run:
 
     async def call(self, request: Request, jobs: Sequence[Job]) -> Completion:
         def final(err: CallError) -> bool:
-            return err.fatal or self.endpoint.rejection_of(err, request) is not None
+            return err.fatal or self.endpoint.fatal is not None or self.endpoint.rejection_of(err, request) is not None
 
         return await send_with_retries(
             request, self.attempt, policy=self.policy, sleep=self.sleep, budget=self.budget,
@@ -126,7 +126,9 @@ class Run:
                 )  # fmt: skip
             except CallError as err:
                 self.report.rate_limited += err.kind == "rate_limit"
+                self.endpoint.attempted(err)
                 raise
+            self.endpoint.attempted(None)
             slot.settle((done.prompt_tokens or 0) + (done.completion_tokens or 0) or None, headers=done.headers)
         return done
 
@@ -159,6 +161,9 @@ class Run:
     def handle_error(self, err: CallError, batch: Batch, request: Request) -> None:
         """Deal with the final error of a request."""
         rejected = self.endpoint.rejection_of(err, request)
+        stopped = self.endpoint.fatal
+        if stopped is not None and rejected is None and not err.fatal:  # stopped while this one failed
+            return self.outcomes.fail(batch.jobs, stopped.kind, stopped.message, stopped.status)
         if rejected is not None and rejected.action != "too_large":
             if self.endpoint.adapt(rejected, err, request):
                 batch.rejected = True
@@ -327,8 +332,14 @@ async def run(
     client: ChatClient | None = None
     state: Run | None = None
     if todo:  # only a run with rows to send pays for an HTTP client (SSL context) and a tokenizer
-        client = ChatClient(client=opts.client, base_url=opts.base_url, api_key=opts.api_key,
-                            timeout=opts.timeout, max_connections=max(100, opts.max_concurrency))  # fmt: skip
+        try:  # no key for OpenAI's endpoint: a ConfigError before any request
+            client = ChatClient(client=opts.client, base_url=opts.base_url, api_key=opts.api_key,
+                                timeout=opts.timeout, max_connections=max(100, opts.max_concurrency))  # fmt: skip
+        except BaseException:
+            if cache is not None:
+                cache.close()
+            progress.close()
+            raise
         state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep,
                         limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm), endpoint=endpoint,
                         policy=policy)  # fmt: skip

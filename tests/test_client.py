@@ -106,8 +106,8 @@ def test_connection_refused() -> None:
     base_url = server.base_url
     server.stop()  # nothing listens on that port any more
     err = failure(ChatClient(base_url=base_url, api_key=KEY))
-    assert (err.kind, err.retryable, err.status) == ("connection", True, None)
-    assert err.message.startswith("could not reach the endpoint (")
+    assert (err.kind, err.retryable, err.status, err.code) == ("connection", True, None, "unreachable")
+    assert err.message.startswith(f"could not connect to the endpoint {base_url}/ (connection refused")
 
 
 def test_wrong_key_is_auth_and_final(fake_server_factory: Callable[..., FakeServer]) -> None:
