@@ -17,6 +17,9 @@ while a key waits) and every :data:`POLL_SECONDS`:
   keys this run is done with, after a cache flush so that their answers are in
   the folder before anyone may claim them.
 
+When the pool ends (every row sent, the run stopped or cancelled), the watch
+flushes the cache and releases every claim, failed keys too.
+
 A key claimed by this run may have been answered by another after this run
 looked the cache up (it finished and released it, or died after a flush): when
 the store's release counter moved since, or the claim took a key over, the keys
@@ -34,7 +37,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
     from ._cache import AnswerCache
     from ._engine import Run
 
-__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_store", "store_closed_on_error"]
+__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_store"]
 
 log = logging.getLogger("llmframe")
 
@@ -73,17 +76,6 @@ def open_store(folder: Path | None, **kwargs: Any) -> ClaimStore | None:
         warn_user(f"llmframe: cannot use the claim store in {folder} ({exc}); runs sharing this "
                   "cache folder at the same time may pay for the same rows")  # fmt: skip
         return None
-
-
-@contextlib.contextmanager
-def store_closed_on_error(store: ClaimStore | None) -> Iterator[None]:
-    """Close ``store`` if the block raises (the run never started)."""
-    try:
-        yield
-    except BaseException:
-        if store is not None:
-            store.close()
-        raise
 
 
 class RunClaims:
@@ -170,17 +162,21 @@ class RunClaims:
         return bool(self.waits) and not self.stopped()
 
     async def watch(self, wake: Callable[[], Awaitable[None]]) -> None:
-        """Poll until cancelled; ``wake`` the pool when rows were answered or are to send."""
-        while True:
-            await self.sleep(POLL_SECONDS)
-            await asyncio.sleep(0)  # an injected sleep may return at once: still yield
-            try:
-                moved = self.tick()
-            except Exception as exc:  # a bug must not leave rows waiting forever
-                self.broken(exc)
-                moved = True
-            if moved:
-                await wake()
+        """Poll until cancelled (the pool ended: nothing more is sent), then :meth:`close`;
+        ``wake`` the pool when rows were answered or are to send."""
+        try:
+            while True:
+                await self.sleep(POLL_SECONDS)
+                await asyncio.sleep(0)  # an injected sleep may return at once: still yield
+                try:
+                    moved = self.tick()
+                except Exception as exc:  # a bug must not leave rows waiting forever
+                    self.broken(exc)
+                    moved = True
+                if moved:
+                    await wake()
+        finally:
+            self.close()
 
     def tick(self) -> bool:
         """One poll; whether any waiting row was answered or handed to the planner."""
@@ -255,11 +251,15 @@ class RunClaims:
             store.close()
 
     def close(self) -> None:
-        """End the lease and release every claim; after the cache is written, so that
-        a waiter then finds every answer this run got."""
+        """Write the cache, then end the lease and release every claim, so that a waiter
+        then finds every answer this run got. Safe to call twice."""
         self.forget()
         if self.store is not None:
             store, self.store = self.store, None
+            try:
+                self.flush()
+            except Exception as exc:  # its rows may be paid again elsewhere: never wrong
+                log.debug("llmframe: releasing claims, the cache flush failed: %s", exc)
             try:
                 store.close()
             except sqlite3.Error as exc:  # the lease expires by itself

@@ -7,7 +7,6 @@
               what the endpoint rejects changes every later request       _endpoint
 7   parse     match answers by id; canaries; resend only what failed     _parse, _canaries
 8   cache     append finished rows as they complete                      _outcomes, _cache
-              rows another process sharing the folder asks for: wait       _claims_run
 9   report    counters, tokens, cost, latency, failures, why it packed    _report
 
 The state of a run lives on one event loop; the limiter it shares does not.
@@ -27,7 +26,6 @@ from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache import resolve_cache_dir
 from ._check import batch_cap
-from ._claims_run import RunClaims, open_store, store_closed_on_error
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._endpoint import Endpoint, EndpointState
@@ -322,9 +320,7 @@ async def run(
 ) -> RunResult:  # fmt: skip
     """Answer every row; see the module docstring for the path one call takes."""
     start = time.monotonic()
-    store = open_store(resolve_cache_dir(opts.cache))  # before the lookup: see _claims_run
-    with store_closed_on_error(store):
-        prepared = prepare(columns, n_rows, template, opts, flush_seconds=FLUSH_SECONDS)
+    prepared = prepare(columns, n_rows, template, opts, flush_seconds=FLUSH_SECONDS, claim=True)
     report, cache, todo = prepared.report, prepared.cache, prepared.todo
     progress = progress_bar(n_rows, opts.progress)
     progress.update(report.cached_rows + report.null_rows)
@@ -343,7 +339,6 @@ async def run(
         state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep,
                         limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm), endpoint=endpoint,
                         policy=policy)  # fmt: skip
-    claims = RunClaims.of(store, state, cache, sleep=sleep)  # None (the store closed) with nothing to send
     flusher: asyncio.Task[None] | None = None
     if cache is not None and state is not None:
 
@@ -356,7 +351,7 @@ async def run(
         flusher = asyncio.ensure_future(flush_periodically())
     try:
         if state is not None:
-            await drain(state.planner.take, state.process, opts.max_concurrency, claims)
+            await drain(state.planner.take, state.process, opts.max_concurrency, prepared.claims(state, sleep))  # _claims_run
             fatal = state.endpoint.fatal
             if fatal is not None:
                 # A failure that hits every row stopped the run: rows never sent fail with
@@ -376,8 +371,6 @@ async def run(
                 await flusher
         if cache is not None:
             cache.close()
-        if claims is not None:
-            claims.close()  # after the cache is written: waiters then find every answer
         progress.close()
         if client is not None:
             with contextlib.suppress(Exception):
