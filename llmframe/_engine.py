@@ -322,7 +322,7 @@ async def run(
 ) -> RunResult:  # fmt: skip
     """Answer every row; see the module docstring for the path one call takes."""
     start = time.monotonic()
-    prepared = prepare(columns, n_rows, template, opts, flush_seconds=FLUSH_SECONDS)
+    prepared = prepare(columns, n_rows, template, opts, flush_seconds=FLUSH_SECONDS, claim=True)
     report, cache, todo = prepared.report, prepared.cache, prepared.todo
     progress = progress_bar(n_rows, opts.progress)
     progress.update(report.cached_rows + report.null_rows)
@@ -334,8 +334,7 @@ async def run(
             client = ChatClient(client=opts.client, base_url=opts.base_url, api_key=opts.api_key,
                                 timeout=opts.timeout, max_connections=max(100, opts.max_concurrency))  # fmt: skip
         except BaseException:
-            if cache is not None:
-                cache.close()
+            prepared.close()
             progress.close()
             raise
         state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep,
@@ -343,7 +342,6 @@ async def run(
                         policy=policy)  # fmt: skip
     flusher: asyncio.Task[None] | None = None
     if cache is not None and state is not None:
-
         async def flush_periodically() -> None:
             while True:
                 await sleep(FLUSH_SECONDS / 2)
@@ -353,7 +351,7 @@ async def run(
         flusher = asyncio.ensure_future(flush_periodically())
     try:
         if state is not None:
-            await drain(state.planner.take, state.process, opts.max_concurrency)
+            await drain(state.planner.take, state.process, opts.max_concurrency, prepared.claims(state, sleep))  # _claims_run
             fatal = state.endpoint.fatal
             if fatal is not None:
                 # A failure that hits every row stopped the run: rows never sent fail with

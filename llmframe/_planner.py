@@ -11,7 +11,8 @@ size of the one it failed in.
 While the packing check (:mod:`._check`) runs, every request is one row: its
 reference rows, then its trial batches; packing waits for the verdict. And
 while a probe is out (:meth:`~llmframe._endpoint.EndpointState.gate`), nothing
-else goes.
+else goes. When several processes share the cache folder, rows reach ``pending``
+only once claimed (``feed``, :mod:`._claims_run`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Planner:
         "canaries",
         "check",
         "endpoint",
+        "feed",
         "max_batch_tokens",
         "on_verdict",
         "pending",
@@ -64,6 +66,9 @@ class Planner:
         self.check = check
         # Told when the check has its verdict; returns the batch size to use from then on.
         self.on_verdict = on_verdict
+        # With claims (:mod:`._claims_run`): called with how many rows ``pending`` should
+        # hold; claims that many more from the rows not claimed yet.
+        self.feed: Callable[[int], None] | None = None
 
     @property
     def cap(self) -> int:
@@ -78,6 +83,8 @@ class Planner:
             return None
         if self.endpoint.probe_in_flight:
             return None
+        if self.feed is not None and len(self.pending) < self.cap:
+            self.feed(self.cap)
         if check is not None and check.verdict is None:
             if self.resend:  # while checking, every request is one row
                 return self.endpoint.gate(Batch([self.resend.popleft()]))

@@ -1,17 +1,21 @@
 """Steps 1-3 of a run: render and key every row, deduplicate, look keys up in the cache.
 
 What is left are the jobs: one per distinct prompt the cache does not answer.
+A run (``claim=True``) opens the folder's claim store before the lookup, so that
+keys other processes release later are looked up again (:mod:`._claims_run`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
 from ._cache import AnswerCache, resolve_cache_dir
+from ._claims import ClaimStore
+from ._claims_run import RunClaims, open_store
 from ._config import Options
 from ._jobs import Job
 from ._keys import call_prefix, output_spec, row_digests
@@ -29,6 +33,18 @@ class Prepared:
     answers: list[str | None]
     todo: list[Job]
     cache: AnswerCache | None
+    store: ClaimStore | None = None  # with claim=, a cache folder and rows to send
+
+    def claims(self, run: Any, sleep: Callable[[float], Awaitable[None]]) -> RunClaims | None:
+        """The run's claims (:class:`~llmframe._claims_run.RunClaims`), wired to its planner."""
+        return RunClaims.of(self.store, run, self.cache, sleep=sleep)
+
+    def close(self) -> None:
+        """Close the cache and the claim store, for a run that stops before it starts."""
+        if self.cache is not None:
+            self.cache.close()
+        if self.store is not None:
+            self.store.close()
 
 
 def prepare(
@@ -39,6 +55,7 @@ def prepare(
     *,
     chunk_rows: int = 100_000,
     flush_seconds: float = 2.0,
+    claim: bool = False,
 ) -> Prepared:
     """``columns`` holds each template field's rendered values (``None`` for a null),
     as lists or as the accessor's :class:`~llmframe._frames.RenderedColumn`, which
@@ -73,8 +90,14 @@ def prepare(
     cache = AnswerCache(cache_dir, flush_seconds=flush_seconds) if cache_dir is not None else None
     hits = None
     found = np.zeros(n_rows, dtype=bool)
+    store = open_store(cache_dir) if claim and report.null_rows < n_rows else None
     if cache is not None and report.null_rows < n_rows:
-        hits = cache.lookup_binary(digests)
+        try:
+            hits = cache.lookup_binary(digests)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
         found = hits.is_valid().to_numpy(zero_copy_only=False)
     missing = ~null & ~found
     if hits is not None:
@@ -106,4 +129,7 @@ def prepare(
             answers[lo : lo + chunk_rows] = hits.slice(lo, chunk_rows).to_pylist()
         for row in np.flatnonzero(null & found).tolist():
             answers[row] = None  # a row without a key has no answer, whatever the cache holds
-    return Prepared(report, answers, list(jobs.values()), cache)
+    if store is not None and not jobs:
+        store.close()
+        store = None
+    return Prepared(report, answers, list(jobs.values()), cache, store)

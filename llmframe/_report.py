@@ -44,6 +44,12 @@ class RunReport:
     resent_rows: int = 0  # rows sent again because a packed answer did not validate
     canary_failures: int = 0  # packed requests rejected because a canary's answer was wrong
     budget_unsent_rows: int = 0
+    # Rows another process sharing the cache folder answered while this run waited for them
+    # (they are in cached_rows: no tokens, no cost), the seconds rows waited, and rows this
+    # run took over from a claim whose process had died or whose lease had expired.
+    answered_elsewhere_rows: int = 0
+    waited_seconds: float = 0.0
+    taken_over_rows: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
@@ -90,17 +96,28 @@ class RunReport:
         d["rows_per_second"] = self.rows_per_second
         return d
 
+    def shared(self) -> str:
+        """What other processes sharing the cache folder did for this run ("" when nothing)."""
+        if not (self.answered_elsewhere_rows or self.taken_over_rows):
+            return ""
+        text = (f"{self.answered_elsewhere_rows:,} answered by another process sharing the cache folder "
+                f"(waited {self.waited_seconds:.1f} s)")  # fmt: skip
+        if self.taken_over_rows:
+            text += f", {self.taken_over_rows:,} taken over from a dead or expired claim"
+        return text
+
     def summary(self) -> str:
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
         fails = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
         p50 = "-" if self.latency_p50 is None else f"{self.latency_p50:.2f}s"
         p95 = "-" if self.latency_p95 is None else f"{self.latency_p95:.2f}s"
+        shared = self.shared()
         return (
             f"llmframe: {self.rows} rows ({self.cached_rows} cached, {self.answered_rows} answered, "
             f"{self.failed_rows} failed: {fails}) in {self.seconds:.1f}s ({self.rows_per_second:.1f} rows/s); "
             f"{self.requests} requests, {self.retries} retries, {self.rate_limited} rate-limited; "
             f"tokens {self.prompt_tokens} in / {self.completion_tokens} out; cost {cost}; "
-            f"latency p50 {p50} p95 {p95}"
+            f"latency p50 {p50} p95 {p95}" + (f"; {shared}" if shared else "")
         )
 
     def __str__(self) -> str:
@@ -130,6 +147,8 @@ class RunReport:
             ("cost", cost),
             ("time", f"{self.seconds:.1f} s ({self.rows_per_second:,.1f} rows/s)"),
         ]  # fmt: skip
+        if self.shared():
+            rows.insert(1, ("other processes", self.shared()))
         rows.extend(("endpoint", note) for note in self.endpoint_notes)
         return table(f"llmframe run: {self.model}", rows)
 

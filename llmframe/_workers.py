@@ -3,24 +3,45 @@
 Batches are formed lazily, at the moment a worker is free (so they see the
 latest batch size and resends). A worker that finds nothing to take waits
 while others are busy, since their replies may queue resends; the pool ends
-when nothing is left and nothing is in flight. Cancelling the pool (Ctrl-C)
-cancels every worker, not just the one that saw it.
+when nothing is left, nothing is in flight and nothing waits ``outside``
+(rows another process is answering, :mod:`._claims_run`), whose ``watch`` runs
+beside the workers and wakes them when it hands work back. Cancelling the pool
+(Ctrl-C) cancels every worker, not just the one that saw it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-__all__ = ["drain"]
+__all__ = ["Outside", "drain"]
 
 T = TypeVar("T")
 
 
-async def drain(take: Callable[[], T | None], process: Callable[[T], Awaitable[None]], workers: int) -> None:
+class Outside(Protocol):
+    """Work held outside the pool: it does not end while ``waiting()``."""
+
+    def waiting(self) -> bool: ...
+
+    async def watch(self, wake: Callable[[], Awaitable[None]]) -> None:
+        """Run until cancelled; await ``wake()`` when ``take`` may have more, or ``waiting`` changed."""
+
+
+async def drain(
+    take: Callable[[], T | None],
+    process: Callable[[T], Awaitable[None]],
+    workers: int,
+    outside: Outside | None = None,
+) -> None:
     cond = asyncio.Condition()
     in_flight = 0
+
+    async def wake() -> None:
+        async with cond:
+            cond.notify_all()
 
     async def worker() -> None:
         nonlocal in_flight
@@ -31,7 +52,7 @@ async def drain(take: Callable[[], T | None], process: Callable[[T], Awaitable[N
                     if item is not None:
                         in_flight += 1
                         break
-                    if in_flight == 0:
+                    if in_flight == 0 and (outside is None or not outside.waiting()):
                         cond.notify_all()
                         return
                     await cond.wait()
@@ -43,6 +64,7 @@ async def drain(take: Callable[[], T | None], process: Callable[[T], Awaitable[N
                     cond.notify_all()
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, workers))]
+    watcher = asyncio.ensure_future(outside.watch(wake)) if outside is not None else None
     try:
         await asyncio.gather(*tasks)
     except BaseException:
@@ -50,3 +72,8 @@ async def drain(take: Callable[[], T | None], process: Callable[[T], Awaitable[N
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher

@@ -9,6 +9,7 @@ Usage: ``python tests/_resume_child.py CONFIG.json``. The config holds::
     result                        where to write the outcome as JSON
     go                            optional: wait for this file to exist before calling apply
     flush_seconds                 optional: override the engine's flush interval (stress tests)
+    lease_seconds                 optional: a short claim lease (refreshed six times per lease)
 
 The outcome is ``{"status": "ok", "answers": [...], "report": {...}}``, or, when
 Ctrl-C (SIGINT) interrupts the call, ``{"status": "interrupted", "frames": [...],
@@ -49,6 +50,9 @@ def _report_dict() -> dict[str, Any]:
         "cached_rows": report.cached_rows,
         "failed_rows": report.failed_rows,
         "requests": report.requests,
+        "answered_elsewhere_rows": report.answered_elsewhere_rows,
+        "taken_over_rows": report.taken_over_rows,
+        "waited_seconds": report.waited_seconds,
     }
 
 
@@ -61,10 +65,13 @@ def main(config_path: str) -> int:
     import polars as pl
 
     import llmframe  # noqa: F401  (registers df.llm)
-    from llmframe import _engine
+    from llmframe import _claims, _engine
 
     if config.get("flush_seconds") is not None:
         _engine.FLUSH_SECONDS = float(config["flush_seconds"])
+    if config.get("lease_seconds") is not None:
+        _claims.LEASE_SECONDS = float(config["lease_seconds"])
+        _claims.REFRESH_SECONDS = _claims.LEASE_SECONDS / 6
     data = {"review": [review(n) for n in config["rows"]]}
     df: Any = pd.DataFrame(data) if config["backend"] == "pandas" else pl.DataFrame(data)
     result = Path(config["result"])

@@ -10,10 +10,12 @@ in flight at the moment of the kill or the Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ import llmframe
 from llmframe._cache_admin import compact_cache
 from llmframe._cache_log import list_logs, parse_log
 from llmframe._capabilities import ENDPOINTS_FILE
+from llmframe._claims import CLAIMS_FILE
 from llmframe._keys import call_prefix, row_keys
 from llmframe.testing import FakeServer, Faults, expected_answer
 from llmframe.testing._stats import RequestRecord
@@ -129,6 +132,7 @@ def spawn(tmp_path: Path) -> Any:
         max_concurrency: int,
         go: Path | None = None,
         flush_seconds: float | None = None,
+        lease_seconds: float | None = None,
     ) -> Child:
         result = tmp_path / f"{name}.result.json"
         config = {
@@ -142,6 +146,7 @@ def spawn(tmp_path: Path) -> Any:
             "result": str(result),
             "go": str(go) if go else None,
             "flush_seconds": flush_seconds,
+            "lease_seconds": lease_seconds,
         }
         config_path = tmp_path / f"{name}.config.json"
         config_path.write_text(json.dumps(config))
@@ -333,11 +338,15 @@ def test_two_processes_share_one_cache_folder(
         assert outcome["report"]["failed_rows"] == 0
         assert "llmframe cache" not in child.stderr.read_text()
 
-    # No corrupt file, no temp file left behind: every file is a readable segment, or
-    # the endpoint memory (valid JSON).
+    # No corrupt file, no temp file left behind: every file is a readable segment, the
+    # endpoint memory (valid JSON), or the claim store, with no claim left in it.
     for path in cache.iterdir():
         if path.name == ENDPOINTS_FILE:
             json.loads(path.read_text())
+            continue
+        if path.name == CLAIMS_FILE:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                assert db.execute("SELECT count(*) FROM claims").fetchone() == (0,)
             continue
         assert path.name in segments(cache), f"unexpected file {path.name}"
         pq.read_table(path)
@@ -352,13 +361,13 @@ def test_two_processes_share_one_cache_folder(
     assert set(per_key.get_column("key").to_list()) == set(expected)
     assert per_key.get_column("answers").max() == 1
     assert dict(zip(per_key["key"].to_list(), per_key["answer"].to_list(), strict=True)) == expected
-    # Rows both processes asked for have a record from each, and compactions racing each
-    # other may leave more duplicates (never a missing record); compacting folds them.
+    # Compactions racing each other may leave duplicates (never a missing record);
+    # compacting folds them.
     print(
         f"shared: segments={len(segments(cache))} records={records.height} "
         f"max per key={per_key.get_column('records').max()} items={server.stats.items}"
     )
-    assert 300 <= server.stats.items <= 400
+    assert server.stats.items == 300  # the 100 shared rows were claimed, and asked once
     compact_cache(cache)
     compacted = read_cache_strict(cache)
     assert compacted.height == 300 and compacted.get_column("key").n_unique() == 300
@@ -468,13 +477,13 @@ def assert_no_secret_in(cache: Path, model: str) -> str:
     assert (cache / ENDPOINTS_FILE) in files  # what the endpoint taught is stored too
     logs = set(list_logs(cache))
     assert all(p.name in segments(cache) or p.name in logs or p.name == ENDPOINTS_FILE
-               for p in files), [p.name for p in files]  # fmt: skip
+               or p.name.startswith(CLAIMS_FILE) for p in files), [p.name for p in files]  # fmt: skip
     seen = ""
     for path in files:
         raw = path.read_bytes()
         for needle in _NEEDLES:
             assert needle.encode().lower() not in raw.lower(), f"{needle!r} in the bytes of {path.name}"
-        if path.name == ENDPOINTS_FILE:
+        if path.name == ENDPOINTS_FILE or path.name.startswith(CLAIMS_FILE):  # the bytes were searched
             continue
         if path.name in logs:
             table = parse_log(raw).records

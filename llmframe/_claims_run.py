@@ -1,0 +1,266 @@
+"""Claims during one run: claim rows as the planner takes them, wait for rows another process answers.
+
+The planner asks :meth:`RunClaims.top_up` for more rows whenever it runs low; the
+next :data:`CLAIM_CHUNK` keys are claimed in the store (:mod:`._claims`) at once.
+Keys this run got go to the planner; keys another live run holds wait here, so two
+processes running the same frame split it chunk by chunk instead of one waiting
+for all. :meth:`RunClaims.watch` runs beside the workers (the pool does not end
+while a key waits) and every :data:`POLL_SECONDS`:
+
+- looks the waiting keys up in the cache: a key that landed is answered from it
+  (counted as cached and as answered elsewhere: no tokens, no cost);
+- claims the rest again: a key whose owner released it (it failed there, or the
+  run ended), died, or let its lease expire is this run's now and goes to the
+  planner, after one more look in the cache; a key still held after
+  :data:`MAX_WAIT_SECONDS` is taken anyway (paying twice beats waiting forever);
+- every :data:`~._claims.REFRESH_SECONDS`, refreshes the lease and releases the
+  keys this run is done with, after a cache flush so that their answers are in
+  the folder before anyone may claim them.
+
+When the pool ends (every row sent, the run stopped or cancelled), the watch
+flushes the cache and releases every claim, failed keys too.
+
+A key claimed by this run may have been answered by another after this run
+looked the cache up (it finished and released it, or died after a flush): when
+the store's release counter moved since, or the claim took a key over, the keys
+just claimed are looked up once more before they are sent.
+
+If the store fails (a locked or unwritable folder), the run warns once and goes on
+without claims: every row it has is sent, as it would be without a store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _claims
+from ._cache_reader import CacheReader
+from ._claims import ClaimStore
+from ._jobs import Job
+from ._report import RunReport
+from ._warn import warn_user
+
+if TYPE_CHECKING:
+    from ._cache import AnswerCache
+    from ._engine import Run
+
+__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_store"]
+
+log = logging.getLogger("llmframe")
+
+#: Keys claimed at a time: a few requests' worth, so that sharers split a frame finely,
+#: while one claim (a few ms) serves hundreds of rows.
+CLAIM_CHUNK = 256
+#: How often waiting keys are looked up in the cache (answers land at each 2 s flush).
+POLL_SECONDS = 0.5
+#: The longest a key waits for a live owner before this run sends it itself.
+MAX_WAIT_SECONDS = 300.0
+
+
+def open_store(folder: Path | None, **kwargs: Any) -> ClaimStore | None:
+    """The claim store of a cache folder, or ``None`` (no folder, or the store cannot open)."""
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return ClaimStore(folder, **kwargs)
+    except (OSError, sqlite3.Error) as exc:
+        warn_user(f"llmframe: cannot use the claim store in {folder} ({exc}); runs sharing this "
+                  "cache folder at the same time may pay for the same rows")  # fmt: skip
+        return None
+
+
+class RunClaims:
+    """One run's claims. ``landed(keys)`` reads the cache afresh (an answer or ``None``
+    per key); ``forget()`` frees what it holds; ``flush()`` writes this run's answers."""
+
+    def __init__(
+        self, store: ClaimStore, pending: deque[Job], *, report: RunReport, answers: list[str | None],
+        progress: Any, landed: Callable[[Sequence[str]], list[str | None]], forget: Callable[[], None],
+        flush: Callable[[], None], sleep: Callable[[float], Awaitable[None]], stopped: Callable[[], bool],
+        clock: Callable[[], float] = time.time, chunk: int = CLAIM_CHUNK,
+        max_wait: float = MAX_WAIT_SECONDS, refresh: float | None = None,
+    ) -> None:  # fmt: skip
+        self.store: ClaimStore | None = store
+        self.unclaimed = deque(pending)  # not claimed yet: the planner gets them through top_up
+        pending.clear()
+        self.pending = pending
+        self.report, self.answers, self.progress = report, answers, progress
+        self.landed, self.forget, self.flush = landed, forget, flush
+        self.sleep, self.stopped, self.clock = sleep, stopped, clock
+        self.chunk, self.max_wait = chunk, max_wait
+        self.refresh_every = _claims.REFRESH_SECONDS if refresh is None else refresh
+        self.held: list[Job] = []  # claimed by this run, not released yet
+        self.waits: dict[str, tuple[Job, float]] = {}  # key -> (job, waiting since)
+        self.seen = store.releases_at_open  # the release counter when the cache was looked up
+        self.next_refresh = clock() + self.refresh_every
+        self.last_tick = clock()
+
+    @classmethod
+    def of(
+        cls, store: ClaimStore | None, run: Run | None, cache: AnswerCache | None, *,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> RunClaims | None:  # fmt: skip
+        """The claims of ``run``, wired: the planner gets its rows through :meth:`top_up`.
+        ``None`` without a store, or with no cache or no run (nothing to send): the store
+        is closed then."""
+        if store is None or run is None or cache is None:
+            if store is not None:
+                store.close()
+            return None
+        reader = CacheReader(cache.folder)  # keeps its index while rows wait: each poll reads what is new
+        claims = cls(store, run.planner.pending, report=run.report, answers=run.outcomes.answers,
+                     progress=run.outcomes.progress, landed=reader.lookup, forget=reader.drop_index,
+                     flush=cache.flush, sleep=sleep, stopped=lambda: run.endpoint.fatal is not None)  # fmt: skip
+        run.planner.feed = claims.top_up
+        return claims
+
+    # ---- the planner's side -------------------------------------------------------------
+    def top_up(self, want: int) -> None:
+        """Claim rows until the planner has ``want`` to send, or none is left to claim."""
+        while len(self.pending) < want and self.unclaimed:
+            chunk = [self.unclaimed.popleft() for _ in range(min(self.chunk, len(self.unclaimed)))]
+            self.pending.extend(self.claim(chunk))
+
+    def claim(self, jobs: list[Job], *, force: bool = False) -> list[Job]:
+        """Claim ``jobs``; those held by another run wait; returns the ones to send."""
+        if self.store is None:
+            return jobs
+        try:
+            got = self.store.claim([j.key for j in jobs], force=force)
+        except sqlite3.Error as exc:
+            self.broken(exc)
+            return jobs
+        now = self.clock()
+        mine = [j for j in jobs if j.key not in got.theirs]
+        for job in jobs:
+            if job.key in got.theirs:
+                self.waits.setdefault(job.key, (job, now))
+            else:
+                self.waits.pop(job.key, None)
+        self.held.extend(mine)
+        self.report.taken_over_rows += sum(len(j.rows) for j in mine if j.key in got.taken)
+        if got.taken or got.releases != self.seen:
+            try:
+                mine = self.answer_landed(mine)
+                self.seen = got.releases
+            except Exception as exc:  # the cache could not be read: send them (paid twice at worst)
+                log.debug("llmframe: could not look claimed keys up again: %s", exc)
+        return mine
+
+    # ---- the pool's side ----------------------------------------------------------------
+    def waiting(self) -> bool:
+        """Whether rows wait for another process (the pool must not end yet)."""
+        return bool(self.waits) and not self.stopped()
+
+    async def watch(self, wake: Callable[[], Awaitable[None]]) -> None:
+        """Poll until cancelled (the pool ended: nothing more is sent), then :meth:`close`;
+        ``wake`` the pool when rows were answered or are to send."""
+        try:
+            while True:
+                await self.sleep(POLL_SECONDS)
+                await asyncio.sleep(0)  # an injected sleep may return at once: still yield
+                try:
+                    moved = self.tick()
+                except Exception as exc:  # a bug must not leave rows waiting forever
+                    self.broken(exc)
+                    moved = True
+                if moved:
+                    await wake()
+        finally:
+            self.close()
+
+    def tick(self) -> bool:
+        """One poll; whether any waiting row was answered or handed to the planner."""
+        now = self.clock()
+        if self.waits:
+            self.report.waited_seconds += now - self.last_tick
+        self.last_tick = now
+        if now >= self.next_refresh:
+            self.next_refresh = now + self.refresh_every
+            self.renew()
+        if not self.waits or self.store is None:
+            return False
+        before = len(self.waits)
+        self.answer_landed([job for job, _ in self.waits.values()])
+        overdue = [job for job, since in self.waits.values() if now - since >= self.max_wait]
+        rest = [job for job, since in self.waits.values() if now - since < self.max_wait]
+        # claim() looks a key up once more when it was released or taken over since.
+        ready = (self.claim(rest) if rest else []) + (self.claim(overdue, force=True) if overdue else [])
+        self.pending.extendleft(reversed(ready))
+        if not self.waits:
+            self.forget()
+        return len(self.waits) != before or bool(ready)
+
+    def answer_landed(self, jobs: list[Job]) -> list[Job]:
+        """Answer from the cache the ``jobs`` whose answers landed; returns the others."""
+        if not jobs:
+            return jobs
+        found = self.landed([j.key for j in jobs])
+        rest: list[Job] = []
+        for job, answer in zip(jobs, found, strict=True):
+            if answer is None:
+                rest.append(job)
+                continue
+            self.waits.pop(job.key, None)
+            job.done = True
+            for row in job.rows:
+                self.answers[row] = answer
+            n = len(job.rows)
+            self.report.cached_rows += n
+            self.report.answered_elsewhere_rows += n
+            self.progress.update(n)
+        return rest
+
+    def renew(self) -> None:
+        """Refresh the lease; release the keys this run is done with, once written."""
+        if self.store is None:
+            return
+        done = [j for j in self.held if j.done]
+        try:
+            self.store.refresh()
+            if done:
+                self.flush()
+                self.seen = self.store.release([j.key for j in done], seen=self.seen)
+                self.held = [j for j in self.held if not j.done]
+        except sqlite3.Error as exc:
+            self.broken(exc)
+        except Exception as exc:  # the flush failed: keep the claims, try again next time
+            log.debug("llmframe: keeping claims, the cache flush failed: %s", exc)
+
+    def broken(self, exc: BaseException) -> None:
+        """Go on without claims: every row this run has is sent by it."""
+        if self.store is None:
+            return
+        warn_user(f"llmframe: the claim store {self.store.path} failed ({type(exc).__name__}: {exc}); "
+                  "this run sends its remaining rows without claiming them")  # fmt: skip
+        store, self.store = self.store, None
+        self.pending.extendleft(reversed([job for job, _ in self.waits.values()]))
+        self.pending.extend(self.unclaimed)
+        self.waits.clear()
+        self.unclaimed.clear()
+        with contextlib.suppress(sqlite3.Error):
+            store.close()
+
+    def close(self) -> None:
+        """Write the cache, then end the lease and release every claim, so that a waiter
+        then finds every answer this run got. Safe to call twice."""
+        self.forget()
+        if self.store is not None:
+            store, self.store = self.store, None
+            try:
+                self.flush()
+            except Exception as exc:  # its rows may be paid again elsewhere: never wrong
+                log.debug("llmframe: releasing claims, the cache flush failed: %s", exc)
+            try:
+                store.close()
+            except sqlite3.Error as exc:  # the lease expires by itself
+                log.debug("llmframe: could not release claims: %s", exc)
