@@ -28,13 +28,15 @@ from ._cache import resolve_cache_dir
 from ._check import batch_cap
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
+from ._economy import economy_for
 from ._endpoint import Endpoint, EndpointState
 from ._errors import AuthenticationError, EndpointError, RowError, RunError
 from ._jobs import Batch, Job
 from ._keys import call_prefix, output_spec
 from ._limiter import RateLimiter
 from ._outcomes import Outcomes, progress_bar, split_tokens
-from ._parse import parse_packed, read_single
+from ._packing import LINES
+from ._parse import parse_packed, parse_packed_lines, read_single
 from ._planner import Planner
 from ._prepare import Prepared, prepare
 from ._pricing import price_for
@@ -253,7 +255,10 @@ class Run:
 
     def parse_packed(self, done: Completion, n: int) -> Any:
         schema = self.builder.schema
-        return parse_packed(done.content, n, truncated=done.finish_reason == "length",
+        truncated = done.finish_reason == "length"
+        if self.builder.style == LINES:
+            return parse_packed_lines(done.content, n, truncated=truncated)
+        return parse_packed(done.content, n, truncated=truncated,
                             item=None if schema is None else schema.validate)  # fmt: skip
 
     def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int, invalid: set[int] | None = None) -> None:
@@ -286,11 +291,16 @@ def new_run(
     cap = batch_cap(opts.batch_size, template.fields)
     task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
                            output=output_spec(opts.schema)).hex()  # fmt: skip
+    economy = economy_for(prepared.todo, builder, price_for(model, opts.prices), canaries=opts.canaries,
+                          lines_allowed=opts.schema is None and opts.response_format in ("auto", "text"))  # fmt: skip
     packing = _check.plan(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
         verdict=(state.known.get("verdicts") or {}).get(task_key),
         why_one="as batch_size=1 says" if opts.batch_size == 1 else "the template has a field 'id'",
+        economy=economy,
     )  # fmt: skip
+    builder.use_style(packing.style)
+    state.format_confirmed = state.format_confirmed or packing.style == LINES  # no response_format to refuse
     report.packing_reason = packing.reason
     if packing.warn:
         warn_user(f"llmframe: {packing.reason}.")
@@ -304,7 +314,7 @@ def new_run(
     the_run = Run(opts=opts, client=client, limiter=limiter, report=report, endpoint=state, builder=builder,
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
                   sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts))  # fmt: skip
-    planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key)
+    planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key, packing.note)
     return the_run
 
 
@@ -366,7 +376,7 @@ async def run(
                 await client.aclose()
         if state is not None:
             report.batch_size_final = state.planner.cap
-            report.response_format = state.endpoint.response_format
+            report.response_format = LINES if state.builder.style == LINES else state.endpoint.response_format
             report.endpoint_notes = list(state.endpoint.notes)
         else:
             report.batch_size_final = batch_cap(opts.batch_size, template.fields)

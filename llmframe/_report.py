@@ -100,7 +100,7 @@ class RunReport:
             f"{self.failed_rows} failed: {fails}) in {self.seconds:.1f}s ({self.rows_per_second:.1f} rows/s); "
             f"{self.requests} requests, {self.retries} retries, {self.rate_limited} rate-limited; "
             f"tokens {self.prompt_tokens} in / {self.completion_tokens} out; cost {cost}; "
-            f"latency p50 {p50} p95 {p95}"
+            f"latency p50 {p50} p95 {p95}" + (f"; packing: {self.packing_reason}" if self.packing_reason else "")
         )
 
     def __str__(self) -> str:
