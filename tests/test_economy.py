@@ -25,8 +25,9 @@ LONG = (
 
 
 class Sends:
-    params: dict[str, Any] = {}
-    response_format = "json_schema"
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.response_format = "json_schema"
 
 
 def costs(template: str, rows: int = 600, model: str = "gpt-4o-mini", **kw: Any) -> Costs:
