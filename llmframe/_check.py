@@ -334,28 +334,30 @@ def plan(
     verdict: Any = None,
     why_one: str = "",
     economy: Callable[[Sequence[int]], Choice] | None = None,
+    style: str = "json",
 ) -> PackingPlan:
     """Whether and how a run packs: the check, canaries and the reason it will give.
 
     ``cap`` is the largest batch allowed (1: never pack, for ``why_one``); ``verdict``
     a stored one for this endpoint and task (``{"batch_size", "reason"}``) or ``None``;
     ``economy`` tells, for the sizes the check would try, whether packing is dearer than
-    one row per request (then it does not pack) and in which style it is not.
+    one row per request (then it does not pack) and in which style it is not; ``style``
+    is how a run with an explicit ``batch_size`` packs.
     """
     if cap <= 1:
         return PackingPlan(1, "one row per request" + (why_one and f": {why_one}"))
     if batch_size is not None:  # an int the user chose: no check
         reason = f"packed up to {cap} rows per request, as batch_size= says"
         if not canaries:
-            return PackingPlan(cap, reason)
+            return PackingPlan(cap, reason, style=style)
         warmup = PackingCheck(max(4, 2 * canaries), (), AUTO_MIN_AGREEMENT)
-        return PackingPlan(cap, reason, warmup, Canaries(canaries), fixed_size=cap)
+        return PackingPlan(cap, reason, warmup, Canaries(canaries), fixed_size=cap, style=style)
     if rows_to_send <= SMALL_FRAME_ROWS:
         return PackingPlan(1, f"one row per request: {rows_to_send} rows to send, too few to "
                               f"check packing on (the check runs from {SMALL_FRAME_ROWS + 1} rows)")  # fmt: skip
     watch = Canaries(1, AUTO_CANARY_EVERY) if canaries is None else Canaries(canaries)
     sizes = sorted({s for s in AUTO_CHECK_SIZES if s < cap} | {cap}, reverse=True)
-    style, note = "json", ""
+    note = ""
     if economy is not None:
         choice = economy(sizes)
         if choice.style is None:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 from . import _packing
 from ._check import AUTO_CANARY_EVERY, Choice, check_rows
+from ._config import Options
 from ._jobs import Job
-from ._pricing import Price
+from ._pricing import Price, price_for
 from ._requests import RequestBuilder
 
 __all__ = ["OUTPUT_WEIGHT", "Choice", "Costs", "RowCost", "choose", "economy_for"]
@@ -120,14 +121,14 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def choose(costs: Costs, sizes: Sequence[int], *, lines_allowed: bool) -> Choice:
+def choose(costs: Costs, sizes: Sequence[int], *, lines_allowed: bool, json_allowed: bool = True) -> Choice:
     """JSON packing where it is not dearer than one row per request; else the lines style
     where that is not dearer (and allowed); else one row per request."""
     alone = costs.one_row
     first = sizes[0]
     json_cost = costs.packed(_packing.JSON, first)
     price = "" if costs.price is None else " at the model's prices"
-    if json_cost <= alone:
+    if json_allowed and json_cost <= alone:
         ok = [s for s in sizes if costs.packed(_packing.JSON, s) <= alone]
         return Choice(_packing.JSON, ok, f"JSON packing {costs.show(json_cost)} against one row per request "
                                          f"{costs.show(alone)}{price}")  # fmt: skip
@@ -145,16 +146,16 @@ def choose(costs: Costs, sizes: Sequence[int], *, lines_allowed: bool) -> Choice
                             f"({cheapest}) than one row per request ({costs.show(alone)}){price}")  # fmt: skip
 
 
-def economy_for(
-    jobs: Sequence[Job], builder: RequestBuilder, price: Price | None, *, canaries: int | None,
-    lines_allowed: bool,
-) -> Callable[[Sequence[int]], Choice]:  # fmt: skip
+def economy_for(jobs: Sequence[Job], builder: RequestBuilder, opts: Options) -> Callable[[Sequence[int]], Choice]:
     """What :func:`~llmframe._check.plan` asks with the sizes it would check: the run's
-    rows counted only then (a run that does not choose never counts them)."""
+    rows counted only then (a run that does not choose never counts them). Id lines are
+    for text answers, with ``response_format`` ``"auto"``, ``"text"`` or ``"lines"`` (only)."""
+    lines_allowed = opts.schema is None and opts.response_format in ("auto", "text", _packing.LINES)
+    price = price_for(opts.model or "", opts.prices)
 
     def decide(sizes: Sequence[int]) -> Choice:
-        rate = 1 / AUTO_CANARY_EVERY if canaries is None else float(canaries)
+        rate = 1 / AUTO_CANARY_EVERY if opts.canaries is None else float(opts.canaries)
         costs = Costs(jobs, builder, price, check_rows=check_rows(len(jobs)), canary_rate=rate)
-        return choose(costs, sizes, lines_allowed=lines_allowed)
+        return choose(costs, sizes, lines_allowed=lines_allowed, json_allowed=opts.response_format != _packing.LINES)
 
     return decide

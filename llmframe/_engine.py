@@ -291,13 +291,11 @@ def new_run(
     cap = batch_cap(opts.batch_size, template.fields)
     task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
                            output=output_spec(opts.schema)).hex()  # fmt: skip
-    economy = economy_for(prepared.todo, builder, price_for(model, opts.prices), canaries=opts.canaries,
-                          lines_allowed=opts.schema is None and opts.response_format in ("auto", "text"))  # fmt: skip
     packing = _check.plan(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
         verdict=(state.known.get("verdicts") or {}).get(task_key),
         why_one="as batch_size=1 says" if opts.batch_size == 1 else "the template has a field 'id'",
-        economy=economy,
+        economy=economy_for(prepared.todo, builder, opts), style=LINES if opts.response_format == LINES else "json",
     )  # fmt: skip
     builder.use_style(packing.style)
     state.format_confirmed = state.format_confirmed or packing.style == LINES  # no response_format to refuse

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from llmframe import _check
+from llmframe._config import Options
 from llmframe._economy import OUTPUT_WEIGHT, Costs, choose, economy_for
 from llmframe._jobs import Job
 from llmframe._pricing import price_for
@@ -95,10 +96,13 @@ def test_plan_follows_the_choice() -> None:
         tok = get_tokenizer("gpt-4o-mini")
     for template, cap in ((SHORT, 1), (MEDIUM, 20)):
         builder = RequestBuilder(parse_template(template, ["code"]), None, tok, Sends())
-        economy = economy_for(jobs, builder, price_for("gpt-4o-mini"), canaries=None, lines_allowed=True)
+        economy = economy_for(jobs, builder, Options(model="gpt-4o-mini"))
         packing = _check.plan(cap=20, batch_size=None, canaries=None, rows_to_send=600, economy=economy)
         assert packing.cap == cap
         assert (packing.style, packing.check is None) == (("lines", False) if cap > 1 else ("json", True))
+    # Asked for lines: JSON is never considered; a schema run never packs in lines.
+    choice = economy_for(jobs, builder, Options(model="gpt-4o-mini", response_format="lines"))([20])
+    assert choice.style == "lines" and "JSON packing would cost more" in choice.note
     # An explicit batch size is never overridden.
     explicit = _check.plan(cap=20, batch_size=20, canaries=0, rows_to_send=600, economy=economy)
     assert explicit.cap == 20 and explicit.style == "json"
