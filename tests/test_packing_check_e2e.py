@@ -23,6 +23,7 @@ TEMPLATE = (
 
 
 def run(server: FakeServer, countries: list[str], template: str = TEMPLATE, **extra: Any) -> tuple[list[Any], Any]:
+    # Not conftest's apply_column: the warning must point at the line that calls apply, here.
     options: dict[str, Any] = {
         "model": "gpt-4o-mini", "base_url": server.base_url, "api_key": server.api_key,
         "progress": False, "cache": False,

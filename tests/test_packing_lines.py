@@ -6,8 +6,8 @@ import random
 import warnings
 from typing import Any
 
-import pandas as pd
 import pytest
+from conftest import apply_column
 
 from llmframe import _packing
 from llmframe._parse import parse_packed_lines
@@ -150,13 +150,7 @@ def test_packing_faults_work_on_lines(kind: str) -> None:
 
 # ---- end to end ------------------------------------------------------------------------
 def run(server: FakeServer, reviews: list[str], **extra: Any) -> tuple[list[Any], Any]:
-    options: dict[str, Any] = {
-        "model": "gpt-4o-mini", "base_url": server.base_url, "api_key": server.api_key,
-        "progress": False, "cache": False,
-    }  # fmt: skip
-    options.update(extra)
-    out = pd.DataFrame({"review": reviews}).llm.apply(TEMPLATE, **options)
-    return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report
+    return apply_column(server, TEMPLATE, "review", reviews, **extra)
 
 
 def want(reviews: list[str]) -> list[str]:
