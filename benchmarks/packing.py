@@ -46,6 +46,7 @@ so absolute counts are approximate while the ratios hold.
 Usage::
 
     python -m benchmarks.packing              # the full run, a few minutes
+    python -m benchmarks.packing --formats    # tokens per row of each format, seconds
     python -m benchmarks.packing --scale 0.1  # a quick look (targets are set for scale 1)
 """
 
@@ -109,6 +110,7 @@ TPM_SERVER: dict[str, Any] = {
     "latency_per_token": 0.01,
 }
 LATENCY_SERVER: dict[str, Any] = {"latency": 0.1}
+LATENCY_FREE: dict[str, Any] = {"latency": 0.0}
 SHORT_SERVER: dict[str, Any] = {
     "rpm": 1_200,
     "tpm": 1_000_000,
@@ -909,6 +911,36 @@ def format_estimates(scale: float) -> list[dict[str, Any]]:
     return out
 
 
+def format_runs(scale: float) -> str:
+    """Tokens and cost per row, as the server billed them, of each workload's rows sent one per
+    request, packed 20 to a request in JSON and in id lines (no limits, no latency)."""
+    workloads = (
+        ("rpm (sentiment)", SENTIMENT_TASK, reviews(scaled(ROWS_BATCH_SWEEP, scale, minimum=40))),
+        ("tpm (few-shot extraction)", EXTRACTION_TASK, support_messages(scaled(ROWS_TPM, scale, minimum=40))),
+        ("short (codes)", SHORT_TASK, codes(scaled(ROWS_SHORT, scale, minimum=40))),
+    )
+    variants = (
+        ("JSON, 20 per request", {"batch_size": 20}),
+        ("id lines, 20 per request", {"batch_size": 20, "response_format": "lines"}),
+    )
+    lines = [
+        "| workload | format | in tok/row | out tok/row | out tok/row beyond the answer | $/1k rows | vs one-row | correct |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, task, values in workloads:
+        one = run_apply(name, "one-row", task, values, LATENCY_FREE, batch_size=1)
+        runs = [("one row per request", one)]
+        runs += [(label, run_apply(name, label, task, values, LATENCY_FREE, **kw)) for label, kw in variants]
+        for label, r in runs:
+            beyond = (r.completion_tokens - one.completion_tokens) / r.rows
+            lines.append(
+                f"| {name} | {label} | {r.prompt_tokens / r.rows:.1f} | {r.completion_tokens / r.rows:.2f} | "
+                f"{beyond:.2f} | ${r.cost_usd / r.rows * 1000:.4f} | {r.cost_usd / one.cost_usd:.2f}x | "
+                f"{r.correct_rows}/{r.rows} |"
+            )
+    return "\n".join(lines)
+
+
 def library_defaults() -> dict[str, Any]:
     """What "packed" means in this run: the library's automatic batch limits and canaries."""
     from llmframe import _check, _config, _engine
@@ -931,6 +963,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=OUT_DIR, help="folder for the JSON and the plots"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the table and the checks")
+    parser.add_argument(
+        "--formats",
+        action="store_true",
+        help="only measure tokens and cost per row of each packing format on each workload "
+        "(no limits, no latency: a few seconds), as a markdown table",
+    )
     given = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(given)
     if args.scale <= 0:
@@ -952,6 +990,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
     wall = time.perf_counter()
+    if args.formats:
+        print(f"$ {' '.join(['python -m benchmarks.packing', *given])}")
+        print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llmframe {git_commit() or '?'}; {tokenizer}\n")
+        print(format_runs(args.scale))
+        return 0
     estimates = format_estimates(args.scale)
     sections = run_all(args.scale, log)
     results: list[Result] = sections["results"]
