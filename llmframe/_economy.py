@@ -75,10 +75,6 @@ class Costs:
         self._items = {style: _mean([builder.count_item(j.values, style) for j in sample])
                        for style in (_packing.JSON, _packing.LINES)}  # fmt: skip
 
-    @property
-    def unit(self) -> str:
-        return "USD" if self.price is not None else f"tokens (an output token counted as {OUTPUT_WEIGHT:g})"
-
     def _cost(self, input_tokens: float, output_tokens: float) -> RowCost:
         if self.price is not None:
             cost = (input_tokens * self.price.input_per_1m + output_tokens * self.price.output_per_1m) / 1e6
