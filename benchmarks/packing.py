@@ -19,6 +19,15 @@ Workloads (row counts at ``--scale 1``):
   shown for information, outside the checks.
 - **adversarial**: the rpm workload's reviews with 10% hostile rows (quotes,
   braces, newlines, ``"id": 3``, prompt injections) mixed in.
+- **short**: 600 codes, ``Reverse the code <<{code}>>`` (answers as long as the
+  row); RPM 1,200, TPM 1M, latency 0.3 s + 5 ms per output token. The prompt is
+  so short that packing costs more per row than one row per request in either
+  format, so the default sends one row per request; packing by 20 in JSON and
+  in id lines (``response_format="lines"``) are shown for information.
+
+Before the runs, the per-row estimates of :mod:`llmframe._economy` for each
+workload and format (one row per request, JSON packing, id lines), the numbers
+the default decides by.
 
 Sweeps: batch size 1/5/10/20/50 on the rpm server (300 rows), and
 ``max_concurrency`` 1/4/16/64 at ``batch_size=1`` on a latency-bound server
@@ -37,6 +46,7 @@ so absolute counts are approximate while the ratios hold.
 Usage::
 
     python -m benchmarks.packing              # the full run, a few minutes
+    python -m benchmarks.packing --formats    # tokens per row of each format, seconds
     python -m benchmarks.packing --scale 0.1  # a quick look (targets are set for scale 1)
 """
 
@@ -57,8 +67,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import MODEL, apply_on_server, git_commit, machine, phrase_rows, scaled
-from llmframe.testing import FakeServer, Faults
+from benchmarks._common import (
+    MODEL,
+    apply_on_server,
+    format_table,
+    git_commit,
+    machine,
+    phrase_rows,
+    scaled,
+)
+from llmframe.testing import FakeServer, Faults, expected_answer
 
 #: gpt-4o-mini, standard tier, USD per million tokens (input, output).
 PRICE_IN_PER_1M = 0.15
@@ -71,6 +89,7 @@ TARGET_TPM_TOKEN_RATIO = 3.0
 FAULT_RATE = 0.20
 
 ROWS_RPM = 1000
+ROWS_SHORT = 600
 ROWS_TPM = 300
 ROWS_ADVERSARIAL = 300
 ROWS_BATCH_SWEEP = 300
@@ -91,6 +110,15 @@ TPM_SERVER: dict[str, Any] = {
     "latency_per_token": 0.01,
 }
 LATENCY_SERVER: dict[str, Any] = {"latency": 0.1}
+LATENCY_FREE: dict[str, Any] = {"latency": 0.0}
+SHORT_SERVER: dict[str, Any] = {
+    "rpm": 1_200,
+    "tpm": 1_000_000,
+    "latency": 0.3,
+    "latency_per_token": 0.005,
+}
+#: What the default must reach on the short workload against batch_size=1, where it packs.
+TARGET_SHORT_SPEEDUP = 12.0
 
 # --------------------------------------------------------------------------- templates
 
@@ -347,6 +375,12 @@ class Task:
 
 SENTIMENT_TASK = Task("sentiment", SENTIMENT, "review", sentiment_answer)
 EXTRACTION_TASK = Task("extraction", EXTRACTION, "message", extraction_answer)
+SHORT_TASK = Task("codes", "Reverse the code <<{code}>>", "code", expected_answer)
+
+
+def codes(n: int) -> list[str]:
+    """``n`` distinct short codes: ``K0000000``, ``K0000001``, ..."""
+    return [f"K{i:07d}" for i in range(n)]
 
 
 @dataclass
@@ -373,6 +407,8 @@ class Result:
     max_in_flight: int  # the most requests the server handled at once
     packing_faults: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    packing_reason: str = ""
+    response_format: str = ""
 
     @property
     def rows_per_second(self) -> float:
@@ -416,6 +452,7 @@ def run_apply(
     max_concurrency: int = 32,
     faults: Faults | None = None,
     note: str = "",
+    **options: Any,
 ) -> Result:
     """One ``df.llm.apply`` on a fresh fake server, checked row by row."""
     expected = task.expected(values)
@@ -432,6 +469,7 @@ def run_apply(
             max_concurrency=max_concurrency,
             cache=False,
             **limits,
+            **options,
         )
         stats = server.stats.snapshot()
     report = run.report
@@ -456,6 +494,8 @@ def run_apply(
         max_in_flight=stats["max_in_flight"],
         packing_faults=dict(stats["packing_faults"]),
         note=note,
+        packing_reason=report.packing_reason,
+        response_format=report.response_format,
     )
 
 
@@ -530,6 +570,15 @@ def run_all(scale: float, log: Callable[[str], None]) -> dict[str, Any]:
     go("adversarial", "one-row", SENTIMENT_TASK, adv_rows, RPM_SERVER, batch_size=1)
     go("adversarial", "packed", SENTIMENT_TASK, adv_rows, RPM_SERVER, batch_size=None)
 
+    log("short prompt: 600 codes, RPM 1,200")
+    short_rows = codes(scaled(ROWS_SHORT, scale, minimum=4))
+    go("short", "one-row", SHORT_TASK, short_rows, SHORT_SERVER, batch_size=1)
+    go("short", "packed", SHORT_TASK, short_rows, SHORT_SERVER, batch_size=None)
+    go("short", "batch_size=20, JSON", SHORT_TASK, short_rows, SHORT_SERVER, batch_size=20,
+       note="information only: packing forced, JSON")  # fmt: skip
+    go("short", "batch_size=20, lines", SHORT_TASK, short_rows, SHORT_SERVER, batch_size=20,
+       response_format="lines", note="information only: packing forced, id lines")  # fmt: skip
+
     log("sweep: batch size on the rpm server")
     sweep_rows = reviews(scaled(ROWS_BATCH_SWEEP, scale, minimum=4))
     batch_sweep = [
@@ -602,11 +651,23 @@ def checks(results: Sequence[Result]) -> list[Check]:
                 "correctness",
             )
         )
+    one_s, packed_s = _find(results, "short", "one-row"), _find(results, "short", "packed")
+    short_speedup = packed_s.rows_per_second / one_s.rows_per_second
+    out.append(
+        Check(
+            f"short: packed >= {TARGET_SHORT_SPEEDUP:.0f}x rows/s where it packs",
+            short_speedup >= TARGET_SHORT_SPEEDUP,
+            f"{packed_s.rows_per_second:.1f} vs {one_s.rows_per_second:.1f} rows/s = {short_speedup:.1f}x; "
+            f"{packed_s.packing_reason}",
+            "target" if packed_s.requests < packed_s.rows else "info",
+        )
+    )
     baselines = {
         "rpm": one,
         "tpm": one_t,
         "faults": one,
         "adversarial": _find(results, "adversarial", "one-row"),
+        "short": one_s,
     }
     for r in results:
         if r.workload not in baselines or r.batch_size == 1 or "shuffle" in r.variant:
@@ -615,7 +676,7 @@ def checks(results: Sequence[Result]) -> list[Check]:
         a, b = r.cost_usd / r.rows, base.cost_usd / base.rows
         # The issue's fault workload is the mixed one; each kind alone at 20% is shown for
         # information (a truncation or a wrong id at that rate resends whole batches).
-        single_kind = r.workload == "faults" and "mixed" not in r.variant
+        single_kind = (r.workload == "faults" and "mixed" not in r.variant) or "batch_size=" in r.variant
         out.append(
             Check(
                 f"{r.workload} / {r.variant}: cost/row <= one-row",
@@ -649,7 +710,7 @@ def table(results: Sequence[Result]) -> str:
     """One table of every run; ratios against the one-row run of the same rows."""
     baseline: dict[str, Result] = {}
     for r in results:
-        if r.batch_size == 1 and r.workload in ("rpm", "tpm", "adversarial", "batch sweep"):
+        if r.batch_size == 1 and r.workload in ("rpm", "tpm", "adversarial", "batch sweep", "short"):
             baseline[r.workload] = r
     baseline["faults"] = baseline["rpm"]
     clean = {"faults": _find(results, "rpm", "packed")}
@@ -813,6 +874,73 @@ def plots(sections: dict[str, Any], out_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- the run
 
 
+class _Sends:
+    """What an endpoint accepts, as a run starts: no parameters, JSON schema first."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.response_format = "json_schema"
+
+
+def format_estimates(scale: float) -> list[dict[str, Any]]:
+    """The default's per-row estimates for each workload: one row per request, JSON packing
+    and id lines at 20 rows per request (the check and canaries included), at gpt-4o-mini prices."""
+    from llmframe._check import AUTO_CANARY_EVERY, check_rows
+    from llmframe._economy import Costs
+    from llmframe._jobs import Job
+    from llmframe._pricing import price_for
+    from llmframe._requests import RequestBuilder
+    from llmframe._template import parse_template
+    from llmframe._tokens import get_tokenizer
+
+    out = []
+    for name, task, rows in (
+        ("rpm (sentiment)", SENTIMENT_TASK, reviews(scaled(ROWS_RPM, scale, minimum=4))),
+        ("tpm (few-shot extraction)", EXTRACTION_TASK, support_messages(scaled(ROWS_TPM, scale, minimum=4))),
+        ("short (codes)", SHORT_TASK, codes(scaled(ROWS_SHORT, scale, minimum=4))),
+    ):
+        builder = RequestBuilder(parse_template(task.template, [task.column]), None, get_tokenizer(MODEL), _Sends())
+        jobs = [Job(str(i), {task.column: v}, [i]) for i, v in enumerate(rows)]
+        costs = Costs(jobs, builder, price_for(MODEL), check_rows=check_rows(len(jobs)),
+                      canary_rate=1 / AUTO_CANARY_EVERY)  # fmt: skip
+        for fmt, cost in (("one row per request", costs.one_row), ("JSON, 20 per request", costs.packed("json", 20)),
+                          ("id lines, 20 per request", costs.packed("lines", 20))):  # fmt: skip
+            out.append({"workload": name, "format": fmt, "input_tokens": cost.input_tokens,
+                        "output_tokens": cost.output_tokens, "usd_per_1k_rows": cost.cost * 1000,
+                        "vs_one_row": cost.cost / costs.one_row.cost})  # fmt: skip
+    return out
+
+
+def format_runs(scale: float) -> str:
+    """Tokens and cost per row, as the server billed them, of each workload's rows sent one per
+    request, packed 20 to a request in JSON and in id lines (no limits, no latency)."""
+    workloads = (
+        ("rpm (sentiment)", SENTIMENT_TASK, reviews(scaled(ROWS_BATCH_SWEEP, scale, minimum=40))),
+        ("tpm (few-shot extraction)", EXTRACTION_TASK, support_messages(scaled(ROWS_TPM, scale, minimum=40))),
+        ("short (codes)", SHORT_TASK, codes(scaled(ROWS_SHORT, scale, minimum=40))),
+    )
+    variants = (
+        ("JSON, 20 per request", {"batch_size": 20}),
+        ("id lines, 20 per request", {"batch_size": 20, "response_format": "lines"}),
+    )
+    lines = [
+        "| workload | format | in tok/row | out tok/row | out tok/row beyond the answer | $/1k rows | vs one-row | correct |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, task, values in workloads:
+        one = run_apply(name, "one-row", task, values, LATENCY_FREE, batch_size=1)
+        runs = [("one row per request", one)]
+        runs += [(label, run_apply(name, label, task, values, LATENCY_FREE, **kw)) for label, kw in variants]
+        for label, r in runs:
+            beyond = (r.completion_tokens - one.completion_tokens) / r.rows
+            lines.append(
+                f"| {name} | {label} | {r.prompt_tokens / r.rows:.1f} | {r.completion_tokens / r.rows:.2f} | "
+                f"{beyond:.2f} | ${r.cost_usd / r.rows * 1000:.4f} | {r.cost_usd / one.cost_usd:.2f}x | "
+                f"{r.correct_rows}/{r.rows} |"
+            )
+    return "\n".join(lines)
+
+
 def library_defaults() -> dict[str, Any]:
     """What "packed" means in this run: the library's automatic batch limits and canaries."""
     from llmframe import _check, _config, _engine
@@ -835,6 +963,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=OUT_DIR, help="folder for the JSON and the plots"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the table and the checks")
+    parser.add_argument(
+        "--formats",
+        action="store_true",
+        help="only measure tokens and cost per row of each packing format on each workload "
+        "(no limits, no latency: a few seconds), as a markdown table",
+    )
     given = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(given)
     if args.scale <= 0:
@@ -856,6 +990,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
     wall = time.perf_counter()
+    if args.formats:
+        print(f"$ {' '.join(['python -m benchmarks.packing', *given])}")
+        print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llmframe {git_commit() or '?'}; {tokenizer}\n")
+        print(format_runs(args.scale))
+        return 0
+    estimates = format_estimates(args.scale)
     sections = run_all(args.scale, log)
     results: list[Result] = sections["results"]
     found = checks(results)
@@ -883,6 +1023,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_concurrency=1); extra req: requests beyond the clean packed run; in flight: the "
         "server's peak of concurrent requests; tokens as billed (usage)."
     )
+    print()
+    print("Per-row estimates the default decides by (answer length guessed at 16 tokens, as a run without")
+    print("max_tokens does; check and canaries included; gpt-4o-mini prices):")
+    print(format_table(["workload", "format", "in tok/row", "out tok/row", "$/1k rows", "vs one-row"],
+                       [[e["workload"], e["format"], e["input_tokens"], e["output_tokens"],
+                         f"{e['usd_per_1k_rows']:.4f}", f"{e['vs_one_row']:.2f}x"] for e in estimates]))  # fmt: skip
     print()
     print(
         f"Packing faults (recovery cost against the clean packed run, {FAULT_RATE:.0%} of packed responses):"
@@ -922,6 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "servers": {"rpm": RPM_SERVER, "tpm": TPM_SERVER, "latency": LATENCY_SERVER},
         "templates": {"sentiment": SENTIMENT, "extraction": EXTRACTION},
         "results": [r.to_dict() for r in results],
+        "format_estimates": estimates,
         "checks": [asdict(c) for c in found],
         "plots": [str(p) for p in images],
     }

@@ -22,7 +22,7 @@ difference between one-row and packed tokens for the sample.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from ._canaries import Canaries
 from ._jobs import Job
 from ._warn import warn_user
 
-__all__ = ["PackingCheck", "PackingPlan", "Verdict", "batch_cap", "check_rows", "plan"]
+__all__ = ["Choice", "PackingCheck", "PackingPlan", "Verdict", "batch_cap", "check_rows", "plan"]
 
 #: A trial reply with no usable answer is sent again this many times before it counts.
 TRIAL_RETRIES = 2
@@ -51,27 +51,9 @@ class PackingCheck:
     """The state of one run's check; the planner feeds it rows and answers, and asks
     what to send next."""
 
-    __slots__ = (
-        "_answers",
-        "_batches_out",
-        "_current",
-        "_in_flight",
-        "_jobs",
-        "_opened",
-        "_queue",
-        "_references",
-        "_retries",
-        "_trial_rows",
-        "agreement",
-        "fields",
-        "held",
-        "min_agreement",
-        "returned",
-        "sample",
-        "sizes",
-        "taken",
-        "verdict",
-    )
+    __slots__ = ("_answers", "_batches_out", "_current", "_in_flight", "_jobs", "_opened",
+                 "_queue", "_references", "_retries", "_trial_rows", "agreement", "fields", "held",
+                 "min_agreement", "returned", "sample", "sizes", "taken", "verdict")  # fmt: skip
 
     def __init__(self, sample: int, sizes: Sequence[int], min_agreement: float) -> None:
         self.sample = sample
@@ -319,6 +301,16 @@ AUTO_CANARY_EVERY = 4
 REMEMBERED_WARMUP_ROWS = 4
 
 
+@dataclass(frozen=True)
+class Choice:
+    """How a ``batch_size=None`` run sends its rows (:mod:`._economy`): ``style`` ``None`` is one
+    row per request; ``sizes`` those worth checking (packing is not dearer there); ``note`` why."""
+
+    style: str | None
+    sizes: list[int]
+    note: str
+
+
 @dataclass
 class PackingPlan:
     """How a run packs, decided before its first request."""
@@ -329,6 +321,8 @@ class PackingPlan:
     canaries: Canaries | None = None
     fixed_size: int | None = None  # the size after the warm-up, whatever the check says
     warn: bool = False  # say the reason once: the run will not pack, and may surprise
+    style: str = "json"  # the packed format (:mod:`._packing`): "json" or "lines"
+    note: str = ""  # why packed rather than one row per request: the per-row estimates
 
 
 def plan(
@@ -339,35 +333,48 @@ def plan(
     rows_to_send: int,
     verdict: Any = None,
     why_one: str = "",
+    economy: Callable[[Sequence[int]], Choice] | None = None,
+    style: str = "json",
 ) -> PackingPlan:
     """Whether and how a run packs: the check, canaries and the reason it will give.
 
     ``cap`` is the largest batch allowed (1: never pack, for ``why_one``); ``verdict``
-    a stored one for this endpoint and task (``{"batch_size", "reason"}``) or ``None``.
+    a stored one for this endpoint and task (``{"batch_size", "reason"}``) or ``None``;
+    ``economy`` tells, for the sizes the check would try, whether packing is dearer than
+    one row per request (then it does not pack) and in which style it is not; ``style``
+    is how a run with an explicit ``batch_size`` packs.
     """
     if cap <= 1:
         return PackingPlan(1, "one row per request" + (why_one and f": {why_one}"))
     if batch_size is not None:  # an int the user chose: no check
         reason = f"packed up to {cap} rows per request, as batch_size= says"
         if not canaries:
-            return PackingPlan(cap, reason)
+            return PackingPlan(cap, reason, style=style)
         warmup = PackingCheck(max(4, 2 * canaries), (), AUTO_MIN_AGREEMENT)
-        return PackingPlan(cap, reason, warmup, Canaries(canaries), fixed_size=cap)
+        return PackingPlan(cap, reason, warmup, Canaries(canaries), fixed_size=cap, style=style)
     if rows_to_send <= SMALL_FRAME_ROWS:
         return PackingPlan(1, f"one row per request: {rows_to_send} rows to send, too few to "
                               f"check packing on (the check runs from {SMALL_FRAME_ROWS + 1} rows)")  # fmt: skip
     watch = Canaries(1, AUTO_CANARY_EVERY) if canaries is None else Canaries(canaries)
+    sizes = sorted({s for s in AUTO_CHECK_SIZES if s < cap} | {cap}, reverse=True)
+    note = ""
+    if economy is not None:
+        choice = economy(sizes)
+        if choice.style is None:
+            return PackingPlan(1, choice.note)
+        style, sizes, note = choice.style, choice.sizes, choice.note
     size = verdict.get("batch_size") if isinstance(verdict, dict) else None
     if isinstance(size, int) and size >= 1:
         reason = f"{verdict.get('reason', '')} (checked in an earlier run on this endpoint)"
         if size == 1:
             return PackingPlan(1, reason, warn=True)
+        reason = f"{reason}; {note}" if note else reason
         if not watch.wanted:
-            return PackingPlan(min(cap, size), reason)
+            return PackingPlan(min(cap, size), reason, style=style)
         warmup = PackingCheck(REMEMBERED_WARMUP_ROWS, (), AUTO_MIN_AGREEMENT)
-        return PackingPlan(cap, reason, warmup, watch, fixed_size=size)
-    sizes = sorted({s for s in AUTO_CHECK_SIZES if s < cap} | {cap}, reverse=True)
-    return PackingPlan(cap, "", PackingCheck(check_rows(rows_to_send), sizes, AUTO_MIN_AGREEMENT), watch)
+        return PackingPlan(cap, reason, warmup, watch, fixed_size=size, style=style)
+    check = PackingCheck(check_rows(rows_to_send), sizes, AUTO_MIN_AGREEMENT)
+    return PackingPlan(cap, "", check, watch, style=style, note=note)
 
 
 def check_rows(rows_to_send: int) -> int:

@@ -33,7 +33,7 @@ class _Unset:
 UNSET: Any = _Unset()
 
 Errors = Literal["null", "raise"]
-ResponseFormat = Literal["auto", "json_schema", "json_object", "text"]
+ResponseFormat = Literal["auto", "json_schema", "json_object", "text", "lines"]
 #: None: automatic (checked); an int: at most that many rows per request; "calibrated".
 BatchSize = int | Literal["calibrated"] | None
 
@@ -171,9 +171,11 @@ def _validate(o: Options) -> None:
         isinstance(o.max_batch_tokens, int) and o.max_batch_tokens > 0
     ):
         raise ConfigError(f"max_batch_tokens must be a positive int, got {o.max_batch_tokens!r}")
-    if o.response_format not in ("auto", "json_schema", "json_object", "text"):
+    if o.response_format == "lines" and o.schema is not None:
+        raise ConfigError("response_format='lines' packs text answers; with schema= use 'auto' or a JSON mode")
+    if o.response_format not in ("auto", "json_schema", "json_object", "text", "lines"):
         raise ConfigError(
-            "response_format must be 'auto', 'json_schema', 'json_object' or 'text', "
+            "response_format must be 'auto', 'json_schema', 'json_object', 'text' or 'lines', "
             f"got {o.response_format!r}"
         )
     if o.canaries is not None and (

@@ -28,13 +28,15 @@ from ._cache import resolve_cache_dir
 from ._check import batch_cap
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
+from ._economy import economy_for
 from ._endpoint import Endpoint, EndpointState
 from ._errors import AuthenticationError, EndpointError, RowError, RunError
 from ._jobs import Batch, Job
 from ._keys import call_prefix, output_spec
 from ._limiter import RateLimiter
 from ._outcomes import Outcomes, progress_bar, split_tokens
-from ._parse import parse_packed, read_single
+from ._packing import LINES
+from ._parse import read_single
 from ._planner import Planner
 from ._prepare import Prepared, prepare
 from ._pricing import price_for
@@ -44,7 +46,7 @@ from ._template import Template
 from ._tokens import get_tokenizer
 from ._trials import on_verdict, send_trial
 from ._warn import warn_user
-from ._workers import drain
+from ._workers import drain, every, stopped
 
 __all__ = ["Prepared", "Run", "RunResult", "new_run", "prepare", "run"]
 
@@ -259,9 +261,7 @@ class Run:
                 "or the endpoint does not follow it. Check the schema and the template, or try another model"))  # fmt: skip
 
     def parse_packed(self, done: Completion, n: int) -> Any:
-        schema = self.builder.schema
-        return parse_packed(done.content, n, truncated=done.finish_reason == "length",
-                            item=None if schema is None else schema.validate)  # fmt: skip
+        return self.builder.parse(done.content, n, truncated=done.finish_reason == "length")
 
     def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int, invalid: set[int] | None = None) -> None:
         """Ask the ``failed`` rows again (their answer missing, or in ``invalid`` not valid),
@@ -297,7 +297,10 @@ def new_run(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
         verdict=(state.known.get("verdicts") or {}).get(task_key),
         why_one="as batch_size=1 says" if opts.batch_size == 1 else "the template has a field 'id'",
+        economy=economy_for(prepared.todo, builder, opts), style=LINES if opts.response_format == LINES else "json",
     )  # fmt: skip
+    builder.use_style(packing.style)
+    state.format_confirmed = state.format_confirmed or packing.style == LINES  # no response_format to refuse
     report.packing_reason = packing.reason
     if packing.warn:
         warn_user(f"llmframe: {packing.reason}.")
@@ -311,7 +314,7 @@ def new_run(
     the_run = Run(opts=opts, client=client, limiter=limiter, report=report, endpoint=state, builder=builder,
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
                   sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts))  # fmt: skip
-    planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key)
+    planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key, packing.note)
     return the_run
 
 
@@ -340,15 +343,7 @@ async def run(
         state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep,
                         limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), endpoint=endpoint,
                         policy=policy)  # fmt: skip
-    flusher: asyncio.Task[None] | None = None
-    if cache is not None and state is not None:
-        async def flush_periodically() -> None:
-            while True:
-                await sleep(FLUSH_SECONDS / 2)
-                await asyncio.sleep(0)  # an injected sleep may return at once: still yield
-                cache.flush_if_due()
-
-        flusher = asyncio.ensure_future(flush_periodically())
+    flusher = None if cache is None or state is None else every(FLUSH_SECONDS / 2, cache.flush_if_due, sleep)
     try:
         if state is not None:
             await drain(state.planner.take, state.process, opts.max_concurrency, prepared.claims(state, sleep))  # _claims_run
@@ -365,10 +360,7 @@ async def run(
                 report.errors.extend(RowError(r, "cancelled", "the run was interrupted") for r in job.rows)
         raise
     finally:
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(BaseException):
-                await flusher
+        await stopped(flusher)
         if cache is not None:
             cache.close()
         progress.close()
@@ -377,7 +369,7 @@ async def run(
                 await client.aclose()
         if state is not None:
             report.batch_size_final = state.planner.cap
-            report.response_format = state.endpoint.response_format
+            report.response_format = LINES if state.builder.style == LINES else state.endpoint.response_format
             report.endpoint_notes = list(state.endpoint.notes)
         else:
             report.batch_size_final = batch_cap(opts.batch_size, template.fields)

@@ -10,7 +10,6 @@ or are a guess, and the estimate says which.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +19,7 @@ from . import _engine
 from ._config import Options
 from ._endpoint import Endpoint
 from ._html import table
+from ._packing import reply_overhead
 from ._prepare import Prepared, prepare
 from ._pricing import price_for
 from ._requests import max_tokens_param
@@ -104,13 +104,6 @@ class Estimate:
         return table(title, rows, header=["", *(name for name, _ in cols)], note=note)
 
 
-def _packed_output_overhead(n: int, tokenizer: Any) -> int:
-    # The reply's structure around the answers: {"0":"…","1":"…",...} with a one-token
-    # stand-in answer (an empty string would merge the quotes into other tokens).
-    reply = json.dumps(dict.fromkeys(map(str, range(n)), "x"), separators=(",", ":"))
-    return int(tokenizer.count(reply)) - n
-
-
 def _plan(
     prepared: Prepared,
     template: Template,
@@ -137,7 +130,7 @@ def _plan(
         if upper_bound or n == 1:
             output_tokens += request.output_tokens  # max_tokens as it would be sent
         else:
-            output_tokens += n * builder.answer_tokens + _packed_output_overhead(n, builder.tokenizer)
+            output_tokens += n * builder.answer_tokens + reply_overhead(n, builder.tokenizer, builder.style)
         # The estimate assumes the packing check passes: it costs its requests either way.
         check = planner.check
         if batch.kind == "reference" and check is not None:

@@ -9,6 +9,11 @@ is reported so the engine resends only those rows:
   model lost track of which answer belongs where;
 - an id that was not asked for: the batch's numbering is off, so every id is
   suspect (a shifted answer would otherwise slip through as "correct").
+
+The same rules hold for a reply in the lines style (:func:`parse_packed_lines`):
+``id answer`` per line (``id: answer`` and ``id<TAB>answer`` are read too), in a
+code fence or after a line of prose; a line without an id continues the answer
+above it, unless a blank line came between (text after the answers).
 """
 
 from __future__ import annotations
@@ -20,9 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PackedAnswers", "json_candidates", "normalize", "parse_packed", "parse_single", "read_single"]
+__all__ = [
+    "PackedAnswers",
+    "json_candidates",
+    "normalize",
+    "parse_packed",
+    "parse_packed_lines",
+    "parse_single",
+    "read_single",
+]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_ANY_FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+#: ``7 answer``, ``7: answer``, ``7<TAB>answer`` or a bare ``7`` (an empty answer).
+_ID_LINE = re.compile(r"\s*(\d{1,6})(?:\s*:\s?|[ \t]|$)(.*)")
 
 
 @dataclass
@@ -104,15 +120,67 @@ def parse_packed(
     answer's stored text or raises ``ValueError`` naming what is wrong; only that
     id fails. Without it an answer is its text (JSON for a non-string).
     """
-    result = PackedAnswers()
-    ids = range(n_items)
     if truncated:
-        result.failed = dict.fromkeys(ids, "reply cut off at max_tokens (finish_reason=length)")
-        return result
+        return _all_failed(n_items, "reply cut off at max_tokens (finish_reason=length)")
     pairs = _load_pairs(content or "")
     if pairs is None:
-        result.failed = dict.fromkeys(ids, "reply is not a JSON object of answers by id")
-        return result
+        return _all_failed(n_items, "reply is not a JSON object of answers by id")
+    return _match(pairs, n_items, item)
+
+
+def parse_packed_lines(content: str | None, n_items: int, *, truncated: bool = False) -> PackedAnswers:
+    """Match a packed reply in the lines style to item ids ``0..n_items-1`` (see the module
+    docstring). A reply that is a JSON object of answers by id is read as one."""
+    if truncated:
+        return _all_failed(n_items, "reply cut off at max_tokens (finish_reason=length)")
+    text = content or ""
+    fenced = _ANY_FENCE.search(text)
+    pairs = _id_lines(fenced.group(1) if fenced else text)
+    if not pairs:
+        pairs = _load_pairs(text) or []
+    if not pairs:
+        return _all_failed(n_items, "reply has no lines of answers by id")
+    return _match(pairs, n_items, None)
+
+
+def _id_lines(text: str) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = []
+    parts: list[str] = []
+    gap = False
+    for line in text.split("\n"):
+        found = _ID_LINE.fullmatch(line.rstrip())
+        if found is not None:
+            if pairs:
+                pairs[-1] = (pairs[-1][0], _line_answer(parts))
+            pairs.append((found.group(1), None))
+            parts, gap = [found.group(2)], False
+        elif not line.strip():
+            gap = True
+        elif pairs and not gap:
+            parts.append(line.rstrip())  # an answer that runs over several lines
+    if pairs:
+        pairs[-1] = (pairs[-1][0], _line_answer(parts))
+    return pairs
+
+
+def _line_answer(parts: list[str]) -> str | None:
+    text = "\n".join(parts).strip()
+    if text.startswith('"'):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        return value if isinstance(value, str) else text
+    return text or None
+
+
+def _all_failed(n_items: int, reason: str) -> PackedAnswers:
+    return PackedAnswers(failed=dict.fromkeys(range(n_items), reason))
+
+
+def _match(pairs: list[tuple[str, Any]], n_items: int, item: Callable[[Any], str] | None) -> PackedAnswers:
+    result = PackedAnswers()
+    ids = range(n_items)
     seen: dict[int, Any] = {}
     duplicated: set[int] = set()
     for raw_key, value in pairs:

@@ -118,6 +118,7 @@ class RunReport:
             f"{self.requests} requests, {self.retries} retries, {self.rate_limited} rate-limited; "
             f"tokens {self.prompt_tokens} in / {self.completion_tokens} out; cost {cost}; "
             f"latency p50 {p50} p95 {p95}" + (f"; {shared}" if shared else "")
+            + (f"; packing: {self.packing_reason}" if self.packing_reason else "")
         )
 
     def __str__(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from . import _packing
 from ._jobs import Job
+from ._parse import PackedAnswers, parse_packed, parse_packed_lines
 from ._schema import OutputSchema
 from ._template import Template
 from ._tokens import Tokenizer, count_messages
@@ -31,8 +32,11 @@ __all__ = [
 #: Expected answer length when the user sets no ``max_tokens``: used to reserve
 #: tokens and to size batches, then corrected from the response's usage.
 DEFAULT_ANSWER_TOKENS = 16
-#: Extra output tokens per packed row: the id key, quotes, colon and comma.
+#: Extra output tokens per packed row: the id key, quotes, colon and comma (3 measured,
+#: with slack: the reservation and a packed max_tokens must not fall short).
 PACKED_TOKENS_PER_ROW = 5
+#: The same for the lines style: the id and the line break (2 measured).
+LINE_TOKENS_PER_ROW = 3
 _MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
 #: Output tokens of the ``{"value": ...}`` wrapper a single value takes in a one-row reply.
 WRAPPER_TOKENS = 6
@@ -71,7 +75,7 @@ class RequestBuilder:
     """Builds the request for a list of jobs. What ``sends`` says is read at each build,
     so a change the endpoint forced applies to every later request, resends included."""
 
-    __slots__ = ("answer_tokens", "packed_format", "schema", "sends", "single_format", "system",
+    __slots__ = ("answer_tokens", "packed_format", "schema", "sends", "single_format", "style", "system",
                  "system_tokens", "template", "tokenizer")  # fmt: skip
 
     def __init__(
@@ -93,20 +97,40 @@ class RequestBuilder:
             self.answer_tokens = expected_tokens(schema, tokenizer)
         else:
             self.answer_tokens = DEFAULT_ANSWER_TOKENS
-        system_text = _packing.packed_system(template.text, system, self.packed_format)
-        self.system_tokens = count_messages(
-            [{"role": "system", "content": system_text}, {"role": "user", "content": ""}], tokenizer
-        )
+        self.style = _packing.JSON
+        self.system_tokens = self.request_tokens(_packing.JSON)
+
+    def use_style(self, style: str) -> None:
+        """Pack in ``style`` from now on (before the first packed request: item sizes are cached)."""
+        self.style = style
+        self.system_tokens = self.request_tokens(style)
+
+    def request_tokens(self, style: str) -> int:
+        """The input tokens of a packed request in ``style`` before its items."""
+        text = _packing.packed_system(self.template.text, self.system, self.packed_format, style,
+                                      self.template.fields)  # fmt: skip
+        return count_messages([{"role": "system", "content": text}, {"role": "user", "content": ""}], self.tokenizer)
 
     @property
     def per_row_output(self) -> int:
-        return self.answer_tokens + PACKED_TOKENS_PER_ROW
+        extra = LINE_TOKENS_PER_ROW if self.style == _packing.LINES else PACKED_TOKENS_PER_ROW
+        return self.answer_tokens + extra
 
     def item_tokens(self, job: Job) -> int:
         """The tokens one row adds to a packed request (cached on the job)."""
         if job.item_tokens < 0:
-            job.item_tokens = self.tokenizer.count(_packing.item_line(0, job.values)) + 1
+            job.item_tokens = self.count_item(job.values, self.style)
         return job.item_tokens
+
+    def count_item(self, values: Mapping[str, str], style: str) -> int:
+        return self.tokenizer.count(_packing.item_text(0, values, style)) + 1  # and its line break
+
+    def parse(self, content: str | None, n: int, *, truncated: bool = False) -> PackedAnswers:
+        """A packed reply's answers, read in the format this builder asked for."""
+        if self.style == _packing.LINES:
+            return parse_packed_lines(content, n, truncated=truncated)
+        item = None if self.schema is None else self.schema.validate
+        return parse_packed(content, n, truncated=truncated, item=item)
 
     def build(self, jobs: Sequence[Job]) -> Request:
         params = dict(self.sends.params)
@@ -127,14 +151,17 @@ class RequestBuilder:
             elif mode == "json_object":
                 fmt = {"type": "json_object"}
             return Request(messages, params, fmt, mode, tokens, self.answer_tokens)
+        lines = self.style == _packing.LINES
         messages = _packing.packed_messages(self.template.text, self.system, [j.values for j in jobs],
-                                            self.packed_format)  # fmt: skip
+                                            self.packed_format, self.style, self.template.fields)  # fmt: skip
         n = len(jobs)
         out = n * self.per_row_output + 8
         key = max_tokens_param(params)
         if key is not None:
             params[key] = out  # the user's max_tokens is per answer; a packed reply holds n
-        if mode == "json_schema":
+        if lines:  # no schema to enforce: nothing for the endpoint to reject either
+            mode = _packing.LINES
+        elif mode == "json_schema":
             fmt = _packing.answers_schema(n) if schema is None else (
                 _packing.json_schema_format("answers", schema.packed_root(n)))
         elif mode == "json_object":

@@ -58,9 +58,10 @@ async def send_trial(run: Run, batch: Batch) -> None:
     check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
 
 
-def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: str) -> int:
+def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: str, note: str = "") -> int:
     """The packing check decided: keep or re-ask the rows that rode in its trial, say
-    why, remember it; returns the batch size from now on."""
+    why (``note``: why packing at all, the per-row estimates), remember it; returns the
+    batch size from now on."""
     verdict = check.verdict
     assert verdict is not None
     for job, answer, usage in check.held:  # the trial agreed: its new rows are answered
@@ -73,7 +74,7 @@ def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: 
     run.report.packing_fields = dict(verdict.fields)
     if fixed_size is not None:
         return fixed_size
-    run.report.packing_reason = verdict.reason
+    run.report.packing_reason = f"{verdict.reason}; {note}" if note and verdict.batch_size > 1 else verdict.reason
     if verdict.agreement:  # measured, not a lack of rows: worth remembering
         run.endpoint.learned(verdicts={task_key: {"batch_size": verdict.batch_size, "reason": verdict.reason}})
         if verdict.batch_size == 1:

@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-__all__ = ["Outside", "drain"]
+__all__ = ["Outside", "drain", "every", "stopped"]
 
 T = TypeVar("T")
 
@@ -77,3 +77,23 @@ async def drain(
             watcher.cancel()
             with contextlib.suppress(BaseException):
                 await watcher
+
+
+def every(seconds: float, action: Callable[[], None], sleep: Callable[[float], Awaitable[None]]) -> asyncio.Task[None]:
+    """A task that calls ``action`` every ``seconds`` of the (injectable) ``sleep`` until cancelled."""
+
+    async def loop() -> None:
+        while True:
+            await sleep(seconds)
+            await asyncio.sleep(0)  # an injected sleep may return at once: still yield
+            action()
+
+    return asyncio.ensure_future(loop())
+
+
+async def stopped(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

@@ -50,3 +50,15 @@ def _fresh_endpoint_memory() -> Any:
     MEMORY.clear()
     yield
     MEMORY.clear()
+
+
+def apply_column(server: Any, template: str, name: str, values: list[Any], **extra: Any) -> tuple[list[Any], Any]:
+    """``pd.DataFrame({name: values}).llm.apply(template)`` on ``server`` (gpt-4o-mini, no cache,
+    no progress, ``extra`` on top): the answers (``None`` for nulls) and the report."""
+    options: dict[str, Any] = {
+        "model": "gpt-4o-mini", "base_url": server.base_url, "api_key": server.api_key,
+        "progress": False, "cache": False,
+    }  # fmt: skip
+    options.update(extra)
+    out = pd.DataFrame({name: values}).llm.apply(template, **options)
+    return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report

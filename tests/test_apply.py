@@ -28,12 +28,22 @@ def opts(server: FakeServer, **extra: Any) -> dict[str, Any]:
     return base
 
 
+# Instructions long enough that packing is cheaper than one row per request even on 57 rows
+# (the default does not pack a bare "Classify the sentiment of: {review}": it would cost more).
+LONG_TEMPLATE = (
+    "Classify the sentiment of the customer review below as positive, negative, neutral or mixed. "
+    "A review that praises one thing and criticises another is mixed; a review that only states "
+    "facts is neutral. Sarcasm counts as what the writer means, not what the words say. Answer "
+    "with the label alone, in lower case, with no other words.\n\nReview: {review}"
+)
+
+
 @pytest.mark.parametrize("batch_size", [1, None])
 def test_every_row_gets_its_own_answer(fake_server: FakeServer, make_frame: Any, batch_size: Any) -> None:
     reviews = [f"review number {i}" for i in range(57)]
     df = make_frame({"review": reviews, "stars": list(range(57))})
-    out = df.llm.apply(TEMPLATE, output="sentiment", batch_size=batch_size, **opts(fake_server))
-    assert column(out, "sentiment") == [expected_answer(TEMPLATE.format(review=r)) for r in reviews]
+    out = df.llm.apply(LONG_TEMPLATE, output="sentiment", batch_size=batch_size, **opts(fake_server))
+    assert column(out, "sentiment") == [expected_answer(LONG_TEMPLATE.format(review=r)) for r in reviews]
     assert column(out, "stars") == list(range(57))
     if batch_size == 1:
         assert fake_server.stats.requests == 57

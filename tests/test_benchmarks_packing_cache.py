@@ -31,6 +31,11 @@ def fast_servers(monkeypatch: pytest.MonkeyPatch) -> None:
         {**packing_bench.TPM_SERVER, "latency": 0.01, "latency_per_token": 0.0},
     )
     monkeypatch.setattr(packing_bench, "LATENCY_SERVER", {"latency": 0.01})
+    monkeypatch.setattr(
+        packing_bench,
+        "SHORT_SERVER",
+        {**packing_bench.SHORT_SERVER, "latency": 0.01, "latency_per_token": 0.0},
+    )
 
 
 def test_packing_benchmark_smoke(
@@ -48,7 +53,10 @@ def test_packing_benchmark_smoke(
     assert runs[("rpm", "one-row")]["requests"] == runs[("rpm", "one-row")]["rows"]
     assert runs[("rpm", "packed")]["requests"] < runs[("rpm", "packed")]["rows"]
     assert all(r["correct_rows"] == r["rows"] for key, r in runs.items() if "shuffle" not in key[1])
-    assert {c["name"].split(":")[0] for c in data["checks"]} >= {"rpm", "tpm"}
+    assert {c["name"].split(":")[0] for c in data["checks"]} >= {"rpm", "tpm", "short"}
+    assert {e["format"] for e in data["format_estimates"]} == {
+        "one row per request", "JSON, 20 per request", "id lines, 20 per request"}  # fmt: skip
+    assert runs[("short", "batch_size=20, lines")]["response_format"] == "lines"
     for name in ("batch_size", "concurrency"):
         assert (tmp_path / f"packing_throughput_vs_{name}.png").stat().st_size > 0
     assert (tmp_path / "packing_tokens_per_row.png").stat().st_size > 0

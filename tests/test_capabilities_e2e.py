@@ -13,6 +13,14 @@ from llmframe import EndpointError
 from llmframe.testing import FakeServer, expected_answer
 
 TEMPLATE = "Label this: {text}"
+# Instructions long enough that the default packs (in JSON): a bare "Label this: {text}"
+# costs less one row per request, so the default would not pack it at all.
+PACKED_TEMPLATE = (
+    "Label the support message below with the team that should handle it: billing, shipping, "
+    "returns or technical. A message about a charge is billing even when it mentions a parcel; a "
+    "message about a broken device is technical. Answer with the team's name alone, in lower "
+    "case, with no other words.\n\nMessage: {text}"
+)
 
 
 def opts(server: FakeServer, **extra: Any) -> dict[str, Any]:
@@ -40,8 +48,9 @@ def test_llama_cpp_500_on_json_schema_steps_down_after_one_rejection(
 ) -> None:
     server = fake_server_factory(json_schema=False, rejects_like="llama.cpp")
     rows = texts(200)
-    out = pd.DataFrame({"text": rows}).llm.apply(TEMPLATE, **opts(server, batch_size=batch_size))
-    assert answers(out) == [expected_answer(TEMPLATE.format(text=t)) for t in rows]
+    template = TEMPLATE if batch_size else PACKED_TEMPLATE
+    out = pd.DataFrame({"text": rows}).llm.apply(template, **opts(server, batch_size=batch_size))
+    assert answers(out) == [expected_answer(template.format(text=t)) for t in rows]
     assert statuses(server).count(500) == 1  # one rejected request, never retried
     report = out.llm.report
     assert report.failed_rows == 0 and report.retries == 0
@@ -49,7 +58,7 @@ def test_llama_cpp_500_on_json_schema_steps_down_after_one_rejection(
     assert report.endpoint_notes == ["response_format 'json_schema' rejected (HTTP 500); using 'json_object'"]
     # The next run on the same endpoint sends the working format first time.
     server.reset_stats()
-    again = pd.DataFrame({"text": texts(100, "other")}).llm.apply(TEMPLATE, **opts(server, batch_size=batch_size))
+    again = pd.DataFrame({"text": texts(100, "other")}).llm.apply(template, **opts(server, batch_size=batch_size))
     assert again.llm.report.failed_rows == 0 and 500 not in statuses(server)
 
 

@@ -14,11 +14,19 @@ from llmframe.testing import FakeServer
 
 def test_run_report_says_why_it_packed_and_escapes(fake_server: FakeServer) -> None:
     df = pd.DataFrame({"text": [f"<b>row {i}</b>" for i in range(60)]})
-    out = df.llm.apply("Label {text}", model="gpt-4o-mini", base_url=fake_server.base_url,
+    template = ("Label the text below with its language, as the English name of the language, "
+                "in lower case. Text in several languages gets the language of its first "
+                "sentence; markup and code do not count as a language. Answer with the name "
+                "alone, with no other words.\n\nText: {text}")  # worth packing: see test_economy
+    out = df.llm.apply(template, model="gpt-4o-mini", base_url=fake_server.base_url,
                        api_key=fake_server.api_key, progress=False, cache=False)  # fmt: skip
     page = out.llm.report._repr_html_()
     assert page.startswith('<div class="llmframe-report">') and "<table" in page
     assert "packed 20 rows per request" in page and "agreement 100% at 20" in page
+    assert "JSON packing ~$" in page and "against one row per request ~$" in page
+    short = df.llm.apply("Label {text}", model="gpt-4o-mini", base_url=fake_server.base_url,
+                         api_key=fake_server.api_key, progress=False, cache=False)  # fmt: skip
+    assert "would cost more per row" in short.llm.report._repr_html_()
     report = RunReport(model="<script>", endpoint_notes=["a & b"])
     page = report._repr_html_()
     assert "<script>" not in page and "&lt;script&gt;" in page and "a &amp; b" in page

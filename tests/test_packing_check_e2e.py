@@ -11,16 +11,25 @@ import pytest
 from llmframe import _check
 from llmframe.testing import Degrade, FakeServer, expected_answer
 
-TEMPLATE = "What is the capital of {country}?"
+# A task worth packing: its instructions, repeated in every one-row request, cost more than
+# the packed format's ids and the check (a bare "What is the capital of {country}?" does not:
+# see test_a_short_prompt_is_not_packed_where_that_is_dearer).
+TEMPLATE = (
+    "You answer geography questions for a school quiz. Give the capital city of the country "
+    "named below: the seat of its government, as an atlas in English would spell it. If the "
+    "country has more than one capital, give the one its constitution names first. Answer with "
+    "the city's name alone, with no other words, no punctuation and no explanation.\n\nCountry: {country}"
+)
 
 
-def run(server: FakeServer, countries: list[str], **extra: Any) -> tuple[list[Any], Any]:
+def run(server: FakeServer, countries: list[str], template: str = TEMPLATE, **extra: Any) -> tuple[list[Any], Any]:
+    # Not conftest's apply_column: the warning must point at the line that calls apply, here.
     options: dict[str, Any] = {
         "model": "gpt-4o-mini", "base_url": server.base_url, "api_key": server.api_key,
         "progress": False, "cache": False,
     }  # fmt: skip
     options.update(extra)
-    out = pd.DataFrame({"country": countries}).llm.apply(TEMPLATE, **options)
+    out = pd.DataFrame({"country": countries}).llm.apply(template, **options)
     return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report
 
 
@@ -104,3 +113,14 @@ def test_a_fixed_batch_size_is_not_checked(fake_server_factory: Any) -> None:
     got, report = run(server, countries(100), batch_size=10)
     assert report.check_requests == 0 and report.batch_size_final == 10
     assert sum(g != w for g, w in zip(got, want(countries(100)), strict=True)) > 50  # as asked
+
+
+def test_a_short_prompt_is_not_packed_where_that_is_dearer(fake_server_factory: Any) -> None:
+    server = fake_server_factory()
+    names = countries(100)
+    short = "What is the capital of {country}?"
+    got, report = run(server, names, short)
+    assert got == [expected_answer(short.format(country=c)) for c in names]
+    assert server.stats.requests == 100 and report.check_requests == 0
+    assert report.packing_reason.startswith("one row per request: packing 20 rows per request would cost more")
+    assert "id lines ~$" in report.packing_reason and "than one row per request (~$" in report.packing_reason

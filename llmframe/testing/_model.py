@@ -17,6 +17,11 @@ instead of sharing its mistakes. Each item's template is rendered with
 answers each item exactly as the one-row request of the rendered prompt would
 be answered, in the compact JSON object ``{"0":"...","1":"..."}``.
 
+The **lines** style is recognised the same way: every non-blank line of the user
+message is an integer id, a space and the item: its value (a JSON string when it
+starts with a quote) for a template with one field, a JSON object of its fields
+otherwise. Such a request is answered in lines, ``id answer`` per item.
+
 A request that asks for structured output (a JSON schema) is answered with
 deterministic values of that schema: :mod:`llmframe.testing._structured`
 finds the schema, :mod:`llmframe.testing._schema` fills it.
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +55,7 @@ AnswerFn = Callable[[str], str]
 #: What a model "guesses" when the template names a field the item lacks.
 UNKNOWN_ANSWER = "?"
 
+_LINE_ITEM = re.compile(r"(\d+) (.*)")
 _TASK_OPEN = "<task>\n"
 _TASK_CLOSE = "\n</task>"
 
@@ -83,10 +91,12 @@ def message_text(message: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class PackedRequest:
-    """A parsed packed request: the task template and the items, in request order."""
+    """A parsed packed request: the task template and the items, in request order;
+    ``style`` is how they came and how the answer goes: ``"json"`` or ``"lines"``."""
 
     template: str
     items: list[tuple[int, dict[str, Any]]]
+    style: str = "json"
 
 
 def task_span(system: str) -> tuple[int, int] | None:
@@ -126,12 +136,51 @@ def _parse_items(text: str) -> list[tuple[int, dict[str, Any]]] | None:
     return items or None
 
 
+def _template_fields(template: str) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return []
+    names: list[str] = []
+    for _, name, _, _ in parsed:
+        if name is not None and name not in names:
+            names.append(name)
+    return names
+
+
+def _parse_lines(text: str, template: str) -> list[tuple[int, dict[str, Any]]] | None:
+    fields = _template_fields(template)
+    items: list[tuple[int, dict[str, Any]]] = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        found = _LINE_ITEM.fullmatch(line)
+        if found is None:
+            return None
+        rest = found.group(2)
+        value: Any = rest
+        if rest.startswith(("{", '"')):
+            try:
+                value = json.loads(rest)
+            except ValueError:
+                return None
+        if isinstance(value, dict):
+            item = value
+        elif isinstance(value, str) and len(fields) == 1:
+            item = {fields[0]: value}
+        else:
+            return None
+        items.append((int(found.group(1)), item))
+    return items or None
+
+
 def parse_packed(messages: Sequence[Mapping[str, Any]]) -> PackedRequest | None:
     """The packed request in ``messages``, or ``None`` if it is a one-row request.
 
     A request is packed when a system (or developer) message has a
     ``<task>`` block and every non-blank line of the last user message is a
-    JSON object with an integer ``"id"``.
+    JSON object with an integer ``"id"`` (or, in the lines style, an id, a space
+    and the item).
     """
     template = None
     user = None
@@ -146,9 +195,10 @@ def parse_packed(messages: Sequence[Mapping[str, Any]]) -> PackedRequest | None:
     if template is None or user is None:
         return None
     items = _parse_items(user)
-    if items is None:
-        return None
-    return PackedRequest(template, items)
+    if items is not None:
+        return PackedRequest(template, items)
+    lines = _parse_lines(user, template)
+    return None if lines is None else PackedRequest(template, lines, "lines")
 
 
 def render_item(template: str, fields: Mapping[str, Any]) -> str | None:

@@ -6,7 +6,8 @@ the one-row request of its rendered prompt would be: with the text answer
 schema (:class:`~llmframe.testing._structured.ItemSchema`) when it carries one.
 A template field missing from an item (or a template that does not render)
 gets a guess: ``"?"``, or the schema's value with ``"?"`` for the text answer.
-The reply is the compact JSON object ``{"0": ..., "1": ...}``.
+The reply is the compact JSON object ``{"0": ..., "1": ...}``, or for a request
+in the lines style one line per item, ``id answer``.
 
 The degrading model of :mod:`llmframe.testing._degrade` (wrong answers that
 grow more likely with the number of items, a shift by one row) is applied
@@ -39,6 +40,15 @@ __all__ = ["answer_packed"]
 def _dumps(pairs: Sequence[tuple[str, Any]]) -> str:
     # Built by hand rather than from a dict so that a duplicate key can be written.
     return "{" + ",".join(f"{dumps(key)}:{dumps(value)}" for key, value in pairs) + "}"
+
+
+def _lines(pairs: Sequence[tuple[str, Any]]) -> str:
+    # An answer that would not stay on its line goes as a JSON string, as items do.
+    def one(value: Any) -> str:
+        text = value if isinstance(value, str) else dumps(value)
+        return dumps(text) if "\n" in text or "\r" in text or text.startswith('"') else text
+
+    return "\n".join(f"{key} {one(value)}" for key, value in pairs)
 
 
 def answer_packed(
@@ -130,11 +140,14 @@ def answer_packed(
         # "prose" and "truncate" change the text, below.
         applied.append(kind)
 
-    text = _dumps(pairs)
+    lines = packed.style == "lines"
+    text = _lines(pairs) if lines else _dumps(pairs)
     if "prose" in applied:
-        text = f"Here are the answers:\n\n```json\n{text}\n```\n\nLet me know if you need anything else."
+        fence = "" if lines else "json"
+        text = f"Here are the answers:\n\n```{fence}\n{text}\n```\n\nLet me know if you need anything else."
     if "truncate" in applied:
         # Any proper prefix of a JSON object is invalid JSON: its closing brace comes last.
-        start, end = text.find("{") + 1, text.rfind("}")
+        # A prefix of lines may read as fewer answers: the finish_reason says it was cut.
+        start, end = (0, len(text)) if lines else (text.find("{") + 1, text.rfind("}"))
         text = text[: rng.randrange(start, end) if end > start else start]
     return text, applied, degraded
