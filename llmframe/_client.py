@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -182,13 +183,30 @@ def classify(exc: BaseException, *, api_key: str | None = None, base_url: str = 
 def _http_client(max_connections: int) -> Any:
     """The SDK's default HTTP client, with a keep-alive pool as large as the concurrency:
     the default keeps 100 alive, so a run with more requests in flight would keep
-    opening new connections."""
+    opening new connections. Its TLS context is the process's (:func:`_tls_context`)."""
     try:
         import httpx2 as httpx  # the transport of openai >= 3
     except ImportError:  # pragma: no cover - openai 1.x/2.x
         import httpx  # type: ignore[no-redef]
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return openai.DefaultAsyncHttpxClient(limits=limits)
+    return openai.DefaultAsyncHttpxClient(limits=limits, verify=_tls_context(httpx))
+
+
+_tls_contexts: dict[tuple[str | None, str | None], Any] = {}
+_tls_lock = threading.Lock()
+
+
+def _tls_context(httpx: Any) -> Any:
+    """One TLS context per process, as the HTTP client would build it (certifi's roots, or
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``): loading the roots takes ~0.2 s, which every run
+    paid before its first request, since each run builds its own client. A context is
+    safe to share between connections and threads."""
+    where = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    with _tls_lock:
+        ctx = _tls_contexts.get(where)
+        if ctx is None:
+            ctx = _tls_contexts[where] = httpx.create_ssl_context()
+        return ctx
 
 
 def credentials(base_url: str | None, api_key: str | None) -> tuple[str | None, str]:

@@ -350,3 +350,22 @@ def test_messages_and_format_reach_the_server_as_given() -> None:
     assert body["messages"] == MESSAGES and body["model"] == MODEL
     assert body["temperature"] == 0 and body["seed"] == 3
     assert body["response_format"] == {"type": "json_object"}
+
+
+def test_runs_share_one_tls_context_per_certificate_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the root certificates takes ~0.2 s: each run's client reuses the process's
+    context, and a changed SSL_CERT_FILE gets its own."""
+    import ssl
+
+    import httpx2
+
+    from llmframe._client import _tls_context
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    first = _tls_context(httpx2)
+    assert isinstance(first, ssl.SSLContext) and first.verify_mode == ssl.CERT_REQUIRED
+    assert _tls_context(httpx2) is first
+    import certifi
+
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert _tls_context(httpx2) is not first
