@@ -253,9 +253,16 @@ class AnswerCache:
         """Write what is buffered. Safe to call twice; ``with AnswerCache(...)`` calls it."""
         if self._closed:
             return
-        self.flush()
-        with self._lock:
-            self._closed = True
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                logs = [log for log in (*self._retired, self._log) if log is not None]
+                self._retired, self._log = [], None
+            for log in logs:  # unfolded (the flush failed): orphans the next open folds
+                with contextlib.suppress(OSError):
+                    log.close()
 
     def __enter__(self) -> AnswerCache:
         return self

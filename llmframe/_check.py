@@ -364,6 +364,8 @@ def plan(
             return PackingPlan(1, choice.note)
         style, sizes, note = choice.style, choice.sizes, choice.note
     size = verdict.get("batch_size") if isinstance(verdict, dict) else None
+    if isinstance(size, int) and size > 1 and verdict.get("style", "json") != style:
+        size = None  # it packed well in another format: this one is checked afresh
     if isinstance(size, int) and size >= 1:
         reason = f"{verdict.get('reason', '')} (checked in an earlier run on this endpoint)"
         if size == 1:

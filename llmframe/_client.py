@@ -243,7 +243,7 @@ class ChatClient:
             self._owned = False
         else:
             url, key = credentials(base_url, api_key)
-            if url is None and key == PLACEHOLDER_KEY:
+            if key == PLACEHOLDER_KEY and (url is None or urlsplit(url).hostname == "api.openai.com"):
                 raise ConfigError(
                     "no API key for OpenAI's endpoint: set OPENAI_API_KEY or pass api_key=; for a local "
                     "server (vLLM, llama.cpp, Ollama) pass base_url= (then no key is needed)"

@@ -15,26 +15,28 @@ What it learns goes to :data:`~llmframe._capabilities.MEMORY`.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._capabilities import MEMORY, EndpointMemory, Rejection, next_format, rejection
 from ._client import UNREACHABLE, CallError, credentials
+from ._errors import ConfigError
 from ._jobs import Batch
 from ._limiter import RateLimiter
 from ._requests import Request
 from ._shared_limiter import shared_limiter
 
-__all__ = ["DEFAULT_BASE_URL", "UNREACHABLE_STREAK", "Endpoint", "EndpointState"]
+__all__ = ["DEFAULT_BASE_URL", "UNREACHABLE_SECONDS", "Endpoint", "EndpointState"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
-#: Attempts in a row that could not open a connection, after the endpoint had answered
-#: in this run, that stop it: a restart blip passes within a few retries, a dead server
-#: does not. Before any answer, the first such attempt stops the run.
-UNREACHABLE_STREAK = 6
-
+#: Seconds an endpoint that had answered in this run may refuse connections, with no
+#: reply in between, before the run stops: a restart passes within a few retries, a dead
+#: server does not. Counted in time, not attempts: with 32 requests in flight, one blip
+#: refuses 32 attempts at once. Before any reply, the first such attempt stops the run.
+UNREACHABLE_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -64,14 +66,18 @@ class Endpoint:
     ) -> RateLimiter:
         """The shared limiter of this endpoint (key and model included): the process's, or
         with ``kind="machine"`` the machine's (the ``limiter=`` option; None: the process's)."""
-        return shared_limiter(self.base_url, self.key_hash, self.model, rpm=rpm, tpm=tpm,
-                              kind=kind or "process")  # fmt: skip
+        try:
+            return shared_limiter(self.base_url, self.key_hash, self.model, rpm=rpm, tpm=tpm,
+                                  kind=kind or "process")  # fmt: skip
+        except OSError as exc:  # the machine limiter's state folder
+            raise ConfigError(f"cannot use limiter={kind!r}: {exc}") from exc
 
 
 class EndpointState:
     """What one run sends, changed by what the endpoint rejects."""
 
     __slots__ = (
+        "down_since",
         "endpoint_confirmed",
         "fatal",
         "format_confirmed",
@@ -86,7 +92,6 @@ class EndpointState:
         "replies",
         "response_format",
         "structured",
-        "unreachable",
         "user_format",
     )
 
@@ -124,7 +129,7 @@ class EndpointState:
         self.probe_in_flight = False
         self.fatal: CallError | None = None
         self.replies = 0  # replies in this run
-        self.unreachable = 0  # attempts in a row that could not connect
+        self.down_since: float | None = None  # when connections began to be refused
         self.notes: list[str] = []  # what was rejected and what changed, for the report
         self.renamed: set[str] = set()  # parameter names renamed away from in this run
         self.known = known  # as the run started: packing verdicts are read from it
@@ -220,19 +225,22 @@ class EndpointState:
         return False
 
     # ---- reachability -----------------------------------------------------------------
-    def attempted(self, err: CallError | None) -> None:
-        """Told of every attempt's outcome (``None``: a reply). Stops the run on an endpoint
-        that cannot be connected to: at once before any reply came, else after
-        :data:`UNREACHABLE_STREAK` such attempts in a row."""
+    def attempted(self, err: CallError | None, now: float | None = None) -> None:
+        """Told of every attempt's outcome (``None``: a reply), at ``now`` (monotonic). Stops
+        the run on an endpoint that cannot be connected to: at once before any reply came,
+        else once it has refused for :data:`UNREACHABLE_SECONDS` with no reply between."""
+        now = time.monotonic() if now is None else now
         if err is None:
             self.replies += 1
-            self.unreachable = 0
+            self.down_since = None
             return
         if err.code != UNREACHABLE:
             return
-        self.unreachable += 1
-        if not self.replies or self.unreachable >= UNREACHABLE_STREAK:
-            tail = "" if not self.replies else f" ({self.unreachable} attempts in a row)"
+        if self.down_since is None:
+            self.down_since = now
+        down = now - self.down_since
+        if not self.replies or down >= UNREACHABLE_SECONDS:
+            tail = f" (for {down:.0f} s, after it had answered)" if self.replies else ""
             self.stop(err, f"{err.message}{tail}. Rows answered so far are cached")
 
     def stop(self, err: CallError, message: str) -> None:

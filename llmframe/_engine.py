@@ -333,16 +333,17 @@ async def run(
     client: ChatClient | None = None
     state: Run | None = None
     if todo:  # only a run with rows to send pays for an HTTP client (SSL context) and a tokenizer
-        try:  # no key for OpenAI's endpoint: a ConfigError before any request
+        try:  # no key for OpenAI's endpoint, an unusable limiter folder: nothing sent, nothing left open
             client = ChatClient(client=opts.client, base_url=opts.base_url, api_key=opts.api_key,
                                 timeout=opts.timeout, max_connections=max(100, opts.max_concurrency))  # fmt: skip
+            state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep, policy=policy,
+                            limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), endpoint=endpoint)  # fmt: skip
         except BaseException:
             prepared.close()
             progress.close()
+            if client is not None:
+                await client.aclose()
             raise
-        state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep,
-                        limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), endpoint=endpoint,
-                        policy=policy)  # fmt: skip
     flusher = None if cache is None or state is None else every(FLUSH_SECONDS / 2, cache.flush_if_due, sleep)
     try:
         if state is not None:

@@ -76,7 +76,8 @@ def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: 
         return fixed_size
     run.report.packing_reason = f"{verdict.reason}; {note}" if note and verdict.batch_size > 1 else verdict.reason
     if verdict.agreement:  # measured, not a lack of rows: worth remembering
-        run.endpoint.learned(verdicts={task_key: {"batch_size": verdict.batch_size, "reason": verdict.reason}})
+        run.endpoint.learned(verdicts={task_key: {"batch_size": verdict.batch_size, "reason": verdict.reason,
+                                                  "style": run.builder.style}})
         if verdict.batch_size == 1:
             warn_user(f"llmframe: {verdict.reason}.")
     return verdict.batch_size

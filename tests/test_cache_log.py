@@ -19,6 +19,7 @@ from llmframe._cache import AnswerCache
 from llmframe._cache_admin import cache_info, clear_cache, compact_cache, read_cache
 from llmframe._cache_log import (
     LOG_NAME,
+    LOGS_SUPPORTED,
     AnswerLog,
     fold_orphans,
     list_logs,
@@ -29,6 +30,7 @@ from llmframe._cache_log import (
 from llmframe._cache_reader import CacheReader
 from llmframe._cache_schema import SCHEMA, records_to_table
 from llmframe._cache_segments import SEGMENT_NAME
+from llmframe._errors import CacheError
 
 
 def logs(folder: Path) -> list[str]:
@@ -299,3 +301,26 @@ def test_read_cache_and_info_count_log_records(tmp_path: Path) -> None:
     assert info["log_bytes"] == sum(list_logs(tmp_path).values()) > 0
     assert info["orphaned_logs"] == 0
     cache.close()
+
+
+@pytest.mark.skipif(not LOGS_SUPPORTED, reason="needs flock")
+def test_a_close_whose_flush_fails_lets_go_of_its_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at close: the error is raised, and the logs are released (not deleted),
+    so the next cache to open the folder, in this process too, folds them."""
+    import llmframe._cache as cache_module
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    real = cache_module.write_segment
+    monkeypatch.setattr(cache_module, "write_segment", full_disk)
+    for n in range(2):
+        cache = AnswerCache(tmp_path, flush_seconds=1e9)
+        cache.add([record(n)])
+        with pytest.raises(CacheError, match="No space left"):
+            cache.close()
+        cache.close()  # closed for good: a second close does nothing
+    monkeypatch.setattr(cache_module, "write_segment", real)
+    with AnswerCache(tmp_path) as again:  # folds both orphans on open
+        assert again.lookup([key(0), key(1)]) == ["yes", "yes"]
+    assert not list_logs(tmp_path)

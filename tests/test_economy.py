@@ -106,3 +106,24 @@ def test_plan_follows_the_choice() -> None:
     # An explicit batch size is never overridden.
     explicit = _check.plan(cap=20, batch_size=20, canaries=0, rows_to_send=600, economy=economy)
     assert explicit.cap == 20 and explicit.style == "json"
+
+
+def test_a_verdict_is_reused_only_in_the_style_it_was_measured_in() -> None:
+    """Packing that agreed in JSON says nothing of id lines: those are checked afresh."""
+    jobs = [Job(str(i), {"code": f"K{i:07d}"}, [i]) for i in range(600)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = get_tokenizer("gpt-4o-mini")
+    builder = RequestBuilder(parse_template(MEDIUM, ["code"]), None, tok, Sends())
+    economy = economy_for(jobs, builder, Options(model="gpt-4o-mini"))
+    assert economy([20]).style == "lines"
+
+    def plan(verdict: dict[str, object]) -> _check.PackingPlan:
+        return _check.plan(cap=20, batch_size=None, canaries=0, rows_to_send=600, economy=economy, verdict=verdict)
+
+    in_json = plan({"batch_size": 20, "reason": "agreed"})  # stored before styles were recorded: JSON
+    assert in_json.check is not None and in_json.check.sizes  # checked again, in lines
+    in_lines = plan({"batch_size": 20, "reason": "agreed", "style": "lines"})
+    assert in_lines.check is None and in_lines.cap == 20  # reused as measured
+    refused = plan({"batch_size": 1, "reason": "disagreed", "style": "json"})
+    assert refused.cap == 1  # a refusal holds in any style

@@ -9,6 +9,9 @@ is a ``ConfigError`` before any request.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 import time
 from typing import Any
 
@@ -17,8 +20,9 @@ import pytest
 
 import llmframe
 from llmframe import AuthenticationError, ConfigError, EndpointError
+from llmframe._claims import CLAIMS_FILE
 from llmframe._client import UNREACHABLE, CallError
-from llmframe._endpoint import UNREACHABLE_STREAK, EndpointState
+from llmframe._endpoint import UNREACHABLE_SECONDS, EndpointState
 from llmframe.testing import FakeServer
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -96,6 +100,9 @@ def test_a_dead_endpoint_keeps_what_was_answered(fake_server: FakeServer) -> Non
 def test_no_key_for_openai_is_a_config_error_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         FRAME.llm.apply("Sentiment of: {review}", output="s", model="gpt-4o-mini", progress=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):  # named, not defaulted: the same
+        FRAME.llm.apply("Sentiment of: {review}", output="s", model="gpt-4o-mini", progress=False,
+                        base_url="https://api.openai.com/v1")  # fmt: skip
     # A local server needs no key; a run the cache answers whole needs none either.
     server = FakeServer().start()
     try:
@@ -133,15 +140,74 @@ def test_before_any_reply_one_unreachable_attempt_stops() -> None:
     assert state.fatal is not None and "could not connect" in state.fatal.message
 
 
-def test_after_replies_a_streak_stops_and_a_reply_resets_it() -> None:
+def test_after_replies_it_stops_once_refused_for_a_while_and_a_reply_resets_it() -> None:
+    """Counted in time, not attempts: 32 requests in flight refuse at once in one blip."""
     state = _state()
-    state.attempted(None)
-    for _ in range(UNREACHABLE_STREAK - 1):
-        state.attempted(_unreachable())
-    state.attempted(None)  # the server came back: the streak starts again
-    for _ in range(UNREACHABLE_STREAK - 1):
-        state.attempted(_unreachable())
+    state.attempted(None, now=0.0)
+    for _ in range(100):  # a restart blip seen by every request in flight, and their retries
+        state.attempted(_unreachable(), now=1.0)
+    state.attempted(_unreachable(), now=1.0 + UNREACHABLE_SECONDS - 0.1)
     assert state.fatal is None
-    state.attempted(_unreachable())
+    state.attempted(None, now=12.0)  # the server came back: the clock starts again
+    state.attempted(_unreachable(), now=13.0)
+    state.attempted(_unreachable(), now=13.0 + UNREACHABLE_SECONDS - 0.1)
+    assert state.fatal is None
+    state.attempted(_unreachable(), now=13.0 + UNREACHABLE_SECONDS)
     assert state.fatal is not None
-    assert f"{UNREACHABLE_STREAK} attempts in a row" in state.fatal.message
+    assert f"for {UNREACHABLE_SECONDS:.0f} s, after it had answered" in state.fatal.message
+
+
+def test_a_server_restart_mid_run_does_not_stop_it(fake_server_factory: Any) -> None:
+    """The server stops and comes back on the same port while requests are in flight: the
+    refused attempts are retried and every row is answered."""
+    import threading
+
+    server = fake_server_factory(latency=0.05)
+    port = server.port
+    frame = pd.DataFrame({"review": [f"restart review {i}" for i in range(400)]})
+
+    def blip() -> None:
+        deadline = time.monotonic() + 30
+        while server.stats.requests < 10 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        server.stop()
+        time.sleep(0.3)  # the outage; the test's own timing, not the library's
+        restarted = FakeServer(latency=0.05, port=port).start()
+        blip.restarted = restarted  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=blip)
+    thread.start()
+    try:
+        out = frame.llm.apply("Sentiment of: {review}", output="s", base_url=server.base_url, model="fake-model",
+                              api_key=SECRET, progress=False, batch_size=1, max_concurrency=16)  # fmt: skip
+    finally:
+        thread.join()
+        getattr(blip, "restarted", server).stop()
+    assert out["s"].notna().all()
+
+
+def _open_files() -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_run_that_cannot_start_leaves_nothing_open(fake_server: FakeServer, tmp_path: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """An unusable limiter folder is a ConfigError, and the cache, its log and the claim
+    store opened before it are all closed: nothing leaks, no claim is left behind."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "limiters").write_text("")  # a file where the machine limiter wants its folder
+    monkeypatch.setenv("LLMFRAME_CACHE_DIR", str(home))
+    before = _open_files()
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="limiter='machine'"):
+            _apply(fake_server.base_url, limiter="machine", cache=str(tmp_path / "answers"))
+    assert [f for f in _open_files() if f not in before] == []
+    with sqlite3.connect(tmp_path / "answers" / CLAIMS_FILE) as db:
+        assert db.execute("select count(*) from claims").fetchone() == (0,)
+        assert db.execute("select count(*) from runs").fetchone() == (0,)  # the run let go of its lease
