@@ -255,3 +255,15 @@ def test_durability_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert t["rerun_correct"] and t["paid_twice"] >= 0
         assert t["answered"] + t["rerun_asked"] >= 100  # every row answered, some maybe twice
     assert result["summary"]["passed"] == 1 and result["summary"]["run_seconds"] > 0
+
+
+def test_warm_start_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import warm_start
+
+    assert warm_start.main(["--scale", "0.01", "--tasks", "short", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.warm_start --scale 0.01" in printed
+    [saved] = tmp_path.glob("warm_start*.json")
+    results = json.loads(saved.read_text())["results"]
+    assert [r["variant"] for r in results] == ["batch_size=1", "default, first process", "default, second process"]
+    assert all(r["correct"] == r["rows"] == 60 for r in results)
