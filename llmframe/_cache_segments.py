@@ -49,6 +49,7 @@ __all__ = [
     "auto_compact_plan",
     "compact",
     "count_rows",
+    "fsync_folder",
     "list_segments",
     "read_segments",
     "warn_corrupt",
@@ -159,7 +160,7 @@ def _merge(records: pl.DataFrame) -> pl.DataFrame:
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     # Makes a rename durable before the files it replaces are deleted. POSIX only:
     # Windows cannot open a directory, and its renames are journaled anyway.
     if os.name != "posix":
@@ -197,7 +198,7 @@ def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False
             temp.unlink()
         raise
     if durable_rename:
-        _fsync_folder(folder)
+        fsync_folder(folder)
     return name
 
 
