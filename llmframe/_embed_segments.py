@@ -49,6 +49,7 @@ __all__ = [
     "compact_vectors",
     "dims_of",
     "halves",
+    "key_pairs",
     "list_segments",
     "read_segment",
     "read_segments",
@@ -181,11 +182,15 @@ class VectorCompaction:
     corrupt: list[str]  # unreadable segments, left where they are
 
 
+def key_pairs(table: pa.Table) -> np.ndarray:
+    """``table``'s keys as one structured (hi, lo) uint64 pair a row, which numpy sorts."""
+    keys = table.column("key").combine_chunks()
+    return halves(keys.buffers()[1], len(keys)).copy().view([("hi", "<u8"), ("lo", "<u8")]).reshape(-1)
+
+
 def _first_of_each_key(table: pa.Table) -> pa.Table:
     """``table`` with one row per key (its first), in the order the rows were."""
-    keys = table.column("key").combine_chunks()
-    pairs = halves(keys.buffers()[1], len(keys)).copy().view([("hi", "<u8"), ("lo", "<u8")]).reshape(-1)
-    _, first = np.unique(pairs, return_index=True)
+    _, first = np.unique(key_pairs(table), return_index=True)
     return table if len(first) == table.num_rows else table.take(np.sort(first))
 
 
