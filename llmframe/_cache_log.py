@@ -81,9 +81,9 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "ANSWERS",
     "LOGS_SUPPORTED",
-    "LogFormat",
     "LOG_NAME",
     "AnswerLog",
+    "LogFormat",
     "LogRead",
     "fold_orphans",
     "list_logs",

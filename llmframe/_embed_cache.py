@@ -91,7 +91,7 @@ class EmbeddingCache:
         found = cache.lookup(keys)          # found.vectors[found.positions]
     """
 
-    __slots__ = ("_buffer", "_clock", "_flush_seconds", "_last_write", "_lock", "_log", "_log_dims",
+    __slots__ = ("_buffer", "_clock", "_corrupt", "_flush_seconds", "_last_write", "_lock", "_log", "_log_dims",
                  "_log_failed", "_logging", "_retired", "_write_lock", "_writing", "cache_dir", "folder")  # fmt: skip
 
     def __init__(self, cache_dir: str | os.PathLike[str], *, flush_seconds: float = 2.0,
@@ -110,6 +110,7 @@ class EmbeddingCache:
         self._log_dims = 0
         self._retired: list[AnswerLog] = []  # logs whose vectors are not in a segment yet
         self._log_failed = False
+        self._corrupt: set[str] = set()  # segments compaction found unreadable: left out of the next
         if self.folder.is_dir():  # the logs of processes that died; a read-only folder keeps them
             with contextlib.suppress(OSError):
                 fold_orphans(self.folder, kind=VECTOR_LOGS)
@@ -196,10 +197,11 @@ class EmbeddingCache:
     def _auto_compact(self) -> None:
         """Merge the small segments once there are too many (``_write_lock`` held): a long
         run writes one every ``flush_seconds``."""
-        plan = auto_compact_plan(list_segments(self.folder))
+        sizes = list_segments(self.folder)
+        plan = auto_compact_plan({name: size for name, size in sizes.items() if name not in self._corrupt})
         if plan:
             with contextlib.suppress(OSError):  # the segments stay as they are; tried again next flush
-                compact_vectors(self.folder, plan)
+                self._corrupt.update(compact_vectors(self.folder, plan).corrupt)
 
     def close(self) -> None:
         self.flush()

@@ -28,8 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,7 +37,8 @@ import numpy as np
 import pyarrow as pa
 
 from ._cache_log import LogFormat
-from ._cache_segments import fsync_folder, warn_corrupt
+from ._cache_segments import list_segments as segment_sizes
+from ._cache_segments import new_segment, warn_corrupt
 
 __all__ = [
     "FOLDER",
@@ -60,7 +59,6 @@ __all__ = [
 
 #: The subfolder of the cache folder that holds the embedding segments and logs.
 FOLDER = "_embeddings"
-_TEMP_PREFIX, _TEMP_SUFFIX = ".tmp-", ".part"  # as the answer cache: ignored by every reader
 SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.arrow")
 #: Rows a record batch of a compacted segment holds (its chunks: where a run of slices is cut).
 _COMPACT_BATCH_ROWS = 1 << 18
@@ -103,35 +101,14 @@ def dims_of(table: pa.Table) -> int:
 
 def list_segments(folder: Path) -> dict[str, int]:
     """The segment names of ``folder``, oldest first (the name starts with time_ns), with their sizes."""
-    found: dict[str, int] = {}
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for entry in entries:
-        if SEGMENT_NAME.fullmatch(entry.name):
-            with contextlib.suppress(FileNotFoundError):  # compacted away since the listing
-                found[entry.name] = entry.stat().st_size
-    return dict(sorted(found.items()))
+    return segment_sizes(folder, SEGMENT_NAME)
 
 
 def write_vectors(folder: Path, table: pa.Table, *, durable_rename: bool = False) -> str:
-    """Write ``table`` as a new segment, atomically; return its file name."""
-    name = f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.arrow"
-    temp = folder / f"{_TEMP_PREFIX}{name}{_TEMP_SUFFIX}"
-    try:
-        with open(temp, "wb") as sink:
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=1 << 20)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(temp, folder / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    if durable_rename:
-        fsync_folder(folder)
+    """Write ``table`` as a new segment, atomically (as the answer cache's are); return its name."""
+    with new_segment(folder, ".arrow", durable_rename=durable_rename) as (name, sink), \
+            pa.ipc.new_file(sink, table.schema) as writer:  # fmt: skip
+        writer.write_table(table, max_chunksize=1 << 20)
     return name
 
 
