@@ -204,7 +204,17 @@ class EmbeddingCache:
                 self._corrupt.update(compact_vectors(self.folder, plan).corrupt)
 
     def close(self) -> None:
-        self.flush()
+        """Write what is buffered. If that fails, the logs are let go of, unfolded: orphans
+        that the next cache to open the folder folds."""
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                logs = [log for log in (*self._retired, self._log) if log is not None]
+                self._retired, self._log = [], None
+            for log in logs:
+                with contextlib.suppress(OSError):
+                    log.close()
 
 
 def read_embeddings(cache_dir: str | os.PathLike[str] | None = None, *, dims: int | None = None) -> pa.Table:

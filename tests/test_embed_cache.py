@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 import llmframe
-from llmframe import _embed_segments
+from llmframe import _embed_cache, _embed_segments
 from llmframe._cache_log import list_logs, log_is_live
 from llmframe._cache_segments import AUTO_COMPACT_SEGMENTS
 from llmframe._embed_cache import FOLDER, EmbeddingCache, lookup_vectors
@@ -186,3 +186,22 @@ def test_admin_tools_count_clear_and_compact_the_embeddings(tmp_path: Path) -> N
     live.close()
     assert llmframe.clear_cache(tmp_path) == 1
     assert llmframe.cache_info(tmp_path)["embedding_records"] == 0 and os.listdir(tmp_path / FOLDER) == ["notes.txt"]
+
+
+def test_a_close_that_cannot_write_leaves_its_log_for_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = EmbeddingCache(tmp_path)
+    cache.add(keys_of(range(3)), "m", vectors_of(range(3)))
+
+    def full_disk(folder: Path, table: pa.Table, *, durable_rename: bool = False) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_embed_cache, "write_vectors", full_disk)
+    with pytest.raises(llmframe.CacheError, match="No space left"):
+        cache.close()
+    (log,) = logs(tmp_path)
+    assert not log_is_live(tmp_path / FOLDER / log)  # let go of: an orphan now
+    monkeypatch.undo()
+    EmbeddingCache(tmp_path)  # the next open folds it
+    assert logs(tmp_path) == [] and lookup_vectors(tmp_path, keys_of(range(3))).hits == 3
