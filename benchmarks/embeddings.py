@@ -17,7 +17,9 @@ Two measurements, each against a baseline in the same run:
    calls, in rows/s; the server must see zero requests. Target: embed at least
    as fast as apply. A third line re-runs embed over the frame's rows shuffled:
    its vectors no longer come out of the segments in runs, so they are copied
-   row by row (the slow path, shown for what it costs).
+   row by row (the slow path, shown for what it costs). A fourth re-runs embed
+   after ``llmframe.compact_cache`` merged the ten segments into one: compaction
+   keeps the rows in order, so the re-run still slices the mapped file.
 
 Usage::
 
@@ -113,6 +115,7 @@ def _fill_vectors(cache_dir: Path, texts: Sequence[str]) -> None:
 def cached_rerun(rows: int, repeat: int) -> dict[str, Any]:
     import polars as pl
 
+    from llmframe import compact_cache
     from llmframe.testing import FakeServer
 
     texts = reviews(rows)
@@ -138,6 +141,12 @@ def cached_rerun(rows: int, repeat: int) -> dict[str, Any]:
                     report = out.llm.report
                     assert report.cached_rows == rows and report.requests == 0, report
                     del out
+            compact_cache(cache_dir)
+            for _ in range(repeat):
+                out, seconds = _embed(server, df, cache_dir)
+                assert out.llm.report.cached_rows == rows and out.llm.report.requests == 0
+                times.setdefault("embed, compacted", []).append(seconds)
+                del out
             requests = server.stats.requests + server.embedding_stats.requests
     medians = {name: statistics.median(t) for name, t in times.items()}
     return {
@@ -147,6 +156,7 @@ def cached_rerun(rows: int, repeat: int) -> dict[str, Any]:
         "seconds": medians,
         "rows_per_second": {name: rows / s for name, s in medians.items()},
         "embed_vs_apply": medians["apply"] / medians["embed"],
+        "compacted_embed_vs_apply": medians["apply"] / medians["embed, compacted"],
         "server_requests": requests,
     }
 
@@ -174,10 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(
         ["call", "seconds", "rows/s"],
         [[name, f"{cached['seconds'][name]:.2f}", f"{cached['rows_per_second'][name]:,.0f}"]
-         for name in ("embed", "apply", "embed, rows shuffled")],
+         for name in ("embed", "apply", "embed, rows shuffled", "embed, compacted")],
     ))  # fmt: skip
     ok = cached["embed_vs_apply"] >= 1.0
-    print(f"embed / apply speed: {cached['embed_vs_apply']:.2f}x (target >= 1: {'ok' if ok else 'MISSED'})")
+    ok = ok and cached["compacted_embed_vs_apply"] >= 1.0
+    print(f"embed / apply speed: {cached['embed_vs_apply']:.2f}x, compacted {cached['compacted_embed_vs_apply']:.2f}x "
+          f"(target >= 1: {'ok' if ok else 'MISSED'})")
     save_json("embeddings", {"machine": machine(), "command": command_line("benchmarks.embeddings", argv),
                              "packing": packed, "cached": cached}, args.out)  # fmt: skip
     correct = all(packed[name]["correct"] for name in ("packed", "one text per request"))

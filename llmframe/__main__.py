@@ -1,9 +1,9 @@
 """``python -m llmframe``: the demo and the cache tools.
 
     python -m llmframe demo [--rows 300]        enrich a frame against the built-in fake server
-    python -m llmframe cache info  [--path P]   what the cache holds
-    python -m llmframe cache clear [--path P]   delete the cache's segments
-    python -m llmframe cache compact [--path P] merge segments, drop superseded errors
+    python -m llmframe cache info  [--path P]   what the cache holds: answers, and embeddings (embedding_*)
+    python -m llmframe cache clear [--path P]   delete the segments (answers and embeddings) and dead logs
+    python -m llmframe cache compact [--path P] fold dead logs, merge segments, drop superseded errors
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _cache(args: argparse.Namespace) -> int:
     if args.action == "info":
         print(json.dumps(cache_info(path), indent=2, default=str))
     elif args.action == "clear":
-        print(f"removed {clear_cache(path)} segment(s) from {path}")
+        print(f"removed {clear_cache(path)} file(s) (segments and dead processes' logs) from {path}")
     else:
         print(json.dumps(compact_cache(path), indent=2, default=str))
     return 0
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="enrich a frame against the built-in fake server (no API key)")
     demo.add_argument("--rows", type=int, default=300)
-    cache = sub.add_parser("cache", help="inspect or maintain the answer cache")
+    cache = sub.add_parser("cache", help="inspect or maintain the cache (answers and embeddings)")
     cache.add_argument("action", choices=["info", "clear", "compact"])
     cache.add_argument("--path", help="cache folder (default: LLMFRAME_CACHE_DIR or the user cache)")
     args = parser.parse_args(argv)

@@ -6,7 +6,8 @@ is going on: :func:`read_cache`, :func:`cache_info`, :func:`compact_cache` and
 :func:`clear_cache`. They are public API (``llmframe.read_cache`` and the rest)
 and the verbs of ``python -m llmframe cache``, which only calls them. They see
 the answer logs as well as the segments: the records of a running process, or
-of one that was killed before it could fold its log.
+of one that was killed before it could fold its log; and the embeddings of
+``_embeddings/`` beside the answers (``_embed_admin``, keys ``embedding_*``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import polars as pl
 from ._cache_log import fold_orphans, list_logs, log_is_live, read_logs, remove_orphans
 from ._cache_schema import COLUMNS
 from ._cache_segments import compact, count_rows, list_segments, read_segments
+from ._embed_admin import clear_embeddings, compact_embeddings, embeddings_info
 from ._errors import ConfigError
 
 __all__ = [
@@ -109,7 +111,10 @@ def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     ``error``, ``bytes`` (segments on disk), ``models`` (sorted), ``corrupt``
     (segments skipped as unreadable), ``logs`` (answer logs: of running processes,
     and ``orphaned_logs`` of dead ones, folded by the next run or compaction) and
-    ``log_bytes``. Records count those in logs. Example::
+    ``log_bytes``. Records count those in logs. The embeddings are the ``embedding_*``
+    keys: ``embedding_segments``, ``embedding_records``, ``embedding_keys``,
+    ``embedding_dims``, ``embedding_models``, ``embedding_bytes``, ``embedding_logs``,
+    ``embedding_orphaned_logs`` and ``embedding_log_bytes``. Example::
 
         llmframe.cache_info("answers-cache")["records"]   # 90211
     """
@@ -133,6 +138,7 @@ def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         "logs": len(logs),
         "orphaned_logs": sum(not log_is_live(folder / name) for name in logs),
         "log_bytes": sum(logs.values()),
+        **embeddings_info(folder),
     }
 
 
@@ -140,15 +146,16 @@ def clear_cache(path: str | os.PathLike[str] | None = None) -> int:
     """Delete every segment in the folder (default: the one ``cache=True`` uses), and the
     answer logs dead processes left, and return how many files; the CLI's ``cache clear``.
 
-    Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``) and logs
-    (``.log-<pid>-<uuid8>-<host>.arrows``) are removed; anything else in the folder
+    Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``, and the
+    embeddings' ``_embeddings/seg-*.arrow``) and logs (``.log-<pid>-<uuid8>-<host>.arrows``)
+    are removed; anything else in the folder
     is left alone, and so are the logs of running processes, which write their
     answers to segments as they go. Example::
 
         llmframe.clear_cache("answers-cache")   # 412
     """
     folder = _folder(path)
-    removed = remove_orphans(folder)
+    removed = remove_orphans(folder) + clear_embeddings(folder)
     for name in list_segments(folder):
         try:
             os.remove(folder / name)
@@ -166,11 +173,13 @@ def compact_cache(path: str | os.PathLike[str] | None = None) -> dict[str, int]:
     Keeps the newest ok record per key, and for keys without any ok record the
     newest error; errors that an ok record supersedes are dropped. Safe while
     other processes read, write or compact the same folder; their live logs are
-    left to them. Example::
+    left to them. The embeddings are compacted too, one segment per vector length and
+    one vector per key (the ``embedding_*`` keys). Example::
 
         llmframe.compact_cache("answers-cache")
         # {"segments_before": 412, "records_before": 90211, "bytes_before": ...,
-        #  "segments_after": 1, "records_after": 88000, "bytes_after": ..., "logs_folded": 0}
+        #  "segments_after": 1, "records_after": 88000, "bytes_after": ..., "logs_folded": 0,
+        #  "embedding_segments_before": 97, ..., "embedding_segments_after": 1, ...}
     """
     folder = _folder(path)
     before = list_segments(folder)
@@ -187,4 +196,5 @@ def compact_cache(path: str | os.PathLike[str] | None = None) -> dict[str, int]:
         "records_after": count_rows(folder, after),
         "bytes_after": sum(after.values()),
         "logs_folded": logs_folded,
+        **compact_embeddings(folder),
     }

@@ -43,6 +43,12 @@ orphan. Without ``fcntl`` (Windows) there is no such lock, so there is no log
 (:data:`LOGS_SUPPORTED` is false): the cache keeps answers in memory until its
 next segment, as it did before logs.
 
+Logs of other records: the log is schema-generic. :class:`AnswerLog` writes any
+one schema given to :meth:`AnswerLog.create`, and the readers and the folder take
+a :class:`LogFormat` (which schemas to accept, where folded records go); the
+defaults are the answer cache's (:data:`ANSWERS`). The embedding cache keeps its
+own logs this way, in its own folder (``_embed_cache``).
+
 Folding writes the segment (atomically) first and deletes the log after, so a
 crash in between leaves duplicates, never a loss: a lookup takes the newest ok
 answer per key, and compaction folds duplicates away. A writer never truncates
@@ -57,7 +63,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +79,16 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "ANSWERS",
     "LOGS_SUPPORTED",
     "LOG_NAME",
     "AnswerLog",
+    "LogFormat",
     "LogRead",
     "fold_orphans",
     "list_logs",
     "log_is_live",
+    "log_tables",
     "read_log",
     "read_logs",
     "remove_orphans",
@@ -90,7 +99,20 @@ LOGS_SUPPORTED = fcntl is not None
 LOG_NAME = re.compile(r"\.log-(\d+)-([0-9a-f]{8})-([A-Za-z0-9._-]*)\.arrows")
 _TEMP_PREFIX = ".tmp-"  # ignored by every reader, as the segments' temporary files are
 _HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64]
-_HEADER = SCHEMA.serialize().to_pybytes()
+
+
+@dataclass(frozen=True, slots=True)
+class LogFormat:
+    """What one kind of log holds, for its readers: the schemas its logs may be written
+    with, the schema of "no records", and how an orphan's records become a segment."""
+
+    accepts: Callable[[pa.Schema], bool]
+    empty: pa.Schema
+    write_segment: Callable[[Path, pa.Table], object]
+
+
+#: The answer cache's logs: :data:`~llmframe._cache_schema.SCHEMA`, folded into parquet.
+ANSWERS = LogFormat(SCHEMA.equals, SCHEMA, write_segment)
 
 
 class AnswerLog:
@@ -116,22 +138,23 @@ class AnswerLog:
         return f"AnswerLog({str(self.path)!r})"
 
     @classmethod
-    def create(cls, folder: Path) -> AnswerLog:
-        """A new, locked log in ``folder``, holding only the schema."""
+    def create(cls, folder: Path, schema: pa.Schema = SCHEMA) -> AnswerLog:
+        """A new, locked log in ``folder``, holding only ``schema`` (of every record appended)."""
+        header = schema.serialize().to_pybytes()
         name = f".log-{os.getpid()}-{uuid.uuid4().hex[:8]}-{_HOST}.arrows"
         temp = folder / f"{_TEMP_PREFIX}{name}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: no one else has it
-            _write_all(fd, _HEADER)
+            _write_all(fd, header)
             os.replace(temp, folder / name)  # visible under its name only once locked
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        return cls(fd, folder / name, len(_HEADER))
+        return cls(fd, folder / name, len(header))
 
     def append(self, table: pa.Table) -> None:
         """Append ``table``'s records in one write. On an error (a full disk) the log is
@@ -199,7 +222,7 @@ def list_logs(folder: Path) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
-def parse_log(data: bytes) -> LogRead:
+def parse_log(data: bytes, kind: LogFormat = ANSWERS) -> LogRead:
     """The whole records at the start of ``data`` (a log's bytes); never raises.
 
     Reading stops at the first message that is incomplete or unreadable: for a log
@@ -208,10 +231,12 @@ def parse_log(data: bytes) -> LogRead:
     stream = pa.BufferReader(pa.py_buffer(data))
     batches: list[pa.RecordBatch] = []
     good = 0
+    schema = kind.empty
     try:
-        schema = pa.ipc.read_schema(pa.ipc.read_message(stream))
-        if not schema.equals(SCHEMA):
+        read = pa.ipc.read_schema(pa.ipc.read_message(stream))
+        if not kind.accepts(read):
             raise ValueError("not the schema of this version's cache")
+        schema = read
         good = stream.tell()
         while True:
             batch = pa.ipc.read_record_batch(pa.ipc.read_message(stream), schema)
@@ -222,21 +247,31 @@ def parse_log(data: bytes) -> LogRead:
         pass  # the end of the last whole message
     except Exception:  # a torn or garbled tail, whatever pyarrow calls it
         pass
-    return LogRead(pa.Table.from_batches(batches, schema=SCHEMA), len(data) - good)
+    return LogRead(pa.Table.from_batches(batches, schema=schema), len(data) - good)
 
 
-def read_log(path: Path) -> LogRead | None:
+def read_log(path: Path, kind: LogFormat = ANSWERS) -> LogRead | None:
     """The records of the log at ``path``, or ``None`` if it is gone (folded since it
     was listed)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    return parse_log(data)
+    return parse_log(data, kind)
 
 
 def read_logs(folder: Path, skip: Iterable[str] = ()) -> pa.Table:
-    """The records of every log in the folder but those named in ``skip``, as one table.
+    """The records of every answer log in the folder but those named in ``skip``, as one
+    table (see :func:`log_tables`)."""
+    tables = log_tables(folder, skip)
+    if not tables:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def log_tables(folder: Path, skip: Iterable[str] = (), kind: LogFormat = ANSWERS) -> list[pa.Table]:
+    """The records of every log in the folder but those named in ``skip``: one table a
+    log that holds any, each of the schema it was written with.
 
     A torn tail is left out without a word: in a live log it is an append under way.
     Read these *before* listing the segments: a log folded in between is then found
@@ -248,14 +283,12 @@ def read_logs(folder: Path, skip: Iterable[str] = ()) -> pa.Table:
         if name in skipped:
             continue
         try:
-            read = read_log(folder / name)
+            read = read_log(folder / name, kind)
         except OSError:  # unreadable (permissions): its writer folds it
             continue
         if read is not None and read.records.num_rows:
             tables.append(read.records)
-    if not tables:
-        return SCHEMA.empty_table()
-    return pa.concat_tables(tables)
+    return tables
 
 
 # --------------------------------------------------------------------------- orphans
@@ -299,7 +332,7 @@ def _read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def fold_orphans(folder: Path, skip: Iterable[str] = ()) -> int:
+def fold_orphans(folder: Path, skip: Iterable[str] = (), kind: LogFormat = ANSWERS) -> int:
     """Fold every orphaned log in the folder into a segment and delete it; return how
     many records were folded. A torn tail is warned about once (the log is then gone).
 
@@ -316,9 +349,9 @@ def fold_orphans(folder: Path, skip: Iterable[str] = ()) -> int:
             if fd is None:
                 continue
             try:
-                read = parse_log(_read_fd(fd))
+                read = parse_log(_read_fd(fd), kind)
                 if read.records.num_rows:
-                    write_segment(folder, read.records)
+                    kind.write_segment(folder, read.records)
                 os.remove(path)  # the lock is still held: no one else folds it meanwhile
             except OSError:
                 continue

@@ -31,9 +31,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 import pyarrow as pa
@@ -49,7 +50,9 @@ __all__ = [
     "auto_compact_plan",
     "compact",
     "count_rows",
+    "fsync_folder",
     "list_segments",
+    "new_segment",
     "read_segments",
     "warn_corrupt",
     "write_segment",
@@ -67,15 +70,16 @@ _TEMP_PREFIX = ".tmp-"  # pyarrow's dataset discovery skips names starting with 
 _TEMP_SUFFIX = ".part"  # and no "*.parquet" glob (polars, DuckDB) matches a file being written
 
 
-def list_segments(folder: Path) -> dict[str, int]:
-    """Segment names in time order (the name starts with time_ns), with their sizes."""
+def list_segments(folder: Path, pattern: re.Pattern[str] = SEGMENT_NAME) -> dict[str, int]:
+    """Segment names (those ``pattern`` matches) in time order (the name starts with
+    time_ns), with their sizes."""
     found: dict[str, int] = {}
     try:
         entries = list(os.scandir(folder))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return found
     for entry in entries:
-        if SEGMENT_NAME.fullmatch(entry.name):
+        if pattern.fullmatch(entry.name):
             try:
                 found[entry.name] = entry.stat().st_size
             except FileNotFoundError:  # compacted away since the listing
@@ -159,7 +163,7 @@ def _merge(records: pl.DataFrame) -> pl.DataFrame:
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     # Makes a rename durable before the files it replaces are deleted. POSIX only:
     # Windows cannot open a directory, and its renames are journaled anyway.
     if os.name != "posix":
@@ -176,19 +180,16 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False) -> str:
-    """Write ``table`` as a new segment, atomically; return its file name."""
-    name = f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+@contextlib.contextmanager
+def new_segment(folder: Path, suffix: str, *, durable_rename: bool = False) -> Iterator[tuple[str, BinaryIO]]:
+    """A new segment's name (``seg-<time_ns>-<pid>-<uuid8><suffix>``) and a file to write it
+    to: a temporary one, fsynced and renamed into place when the block ends, deleted if it
+    raises. The embedding cache's segments are written this way too."""
+    name = f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
     temp = folder / f"{_TEMP_PREFIX}{name}{_TEMP_SUFFIX}"
     try:
         with open(temp, "wb") as sink:
-            pq.write_table(
-                table,
-                sink,
-                compression="zstd",
-                use_dictionary=_DICTIONARY_COLUMNS,
-                row_group_size=1 << 20,
-            )
+            yield name, sink
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(temp, folder / name)
@@ -197,7 +198,19 @@ def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False
             temp.unlink()
         raise
     if durable_rename:
-        _fsync_folder(folder)
+        fsync_folder(folder)
+
+
+def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False) -> str:
+    """Write ``table`` as a new segment, atomically; return its file name."""
+    with new_segment(folder, ".parquet", durable_rename=durable_rename) as (name, sink):
+        pq.write_table(
+            table,
+            sink,
+            compression="zstd",
+            use_dictionary=_DICTIONARY_COLUMNS,
+            row_group_size=1 << 20,
+        )
     return name
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._cache_admin import resolve_cache_dir
 from ._config import Options
-from ._embed_cache import EmbeddingCache
+from ._embed_cache import lookup_vectors
 from ._embed_plan import EmbedPlanner
 from ._embed_run import EmbedSpec, embed_run
 from ._embed_texts import EmbedTexts, embed_prefix, embed_texts, render_texts
@@ -75,7 +75,7 @@ def estimate_embed_frame(df: Any, template: Template, opts: Options, spec: Embed
     """What :func:`embed_frame` would send and cost: the very batches it would pack."""
     prepared, _ = _prepared(df, template, opts, spec)
     folder = resolve_cache_dir(opts.cache)
-    found = EmbeddingCache(folder).lookup(prepared.digests, spec.dimensions) if folder is not None else None
+    found = lookup_vectors(folder, prepared.digests, spec.dimensions) if folder is not None else None
     hit = found.positions >= 0 if found is not None else np.zeros(len(prepared.texts), dtype=bool)
     seen: set[bytes] = set()
     todo: list[str] = []

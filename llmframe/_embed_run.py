@@ -3,12 +3,14 @@
 The path of one call, as for ``apply`` (DESIGN.md), with the same parts:
 
 1 texts    render, key, check the per-input limit                 _embed_texts
-2 cache    look every key up at once; equal texts go once         _embed_cache
+2 cache    look every key up at once (segments and logs);
+           equal texts go once                                     _embed_cache
 3 plan     pack the misses up to the item and token limits        _embed_plan
 4 limiter  the endpoint's shared limiter: reserve the counted
            input tokens, settle with ``usage.prompt_tokens``        _endpoint, _reserve
 5 client   one attempt, retried here so each passes the limiter    _attempts, _embed_client
-6 cache    each reply's vectors buffered, written every 2 s         _embed_cache
+6 cache    each reply's vectors logged on arrival, folded into a
+           segment every 2 s                                       _embed_cache
 7 report   rows, cached, requests, tokens, cost                     _report
 
 A failure that would hit every request (401/403, 404 model, a connection
@@ -16,7 +18,9 @@ refused before any reply, vectors that change length between replies) stops
 the run with one :class:`EndpointError`; any other failed request fails only
 its rows (null + :class:`RowError`), after its retries, and a request the
 endpoint refuses as a bad or too large request is split in halves first, so
-one bad input fails alone.
+one bad input fails alone. An interrupted run (Ctrl-C, a cancelled task)
+reports its unfinished rows as ``cancelled`` row errors in the report
+and re-raises; every vector it received is cached.
 """
 
 from __future__ import annotations
@@ -123,6 +127,7 @@ class _EmbedRun:
         self.failed: dict[int, tuple[str, str, int | None]] = {}  # unique -> (kind, message, status)
         self.fatal: CallError | None = None
         self.replies = 0
+        self.settled = np.zeros(len(unique.keys), dtype=bool)  # a vector, or a failure
 
     def batch_tokens(self) -> int:
         tpm = self.limiter.tpm
@@ -134,6 +139,7 @@ class _EmbedRun:
     def fail(self, uniques: list[int], kind: str, message: str, status: int | None = None) -> None:
         for u in uniques:
             self.failed.setdefault(u, (kind, message, status))
+        self.settled[uniques] = True
         self.progress.update(self.unique.rows_of(uniques))  # type: ignore[attr-defined]
 
     def stop(self, err: CallError) -> None:
@@ -190,6 +196,7 @@ class _EmbedRun:
             self.stop(CallError("endpoint", message, False, fatal=True))
             return self.fail(batch.texts, "endpoint", message)
         self.chunks.append((batch.texts, reply.vectors))
+        self.settled[batch.texts] = True
         if self.cache is not None:
             self.cache.add(b"".join(self.unique.keys[i] for i in batch.texts), self.opts.model or "", reply.vectors)
         self.progress.update(self.unique.rows_of(batch.texts))  # type: ignore[attr-defined]
@@ -216,6 +223,18 @@ def _assemble(n: int, found: Found | None, run: _EmbedRun | None, dims: int | No
         matrix[rows] = fresh[run.unique.of_row[rows]]
         valid[rows] = True
     return matrix, valid
+
+
+def _row_errors(run: _EmbedRun) -> list[RowError]:
+    """One error for each row whose text failed."""
+    errors: list[RowError] = []
+    if run.failed:
+        of_row, failed = run.unique.of_row, run.failed
+        for row in np.flatnonzero(of_row >= 0).tolist():
+            why = failed.get(int(of_row[row]))
+            if why is not None:
+                errors.append(RowError(row, why[0], why[1], why[2]))
+    return errors
 
 
 async def embed_run(
@@ -265,6 +284,18 @@ async def embed_run(
             if run.fatal is not None:
                 run.fail(run.planner.stop(), run.fatal.kind, run.fatal.message, run.fatal.status)
             dims = run.dims
+    except BaseException:
+        # Interrupted (Ctrl-C, cancellation): unfinished rows are reported; the vectors that
+        # arrived are in the log already, and in a segment once the cache closes below.
+        if run is not None:
+            run.fail(np.flatnonzero(~run.settled).tolist(), "cancelled", "the run was interrupted")
+            report.errors = sorted(errors + _row_errors(run), key=lambda e: e.row)
+            received = run.settled.copy()
+            received[list(run.failed)] = False
+            report.answered_rows = int(received[unique.of_row[unique.of_row >= 0]].sum())
+        report.finish(time.monotonic() - start)
+        set_last_report(report)
+        raise
     finally:
         if flusher is not None:
             flusher.cancel()
@@ -276,12 +307,8 @@ async def embed_run(
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-    if run is not None and run.failed:
-        failed = run.failed
-        for row in np.flatnonzero(unique.of_row >= 0).tolist():
-            why = failed.get(int(unique.of_row[row]))
-            if why is not None:
-                errors.append(RowError(row, why[0], why[1], why[2]))
+    if run is not None:
+        errors.extend(_row_errors(run))
     if found is not None and found.aligned is not None:  # every row cached: the segments' own buffers
         column: pa.Array | pa.ChunkedArray = found.aligned
         valid = np.ones(n, dtype=bool)

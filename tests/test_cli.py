@@ -40,7 +40,7 @@ def test_cache_info_compact_clear(fake_server: FakeServer, tmp_path: Any, capsys
     compacted = json.loads(capsys.readouterr().out)
     assert compacted["segments_after"] == 1
     assert main(["cache", "clear", "--path", str(folder)]) == 0
-    assert "removed 1 segment" in capsys.readouterr().out
+    assert "removed 1 file" in capsys.readouterr().out
     assert main(["cache", "info", "--path", str(folder)]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 0
 
