@@ -11,9 +11,23 @@ is reported so the engine resends only those rows:
   suspect (a shifted answer would otherwise slip through as "correct").
 
 The same rules hold for a reply in the lines style (:func:`parse_packed_lines`):
-``id answer`` per line (``id: answer`` and ``id<TAB>answer`` are read too), in a
-code fence or after a line of prose; a line without an id continues the answer
-above it, unless a blank line came between (text after the answers).
+``id answer`` per line (``id: answer`` and ``id<TAB>answer`` are read too), ids
+in order ``0, 1, 2, ...``, after prose or in a code fence when no id line lies
+outside it. As a real model writes raw text, an answer is accepted only when
+its line cannot be part of another answer, else that row is asked again:
+
+- the id lines before and after it are those of the ids before and after it,
+  each once (an answer may hold a line that starts like ``3 ...``);
+- no text follows it before the next id line: a continuation line, text after a
+  blank line, or prose after the last answer may all belong to it;
+- it opens no code fence that it leaves open, and does not start with a dash and
+  a space (``0 - positive``: a separator some models write, or the answer's
+  bullet? the row's one-row reply tells);
+- quoted, it is one JSON string, decoded as in the JSON style (a line break is
+  ``\\n`` in it). A one-row answer keeps its quotes; normalised, the two agree.
+
+Not caught: an answer whose extra lines are numbered exactly as the ids that
+follow, where those ids' own answers are missing (``0 Steps:`` ``1 mix`` ``2 bake``).
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +51,11 @@ __all__ = [
 ]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-_ANY_FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
-#: ``7 answer``, ``7: answer``, ``7<TAB>answer`` or a bare ``7`` (an empty answer).
-_ID_LINE = re.compile(r"\s*(\d{1,6})(?:\s*:\s?|[ \t]|$)(.*)")
+#: A line that opens or closes a code fence: ```` ``` ```` or ```` ```lang ````.
+_FENCE_LINE = re.compile(r"[ \t]*```[^`]*")
+#: ``7 answer``, ``7: answer``, ``7<TAB>answer``, or a bare ``7`` or ``7:`` (an empty answer).
+_ID_LINE = re.compile(r"(\d{1,6})(?::?[ \t]|:?$)(.*)")
+_DASH = re.compile(r"[-\u2013\u2014][ \t]")
 
 
 @dataclass
@@ -130,48 +147,96 @@ def parse_packed(
 
 def parse_packed_lines(content: str | None, n_items: int, *, truncated: bool = False) -> PackedAnswers:
     """Match a packed reply in the lines style to item ids ``0..n_items-1`` (see the module
-    docstring). A reply that is a JSON object of answers by id is read as one."""
+    docstring). A reply without id lines that is a JSON object of answers by id is read as one."""
     if truncated:
         return _all_failed(n_items, "reply cut off at max_tokens (finish_reason=length)")
     text = content or ""
-    fenced = _ANY_FENCE.search(text)
-    pairs = _id_lines(fenced.group(1) if fenced else text)
-    if not pairs:
-        pairs = _load_pairs(text) or []
-    if not pairs:
-        return _all_failed(n_items, "reply has no lines of answers by id")
-    return _match(pairs, n_items, None)
+    found = _id_lines(_answer_block(text.split("\n")))
+    if not found:
+        pairs = _load_pairs(text)
+        return _match(pairs, n_items, None) if pairs else _all_failed(n_items, "reply has no lines of answers by id")
+    return _judge_lines(found, n_items)
 
 
-def _id_lines(text: str) -> list[tuple[str, Any]]:
-    pairs: list[tuple[str, Any]] = []
-    parts: list[str] = []
-    gap = False
-    for line in text.split("\n"):
-        found = _ID_LINE.fullmatch(line.rstrip())
-        if found is not None:
-            if pairs:
-                pairs[-1] = (pairs[-1][0], _line_answer(parts))
-            pairs.append((found.group(1), None))
-            parts, gap = [found.group(2)], False
-        elif not line.strip():
-            gap = True
-        elif pairs and not gap:
-            parts.append(line.rstrip())  # an answer that runs over several lines
-    if pairs:
-        pairs[-1] = (pairs[-1][0], _line_answer(parts))
-    return pairs
+def _is_id_line(line: str) -> bool:
+    return _ID_LINE.fullmatch(line.rstrip()) is not None
 
 
-def _line_answer(parts: list[str]) -> str | None:
-    text = "\n".join(parts).strip()
-    if text.startswith('"'):
+def _answer_block(lines: list[str]) -> list[str]:
+    # The inside of the reply's one code fence, if no id line lies outside it; else every line
+    # (where fence lines are text past an answer's line).
+    fences = [i for i, line in enumerate(lines) if _FENCE_LINE.fullmatch(line.rstrip())]
+    if len(fences) == 2 and not any(map(_is_id_line, lines[: fences[0]] + lines[fences[1] + 1 :])):
+        return lines[fences[0] + 1 : fences[1]]
+    return lines
+
+
+@dataclass
+class _IdLine:
+    id: int
+    text: str
+    runs_on: bool = False  # a non-blank line without an id follows, before the next id line
+
+
+def _id_lines(lines: list[str]) -> list[_IdLine]:
+    found: list[_IdLine] = []
+    for line in lines:
+        match = _ID_LINE.fullmatch(line.rstrip())
+        if match is not None:
+            found.append(_IdLine(int(match.group(1)), match.group(2).strip()))
+        elif found and line.strip():
+            found[-1].runs_on = True  # prose before the first id line is left out
+    return found
+
+
+def _judge_lines(found: list[_IdLine], n_items: int) -> PackedAnswers:
+    unknown = next((line.id for line in found if line.id >= n_items), None)
+    if unknown is not None:
+        return _all_failed(n_items, f"reply has an id that was not asked for ({unknown}); numbering is off")
+    result = PackedAnswers()
+    count = Counter(line.id for line in found)
+    for i, line in enumerate(found):
+        if count[line.id] > 1:
+            continue
+        before = found[i - 1].id if i else -1
+        after = found[i + 1].id if i + 1 < len(found) else None
+        if before != line.id - 1 or count[before] > 1 or (
+            after is not None and (after != line.id + 1 or count[after] > 1)
+        ):
+            reason = "ids out of order here: an answer may hold another id's line"
+        elif line.runs_on:
+            reason = "answer runs past its line (a line break not written as a JSON string)"
+        else:
+            answer, reason = _line_answer(line.text)
+            if answer is not None:
+                result.answers[line.id] = answer
+                continue
+        result.failed[line.id] = reason
+    for i in range(n_items):
+        if count[i] > 1:
+            result.failed[i] = "id answered more than once"
+        elif i not in count:
+            result.failed[i] = "id missing from the reply"
+    return result
+
+
+def _line_answer(text: str) -> tuple[str | None, str]:
+    """An id line's answer (a JSON string decoded), or ``None`` and why it is doubtful."""
+    if not text:
+        return None, "answer is empty"
+    if text.startswith('"') and text.endswith('"') and len(text) > 1:
         try:
             value = json.loads(text)
         except ValueError:
-            return text
-        return value if isinstance(value, str) else text
-    return text or None
+            value = None
+        if not isinstance(value, str):
+            return None, "answer is quoted but not one JSON string"
+        return value, ""
+    if text.count("```") % 2:
+        return None, "answer opens a code fence it does not close on its line"
+    if _DASH.match(text):
+        return None, "answer starts with a dash: a separator or part of the answer"
+    return text, ""
 
 
 def _all_failed(n_items: int, reason: str) -> PackedAnswers:

@@ -20,7 +20,8 @@ be answered, in the compact JSON object ``{"0":"...","1":"..."}``.
 The **lines** style is recognised the same way: every non-blank line of the user
 message is an integer id, a space and the item: its value (a JSON string when it
 starts with a quote) for a template with one field, a JSON object of its fields
-otherwise. Such a request is answered in lines, ``id answer`` per item.
+otherwise. Such a request is answered in lines, ``id answer`` per item, an answer
+with a line break as a JSON string (:mod:`llmframe.testing._packed`).
 
 A request that asks for structured output (a JSON schema) is answered with
 deterministic values of that schema: :mod:`llmframe.testing._structured`

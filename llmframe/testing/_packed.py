@@ -7,7 +7,10 @@ schema (:class:`~llmframe.testing._structured.ItemSchema`) when it carries one.
 A template field missing from an item (or a template that does not render)
 gets a guess: ``"?"``, or the schema's value with ``"?"`` for the text answer.
 The reply is the compact JSON object ``{"0": ..., "1": ...}``, or for a request
-in the lines style one line per item, ``id answer``.
+in the lines style one line per item, ``id answer``: as the instructions ask, an
+answer with a line break (or a leading quote) goes as a JSON string, unless
+``answer_fn`` returns it as a :class:`RawAnswer`, which is written as it is, line
+breaks and all, as a real model may write it.
 
 The degrading model of :mod:`llmframe.testing._degrade` (wrong answers that
 grow more likely with the number of items, a shift by one row) is applied
@@ -34,7 +37,7 @@ from llmframe.testing._model import (
 )
 from llmframe.testing._structured import ItemSchema, dumps
 
-__all__ = ["answer_packed"]
+__all__ = ["RawAnswer", "answer_packed"]
 
 
 def _dumps(pairs: Sequence[tuple[str, Any]]) -> str:
@@ -42,9 +45,18 @@ def _dumps(pairs: Sequence[tuple[str, Any]]) -> str:
     return "{" + ",".join(f"{dumps(key)}:{dumps(value)}" for key, value in pairs) + "}"
 
 
+class RawAnswer(str):
+    """An answer that the fake model writes in id lines as it is, never as a JSON string
+    (a model that ignores the instruction to keep an answer on its line)."""
+
+    __slots__ = ()
+
+
 def _lines(pairs: Sequence[tuple[str, Any]]) -> str:
     # An answer that would not stay on its line goes as a JSON string, as items do.
     def one(value: Any) -> str:
+        if isinstance(value, RawAnswer):
+            return str(value)
         text = value if isinstance(value, str) else dumps(value)
         return dumps(text) if "\n" in text or "\r" in text or text.startswith('"') else text
 
