@@ -6,7 +6,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ._errors import RowError
@@ -167,10 +167,10 @@ def last_report() -> RunReport | None:
     return _last
 
 
-#: The counters of one part that add up to the whole run's.
-_SUMMED = ("rows", "cached_rows", "duplicate_rows", "null_rows", "answered_rows", "requests", "retries",
-           "rate_limited", "resent_rows", "canary_failures", "budget_unsent_rows", "prompt_tokens",
-           "completion_tokens", "check_requests", "check_tokens", "canary_rows")  # fmt: skip
+#: Fields worked out from others, or not added: every other number of a part adds up to the run's
+#: (a counter added to RunReport later is summed without a change here).
+_NOT_SUMMED = frozenset({"failed_rows", "seconds", "cost_usd", "latency_p50", "latency_p95", "batch_size_final"})
+_SUMMED = tuple(f.name for f in fields(RunReport) if f.type in ("int", "float") and f.name not in _NOT_SUMMED)
 
 
 def merge_reports(parts: Sequence[RunReport], seconds: float | None = None) -> RunReport:

@@ -139,6 +139,20 @@ def test_configured_defaults_and_the_driver_cache_reach_the_workers(fake_server:
     assert len(llmframe.read_cache(tmp_path / "cache")) == 30  # the driver's cache folder ($LLMFRAME_CACHE_DIR)
 
 
+def test_limiter_machine_shares_one_quota_among_the_worker_processes(fake_server_factory: Any,
+                                                                     cluster: Any) -> None:  # fmt: skip
+    """4 worker processes, each its own limiter by default, would each allow the whole quota;
+    limiter="machine" reaches every partition and makes them share it."""
+    server = fake_server_factory(rpm=1200, burst_seconds=1.0)
+    out = frame(80, partitions=4).llm.apply(TEMPLATE, batch_size=1, rpm=1200, limiter="machine", cache=False,
+                                            **opts(server))  # fmt: skip
+    got = out.compute(scheduler=cluster)
+    assert got["answer"].tolist() == [expected_answer(TEMPLATE.format(review=f"review number {i}"))
+                                      for i in range(80)]  # fmt: skip
+    assert server.stats.requests - server.stats.rate_limited == 80
+    assert server.stats.rate_limited <= 3 and out.llm.report.rate_limited == server.stats.rate_limited
+
+
 def test_failed_rows_are_counted_and_placed_in_the_whole_frame(fake_server_factory: Any, cluster: Any) -> None:
     server = fake_server_factory(model_context=400)
     pdf = pd.DataFrame({"review": [f"review {i}" for i in range(24)]})

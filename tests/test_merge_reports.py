@@ -13,7 +13,7 @@ def part(rows: int, failed_at: list[int], cost: float | None, seconds: float, la
     report = RunReport(model="m", rows=rows, answered_rows=rows - len(failed_at), requests=rows // 2,
                        rate_limited=1, prompt_tokens=10 * rows, completion_tokens=rows, cost_usd=cost,
                        errors=[RowError(r, "too_large", "no") for r in failed_at], latencies=latencies,
-                       packing_agreement={10: 1.0})  # fmt: skip
+                       packing_agreement={10: 1.0}, answered_elsewhere_rows=1, waited_seconds=0.5)  # fmt: skip
     report.finish(seconds)
     return report
 
@@ -23,6 +23,7 @@ def test_counters_add_up_and_derived_fields_are_recomputed() -> None:
     assert (merged.rows, merged.answered_rows, merged.failed_rows, merged.requests) == (16, 15, 1, 8)
     assert (merged.rate_limited, merged.prompt_tokens, merged.completion_tokens) == (2, 160, 16)
     assert merged.cost_usd == 0.75 and merged.seconds == 3.0 and merged.failures == {"too_large": 1}
+    assert merged.answered_elsewhere_rows == 2 and merged.waited_seconds == 1.0  # every counter adds up
     assert merged.latency_p50 == 0.2 and merged.latency_p95 == 0.9 and merged.packing_agreement == {10: 1.0}
     # A part of unknown cost makes the whole unknown; the wall time can be given.
     assert merge_reports([part(2, [], 0.1, 1.0, []), part(2, [], None, 1.0, [])], seconds=7.5).cost_usd is None
