@@ -80,11 +80,10 @@ def _plan(empty: Any, kind: Kind, template: str, arguments: Mapping[str, Any]) -
             raise ConfigError("a lazy embed needs dimensions= (the vector length), so that the column's type "
                               "is known before any request; e.g. dimensions=1536 for text-embedding-3-small")  # fmt: skip
         vectors = vector_array(np.zeros((0, spec.dimensions), np.float32), np.zeros(0, bool), spec.dimensions)
-        column: Any = vectors
         if kind_of(empty) == "polars":
             import polars as pl
 
-            column = pl.from_arrow(vectors)
+            column: Any = pl.from_arrow(vectors)
         else:
             import pandas as pd
 
@@ -96,8 +95,7 @@ def _plan(empty: Any, kind: Kind, template: str, arguments: Mapping[str, Any]) -
         if own["labels"] is None:
             raise ConfigError("classify needs labels=[...], the answers it may give")
         schema = answer_form(labels=own["labels"], multi=own["multi"])
-        output = own["output"] if own["output"] is not None else ("labels" if own["multi"] else "label")
-        own = {"output": output, "schema": schema, "unnest": True, "prefix": ""}
+        own = {"output": _classify_output(own), "schema": schema, "unnest": True, "prefix": ""}
     _, opts, _ = _api._prepare(empty, template, options, own["schema"])
     _api._check_output(empty, opts, own["output"], own["unnest"], own["prefix"])
     if opts.batch_size == "calibrated":
@@ -112,6 +110,11 @@ def _plan(empty: Any, kind: Kind, template: str, arguments: Mapping[str, Any]) -
     return opts, _with_errors(out, opts)
 
 
+def _classify_output(own: Mapping[str, Any]) -> str:
+    """classify's column: ``output=``, else "labels" (``multi=True``) or "label", as :func:`_api.aclassify` names it."""
+    return str(own["output"]) if own["output"] is not None else ("labels" if own["multi"] else "label")
+
+
 def _with_errors(out: Any, opts: Options) -> Any:
     return with_answers(out, opts.error_column, []) if opts.error_column else out
 
@@ -120,7 +123,7 @@ def _added_columns(kind: Kind, opts: Options, arguments: Mapping[str, Any]) -> t
     """The names of the columns the call adds, in the order it adds them."""
     own, _ = _split(kind, arguments)
     if kind == "classify":
-        names = [own["output"] if own["output"] is not None else ("labels" if own["multi"] else "label")]
+        names = [_classify_output(own)]
     elif kind == "apply" and opts.schema is not None:
         names = output_columns(opts.schema, own["output"], unnest=own["unnest"], prefix=own["prefix"])
     else:

@@ -68,7 +68,7 @@ def lazy_call(lf: pl.LazyFrame, kind: Kind, template: str, arguments: Mapping[st
 
     def answer(rows: pl.Series) -> pl.Series:
         try:
-            out = call.run(rows.struct.unnest() if fields else pl.DataFrame(height=len(rows)))
+            out = call.run(rows.struct.unnest())  # a template always names a column
         except RunError as error:  # polars re-raises it by its message alone: its report is kept here
             reports.add(error.report if isinstance(error.report, RunReport) else None)
             raise
@@ -78,9 +78,8 @@ def lazy_call(lf: pl.LazyFrame, kind: Kind, template: str, arguments: Mapping[st
         return out.select(added).to_struct(_STRUCT)
 
     dtypes = {name: result.schema[name] for name in added}
-    inputs = pl.struct(fields) if fields else pl.first()
     single = len(added) == 1
-    expr = inputs.map_batches(answer, return_dtype=dtypes[added[0]] if single else pl.Struct(dtypes),
+    expr = pl.struct(fields).map_batches(answer, return_dtype=dtypes[added[0]] if single else pl.Struct(dtypes),
                               is_elementwise=True)  # fmt: skip
     if single:
         out = lf.with_columns(expr.alias(added[0]))
