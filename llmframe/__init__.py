@@ -86,6 +86,7 @@ __all__ = [
 def _register_accessors() -> None:
     # Each backend registers only if it is importable, so neither is forced on a user.
     import importlib
+    import sys
 
     for backend in ("pandas", "polars"):
         try:
@@ -93,6 +94,8 @@ def _register_accessors() -> None:
         except ImportError:  # pragma: no cover - both are dependencies today
             continue
         importlib.import_module(f"llmframe.{backend}")
+    if "dask.dataframe" in sys.modules:  # Dask is never imported for this (seconds); else `import llmframe.dask`
+        importlib.import_module("llmframe.dask")
 
 
 _register_accessors()

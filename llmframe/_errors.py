@@ -20,7 +20,7 @@ null answer and a :class:`RowError` in the run report.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "AuthenticationError",
@@ -88,10 +88,14 @@ class RunError(LLMFrameError):
     ``errors`` lists every failed row; ``report`` is the full run report.
     """
 
-    def __init__(self, message: str, errors: list[RowError], report: object | None = None):
+    def __init__(self, message: str, errors: list[RowError] | None = None, report: object | None = None):
+        # errors defaults to empty: polars re-raises an error from a UDF as type(error)(message).
         super().__init__(message)
-        self.errors = errors
+        self.errors = errors if errors is not None else []
         self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole, e.g. from a Dask worker
+        return (type(self), (str(self), self.errors, self.report))
 
 
 class EndpointError(RunError):

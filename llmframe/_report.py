@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ._errors import RowError
 from ._html import table
 
-__all__ = ["RunReport", "last_report"]
+__all__ = ["RunReport", "last_report", "merge_reports"]
 
 log = logging.getLogger("llmframe")
 
@@ -164,3 +165,36 @@ def set_last_report(report: RunReport) -> None:
 def last_report() -> RunReport | None:
     """The report of the most recent ``apply`` in this process (``None`` before the first)."""
     return _last
+
+
+#: Fields worked out from others, or not added: every other number of a part adds up to the run's
+#: (a counter added to RunReport later is summed without a change here).
+_NOT_SUMMED = frozenset({"failed_rows", "seconds", "cost_usd", "latency_p50", "latency_p95", "batch_size_final"})
+_SUMMED = tuple(f.name for f in fields(RunReport) if f.type in ("int", "float") and f.name not in _NOT_SUMMED)
+
+
+def merge_reports(parts: Sequence[RunReport], seconds: float | None = None) -> RunReport:
+    """One report for a run done in parts (Dask partitions, polars batches).
+
+    Counters, tokens and cost add up (the cost is unknown if any part's is); errors
+    and latencies are joined, and the failures and percentiles recomputed from
+    them; the packing verdict, format and batch size are the last part's that has
+    one. ``seconds`` is the run's wall time (the parts ran side by side), by
+    default the longest part's. Each error keeps the ``row`` its part gave it.
+    """
+    out = RunReport(model=next((p.model for p in parts if p.model), ""))
+    for part in parts:
+        for name in _SUMMED:
+            setattr(out, name, getattr(out, name) + getattr(part, name))
+        out.cost_usd = None if out.cost_usd is None or part.cost_usd is None else out.cost_usd + part.cost_usd
+        out.errors.extend(part.errors)
+        out.latencies.extend(part.latencies)
+        out.packing_reason = part.packing_reason or out.packing_reason
+        out.response_format = part.response_format or out.response_format
+        if part.batch_size_final is not None:
+            out.batch_size_final = part.batch_size_final
+        out.packing_agreement.update(part.packing_agreement)
+        out.packing_fields.update(part.packing_fields)
+        out.endpoint_notes.extend(n for n in part.endpoint_notes if n not in out.endpoint_notes)
+    out.finish(seconds if seconds is not None else max((p.seconds for p in parts), default=0.0))
+    return out
