@@ -62,3 +62,6 @@ def apply_column(server: Any, template: str, name: str, values: list[Any], **ext
     options.update(extra)
     out = pd.DataFrame({name: values}).llm.apply(template, **options)
     return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report
+
+
+from _redis_server import redis_server_url, redis_url  # noqa: E402, F401  (fixtures: one Redis per run)
