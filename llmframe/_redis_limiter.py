@@ -42,6 +42,7 @@ when it wakes, and places it again.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import secrets
@@ -126,7 +127,7 @@ class RedisLimiter(RateLimiter):
     """
 
     __slots__ = (
-        "__weakref__", "_beat_stop", "_client", "_keys", "_lease", "_learned", "_limits", "_lock_stats",
+        "__weakref__", "_beat_stop", "_client", "_keys", "_learned", "_lease", "_limits", "_lock_stats",
         "_probing", "_resets", "_server_time", "_sha", "_token", "_url",
     )  # fmt: skip
 
@@ -354,10 +355,8 @@ def _heartbeat(ref: weakref.ref[RedisLimiter], stop: threading.Event, every: flo
         limiter = ref()
         if limiter is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # Redis away for a moment: the next beat tries again
             limiter._beat()
-        except Exception:  # Redis away for a moment: the next beat tries again
-            pass
         del limiter
 
 
@@ -371,10 +370,8 @@ def _after_fork_in_child() -> None:
 
 def _close_all() -> None:
     for limiter in list(_LIVE):
-        try:
+        with contextlib.suppress(Exception):  # Redis gone at exit: the lease runs out instead
             limiter.close()
-        except Exception:  # Redis gone at exit: the lease runs out instead
-            pass
 
 
 if hasattr(os, "register_at_fork"):

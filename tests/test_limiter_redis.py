@@ -42,7 +42,7 @@ def machines(url: str, clock: FakeClock, n: int = 2, *, probe: bool = False, nam
 
     limiters = [
         RedisLimiter(url, name, clock=own_clock(1000.0 * i), sleep=clock.sleep, heartbeat=False,
-                     server_time=lambda: SERVER_EPOCH + clock.now, **kw)  # fmt: skip
+                     server_time=lambda: SERVER_EPOCH + clock.now, **kw)
         for i in range(n)
     ]
     if not probe:
