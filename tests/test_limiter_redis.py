@@ -14,9 +14,11 @@ import hashlib
 import importlib.util
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import test_limiter_machine as machine_cases
 from _fake_clock import FakeClock, run, settle_tasks, start_times
 from _headers_data import OPENAI_HEADERS
 
@@ -24,7 +26,7 @@ import llmframe
 from llmframe._config import resolve
 from llmframe._endpoint import Endpoint
 from llmframe._errors import ConfigError
-from llmframe._limiter import PROBE_POLL_SECONDS, RateLimiter
+from llmframe._limiter import PROBE_POLL_SECONDS
 from llmframe._redis_limiter import LEASE_SECONDS, RedisLimiter, RedisReservation, redis_keys
 from llmframe._shared_limiter import shared_limiter
 from llmframe.testing import FakeServer, expected_answer
@@ -58,86 +60,28 @@ async def never(dt: float) -> None:
 # -- one budget ---------------------------------------------------------------------------
 
 
-def test_two_machines_share_the_burst_and_the_pace(redis_url: str) -> None:
-    clock = FakeClock()
-    a, b = machines(redis_url, clock, rpm=600)
-
-    async def main() -> tuple[list[float], list[float]]:
-        return await start_times(a, clock, [0] * 10), await start_times(b, clock, [0] * 5)
-
-    first, second = run(main)
-    assert first == [0.0] * 10  # a takes the whole burst
-    assert second == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])  # b waits as a's own would
-    assert (a.stats.requests, b.stats.requests) == (10, 5)
-    assert b.stats.waited_seconds == pytest.approx(0.5)  # on b's own clock, 1000 s apart from a's
-
-
-def test_waiters_of_both_machines_start_in_arrival_order(redis_url: str) -> None:
-    clock = FakeClock()
-    a, b = machines(redis_url, clock, tpm=6000)  # 100 tokens/s, a bucket of 100
-    one = clock.limiter(tpm=6000)  # the in-process limiter, for the same arrivals
-    sizes = [90, 100, 5, 5, 100, 1, 80, 2]
-
-    async def arrivals(limiters: list[RateLimiter]) -> list[tuple[int, float]]:
-        granted: list[tuple[int, float]] = []
-
-        async def go(i: int, tokens: int) -> None:
-            await limiters[i % len(limiters)].acquire(tokens)
-            granted.append((i, clock.now))
-
-        tasks = []
-        for i, tokens in enumerate(sizes):
-            tasks.append(asyncio.create_task(go(i, tokens)))
-            await asyncio.sleep(0)
-        await asyncio.gather(*tasks)
-        return granted
-
-    shared = run(lambda: arrivals([a, b]))
-    clock.now = 0.0
-    alone = run(lambda: arrivals([one]))
-    assert [i for i, _ in shared] == list(range(len(sizes)))  # FIFO across the two
-    assert [t for _, t in shared] == pytest.approx([t for _, t in alone])
+#: The machine limiter's cases that hold for any limiters sharing one quota: run here with
+#: the "processes" as two machines on Redis (FIFO across them, refund, cancel, 429, headers),
+#: their own clocks 1000 s apart: the schedule runs on the server's.
+SHARED_CASES = [
+    machine_cases.test_two_limiters_on_one_file_share_the_burst_and_the_pace,
+    machine_cases.test_waiters_of_both_limiters_start_in_arrival_order,
+    machine_cases.test_a_refund_in_one_limiter_lets_the_other_go_earlier,
+    machine_cases.test_a_cancel_in_one_limiter_gives_the_slot_to_the_other,
+    machine_cases.test_a_429_in_one_limiter_pauses_the_other,
+    machine_cases.test_headers_learned_by_one_limiter_set_the_limits_of_the_other,
+]
 
 
-def test_a_refund_on_one_machine_lets_the_other_go_earlier(redis_url: str) -> None:
-    async def main(refund: bool) -> float:
-        clock = FakeClock()
-        a, b = machines(redis_url, clock, tpm=6000, name=f"refund-{refund}")
-        first = await a.acquire(100)
-        if refund:
-            a.settle(first, 40)
-        await b.acquire(100)
-        return clock.now
+@pytest.mark.parametrize("case", SHARED_CASES, ids=lambda case: case.__name__.removeprefix("test_"))
+def test_the_machine_limiters_cases_hold_across_machines(
+    case: Callable[[Path], None], redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def sharers(path: Path, clock: FakeClock, n: int = 2, *, probe: bool = False, **kw: Any) -> list[RedisLimiter]:
+        return machines(redis_url, clock, n, probe=probe, name=str(path), **kw)
 
-    assert run(lambda: main(False)) == pytest.approx(1.0)
-    assert run(lambda: main(True)) == pytest.approx(0.4)
-
-
-def test_a_cancel_on_one_machine_gives_the_slot_to_the_other(redis_url: str) -> None:
-    clock = FakeClock()
-    a, b = machines(redis_url, clock, rpm=60, tpm=6000)
-
-    async def main() -> float:
-        first = await a.acquire(100)
-        a.cancel(first)
-        a.cancel(first)  # a second outcome is ignored
-        await b.acquire(100)
-        return clock.now
-
-    assert run(main) == 0.0
-
-
-def test_a_429_on_one_machine_pauses_the_other(redis_url: str) -> None:
-    clock = FakeClock()
-    a, b = machines(redis_url, clock, rpm=600, tpm=6000)
-
-    async def main() -> list[float]:
-        await b.acquire(100)  # goes at once; the next would have to wait a second
-        a.pause(2.0)  # a's request got a 429: b starts nothing before 2.0 either
-        return await start_times(b, clock, [100, 100])
-
-    assert run(main) == pytest.approx([2.0, 3.0])  # the drained bucket refills during the pause
-    assert a.stats.pauses == 1 and a.stats.paused_seconds == pytest.approx(2.0)
+    monkeypatch.setattr(machine_cases, "sharers", sharers)
+    case(tmp_path)
 
 
 def test_a_pause_moves_the_other_machines_waiters_back(redis_url: str) -> None:
@@ -157,31 +101,6 @@ def test_a_pause_moves_the_other_machines_waiters_back(redis_url: str) -> None:
         return done
 
     assert run(main) == pytest.approx([2.0, 3.0])
-
-
-def test_headers_learned_on_one_machine_set_the_limits_of_the_other(redis_url: str) -> None:
-    clock = FakeClock()
-    a, b = machines(redis_url, clock, probe=True)
-    assert a.stats.probing and b.stats.probing
-
-    async def main() -> list[float]:
-        probe = await a.acquire(10)  # a's probe: b waits behind it
-        waiters = [asyncio.create_task(b.acquire(100)) for _ in range(2)]
-        await clock.sleep(2.0)
-        assert not any(w.done() for w in waiters)
-        a.observe(OPENAI_HEADERS)
-        a.settle(probe, 10)
-        await asyncio.gather(*waiters)
-        return [w.result().start for w in waiters]
-
-    starts = run(main)
-    assert (b.rpm, b.tpm) == (600, 6000)
-    assert not b.stats.probing and b.stats.learned_from_headers
-    assert b.stats.reset_tokens_seconds == pytest.approx(90.5)
-    # b's waiters notice within one poll; the remaining header (5990) leaves the bucket
-    # nearly full: the first goes, the second 1 s later (6000 TPM = 100 tokens/s)
-    assert 2.0 <= starts[0] <= 2.0 + PROBE_POLL_SECONDS + 1e-9
-    assert starts[1] == pytest.approx(starts[0] + 1.0)
 
 
 def test_a_refund_of_more_than_reserved_charges_the_excess(redis_url: str) -> None:
@@ -218,7 +137,8 @@ def test_limits_an_earlier_process_learned_end_probing_for_all(redis_url: str) -
     a.remember(600, 6000)
     b.set_limits()
     assert (b.rpm, b.tpm) == (600, 6000) and not b.stats.probing
-    b.observe({"x-ratelimit-limit-requests": "300"})  # the server speaks: it replaces the memory
+    b.observe({"x-ratelimit-limit-requests": "300", "x-ratelimit-reset-tokens": "1m30.5s"})  # it replaces the memory
+    assert b.stats.learned_from_headers and b.stats.reset_tokens_seconds == pytest.approx(90.5)
     assert (a.rpm, a.tpm) == (600, 6000)  # as of a's last step
     a.set_limits()
     assert (a.rpm, a.tpm) == (300, None)
