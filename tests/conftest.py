@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
+from _redis_server import redis_server_url, redis_url  # noqa: F401  (fixtures: one Redis per run)
 
 import llmframe
 
@@ -62,6 +63,3 @@ def apply_column(server: Any, template: str, name: str, values: list[Any], **ext
     options.update(extra)
     out = pd.DataFrame({name: values}).llm.apply(template, **options)
     return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report
-
-
-from _redis_server import redis_server_url, redis_url  # noqa: E402, F401  (fixtures: one Redis per run)
