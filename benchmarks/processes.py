@@ -1,4 +1,4 @@
-"""One quota per machine: four processes on one key, with and without the machine limiter.
+"""One quota per machine, and across machines: four processes on one key, with and without a shared limiter.
 
 Run ``python -m benchmarks.processes [--scale 0.1] [--processes 4]``. Each
 variant gets a fresh fake server (RPM 1,200 and TPM 300,000 over a 1 s burst
@@ -14,25 +14,32 @@ each told the full ``rpm=`` / ``tpm=``:
   together they ask for ``n`` times the quota, and the server answers 429.
 - **limiter="machine"**: the processes share one limiter through a state file
   in the cache folder.
+- **limiter="redis://..."**: the processes share one limiter through a
+  ``redis-server`` this benchmark starts on a free loopback port (as workers on
+  several machines would share one Redis); its script calls per request are
+  counted from Redis's ``INFO commandstats``.
 
 For each: the server's share of 429s, the fraction of the binding limit it
 admitted (``_common.Rates``), and every answer checked against
 ``expected_answer``. Then the cost of a reservation: reservations (acquire +
-settle, nothing waiting) per second of one process against the machine
-limiter and the in-process one, measured one after the other in this run.
+settle, nothing waiting) per second of one process against the in-process,
+the machine and the Redis limiter, measured one after the other in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,8 +71,9 @@ from benchmarks.rate_limits import (
 
 ROWS = 600
 PROCESSES = 4
-VARIANTS = ("process", "machine")
-LABELS = {"process": 'limiter="process" (default)', "machine": 'limiter="machine"'}
+VARIANTS = ("process", "machine", "redis")
+LABELS = {"process": 'limiter="process" (default)', "machine": 'limiter="machine"',
+          "redis": 'limiter="redis://..."'}  # fmt: skip
 ROOT = Path(__file__).resolve().parent.parent
 #: How long the children may take, all told, before the run is given up.
 CHILD_TIMEOUT = 600.0
@@ -74,14 +82,49 @@ COST_RESERVATIONS = 20_000
 
 
 def targets(outcome: Outcome) -> dict[str, bool]:
-    """What the machine limiter must reach; the default limiter is the baseline."""
-    if outcome.name != "machine":
+    """What the shared limiters must reach; the default limiter is the baseline."""
+    if outcome.name == "process":
         return {}
     return {
         f"binding >= {TARGET_BINDING:.0%}": (outcome.rates.binding_fraction or 0.0) >= TARGET_BINDING,
         "429s <= 1%": outcome.share_429 <= TARGET_429_SHARE,
         "100% correct": outcome.correct == outcome.rows,
     }
+
+
+# -- a Redis server of its own --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A ``redis-server`` on a free loopback port, without persistence: its ``redis://`` URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # -- one child ------------------------------------------------------------------------
@@ -127,14 +170,41 @@ def run_variant(
     burst_seconds: float = BURST_SECONDS,
     latency: float = LATENCY,
     latency_per_token: float = LATENCY_PER_TOKEN,
+    redis_url: str | None = None,
 ) -> Outcome:
     """``processes`` processes at once, process ``i`` on every ``processes``-th row from ``i``.
 
-    ``outcome.client`` holds ``processes`` and each child's report (``children``).
+    ``limiter`` is a variant's name; ``"redis"`` uses the Redis at ``redis_url``, else
+    one started for the run. ``outcome.client`` holds ``processes``, each child's
+    report (``children``) and, for Redis, its script calls per request.
     """
+    with contextlib.ExitStack() as stack:
+        if limiter == "redis" and redis_url is None:
+            redis_url = stack.enter_context(redis_server())
+        return _run_variant(limiter, reviews, processes, rpm, tpm, burst_seconds, latency,
+                            latency_per_token, redis_url)  # fmt: skip
+
+
+def _script_calls(redis_url: str | None) -> int:
+    """How many script calls (EVALSHA, EVAL) the Redis at ``redis_url`` has run."""
+    if redis_url is None:
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    stats = client.info("commandstats")
+    client.close()
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+def _run_variant(limiter: str, reviews: Sequence[str], processes: int, rpm: float, tpm: float,
+                 burst_seconds: float, latency: float, latency_per_token: float,
+                 redis_url: str | None) -> Outcome:  # fmt: skip
     from llmframe.testing import FakeServer
 
     shares = [list(reviews[i::processes]) for i in range(processes)]
+    option = redis_url if limiter == "redis" else limiter
+    calls_before = _script_calls(redis_url)
     with tempfile.TemporaryDirectory(prefix="llmframe-processes-") as tmp, FakeServer(
         rpm=rpm, tpm=tpm, burst_seconds=burst_seconds, latency=latency,
         latency_per_token=latency_per_token, api_keys=f"bench-{limiter}-{time.monotonic_ns()}",
@@ -147,7 +217,7 @@ def run_variant(
         for i, share in enumerate(shares):
             config = {
                 "base_url": server.base_url, "api_key": server.api_key, "rpm": rpm, "tpm": tpm,
-                "limiter": limiter, "reviews": share, "ready": str(folder / f"ready-{i}"),
+                "limiter": option, "reviews": share, "ready": str(folder / f"ready-{i}"),
                 "go": str(folder / "go"), "result": str(folder / f"result-{i}.json"),
             }  # fmt: skip
             path = folder / f"config-{i}.json"
@@ -173,12 +243,14 @@ def run_variant(
                     c.wait()
         results = [json.loads((folder / f"result-{i}.json").read_text()) for i in range(processes)]
         log = list(server.stats.log)
+    calls = _script_calls(redis_url) - calls_before
     correct = sum(count_correct(r["answers"], prompts_of(s)) for r, s in zip(results, shares, strict=True))
     return Outcome(
         name=limiter, rows=len(reviews), seconds=seconds, correct=correct, requests=len(log),
         rate_limited=sum(1 for r in log if r.status == 429),
         rates=achieved_rates(log, rpm=rpm, tpm=tpm, burst_seconds=burst_seconds),
-        client={"processes": processes, "children": [{"seconds": r["seconds"], **r["report"]} for r in results]},
+        client={"processes": processes, "children": [{"seconds": r["seconds"], **r["report"]} for r in results],
+                **({"script_calls_per_request": calls / len(log)} if limiter == "redis" and log else {})},
     )  # fmt: skip
 
 
@@ -186,9 +258,10 @@ def run_variant(
 
 
 def reservations_per_second(n: int) -> dict[str, float]:
-    """Acquire + settle ``n`` times with nothing waiting: the in-process and the machine limiter."""
+    """Acquire + settle ``n`` times with nothing waiting: the in-process, machine and Redis limiter."""
     from llmframe._limiter import RateLimiter
     from llmframe._machine_limiter import MachineLimiter
+    from llmframe._redis_limiter import RedisLimiter
 
     async def time_it(limiter: RateLimiter) -> float:
         started = time.perf_counter()
@@ -198,13 +271,16 @@ def reservations_per_second(n: int) -> dict[str, float]:
         return n / (time.perf_counter() - started)
 
     rpm, tpm = 1e12, 1e15  # never binds: the cost of the bookkeeping alone
-    with tempfile.TemporaryDirectory(prefix="llmframe-cost-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llmframe-cost-") as tmp, redis_server() as url:
         machine_limiter = MachineLimiter(Path(tmp) / "cost.state", rpm, tpm)
+        redis_limiter = RedisLimiter(url, "cost", rpm, tpm)
         rates = {
             "process": asyncio.run(time_it(RateLimiter(rpm, tpm))),
             "machine": asyncio.run(time_it(machine_limiter)),
+            "redis": asyncio.run(time_it(redis_limiter)),
         }
         machine_limiter.close()
+        redis_limiter.close()
     return rates
 
 
@@ -270,7 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"cost of one reservation (acquire + settle, nothing waiting), one process: in-process "
           f"{cost['process']:,.0f}/s, machine {cost['machine']:,.0f}/s "
-          f"({cost['process'] / cost['machine']:.1f}x the time)")  # fmt: skip
+          f"({cost['process'] / cost['machine']:.1f}x the time), redis {cost['redis']:,.0f}/s "
+          f"(2 round trips; {1e3 / cost['redis']:.2f} ms)")  # fmt: skip
+    for o in outcomes:
+        if "script_calls_per_request" in o.client:
+            print(f"redis: {o.client['script_calls_per_request']:.2f} script calls (round trips) per request "
+                  f"sent, heartbeats included (INFO commandstats)")  # fmt: skip
     save_json("processes", {
         "machine": info, "command": command_line("benchmarks.processes", argv),
         "settings": {"rows": len(reviews), "processes": args.processes, "rpm": RPM, "tpm": TPM,

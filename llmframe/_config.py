@@ -63,16 +63,16 @@ class Options:
     response_format: ResponseFormat = "auto"
     canaries: int | None = None
     error_column: str | None = None
-    #: Who shares the RPM/TPM quota: "process" (None: the default, or $LLMFRAME_LIMITER)
-    #: or "machine" (every process on this machine); see :data:`LIMITERS`.
+    #: Who shares the RPM/TPM quota: "process" (None: the default, or $LLMFRAME_LIMITER),
+    #: "machine" (every process on this machine) or "redis://host:port/db" (every process
+    #: on every machine using that Redis); see :data:`LIMITERS`.
     limiter: str | None = None
     #: The answer's form (:class:`~llmframe._schema.OutputSchema`), from ``schema=`` or
     #: ``labels=`` of one call; never a process-wide default.
     schema: Any = None
 
 
-#: The accepted values of ``limiter=``. A ``redis://`` URL, to share one quota across
-#: machines, is the next one planned; the option is a string so that it can be.
+#: The accepted values of ``limiter=``, besides a ``redis://`` or ``rediss://`` URL.
 LIMITERS = ("process", "machine")
 
 _OPTION_NAMES = frozenset(f.name for f in fields(Options))
@@ -144,12 +144,26 @@ def resolve(**given: Any) -> Options:
     return merged
 
 
+def _validate_limiter(limiter: str | None) -> None:
+    if limiter is None or limiter in LIMITERS:
+        return
+    import importlib.util
+
+    from ._redis_limiter import INSTALL_HINT, is_redis_url, redacted
+
+    if is_redis_url(limiter):
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigError(f"limiter={redacted(limiter)!r} needs the redis package: {INSTALL_HINT}")
+        return
+    raise ConfigError(
+        "limiter must be 'process' (this process only, the default), 'machine' (every process on "
+        "this machine shares one quota) or a 'redis://host:port/db' URL (every process on every "
+        f"machine using that Redis), got {limiter!r} (also read from $LLMFRAME_LIMITER)"
+    )
+
+
 def _validate(o: Options) -> None:
-    if o.limiter is not None and o.limiter not in LIMITERS:
-        raise ConfigError(
-            f"limiter must be 'process' (this process only, the default) or 'machine' (every "
-            f"process on this machine shares one quota), got {o.limiter!r} (also read from $LLMFRAME_LIMITER)"
-        )
+    _validate_limiter(o.limiter)
     if o.errors not in ("null", "raise"):
         raise ConfigError(f"errors must be 'null' or 'raise', got {o.errors!r}")
     if not isinstance(o.max_concurrency, int) or o.max_concurrency < 1:

@@ -8,7 +8,9 @@ endpoint's limits (:mod:`._limits_store`), and keeps what it learns there.
 ``kind`` says who else shares it: ``"process"`` (the default) this process
 only; ``"machine"`` every process on this machine that uses the same three
 (:class:`~llmframe._machine_limiter.MachineLimiter`, its state in the cache
-folder's ``limiters/``).
+folder's ``limiters/``); a ``redis://`` (or ``rediss://``) URL every process on
+every machine that uses that Redis and the same three
+(:class:`~llmframe._redis_limiter.RedisLimiter`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 from . import _limits_store
 from ._errors import ConfigError
 from ._limiter import RateLimiter
+from ._redis_limiter import is_redis_url
 
 __all__ = ["LIMITER_KINDS", "SHARED_BURST_SECONDS", "shared_limiter"]
 
 #: The values of ``limiter=``, and who shares the quota under each.
-LIMITER_KINDS = {"process": "this process only (the default)", "machine": "every process on this machine"}
+LIMITER_KINDS = {"process": "this process only (the default)", "machine": "every process on this machine",
+                 "redis://host:port/db": "every process on every machine using that Redis"}  # fmt: skip
 
 _registry_lock = threading.Lock()
 # Keyed by a hash of the API key: the key itself is never stored, so it cannot
@@ -68,6 +72,10 @@ def _persist(limiter: RateLimiter, key: str) -> None:
 def _new_limiter(kind: str, name: str, rpm: float | None, tpm: float | None) -> RateLimiter:
     if kind == "process":
         return RateLimiter(rpm=rpm, tpm=tpm, burst_seconds=SHARED_BURST_SECONDS)
+    if is_redis_url(kind):
+        from ._redis_limiter import RedisLimiter
+
+        return RedisLimiter(kind, name, rpm, tpm, burst_seconds=SHARED_BURST_SECONDS)
     from ._machine_limiter import MachineLimiter
     from ._machine_state import sweep_owners
 
@@ -95,7 +103,7 @@ def shared_limiter(
     >>> a is shared_limiter("https://api.openai.com/v1/", "sk-...", "gpt-4o-mini")
     True
     """
-    if kind not in LIMITER_KINDS:
+    if kind not in LIMITER_KINDS and not is_redis_url(kind):
         raise ConfigError(f"limiter must be one of {sorted(LIMITER_KINDS)}, got {kind!r}")
     endpoint = (_normalize_base_url(base_url), _key_fingerprint(api_key), model)
     key = (kind, *endpoint)

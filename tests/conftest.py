@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
+from _redis_server import redis_server_url, redis_url  # noqa: F401  (fixtures: one Redis per run)
 
 import llmframe
 

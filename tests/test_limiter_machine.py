@@ -292,7 +292,7 @@ def test_limiter_option_accepts_process_and_machine_and_names_them(monkeypatch: 
     monkeypatch.setenv("LLMFRAME_LIMITER", "machine")
     assert resolve(model="m").limiter == "machine"
     assert resolve(model="m", limiter="process").limiter == "process"  # the call wins
-    for bad in ("machines", "redis://localhost:6379", 1):
+    for bad in ("machines", "redis:/localhost:6379", 1):
         with pytest.raises(ConfigError, match=r"'process'.*'machine'"):
             llmframe.configure(limiter=bad)
     monkeypatch.setenv("LLMFRAME_LIMITER", "cluster")
