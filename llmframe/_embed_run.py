@@ -51,7 +51,7 @@ from ._outcomes import progress_bar
 from ._pricing import price_for
 from ._report import RunReport, set_last_report
 from ._tokens import get_tokenizer
-from ._workers import drain
+from ._workers import drain, every, stopped
 
 __all__ = ["EmbedResult", "EmbedSpec", "embed_run"]
 
@@ -268,14 +268,7 @@ async def embed_run(
             run = _EmbedRun(opts, spec, unique, client, limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), cache,
                             report, progress, dims, sleep, policy or RetryPolicy(opts.max_attempts))  # fmt: skip
             if cache is not None:
-
-                async def flush_periodically() -> None:
-                    while True:
-                        await sleep(FLUSH_SECONDS / 2)
-                        await asyncio.sleep(0)  # an injected sleep may return at once: still yield
-                        cache.flush_if_due()
-
-                flusher = asyncio.ensure_future(flush_periodically())
+                flusher = every(FLUSH_SECONDS / 2, cache.flush_if_due, sleep)
             await drain(run.take, run.process, opts.max_concurrency)
             too_large = run.planner.too_large
             if too_large:
@@ -297,10 +290,7 @@ async def embed_run(
         set_last_report(report)
         raise
     finally:
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(BaseException):
-                await flusher
+        await stopped(flusher)
         if cache is not None:
             cache.close()
         progress.close()
