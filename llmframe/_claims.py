@@ -36,7 +36,9 @@ keys it now claims may have been answered meanwhile, and looks again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -127,6 +129,25 @@ class Claimed:
     releases: int  # the store's release counter, read in the same transaction
 
 
+def _set_up(db: sqlite3.Connection) -> None:
+    """WAL mode and the tables. Switching to WAL takes a lock that SQLite's busy timeout
+    does not wait for: two processes opening the store at once saw "database is locked"
+    at once (and the second then ran without claims), so the switch is tried again for up
+    to :data:`BUSY_SECONDS`."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    for attempt in itertools.count():
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # falls back to a rollback journal where WAL cannot work
+            break
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
+                raise
+            time.sleep(min(0.2, 0.005 * 2**attempt) * (0.5 + random.random()))
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+    db.execute("CREATE TEMP TABLE wanted (key TEXT PRIMARY KEY)")
+
+
 class ClaimStore:
     """The claims of one run in the folder's store. Every method is one short transaction.
 
@@ -158,10 +179,7 @@ class ClaimStore:
         self._lock = threading.Lock()
         db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")  # falls back to a rollback journal where WAL cannot work
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            db.execute("CREATE TEMP TABLE wanted (key TEXT PRIMARY KEY)")
+            _set_up(db)
         except BaseException:
             db.close()
             raise

@@ -75,6 +75,7 @@ def holds_claims(cache: Path, *children: Child) -> bool:
 
 def finished(child: Child, rows: Iterable[int], who: str) -> dict[str, Any]:
     assert child.wait() == 0, f"child {who} failed:\n{child.stderr.read_text()}"
+    assert "claim store" not in child.stderr.read_text(), child.stderr.read_text()  # it ran with claims
     outcome = child.outcome()
     assert outcome["status"] == "ok"
     assert outcome["answers"] == [answer(n) for n in rows], f"child {who}"
@@ -136,7 +137,8 @@ def test_a_stopped_claimer_loses_its_keys_when_its_lease_expires(
 ) -> None:
     """SIGSTOP: the pid lives, so only the lease (2 s here) frees its keys; the other
     process takes them over and finishes, and so does the stopped one once resumed."""
-    server = fake_server_factory(latency=0.1)
+    # Slow enough that neither child can finish before the other holds claims too (it did at 0.1 s).
+    server = fake_server_factory(latency=0.25)
     rows = {"a": range(0, 600), "b": range(0, 600)}
     children = start_both(start_child, server, tmp_path, rows, batch_size=10, max_concurrency=2, lease_seconds=2.0)
     wait_until(lambda: server.stats.ok >= 20 and holds_claims(tmp_path / "cache-shared", *children.values()),
