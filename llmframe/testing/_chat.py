@@ -28,15 +28,14 @@ import itertools
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
 from llmframe import _tokens
-from llmframe.testing._limits import Limits, Rejection
+from llmframe.testing._handler import Handler
+from llmframe.testing._limits import Rejection
 from llmframe.testing._model import expected_answer, parse_packed, truncate_to_tokens
 from llmframe.testing._packed import answer_packed
 from llmframe.testing._requests import (
@@ -82,7 +81,7 @@ class _Outcome:
         self.counter = counter
 
 
-class ChatCompletions:
+class ChatCompletions(Handler):
     """The chat completions endpoint; :meth:`handle` is its aiohttp handler.
 
     ``settings`` is called once per request for the settings in force, so a
@@ -90,27 +89,8 @@ class ChatCompletions:
     """
 
     def __init__(self, settings: Callable[[], Settings], stats: ServerStats, seed: int) -> None:
-        self._settings = settings
-        self._stats = stats
-        self._rng = random.Random(seed)
-        self._limits = Limits()
+        super().__init__(settings, stats, seed)
         self._ids = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.configure(settings(), None)
-
-    def configure(self, settings: Settings, seed: int | None) -> None:
-        """Follow new limits (keeping what was used); ``seed`` restarts the fault draws."""
-        self._limits.configure(settings.rpm, settings.tpm, settings.burst_seconds, time.monotonic())
-        if seed is not None:
-            self._rng.seed(seed)
-
-    async def cancel_all(self) -> None:
-        """Cancel the requests in progress (hangs included) and wait a moment for them."""
-        tasks = [task for task in self._tasks if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()

@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +37,7 @@ from aiohttp import web
 from llmframe import _tokens
 from llmframe._embed_plan import MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS
 from llmframe.testing._chat import GARBAGE_BODY, TRANSPORT_ERRORS
-from llmframe.testing._limits import Limits
+from llmframe.testing._handler import Handler
 from llmframe.testing._requests import bad_request, error, parse_embeddings, unauthorized
 from llmframe.testing._settings import Settings
 from llmframe.testing._stats import CLIENT_CLOSED, RequestRecord, ServerStats
@@ -63,30 +62,12 @@ def embedding(text: str, dimensions: int) -> list[float]:
     return [float(v) for v in vectors([text], dimensions)[0]]
 
 
-class Embeddings:
+class Embeddings(Handler):
     """The embeddings endpoint; :meth:`handle` is its aiohttp handler."""
 
     def __init__(self, settings: Callable[[], Settings], stats: ServerStats, seed: int = 0) -> None:
-        self._settings = settings
-        self._stats = stats
-        self._rng = random.Random(seed)
-        self._limits = Limits()
+        super().__init__(settings, stats, seed)
         self._replies = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.configure(settings(), None)
-
-    def configure(self, settings: Settings, seed: int | None) -> None:
-        """Follow new limits (keeping what was used); ``seed`` restarts the fault draws."""
-        self._limits.configure(settings.rpm, settings.tpm, settings.burst_seconds, time.monotonic())
-        if seed is not None:
-            self._rng.seed(seed)
-
-    async def cancel_all(self) -> None:
-        tasks = [task for task in self._tasks if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
