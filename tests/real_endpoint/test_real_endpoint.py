@@ -108,3 +108,18 @@ def test_calibration_measures_real_answers_at_every_size() -> None:
     assert all(r.failed_rows == 0 for r in report.rows), str(report)
     assert all(r.agreement is not None for r in report.rows)
     assert report.recommended_batch_size in (1, 5, 10)
+
+
+def test_id_lines_format_is_parsed_and_the_check_guards_its_answers() -> None:
+    # The compact packed format ("7 answer" per line) on a real model. Forced, every row is
+    # parsed into an answer (none shifted onto another row's id). Left to the packing check,
+    # the answers are the one-row answers: a small model that echoes the item lines back
+    # (qwen2.5 0.5B does) must not be packed.
+    forced = frame(10).llm.apply(TEMPLATE, **options(batch_size=10, response_format="lines"))
+    assert forced.llm.report.failed_rows == 0, forced.llm.report.errors[:3]
+    assert forced.llm.report.response_format == "lines"
+    one_row = frame(20).llm.apply(TEMPLATE, **options(batch_size=1))
+    checked = frame(20).llm.apply(TEMPLATE, **options(response_format="lines"))
+    assert checked.llm.report.failed_rows == 0, checked.llm.report.errors[:3]
+    same = (checked["answer"].str.strip().str.lower() == one_row["answer"].str.strip().str.lower()).mean()
+    assert same >= 0.8, (checked.llm.report.packing_reason, list(zip(checked["answer"], one_row["answer"], strict=True)))
