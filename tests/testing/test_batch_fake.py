@@ -157,6 +157,19 @@ def test_cancel_keeps_the_lines_already_done() -> None:
     assert all(content(e) == expected_answer(f"row {e['custom_id'][4:]}") for e in output)
 
 
+def test_a_batch_cancelled_while_validating_runs_no_line() -> None:
+    with FakeServer(batch_seconds=0.2, batch_validate_seconds=5.0) as server:
+        good, bad = submit(server, chat_lines(3)), submit(server, b"{not json\n")
+        for batch in (good, bad):
+            assert client(server).batches.cancel(batch.id).status == "cancelling"
+        done, failed = finished(server, good), finished(server, bad)
+        errors = read(server, done.error_file_id)
+    assert done.status == failed.status == "cancelled" and done.output_file_id is None
+    assert sorted(e["custom_id"] for e in errors) == ["row-0", "row-1", "row-2"]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    assert done.request_counts and done.request_counts.completed == 0
+
+
 def test_expired_and_failed_lines_go_to_the_error_file() -> None:
     with FakeServer(**FAST, batch_expire_rate=0.25, batch_error_rate=0.3, seed=3) as server:
         done = finished(server, submit(server, chat_lines(20)))
