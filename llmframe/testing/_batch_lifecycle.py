@@ -153,7 +153,11 @@ def _answer(line: RequestLine, endpoint: str, settings: Settings, faults: Faults
             answered = chat
         else:
             prompt_tokens, _, too_long = measure(chat, settings)
-            done = too_long or complete(chat, settings, faults, rng, prompt_tokens)
+            done = (
+                complete(chat, settings, faults, rng, prompt_tokens)
+                if too_long is None
+                else too_long
+            )
             answered = (
                 done
                 if isinstance(done, web.Response)

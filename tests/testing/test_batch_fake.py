@@ -201,19 +201,23 @@ def test_broken_packed_lines_lose_or_garble_an_id() -> None:
 
 
 def test_lines_the_live_endpoint_rejects_are_answered_with_its_error() -> None:
-    with FakeServer(**FAST, models=(MODEL,), unsupported_params=("seed",)) as server:
-        seeded = [*chat_lines(1), line("seeded", {**chat_lines(1)[0]["body"], "seed": 1})]
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 100}]}
+    with FakeServer(**FAST, models=(MODEL,), unsupported_params=("seed",), model_context=60) as server:
+        seeded = [*chat_lines(1), line("seeded", {**chat_lines(1)[0]["body"], "seed": 1}),
+                  line("long", long)]  # fmt: skip
         done = finished(server, submit(server, seeded))
         output, errors = read(server, done.output_file_id), read(server, done.error_file_id)
         unknown = [line("unknown", {"model": "nope", "messages": [{"role": "user", "content": "x"}]})]
         missing = finished(server, submit(server, unknown))
         (not_found,) = read(server, missing.error_file_id)
     assert done.status == "completed" and done.request_counts
-    assert done.request_counts.model_dump() == {"total": 2, "completed": 1, "failed": 1}
+    assert done.request_counts.model_dump() == {"total": 3, "completed": 1, "failed": 2}
     assert [e["custom_id"] for e in output] == ["row-0"]
-    assert [(e["custom_id"], e["error"]) for e in errors] == [("seeded", None)]
-    assert errors[0]["response"]["status_code"] == 400
-    assert errors[0]["response"]["body"]["error"]["code"] == "unsupported_parameter"
+    by_id = {e["custom_id"]: e for e in errors}
+    assert sorted(by_id) == ["long", "seeded"] and all(e["error"] is None for e in errors)
+    assert by_id["seeded"]["response"]["status_code"] == 400
+    assert by_id["seeded"]["response"]["body"]["error"]["code"] == "unsupported_parameter"
+    assert by_id["long"]["response"]["body"]["error"]["code"] == "context_length_exceeded"
     assert missing.status == "completed" and missing.output_file_id is None
     assert not_found["response"]["status_code"] == 404
     assert not_found["response"]["body"]["error"]["code"] == "model_not_found"
