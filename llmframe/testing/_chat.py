@@ -8,7 +8,7 @@ What happens to one chat request, in order:
    prompt plus ``max_tokens`` beyond ``model_context`` (see ``_requests``);
 3. ``429`` unless the RPM and TPM buckets admit it (see ``_limits``);
 4. one draw for the transport faults (5xx, hang, garbage; see ``_faults``);
-5. the answer (see ``_model``; a structured one, to a JSON schema, see
+5. the answer (see ``_completion`` and ``_model``; a structured one, to a JSON schema, see
    ``_structured``; a schema that cannot be answered is a ``400``), degraded
    if ``degrade`` is set (see ``_degrade``), the packing faults, the
    ``max_tokens`` cut;
@@ -33,22 +33,16 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from llmframe import _tokens
+from llmframe.testing._completion import complete, completion_body, measure
 from llmframe.testing._handler import Handler
 from llmframe.testing._limits import Rejection
-from llmframe.testing._model import expected_answer, parse_packed, truncate_to_tokens
-from llmframe.testing._packed import answer_packed
 from llmframe.testing._requests import (
-    bad_request,
-    context_exceeded,
     error,
     parse_chat,
     unauthorized,
 )
-from llmframe.testing._schema import SchemaError
 from llmframe.testing._settings import Settings
 from llmframe.testing._stats import CLIENT_CLOSED, RequestRecord, ServerStats
-from llmframe.testing._structured import answer_one_row, packed_item
 
 __all__ = ["ChatCompletions"]
 
@@ -139,15 +133,12 @@ class ChatCompletions(Handler):
             # with the bad requests, logged with the status sent.
             outcome.set(parsed.status, "bad_requests")
             return parsed
-        model, messages, max_out, response_format = parsed
-
-        tokenizer = _tokens.get_tokenizer(model)
-        prompt_tokens = _tokens.count_messages(messages, tokenizer)
+        model = parsed.model
+        prompt_tokens, estimate, too_long = measure(parsed, settings)
         outcome.prompt_tokens = prompt_tokens
-        estimate = prompt_tokens + (max_out or 0)
-        if estimate > settings.model_context:
+        if too_long is not None:
             outcome.set(400, "bad_requests")
-            return context_exceeded(settings.model_context, prompt_tokens, max_out)
+            return too_long
 
         rejection = self._limits.admit(estimate, time.monotonic())
         if rejection is not None:
@@ -178,66 +169,26 @@ class ChatCompletions(Handler):
                 headers=self._headers(started),
             )
 
-        answer_fn = settings.answer_fn or expected_answer
-        packed = parse_packed(messages)
-        applied: list[str] = []
-        degraded = 0
-        try:
-            if packed is None:
-                content = answer_one_row(messages, response_format, answer_fn)
-            else:
-                content, applied, degraded = answer_packed(
-                    packed,
-                    answer_fn,
-                    faults,
-                    self._rng,
-                    settings.degrade,
-                    packed_item(messages, response_format),
-                )
-        except SchemaError as exc:
+        done = complete(parsed, settings, faults, self._rng, prompt_tokens)
+        if isinstance(done, web.Response):  # a schema that cannot be answered
             self._limits.settle(estimate, 0, time.monotonic())  # nothing was generated
-            outcome.set(400, "bad_requests")
-            return bad_request(f"Invalid schema: {exc}", param="response_format")
-        outcome.n_items = 1 if packed is None else len(packed.items)
-        if applied:
-            self._stats._count(kinds=applied)
-        if degraded:
-            self._stats._add("degraded", degraded)
-        finish_reason = "length" if "truncate" in applied else "stop"
-        if max_out is not None:
-            cut = truncate_to_tokens(content, max_out, tokenizer.count)
-            if cut != content:
-                content, finish_reason = cut, "length"
-        completion_tokens = tokenizer.count(content)
-        outcome.completion_tokens = completion_tokens
+            outcome.set(done.status, "bad_requests")
+            return done
+        outcome.n_items = done.n_items
+        if done.applied:
+            self._stats._count(kinds=done.applied)
+        if done.degraded:
+            self._stats._add("degraded", done.degraded)
+        outcome.completion_tokens = done.completion_tokens
 
-        delay = settings.latency + settings.latency_per_token * completion_tokens
+        delay = settings.latency + settings.latency_per_token * done.completion_tokens
         if delay > 0:
             await asyncio.sleep(delay)
         # The answer is known once generated: until then the request holds its estimate.
-        self._limits.settle(estimate, prompt_tokens + completion_tokens, time.monotonic())
+        self._limits.settle(estimate, prompt_tokens + done.completion_tokens, time.monotonic())
 
         number = next(self._ids)
-        body = {
-            "id": f"chatcmpl-fake{number:016x}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "system_fingerprint": "fp_llmframe_fake",
-        }
+        body = completion_body(number, model, done)
         outcome.set(200, "ok")
         return web.Response(
             status=200,

@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,11 +39,18 @@ from llmframe import _tokens
 from llmframe._embed_plan import MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS
 from llmframe.testing._chat import GARBAGE_BODY, TRANSPORT_ERRORS
 from llmframe.testing._handler import Handler
-from llmframe.testing._requests import bad_request, error, parse_embeddings, unauthorized
+from llmframe.testing._requests import (
+    EmbeddingsRequest,
+    bad_request,
+    error,
+    parse_embeddings,
+    unauthorized,
+)
 from llmframe.testing._settings import Settings
 from llmframe.testing._stats import CLIENT_CLOSED, RequestRecord, ServerStats
 
-__all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "Embeddings", "embedding", "vectors"]
+__all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "Embeddings", "embedding", "embeddings_body",
+           "vectors"]  # fmt: skip
 
 
 
@@ -98,14 +106,10 @@ class Embeddings(Handler):
         if isinstance(parsed, web.Response):
             outcome[:2] = [parsed.status, "bad_requests"]
             return parsed
-        model, inputs, dimensions, as_base64 = parsed
-        if settings.models is not None and model not in settings.models:
-            outcome[:2] = [404, "bad_requests"]
-            return error(404, f"The model `{model}` does not exist or you do not have access to it.",
-                         "invalid_request_error", code="model_not_found")  # fmt: skip
-        rejected = _over_limits(inputs, model)
+        model = parsed.model
+        rejected = _checked(parsed, settings)
         if isinstance(rejected, web.Response):
-            outcome[:2] = [400, "bad_requests"]
+            outcome[:2] = [rejected.status, "bad_requests"]
             return rejected
         texts, tokens = rejected
         outcome[2] = tokens
@@ -132,24 +136,49 @@ class Embeddings(Handler):
             outcome[:2] = [200, "garbage"]
             return web.Response(status=200, body=GARBAGE_BODY, content_type="application/json")
         number = next(self._replies)
-        length = dimensions if settings.embedding_length is None else int(settings.embedding_length(number))
-        matrix = vectors(texts, length)
-        data: list[dict[str, Any]] = []
-        for index, row in enumerate(matrix):
-            encoded: Any = base64.b64encode(row.astype("<f4").tobytes()).decode() if as_base64 else row.tolist()
-            data.append({"object": "embedding", "index": index, "embedding": encoded})
-        if settings.embeddings_shuffled:
-            self._rng.shuffle(data)
+        reply = _reply(parsed, texts, tokens, settings, number, self._rng)
         if settings.latency:
             await asyncio.sleep(settings.latency)
-        reply = {"object": "list", "data": data, "model": model,
-                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
         outcome[:2] = [200, "ok"]
         outcome[3] = len(texts)
         headers = self._limits.headers(time.monotonic())
         headers["x-request-id"] = f"req_emb{number:029x}"
         return web.Response(status=200, body=json.dumps(reply).encode(), content_type="application/json",
                             headers=headers)  # fmt: skip
+
+
+def embeddings_body(
+    request: EmbeddingsRequest, settings: Settings, number: int, rng: random.Random
+) -> dict[str, Any] | web.Response:
+    """The ``number``-th reply to ``request``, or its 404 or 400, limits and faults aside
+    (the Batch API answers its embeddings lines with this, as the endpoint does)."""
+    checked = _checked(request, settings)
+    if isinstance(checked, web.Response):
+        return checked
+    return _reply(request, *checked, settings, number, rng)
+
+
+def _checked(request: EmbeddingsRequest, settings: Settings) -> tuple[list[str], int] | web.Response:
+    """The texts and their tokens, or the 404 of an unknown model or the 400 of a request over a limit."""
+    if settings.models is not None and request.model not in settings.models:
+        return error(404, f"The model `{request.model}` does not exist or you do not have access to it.",
+                     "invalid_request_error", code="model_not_found")  # fmt: skip
+    return _over_limits(request.inputs, request.model)
+
+
+def _reply(request: EmbeddingsRequest, texts: list[str], tokens: int, settings: Settings, number: int,
+           rng: random.Random) -> dict[str, Any]:  # fmt: skip
+    """The ``number``-th reply: the vectors of ``texts`` (``embedding_length``, shuffled ``data``)."""
+    length = request.dimensions if settings.embedding_length is None else int(settings.embedding_length(number))
+    matrix = vectors(texts, length)
+    data: list[dict[str, Any]] = []
+    for index, row in enumerate(matrix):
+        encoded: Any = base64.b64encode(row.astype("<f4").tobytes()).decode() if request.as_base64 else row.tolist()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    if settings.embeddings_shuffled:
+        rng.shuffle(data)
+    return {"object": "list", "data": data, "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
 
 def _over_limits(inputs: list[str | list[int]], model: str) -> tuple[list[str], int] | web.Response:

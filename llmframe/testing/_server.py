@@ -11,6 +11,8 @@ to OpenAI, vLLM or a gateway. It serves::
     POST /v1/embeddings         deterministic unit vectors derived from a hash, with the
                                 same limits and transport faults as chat (_embeddings)
     GET  /v1/models             a short list of model names           (_catalog)
+    /v1/files, /v1/batches      OpenAI's Batch API on an accelerated clock (_files,
+                                _batches, _batch_input, _batch_lifecycle)
 
 This module starts and stops the thread and the loop, and applies
 :meth:`FakeServer.configure` on that loop; what a request gets is up to its
@@ -33,12 +35,15 @@ from aiohttp import web
 
 from llmframe import _tokens
 from llmframe._config import UNSET  # "not passed", as distinct from None (no limit)
+from llmframe.testing._batches import Batches
 from llmframe.testing._catalog import Catalog
 from llmframe.testing._chat import ChatCompletions
 from llmframe.testing._degrade import Degrade
 from llmframe.testing._embeddings import Embeddings
 from llmframe.testing._faults import Faults
+from llmframe.testing._files import Files
 from llmframe.testing._model import AnswerFn
+from llmframe.testing._open_files import LISTEN_BACKLOG, raise_open_file_limit
 from llmframe.testing._requests import not_found
 from llmframe.testing._settings import Settings
 from llmframe.testing._stats import ServerStats
@@ -52,30 +57,6 @@ HOST = "127.0.0.1"
 WARM_MODEL = "gpt-4o-mini"
 # Large packed requests and context-length tests send bodies far beyond aiohttp's 1 MiB default.
 MAX_BODY_BYTES = 64 * 1024 * 1024
-# Benchmarks open thousands of connections at once; the kernel caps this at somaxconn.
-LISTEN_BACKLOG = 4096
-# Each loopback connection costs two descriptors when client and server share a process.
-WANTED_OPEN_FILES = 16_384
-
-
-def _raise_open_file_limit() -> None:
-    """Raise this process's soft limit of open files (best effort) so benchmarks can open
-    thousands of connections; many systems start at 1024 (macOS at 256)."""
-    try:
-        import resource
-    except ImportError:  # Windows has no such limit to raise
-        return
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = (
-            WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, WANTED_OPEN_FILES)
-        )
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    except (OSError, ValueError):
-        pass
-
-
 class FakeServer:
     """A fake OpenAI-compatible server on ``127.0.0.1``, answering deterministically.
 
@@ -130,7 +111,19 @@ class FakeServer:
       reply, whatever ``dimensions`` asked: a model whose vectors change length.
     - ``hang_seconds``: how long a hang fault sleeps before answering.
     - ``model_context``: the context window, in tokens (prompt + ``max_tokens``).
+    - ``batch_api``: serve the Batch API (``False``: 404 there, as vLLM and llama.cpp).
+    - ``batch_seconds``, ``batch_validate_seconds``: wall seconds a batch spends in
+      progress (its lines finish spread over them), and validating (and finalizing).
+    - ``batch_expire_rate``, ``batch_error_rate``, ``batch_broken_rate``: shares of a
+      batch's lines left unreached (the batch ends ``expired``), answered 500, and
+      packed with an id dropped, wrong or doubled; see ``_batch_lifecycle``.
+    - ``batch_max_requests``, ``batch_max_bytes``, ``batch_enqueued_tpd``: the limits of
+      an input file, and of prompt tokens in batches at once (``None``: no limit).
     - ``port``: 0 picks a free port.
+
+    A batch line gets the very body a live request would get (outside the live
+    RPM/TPM buckets); :meth:`batches` shows every batch, and ``stats.batch_lines``
+    logs each line submitted.
     """
 
     def __init__(
@@ -156,6 +149,15 @@ class FakeServer:
         models: Iterable[str] | None = None,
         embeddings_shuffled: bool = False,
         embedding_length: Callable[[int], int] | None = None,
+        batch_api: bool = True,
+        batch_seconds: float = 1.0,
+        batch_validate_seconds: float = 0.05,
+        batch_expire_rate: float = 0.0,
+        batch_error_rate: float = 0.0,
+        batch_broken_rate: float = 0.0,
+        batch_max_requests: int = 50_000,
+        batch_max_bytes: int = 200 * 1024 * 1024,
+        batch_enqueued_tpd: int | None = None,
     ) -> None:
         # locals() is still just the arguments: those named like a setting are read.
         self._settings = Settings.of(locals())
@@ -166,6 +168,8 @@ class FakeServer:
         self.embedding_stats = ServerStats()
         self._embeddings = Embeddings(lambda: self._settings, self.embedding_stats, seed)
         self._catalog = Catalog(lambda: self._settings)
+        self._files = Files(lambda: self._settings, self.stats)
+        self._batches = Batches(lambda: self._settings, self.stats, seed, self._files)
         # Owned by the server thread while it runs.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -203,7 +207,7 @@ class FakeServer:
         with self._lifecycle:
             if self.running:
                 return self
-            _raise_open_file_limit()
+            raise_open_file_limit()
             ready = threading.Event()
             self._start_error = None
             self._thread = threading.Thread(
@@ -256,6 +260,14 @@ class FakeServer:
         self.stats.reset()
         self.embedding_stats.reset()
 
+    def batches(self) -> list[dict[str, Any]]:
+        """Every batch created, oldest first, as its ``Batch`` object now."""
+        return [job.object() for job in self._batches.jobs()]
+
+    def wait_batch(self, batch_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until the batch reaches a final status; its ``Batch`` object then."""
+        return self._batches.wait(batch_id, timeout)
+
     def configure(
         self,
         *,
@@ -277,6 +289,15 @@ class FakeServer:
         unsupported_params: Iterable[str] = UNSET,
         embeddings_shuffled: bool = UNSET,
         embedding_length: Callable[[int], int] | None = UNSET,
+        batch_api: bool = UNSET,
+        batch_seconds: float = UNSET,
+        batch_validate_seconds: float = UNSET,
+        batch_expire_rate: float = UNSET,
+        batch_error_rate: float = UNSET,
+        batch_broken_rate: float = UNSET,
+        batch_max_requests: int = UNSET,
+        batch_max_bytes: int = UNSET,
+        batch_enqueued_tpd: int | None = UNSET,
     ) -> None:
         """Change settings while the server runs (thread-safe); unnamed settings stay.
 
@@ -298,6 +319,7 @@ class FakeServer:
         self._settings = settings
         self._chat.configure(settings, seed)
         self._embeddings.configure(settings, seed)
+        self._batches.configure(settings, seed)
 
     def _in_loop(self, change: Callable[[], None]) -> None:
         """Run ``change`` on the server's loop (where the buckets live) and wait for it."""
@@ -347,6 +369,14 @@ class FakeServer:
         app.router.add_post("/v1/embeddings", self._embeddings.handle)
         app.router.add_get("/v1/models", self._catalog.list_models)
         app.router.add_get("/v1/models/{model}", self._catalog.get_model)
+        app.router.add_post("/v1/files", self._files.upload)
+        app.router.add_get("/v1/files/{file_id}", self._files.retrieve)
+        app.router.add_get("/v1/files/{file_id}/content", self._files.content)
+        app.router.add_delete("/v1/files/{file_id}", self._files.delete)
+        app.router.add_post("/v1/batches", self._batches.create)
+        app.router.add_get("/v1/batches", self._batches.list)
+        app.router.add_get("/v1/batches/{batch_id}", self._batches.retrieve)
+        app.router.add_post("/v1/batches/{batch_id}/cancel", self._batches.cancel)
         app.router.add_route("*", "/{tail:.*}", not_found)
         runner = web.AppRunner(
             app,
@@ -364,6 +394,7 @@ class FakeServer:
     async def _shutdown(self) -> None:
         await self._chat.cancel_all()
         await self._embeddings.cancel_all()
+        await self._batches.cancel_all()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

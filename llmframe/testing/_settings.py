@@ -79,6 +79,24 @@ class Settings:
     #: ``(n) -> length`` of the vectors in the n-th embeddings reply (from 1), instead of
     #: the ``dimensions`` asked for: a model whose vectors change length. ``None``: as asked.
     embedding_length: Callable[[int], int] | None = None
+    #: The Batch API (``/v1/files``, ``/v1/batches``); ``False``: those paths answer 404.
+    batch_api: bool = True
+    #: Wall seconds a batch spends in progress (its lines finish spread over them).
+    batch_seconds: float = 1.0
+    #: Wall seconds in ``validating`` (and in ``finalizing``).
+    batch_validate_seconds: float = 0.05
+    #: Share of a batch's lines left unfinished when its window passes (the batch ends ``expired``).
+    batch_expire_rate: float = 0.0
+    #: Share of a batch's lines answered with a 500 ``server_error`` in the output file.
+    batch_error_rate: float = 0.0
+    #: Share of a batch's packed lines whose answer is damaged (an id dropped, doubled or wrong).
+    batch_broken_rate: float = 0.0
+    #: Most lines in one batch input file (OpenAI: 50,000).
+    batch_max_requests: int = 50_000
+    #: Most bytes in one batch input file (OpenAI: 200 MB).
+    batch_max_bytes: int = 200 * 1024 * 1024
+    #: Most prompt tokens enqueued in batches at once (``None``: no limit).
+    batch_enqueued_tpd: int | None = None
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> Settings:
@@ -114,8 +132,29 @@ class Settings:
             raise ValueError("api_keys must hold at least one key, or be None to accept any key")
         if self.embedding_length is not None and not callable(self.embedding_length):
             raise TypeError("embedding_length must be a callable (n: int) -> int, or None")
+        self._check_batch()
         if self.rejects_like not in ("openai", "llama.cpp"):
-            raise ValueError(f"rejects_like must be 'openai' or 'llama.cpp', got {self.rejects_like!r}")
+            raise ValueError(
+                f"rejects_like must be 'openai' or 'llama.cpp', got {self.rejects_like!r}"
+            )
+
+    def _check_batch(self) -> None:
+        for name in ("batch_seconds", "batch_validate_seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        for name in ("batch_expire_rate", "batch_error_rate", "batch_broken_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        if self.batch_expire_rate + self.batch_error_rate > 1.0 + 1e-9:
+            raise ValueError("batch_expire_rate + batch_error_rate must not exceed 1")
+        for name in ("batch_max_requests", "batch_max_bytes", "batch_enqueued_tpd"):
+            value = getattr(self, name)
+            if value is None and name == "batch_enqueued_tpd":
+                continue
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 _FIELDS = tuple(field.name for field in fields(Settings))

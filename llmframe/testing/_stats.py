@@ -48,6 +48,8 @@ _COUNTERS = (
     "completion_tokens",
     "items",
     "degraded",
+    "files_uploaded",
+    "batches_created",
 )
 
 
@@ -63,9 +65,21 @@ class ServerStats:
     ``degrade=``) answered wrong on purpose, shifted answers included.
     ``in_flight`` is the number of chat requests being handled now and
     ``max_in_flight`` its peak.
+
+    The Batch API counts ``files_uploaded`` and ``batches_created``, and logs in
+    ``batch_lines`` one ``(batch_id, custom_id)`` per line of every batch created,
+    in the order of its input file (its answers are not counted above, nor in ``log``).
     """
 
-    __slots__ = (*_COUNTERS, "_lock", "in_flight", "log", "max_in_flight", "packing_faults")
+    __slots__ = (
+        *_COUNTERS,
+        "_lock",
+        "batch_lines",
+        "in_flight",
+        "log",
+        "max_in_flight",
+        "packing_faults",
+    )
 
     requests: int
     ok: int
@@ -79,10 +93,13 @@ class ServerStats:
     completion_tokens: int
     items: int
     degraded: int
+    files_uploaded: int
+    batches_created: int
     in_flight: int
     max_in_flight: int
     packing_faults: dict[str, int]
     log: list[RequestRecord]
+    batch_lines: list[tuple[str, str]]
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -95,6 +112,7 @@ class ServerStats:
         self.max_in_flight = self.in_flight
         self.packing_faults = {}
         self.log = []
+        self.batch_lines = []
 
     def reset(self) -> None:
         """Zero every counter; ``in_flight`` stays, as it describes the present."""
@@ -109,6 +127,7 @@ class ServerStats:
             data["max_in_flight"] = self.max_in_flight
             data["packing_faults"] = dict(self.packing_faults)
             data["log"] = list(self.log)
+            data["batch_lines"] = list(self.batch_lines)
         return data
 
     def __repr__(self) -> str:
@@ -139,6 +158,11 @@ class ServerStats:
     def _add(self, counter: str, amount: int) -> None:
         with self._lock:
             setattr(self, counter, getattr(self, counter) + amount)
+
+    def _batch(self, batch_id: str, custom_ids: list[str]) -> None:
+        with self._lock:
+            self.batches_created += 1
+            self.batch_lines.extend((batch_id, custom_id) for custom_id in custom_ids)
 
     def _count(self, counter: str | None = None, kinds: list[str] | None = None) -> None:
         with self._lock:
