@@ -12,7 +12,7 @@ HTTP error, so the engine treats both alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +46,13 @@ def input_line(custom_id: str, request: Request, model: str) -> bytes:
 
 
 def split_lines(
-    lines: Iterable[tuple[str, bytes]], *, max_requests: int = MAX_REQUESTS, max_bytes: int = MAX_BYTES
+    lines: Iterable[tuple[str, bytes]], *, max_requests: int | None = None, max_bytes: int | None = None
 ) -> list[list[tuple[str, bytes]]]:
     """``(custom_id, line)`` pairs in files of at most ``max_requests`` lines and ``max_bytes``
-    bytes, in order. A line larger than a whole file is refused before anything is sent."""
+    bytes (by default :data:`MAX_REQUESTS` and :data:`MAX_BYTES`), in order. A line larger
+    than a whole file is refused before anything is sent."""
+    max_requests = max_requests or MAX_REQUESTS
+    max_bytes = max_bytes or MAX_BYTES
     files: list[list[tuple[str, bytes]]] = []
     current: list[tuple[str, bytes]] = []
     size = 0
@@ -154,7 +157,3 @@ def line_error(status: int, body: Any) -> CallError:
     if is_retryable_status(status):
         return CallError("rate_limit" if status == 429 else "server", message, True, status, code, param=param)
     return CallError("bad_request", message, False, status, code, param=param)
-
-
-def custom_ids(lines: Sequence[tuple[str, bytes]]) -> list[str]:
-    return [custom_id for custom_id, _ in lines]

@@ -149,7 +149,7 @@ class BatchRun:
         while (batch := planner.take()) is not None:
             run.endpoint.probe_done(batch)  # nothing is probed: the take after it may go at once
             batches.append(batch)
-        lines = []
+        lines: list[tuple[Sent, bytes]] = []
         model = run.opts.model or ""
         for batch in batches:
             sent = planner.canaries.place(batch.jobs, batch.canaries)
