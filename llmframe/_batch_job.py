@@ -184,6 +184,18 @@ class BatchJob:
         lines = work.batch.plan()
         if not lines:
             return False
+        run = work.batch.run
+        cost = run.budget.estimate(sum(i.request.input_tokens for i, _ in lines if i.request),
+                                   sum(i.request.output_tokens for i, _ in lines if i.request))  # fmt: skip
+        if not run.budget.admits(cost):
+            message = (f"the batch would cost up to ${cost:.4f} at the batch price, over max_cost_usd="
+                       f"{run.budget.limit} with ${run.budget.spent:.4f} spent")  # fmt: skip
+            if not self.state.batches:  # nothing submitted yet: nothing is charged
+                raise ConfigError(message + "; raise max_cost_usd= or submit fewer rows")
+            for item, _ in lines:
+                work.batch.sent.pop(item.custom_id, None)
+                run.outcomes.fail(item.batch.jobs, "budget", message)
+            return False
         by_id = {item.custom_id: item for item, _ in lines}
         for part in split_lines((item.custom_id, line) for item, line in lines):
             file_id = await client.upload(f"{self.id}-{work.batch.round}.jsonl", b"".join(line for _, line in part))
@@ -336,6 +348,8 @@ async def start(df: Any, template: Template, opts: Options, output: str, *, unne
     found = state or (find_job(folder, thash, keys) if keys else None)
     new = found or JobState.new(hash=thash, model=opts.model or "", base_url=base_url, template=template.text,
                                 rows=len(df), options=_stored(opts, output, unnest, prefix))  # fmt: skip
+    if not keys and found is None:
+        new.status = "completed"  # every row is cached (or null): nothing to send, no job recorded
     try:
         batch = BatchRun.wire(prepared, template, opts, endpoint, new.id)
         work = Work(df, template, opts, output, unnest, prefix, batch, started)

@@ -198,7 +198,9 @@ def test_reattach_by_id_with_the_frame(tmp_path: Path) -> None:
                                    progress=False)  # fmt: skip
         assert again.status().requests_total == job.status().requests_total
         out = again.result(df)
-        assert server.stats.snapshot()["files_uploaded"] == 1
+        cached = llmframe.submit(df, TEMPLATE, output="sentiment", **opts(server, tmp_path))
+        assert cached.status().state == "completed"  # every row cached: nothing sent, no job recorded
+        assert server.stats.snapshot()["files_uploaded"] == 1 and len(llmframe.batch_jobs(cache=tmp_path)) == 1
     assert column(out, "sentiment") == [answer(r) for r in rows]
     state = (tmp_path / "_batches" / f"{job.id}.json").read_text()
     assert server.api_key not in state and "review 1" not in state
@@ -211,3 +213,23 @@ def test_estimate_shows_live_and_batch_side_by_side(tmp_path: Path) -> None:
     assert est.batch is not None and est.cost_usd is not None and est.batch.cost_usd is not None
     assert est.batch.cost_usd == pytest.approx(est.cost_usd / 2)
     assert "batch API" in str(est) and "batch API" in est._repr_html_()
+
+
+def test_classify_in_batch_mode_on_either_backend(tmp_path: Path, make_frame: Any) -> None:
+    labels = ["positive", "negative", "neutral"]
+    df = make_frame({"review": reviews(150)})
+    with FakeServer(**FAST) as server:
+        out = df.llm.classify(TEMPLATE, labels=labels, mode="batch", **opts(server, tmp_path))
+        again = df.llm.classify(TEMPLATE, labels=labels, **opts(server, tmp_path))  # live: all cached
+        stats = server.stats.snapshot()
+    got = column(out, "label")
+    assert all(label in labels for label in got) and got == column(again, "label")
+    assert stats["requests"] == 0 and stats["batches_created"] == 1
+
+
+def test_max_cost_is_checked_before_anything_is_submitted(tmp_path: Path) -> None:
+    df = pd.DataFrame({"review": reviews(400)})
+    with FakeServer(**FAST) as server:
+        with pytest.raises(llmframe.ConfigError, match="max_cost_usd"):
+            df.llm.submit(TEMPLATE, max_cost_usd=1e-6, **opts(server, tmp_path))
+        assert server.stats.snapshot()["files_uploaded"] == 0
