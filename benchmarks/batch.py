@@ -25,7 +25,15 @@ import warnings
 from datetime import datetime, timezone
 from typing import Any
 
-from benchmarks._common import MODEL, add_standard_arguments, command_line, format_table, run_header, save_json, scaled
+from benchmarks._common import (
+    MODEL,
+    add_standard_arguments,
+    command_line,
+    format_table,
+    run_header,
+    save_json,
+    scaled,
+)
 from benchmarks.packing import SENTIMENT, reviews
 from llmframe.testing import FakeServer, expected_answer
 
