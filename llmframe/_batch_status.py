@@ -8,6 +8,7 @@ from typing import Any
 
 from ._batch_state import FINAL, JobState, list_jobs
 from ._cache import resolve_cache_dir
+from ._config import get_defaults
 from ._errors import ConfigError
 from ._html import table
 
@@ -73,8 +74,8 @@ def status_of(state: JobState) -> BatchStatus:
 
 
 def job_folder(cache: bool | str | os.PathLike[str] | None) -> Any:
-    """The cache folder batch jobs live in (``None``: the default one)."""
-    folder = resolve_cache_dir(True if cache is None else cache)
+    """The cache folder batch jobs live in (``None``: the configured one, as ``apply``'s)."""
+    folder = resolve_cache_dir(get_defaults().cache if cache is None else cache)
     if folder is None:
         raise ConfigError("batch jobs live in the cache folder: pass cache=<folder> (cache=False has none)")
     return folder
