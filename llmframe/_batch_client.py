@@ -25,8 +25,9 @@ from ._errors import AuthenticationError, ConfigError, EndpointError
 
 __all__ = ["BatchClient", "LimitReached"]
 
-#: Tries of one call that fails for a passing reason.
+#: Tries of one call that fails for a passing reason (a poll: more, it waits for hours anyway).
 TRIES = 4
+POLL_TRIES = 10
 #: Error codes (and message words) of a batch refused because too many tokens are enqueued.
 LIMIT_CODES = frozenset({"token_limit_exceeded", "enqueued_token_limit", "rate_limit_exceeded"})
 
@@ -60,9 +61,11 @@ class BatchClient:
         if self._owned:
             await self._client.close()
 
-    async def _call(self, what: str, path: str, make: Callable[[], Awaitable[Any]]) -> Any:
-        """``make()`` with passing failures tried again; the others raised as clear errors."""
-        for attempt in range(TRIES):
+    async def _call(self, what: str, path: str, make: Callable[[], Awaitable[Any]], *, limit: bool = False,
+                    tries: int = TRIES) -> Any:  # fmt: skip
+        """``make()`` with passing failures tried again; the others raised as clear errors.
+        ``limit``: a 429 or an enqueued-token error raises :class:`LimitReached`."""
+        for attempt in range(tries):
             try:
                 return await make()
             except Exception as exc:
@@ -72,9 +75,9 @@ class BatchClient:
                                   "Batch API (or base_url= is wrong); use mode='live'") from None  # fmt: skip
             if err.kind == "auth":
                 raise AuthenticationError(f"{what}: {err.message}") from None
-            if err.status == 429 or is_limit(err.code, err.message):
+            if limit and (err.status == 429 or is_limit(err.code, err.message)):
                 raise LimitReached(err.message)
-            if not err.retryable or attempt == TRIES - 1:
+            if not err.retryable or attempt == tries - 1:
                 raise EndpointError(f"{what} failed at {self.base_url}{path}: {err.message}") from None
             await self.sleep(min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random()))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -85,10 +88,7 @@ class BatchClient:
         async def make() -> Any:
             return await self._client.files.create(file=(name, data, "application/jsonl"), purpose="batch")
 
-        try:
-            return str((await self._call("uploading the batch input file", "/files", make)).id)
-        except LimitReached as exc:  # a 429 on upload is no enqueued-token limit: a plain failure
-            raise EndpointError(f"uploading the batch input file failed: {exc}") from None
+        return str((await self._call("uploading the batch input file", "/files", make)).id)
 
     async def create(self, file_id: str, metadata: dict[str, str]) -> Any:
         """Create a batch of ``file_id``'s requests (raises :class:`LimitReached`)."""
@@ -97,13 +97,13 @@ class BatchClient:
             return await self._client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                                      completion_window="24h", metadata=metadata)  # fmt: skip
 
-        return await self._call("creating the batch", "/batches", make)
+        return await self._call("creating the batch", "/batches", make, limit=True)
 
     async def retrieve(self, batch_id: str) -> Any:
         async def make() -> Any:
             return await self._client.batches.retrieve(batch_id)
 
-        return await self._call(f"polling batch {batch_id}", "/batches", make)
+        return await self._call(f"polling batch {batch_id}", "/batches", make, tries=POLL_TRIES)
 
     async def cancel(self, batch_id: str) -> Any:
         async def make() -> Any:

@@ -81,6 +81,7 @@ class BatchJob:
     def __init__(self, state: JobState, folder: Path, opts: Options, work: Work | None = None, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
         self.state, self.folder, self.opts, self.work, self.sleep = state, folder, opts, work, sleep
+        self.out: Any = None  # the frame, once result() has made it
 
     @property
     def id(self) -> str:
@@ -144,6 +145,8 @@ class BatchJob:
         return status_of(self.state)
 
     async def aresult(self, df: Any = None) -> Any:
+        if self.out is not None:
+            return self.out
         if self.work is None:
             if df is None:
                 raise ConfigError(f"job {self.id} was reattached without its frame: pass it, job.result(df)")
@@ -162,7 +165,8 @@ class BatchJob:
             work.progress.close()
             if outcomes.cache is not None:
                 outcomes.cache.close()
-        return await self.finish(work)
+        self.out = await self.finish(work)
+        return self.out
 
     async def reattach(self, df: Any) -> BatchJob:
         """This job wired to ``df``, the frame it was submitted for (its call rebuilt from the state)."""
