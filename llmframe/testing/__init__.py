@@ -8,8 +8,10 @@ key or a network. Its answers are deterministic (:func:`expected_answer`, and
 schema), so a test knows what every row must get, including rows answered in
 packed requests; it enforces RPM/TPM limits with OpenAI's 429 bodies and headers; and
 it injects :class:`Faults` (5xx, hangs, garbage bodies, damaged packed
-answers) at chosen rates; and with :class:`Degrade` it plays a model whose
-packed answers get worse as batches grow (for ``llmframe.calibrate``)::
+answers) at chosen rates; with :class:`Degrade` it plays a model whose
+packed answers get worse as batches grow (for ``llmframe.calibrate``); and it
+serves OpenAI's Batch API (``/v1/files``, ``/v1/batches``) on an accelerated
+clock, each batched request answered exactly as the live one::
 
     >>> import openai
     >>> from llmframe.testing import FakeServer, expected_answer

@@ -127,10 +127,13 @@ class BatchJob:
 
 
 async def _pause(job: BatchJob, seconds: float) -> None:
-    """Sleep ``seconds``, or less if the batch is cancelled meanwhile."""
+    """Sleep ``seconds``, or less if the batch is cancelled meanwhile; at least yield, so
+    that a long batch never holds up the live requests on the same loop."""
     if seconds > 0 and not job.cancel.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(job.cancel.wait(), seconds)
+    else:
+        await asyncio.sleep(0)
 
 
 def _answer(line: RequestLine, endpoint: str, settings: Settings, faults: Faults,
@@ -150,7 +153,11 @@ def _answer(line: RequestLine, endpoint: str, settings: Settings, faults: Faults
             answered = chat
         else:
             prompt_tokens, _, too_long = measure(chat, settings)
-            done = too_long or complete(chat, settings, faults, rng, prompt_tokens)
+            done = (
+                complete(chat, settings, faults, rng, prompt_tokens)
+                if too_long is None
+                else too_long
+            )
             answered = (
                 done
                 if isinstance(done, web.Response)
@@ -183,7 +190,7 @@ async def _run(job: BatchJob, files: Files, settings: Callable[[], Settings],
     now = settings()
     await _pause(job, now.batch_validate_seconds)
     if job.errors is not None:
-        job.update("failed")
+        job.update("cancelled" if job.cancel.is_set() else "failed")
         return
     job.counts["total"] = len(job.lines)
     job.update("in_progress")  # (a batch cancelled while validating stays cancelling)

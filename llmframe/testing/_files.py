@@ -119,30 +119,27 @@ class Files:
         return json_response(stored.object())
 
     async def retrieve(self, request: web.Request) -> web.StreamResponse:
-        denied = await refused(request, self._settings())
-        if denied is not None:
-            return denied
-        stored = self.get(request.match_info["file_id"])
-        if stored is None:
-            return _missing(request.match_info["file_id"])
-        return json_response(stored.object())
+        found = await self._found(request)
+        return found if isinstance(found, web.StreamResponse) else json_response(found.object())
 
     async def content(self, request: web.Request) -> web.StreamResponse:
+        found = await self._found(request)
+        if isinstance(found, web.StreamResponse):
+            return found
+        return web.Response(body=found.data, content_type="application/octet-stream")
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        found = await self._found(request)
+        if isinstance(found, web.StreamResponse):
+            return found
+        with self._lock:
+            self._files.pop(found.id, None)
+        return json_response({"id": found.id, "object": "file", "deleted": True})
+
+    async def _found(self, request: web.Request) -> StoredFile | web.StreamResponse:
+        """The file the path names, or the 404 (401, or 404 without the Batch API)."""
         denied = await refused(request, self._settings())
         if denied is not None:
             return denied
         stored = self.get(request.match_info["file_id"])
-        if stored is None:
-            return _missing(request.match_info["file_id"])
-        return web.Response(body=stored.data, content_type="application/octet-stream")
-
-    async def delete(self, request: web.Request) -> web.StreamResponse:
-        denied = await refused(request, self._settings())
-        if denied is not None:
-            return denied
-        file_id = request.match_info["file_id"]
-        with self._lock:
-            gone = self._files.pop(file_id, None)
-        if gone is None:
-            return _missing(file_id)
-        return json_response({"id": file_id, "object": "file", "deleted": True})
+        return _missing(request.match_info["file_id"]) if stored is None else stored

@@ -157,6 +157,19 @@ def test_cancel_keeps_the_lines_already_done() -> None:
     assert all(content(e) == expected_answer(f"row {e['custom_id'][4:]}") for e in output)
 
 
+def test_a_batch_cancelled_while_validating_runs_no_line() -> None:
+    with FakeServer(batch_seconds=0.2, batch_validate_seconds=5.0) as server:
+        good, bad = submit(server, chat_lines(3)), submit(server, b"{not json\n")
+        for batch in (good, bad):
+            assert client(server).batches.cancel(batch.id).status == "cancelling"
+        done, failed = finished(server, good), finished(server, bad)
+        errors = read(server, done.error_file_id)
+    assert done.status == failed.status == "cancelled" and done.output_file_id is None
+    assert sorted(e["custom_id"] for e in errors) == ["row-0", "row-1", "row-2"]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    assert done.request_counts and done.request_counts.completed == 0
+
+
 def test_expired_and_failed_lines_go_to_the_error_file() -> None:
     with FakeServer(**FAST, batch_expire_rate=0.25, batch_error_rate=0.3, seed=3) as server:
         done = finished(server, submit(server, chat_lines(20)))
@@ -188,19 +201,23 @@ def test_broken_packed_lines_lose_or_garble_an_id() -> None:
 
 
 def test_lines_the_live_endpoint_rejects_are_answered_with_its_error() -> None:
-    with FakeServer(**FAST, models=(MODEL,), unsupported_params=("seed",)) as server:
-        seeded = [*chat_lines(1), line("seeded", {**chat_lines(1)[0]["body"], "seed": 1})]
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 100}]}
+    with FakeServer(**FAST, models=(MODEL,), unsupported_params=("seed",), model_context=60) as server:
+        seeded = [*chat_lines(1), line("seeded", {**chat_lines(1)[0]["body"], "seed": 1}),
+                  line("long", long)]  # fmt: skip
         done = finished(server, submit(server, seeded))
         output, errors = read(server, done.output_file_id), read(server, done.error_file_id)
         unknown = [line("unknown", {"model": "nope", "messages": [{"role": "user", "content": "x"}]})]
         missing = finished(server, submit(server, unknown))
         (not_found,) = read(server, missing.error_file_id)
     assert done.status == "completed" and done.request_counts
-    assert done.request_counts.model_dump() == {"total": 2, "completed": 1, "failed": 1}
+    assert done.request_counts.model_dump() == {"total": 3, "completed": 1, "failed": 2}
     assert [e["custom_id"] for e in output] == ["row-0"]
-    assert [(e["custom_id"], e["error"]) for e in errors] == [("seeded", None)]
-    assert errors[0]["response"]["status_code"] == 400
-    assert errors[0]["response"]["body"]["error"]["code"] == "unsupported_parameter"
+    by_id = {e["custom_id"]: e for e in errors}
+    assert sorted(by_id) == ["long", "seeded"] and all(e["error"] is None for e in errors)
+    assert by_id["seeded"]["response"]["status_code"] == 400
+    assert by_id["seeded"]["response"]["body"]["error"]["code"] == "unsupported_parameter"
+    assert by_id["long"]["response"]["body"]["error"]["code"] == "context_length_exceeded"
     assert missing.status == "completed" and missing.output_file_id is None
     assert not_found["response"]["status_code"] == 404
     assert not_found["response"]["body"]["error"]["code"] == "model_not_found"
