@@ -191,7 +191,9 @@ def test_reattach_by_id_with_the_frame(tmp_path: Path) -> None:
     rows = reviews(120)
     df = pd.DataFrame({"review": rows})
     with FakeServer(batch_seconds=0.5, batch_validate_seconds=0.01) as server:
-        job = df.llm.submit(TEMPLATE, output="sentiment", **opts(server, tmp_path))
+        plain_url = server.base_url
+        secret_url = plain_url.replace("http://", "http://someone:pa55word@")
+        job = df.llm.submit(TEMPLATE, output="sentiment", **opts(server, tmp_path, base_url=secret_url))
         (listed,) = llmframe.batch_jobs(cache=tmp_path)
         assert listed.job_id == job.id and listed.rows == 120 and "requests" in str(listed)
         again = llmframe.batch_job(job.id, cache=tmp_path, base_url=server.base_url, api_key=server.api_key,
@@ -203,7 +205,8 @@ def test_reattach_by_id_with_the_frame(tmp_path: Path) -> None:
         assert server.stats.snapshot()["files_uploaded"] == 1 and len(llmframe.batch_jobs(cache=tmp_path)) == 1
     assert column(out, "sentiment") == [answer(r) for r in rows]
     state = (tmp_path / "_batches" / f"{job.id}.json").read_text()
-    assert server.api_key not in state and "review 1" not in state
+    assert server.api_key not in state and "pa55word" not in state and "review 1" not in state
+    assert json.loads(state)["base_url"] == plain_url
 
 
 def test_estimate_shows_live_and_batch_side_by_side(tmp_path: Path) -> None:
