@@ -35,7 +35,7 @@ from ._capabilities import MEMORY
 from ._client import CallError
 from ._config import Options
 from ._endpoint import Endpoint
-from ._engine import AUTO_BATCH_TOKENS, Run, new_run
+from ._engine import Run, new_run
 from ._jobs import Batch, Job
 from ._keys import call_prefix, output_spec
 from ._packing import LINES
@@ -156,7 +156,7 @@ class BatchRun:
             request = run.builder.build(sent)
             if len(sent) > 1 and request.tokens > planner.max_batch_tokens * 2:
                 run.too_large(batch, f"the request needs ~{request.tokens} tokens, more than twice "
-                                     f"max_batch_tokens ({planner.max_batch_tokens or AUTO_BATCH_TOKENS})")  # fmt: skip
+                                     f"max_batch_tokens ({planner.max_batch_tokens})")  # fmt: skip
                 continue
             item = Sent(f"{self.job_id}-{self.round}-{len(lines)}", batch, sent, request)
             self.sent[item.custom_id] = item
