@@ -24,7 +24,7 @@ from typing import Any
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).parent.parent
 
-BENCHMARKS = ["rate_limits", "processes", "packing", "structured", "cache", "calibration", "throughput", "embeddings", "durability"]
+BENCHMARKS = ["rate_limits", "processes", "packing", "structured", "cache", "calibration", "throughput", "embeddings", "durability", "batch"]
 
 
 def _newest(pattern: str) -> dict[str, Any] | None:
@@ -159,6 +159,16 @@ def _durability(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     )]  # fmt: skip
 
 
+def _batch(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    live, batch = d["results"]
+    return [(
+        f"batch: {batch['rows']:,} rows through the Batch API vs live",
+        f"{batch['requests']:,} requests ({batch['rows'] / batch['requests']:.1f} rows each), "
+        f"{batch['cost_usd'] / live['cost_usd']:.2f}x the live cost, {batch['correct']:,}/{batch['rows']:,} correct",
+        f"target <= rows/15 requests, 0.5x ({'ok' if batch['requests'] * 15 <= batch['rows'] else 'MISSED'})",
+    )]  # fmt: skip
+
+
 SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
     "rate_limits": ("rate_limits-*.json", _rate_limits),
     "processes": ("processes-*.json", _processes),
@@ -169,6 +179,7 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, 
     "throughput": ("throughput-*.json", _throughput),
     "embeddings": ("embeddings-*.json", _embeddings),
     "durability": ("durability-*.json", _durability),
+    "batch": ("batch-*.json", _batch),
 }
 
 

@@ -1,8 +1,10 @@
 """Regenerate cost-analysis.md from the packing benchmark's measured tokens per row.
 
     python -m benchmarks.packing            # measures, writes benchmarks/out/packing.json
+    python -m benchmarks.batch              # measures batch mode, writes benchmarks/out/batch-*.json
     python -m benchmarks.cost_table         # prints the tables
     python -m benchmarks.cost_table --write cost-analysis.md
+    python -m benchmarks.cost_table --batch # only the batch-mode section
 
 Every token count comes from ``benchmarks/out/packing.json``; the prices and the
 tier limits are the constants below, each with the date and source it was taken
@@ -152,6 +154,45 @@ def summary_table(rows: list[PerRow]) -> str:
     return "\n".join(lines)
 
 
+def newest_batch(folder: Path = OUT) -> dict[str, Any] | None:
+    """The newest results of ``benchmarks.batch``, if any."""
+    files = sorted(folder.glob("batch-*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(files[-1].read_text()) if files else None
+
+
+def batch_section(data: dict[str, Any]) -> list[str]:
+    """Batch mode priced per day: the tokens per row ``benchmarks.batch`` measured, live and
+    through the Batch API, on the same rows."""
+    live, batch = (next(r for r in data["results"] if r["mode"] == m) for m in ("live", "batch"))
+    out = [
+        "## Batch API mode, measured",
+        "",
+        f"Measured by `{data['command']}` ({data['started'][:16]} UTC): the classification rows",
+        f"({live['rows']:,}) sent live (packed, the default) and with `mode=\"batch\"`, every answer checked",
+        f"({live['correct']:,} and {batch['correct']:,} correct). Batch mode packs without the live check",
+        f"(four rows alone as canaries): {live['rows'] / live['requests']:.1f} rows per request live,",
+        f"{batch['rows'] / batch['requests']:.1f} in batch mode; tokens per row "
+        f"{live['prompt_tokens_per_row']:.1f} in / {live['completion_tokens_per_row']:.1f} out live, "
+        f"{batch['prompt_tokens_per_row']:.1f} / {batch['completion_tokens_per_row']:.1f} in batch mode.",
+        "Batch mode is priced at the Batch API's half; its time is the Batch API's window (up to 24 h,",
+        "most batches finish sooner), with no per-minute limits of the live API.",
+        "",
+        "| Scale (rows/day) | model | live packed $/day | batch mode $/day | saving | requests/day (live → batch) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for n in SCALES:
+        for m in MODELS:
+            c_live = n * (live["prompt_tokens_per_row"] * m.input_per_1m
+                          + live["completion_tokens_per_row"] * m.output_per_1m) / 1e6  # fmt: skip
+            c_batch = n * m.batch_discount * (batch["prompt_tokens_per_row"] * m.input_per_1m
+                                              + batch["completion_tokens_per_row"] * m.output_per_1m) / 1e6  # fmt: skip
+            req_live = n * live["requests"] / live["rows"]
+            req_batch = n * batch["requests"] / batch["rows"]
+            out.append(f"| {n:,} | {m.name} | ${c_live:,.2f} | ${c_batch:,.2f} | {1 - c_batch / c_live:.0%} | "
+                       f"{req_live:,.0f} → {req_batch:,.0f} |")  # fmt: skip
+    return [*out, ""]
+
+
 def document(data: dict[str, Any], rows: list[PerRow]) -> str:
     machine = data.get("machine", {})
     parts = [
@@ -191,6 +232,9 @@ def document(data: dict[str, Any], rows: list[PerRow]) -> str:
         ]
         for workload in ("classification", "extraction (few-shot)"):
             parts += [f"**{workload}**", "", scale_table(m, rows, workload), ""]
+    batch = newest_batch()
+    if batch is not None:
+        parts += batch_section(batch)
     parts += [
         "## Reading the tables",
         "",
@@ -257,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, default=OUT / "packing.json")
     parser.add_argument("--write", type=Path, help="write the document here (e.g. cost-analysis.md)")
     parser.add_argument("--summary", action="store_true", help="print only the README's summary table")
+    parser.add_argument("--batch", action="store_true", help="print only the batch-mode section")
     args = parser.parse_args(argv)
+    if args.batch:
+        found = newest_batch()
+        print("\n".join(batch_section(found)) if found else "no batch results: run python -m benchmarks.batch")
+        return 0 if found else 1
     data, rows = load(args.input)
     if args.summary:
         print(summary_table(rows))

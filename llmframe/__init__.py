@@ -18,11 +18,15 @@ from ._api import (
     aembed,
     aestimate,
     apply,
+    asubmit,
     classify,
     embed,
     estimate,
     estimate_embed,
+    submit,
 )
+from ._batch_job import BatchJob, batch_job
+from ._batch_status import BatchStatus, batch_jobs
 from ._cache_admin import cache_info, clear_cache, compact_cache, read_cache
 from ._calibrate import CalibrationReport, acalibrate, calibrate
 from ._config import configure
@@ -48,6 +52,8 @@ __all__ = [
     "PRICES",
     "ApplyOptions",
     "AuthenticationError",
+    "BatchJob",
+    "BatchStatus",
     "CacheError",
     "CalibrationReport",
     "ConfigError",
@@ -67,6 +73,9 @@ __all__ = [
     "aembed",
     "aestimate",
     "apply",
+    "asubmit",
+    "batch_job",
+    "batch_jobs",
     "cache_info",
     "calibrate",
     "classify",
@@ -80,6 +89,7 @@ __all__ = [
     "last_report",
     "read_cache",
     "read_embeddings",
+    "submit",
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from . import _api
+from ._batch_job import BatchJob
 from ._calibrate import CalibrationReport
 from ._estimate import Estimate
 from ._report import RunReport
@@ -20,7 +21,7 @@ Frame = TypeVar("Frame")
 
 
 class LLMNamespace(Generic[Frame]):
-    """``df.llm``: ``apply``, ``aapply``, ``classify``, ``aclassify``, ``estimate``, ``embed``,
+    """``df.llm``: ``apply``, ``aapply``, ``submit``, ``asubmit``, ``classify``, ``aclassify``, ``estimate``, ``embed``,
     ``aembed``, ``estimate_embed``, ``calibrate`` and ``report``."""
 
     def __init__(self, df: Frame):
@@ -32,6 +33,19 @@ class LLMNamespace(Generic[Frame]):
         >>> out = df.llm.apply("Classify the sentiment of: {review}", output="sentiment")
         """
         return _api.apply(self._df, template, **options)
+
+    def submit(self, template: str, **options: Any) -> BatchJob:
+        """Send :meth:`apply`'s requests through the Batch API; returns the job at once. See
+        :func:`llmframe.submit`.
+
+        >>> job = df.llm.submit("Classify: {review}", output="sentiment", model="gpt-4o-mini")
+        >>> out = job.result()
+        """
+        return _api.submit(self._df, template, **options)
+
+    async def asubmit(self, template: str, **options: Any) -> BatchJob:
+        """The async form of :meth:`submit`."""
+        return await _api.asubmit(self._df, template, **options)
 
     async def aapply(self, template: str, **options: Any) -> Frame:
         """The async form of :meth:`apply`, for code that already runs in an event loop."""

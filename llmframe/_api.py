@@ -9,8 +9,9 @@ from typing import Any, TypedDict, TypeVar
 
 from typing_extensions import Unpack
 
+from ._batch_job import BatchJob, start
 from ._calibrate import acalibrated_batch_size
-from ._config import BatchSize, Errors, ResponseFormat, resolve
+from ._config import BatchSize, Errors, Mode, OnExpired, ResponseFormat, resolve
 from ._embed_frame import check_spec, embed_frame, embed_template, estimate_embed_frame
 from ._embed_run import EmbedSpec
 from ._errors import ConfigError
@@ -24,8 +25,8 @@ from ._template import parse_template
 from ._typed import output_columns
 
 __all__ = [
-    "ApplyOptions", "EmbedOptions", "aapply", "aclassify", "aembed", "aestimate", "apply", "classify", "embed",
-    "estimate", "estimate_embed", "report_of",
+    "ApplyOptions", "EmbedOptions", "aapply", "aclassify", "aembed", "aestimate", "apply", "asubmit", "classify",
+    "embed", "estimate", "estimate_embed", "report_of", "submit",
 ]  # fmt: skip
 
 Frame = TypeVar("Frame")
@@ -61,6 +62,9 @@ class ApplyOptions(EmbedOptions, total=False):
     max_batch_tokens: int | None
     response_format: ResponseFormat
     canaries: int | None
+    mode: Mode
+    on_expired: OnExpired
+    batch_prices: Mapping[str, tuple[float, float]] | None
 
 
 def _prepare(df: Any, template: str, options: Mapping[str, Any], schema: Any = None) -> tuple[Any, Any, Any]:
@@ -119,8 +123,42 @@ async def aapply(
         # Calibration needs the frame, so it is resolved here, not in the engine.
         size = await acalibrated_batch_size(df, template, schema=opts.schema, **options)
         opts = dataclasses.replace(opts, batch_size=size)
+    if opts.mode == "batch":
+        job = await start(df, tpl, opts, output, unnest=unnest, prefix=prefix)
+        return await job.aresult()  # type: ignore[no-any-return]
     out, _ = await run_frame(df, tpl, opts, output, unnest=unnest, prefix=prefix)
     return out
+
+
+async def asubmit(
+    df: Any, template: str, *, output: str = "answer", schema: Any = None, unnest: bool = True, prefix: str = "",
+    **options: Unpack[ApplyOptions],
+) -> BatchJob:  # fmt: skip
+    """The async form of :func:`submit`."""
+    tpl, opts, _ = _prepare(df, template, {**options, "mode": "batch"}, schema)
+    _check_output(df, opts, output, unnest, prefix)
+    if opts.batch_size == "calibrated":
+        raise ConfigError("batch_size='calibrated' calibrates live; pass an int, or None, to submit")
+    return await start(df, tpl, opts, output, unnest=unnest, prefix=prefix)
+
+
+def submit(
+    df: Any, template: str, *, output: str = "answer", schema: Any = None, unnest: bool = True, prefix: str = "",
+    **options: Unpack[ApplyOptions],
+) -> BatchJob:  # fmt: skip
+    """Send :func:`apply`'s requests through the Batch API (half the price, answers within
+    24 h); returns at once, once the batch is created.
+
+    >>> job = llmframe.submit(df, "Classify: {review}", output="sentiment", model="gpt-4o-mini")
+    >>> job.status()            # validating / in_progress 41% / completed
+    >>> out = job.result()      # waits; the frame apply() would return
+
+    The rows, cache, packing, schemas and validation are ``apply``'s; the job's state
+    lives in the cache folder, so the same call in a new process waits for the job in
+    flight instead of submitting again. ``apply(..., mode="batch")`` is submit + result.
+    """
+    return run_sync(lambda: asubmit(df, template, output=output, schema=schema, unnest=unnest, prefix=prefix,
+                                    **options))  # fmt: skip
 
 
 def apply(

@@ -10,7 +10,10 @@ from typing import Any, Literal
 
 from ._errors import ConfigError
 
-__all__ = ["LIMITERS", "UNSET", "BatchSize", "Errors", "Options", "ResponseFormat", "configure", "get_defaults", "resolve"]
+__all__ = [
+    "LIMITERS", "UNSET", "BatchSize", "Errors", "Mode", "OnExpired", "Options", "ResponseFormat", "configure",
+    "get_defaults", "resolve",
+]  # fmt: skip
 
 
 class _Unset:
@@ -36,6 +39,10 @@ Errors = Literal["null", "raise"]
 ResponseFormat = Literal["auto", "json_schema", "json_object", "text", "lines"]
 #: None: automatic (checked); an int: at most that many rows per request; "calibrated".
 BatchSize = int | Literal["calibrated"] | None
+#: "live": requests sent as they are planned; "batch": through the Batch API (half price, up to 24 h).
+Mode = Literal["live", "batch"]
+#: What a batch does with requests that expired or were left unfinished: another batch, or the live path.
+OnExpired = Literal["retry", "live"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,14 @@ class Options:
     #: The answer's form (:class:`~llmframe._schema.OutputSchema`), from ``schema=`` or
     #: ``labels=`` of one call; never a process-wide default.
     schema: Any = None
+    #: How requests travel: "live" (the default) or "batch", through the Batch API (:mod:`._batch_job`).
+    mode: Mode = "live"
+    #: Batch mode: requests that expired or were left unfinished go in another batch ("retry")
+    #: or through the live path ("live").
+    on_expired: OnExpired = "retry"
+    #: Batch mode: USD per million tokens (input, output) at the Batch API's rate, by model;
+    #: a model not in it is billed at half its live price (OpenAI's and Azure's discount).
+    batch_prices: Mapping[str, tuple[float, float]] | None = None
 
 
 #: The accepted values of ``limiter=``, besides a ``redis://`` or ``rediss://`` URL.
@@ -164,6 +179,12 @@ def _validate_limiter(limiter: str | None) -> None:
 
 def _validate(o: Options) -> None:
     _validate_limiter(o.limiter)
+    if o.mode not in ("live", "batch"):
+        raise ConfigError(f"mode must be 'live' or 'batch' (the Batch API), got {o.mode!r}")
+    if o.on_expired not in ("retry", "live"):
+        raise ConfigError(f"on_expired must be 'retry' (another batch) or 'live' (the live path), got {o.on_expired!r}")
+    if o.batch_prices is not None and not isinstance(o.batch_prices, Mapping):
+        raise ConfigError(f"batch_prices must map a model to (usd_per_1m_input, usd_per_1m_output), got {o.batch_prices!r}")
     if o.errors not in ("null", "raise"):
         raise ConfigError(f"errors must be 'null' or 'raise', got {o.errors!r}")
     if not isinstance(o.max_concurrency, int) or o.max_concurrency < 1:

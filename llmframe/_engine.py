@@ -48,7 +48,7 @@ from ._trials import on_verdict, send_trial
 from ._warn import warn_user
 from ._workers import drain, every, stopped
 
-__all__ = ["Prepared", "Run", "RunResult", "new_run", "prepare", "run"]
+__all__ = ["Prepared", "Run", "RunResult", "new_run", "prepare", "result_of", "run"]
 
 #: Input plus expected output tokens per packed request when ``max_batch_tokens`` is not given.
 AUTO_BATCH_TOKENS = 4000
@@ -282,9 +282,10 @@ class Run:
 def new_run(
     prepared: Prepared, template: Template, opts: Options, *, client: Any, limiter: RateLimiter | None,
     endpoint: Endpoint, progress: Any = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    policy: RetryPolicy | None = None, learns: bool = True,
+    policy: RetryPolicy | None = None, learns: bool = True, packing: _check.PackingPlan | None = None,
 ) -> Run:  # fmt: skip
-    """A run's wiring (or an estimate's, which plans the same batches and sends none)."""
+    """A run's wiring (or an estimate's, which plans the same batches and sends none); ``packing``
+    replaces the plan a live run makes (the Batch API's, :mod:`._batch_run`)."""
     model = opts.model or ""
     report = prepared.report
     state = EndpointState(endpoint.memory_key, resolve_cache_dir(opts.cache), dict(opts.params or {}),
@@ -293,7 +294,7 @@ def new_run(
     cap = batch_cap(opts.batch_size, template.fields)
     task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
                            output=output_spec(opts.schema)).hex()  # fmt: skip
-    packing = _check.plan(
+    packing = packing or _check.plan(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
         verdict=(state.known.get("verdicts") or {}).get(task_key),
         why_one="as batch_size=1 says" if opts.batch_size == 1 else "the template has a field 'id'",
@@ -377,9 +378,15 @@ async def run(
         report.finish(time.monotonic() - start)
         set_last_report(report)
 
+    return result_of(prepared, None if state is None else state.endpoint.fatal, opts)
+
+
+def result_of(prepared: Prepared, fatal: CallError | None, opts: Options) -> RunResult:
+    """A finished run's result; raises as the run ended: stopped (``fatal``), or with failed
+    rows and ``errors="raise"``."""
+    report, n_rows = prepared.report, len(prepared.answers)
     errors = sorted(report.errors, key=lambda e: e.row)
-    if state is not None and state.endpoint.fatal is not None:
-        fatal = state.endpoint.fatal
+    if fatal is not None:
         error = AuthenticationError if fatal.kind == "auth" else EndpointError
         raise error(f"{fatal.message} ({len(errors)} of {n_rows} rows without an answer)", errors, report)
     if errors and opts.errors == "raise":

@@ -21,7 +21,7 @@ from ._endpoint import Endpoint
 from ._html import table
 from ._packing import reply_overhead
 from ._prepare import Prepared, prepare
-from ._pricing import price_for
+from ._pricing import batch_price_for, price_for
 from ._requests import max_tokens_param
 from ._run import run_frame
 from ._template import Template
@@ -32,7 +32,8 @@ __all__ = ["Estimate", "estimate_run"]
 
 @dataclass
 class Estimate:
-    """What one ``apply`` would do. ``one_row`` is the same run at ``batch_size=1``."""
+    """What one ``apply`` would do. ``one_row`` is the same run at ``batch_size=1``; ``batch``
+    (with ``mode="batch"``) the same requests through the Batch API, at its price, within 24 h."""
 
     rows: int
     cached_rows: int
@@ -46,23 +47,34 @@ class Estimate:
     rpm: float | None = None
     tpm: float | None = None
     one_row: Estimate | None = None
+    batch: Estimate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.one_row is None:
-            d.pop("one_row")
+        for name in ("one_row", "batch"):
+            if getattr(self, name) is None:
+                d.pop(name)
         return d
+
+    def columns(self) -> list[tuple[str, Estimate]]:
+        """The columns shown: this estimate, one row per request, the Batch API."""
+        cols = [("packed" if self.batch_size > 1 else "as set", self)]
+        if self.one_row is not None and self.batch_size > 1:
+            cols.append(("one row per request", self.one_row))
+        if self.batch is not None:
+            cols.append(("batch API", self.batch))
+        return cols
+
+    def _time(self, e: Estimate) -> str:
+        if e is self.batch:
+            return "within 24 h"
+        return "unknown" if e.seconds is None else f"{e.seconds:,.0f} s"
 
     def __str__(self) -> str:
         def money(v: float | None) -> str:
             return "unknown" if v is None else f"${v:,.4f}"
 
-        def secs(v: float | None) -> str:
-            return "unknown" if v is None else f"{v:,.0f} s"
-
-        cols = [("packed" if self.batch_size > 1 else "as set", self)]
-        if self.one_row is not None and self.batch_size > 1:
-            cols.append(("one row per request", self.one_row))
+        cols = self.columns()
         lines = [
             f"llmframe estimate: {self.rows} rows, {self.cached_rows} already cached; "
             f"output tokens from {self.output_tokens_from}",
@@ -73,7 +85,7 @@ class Estimate:
             ("input tokens", lambda e: f"{e.input_tokens:,}"),
             ("output tokens", lambda e: f"{e.output_tokens:,}"),
             ("cost", lambda e: money(e.cost_usd)),
-            ("time at limits", lambda e: secs(e.seconds)),
+            ("time at limits", self._time),
         ):
             lines.append(f"{label:<16}" + "".join(f"{get(e):>22}" for _, e in cols))
         if self.seconds is None:
@@ -84,9 +96,7 @@ class Estimate:
         p.text(str(self))
 
     def _repr_html_(self) -> str:  # Jupyter
-        cols = [("packed" if self.batch_size > 1 else "as set", self)]
-        if self.one_row is not None and self.batch_size > 1:
-            cols.append(("one row per request", self.one_row))
+        cols = self.columns()
         rows = [
             [label, *(get(e) for _, e in cols)]
             for label, get in (
@@ -94,7 +104,7 @@ class Estimate:
                 ("input tokens", lambda e: f"{e.input_tokens:,}"),
                 ("output tokens", lambda e: f"{e.output_tokens:,}"),
                 ("cost", lambda e: "unknown" if e.cost_usd is None else f"${e.cost_usd:,.4f}"),
-                ("time at limits", lambda e: "unknown" if e.seconds is None else f"{e.seconds:,.0f} s"),
+                ("time at limits", self._time),
             )
         ]
         note = f"output tokens from {self.output_tokens_from}"
@@ -209,4 +219,8 @@ async def estimate_run(
     result = build(opts)
     if result.batch_size > 1:
         result.one_row = build(replace(opts, batch_size=1, canaries=0))
+    if opts.mode == "batch":
+        price = batch_price_for(opts.model or "", opts.prices, opts.batch_prices)
+        cost = None if price is None else price.cost(result.input_tokens, result.output_tokens)
+        result.batch = replace(result, cost_usd=cost, seconds=None, one_row=None)
     return result

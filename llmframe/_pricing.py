@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["PRICES", "Price", "price_for"]
+__all__ = ["BATCH_DISCOUNT", "PRICES", "Price", "batch_price_for", "price_for"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,37 @@ PRICES: dict[str, Price] = {
 def price_for(model: str, prices: Mapping[str, tuple[float, float] | Price] | None = None) -> Price | None:
     """The price of ``model``: the user's table first, then ours; dated snapshots
     (``gpt-4o-mini-2024-07-18``) match their family by the longest prefix."""
-    tables: list[Mapping[str, tuple[float, float] | Price]] = [prices] if prices else []
-    tables.append(PRICES)
-    for table in tables:
-        best = ""
-        for name in table:
-            if (model == name or model.startswith(name + "-")) and len(name) > len(best):
-                best = name
-        if best:
-            p = table[best]
-            return p if isinstance(p, Price) else Price(float(p[0]), float(p[1]), "given", "user")
-    return None
+    found = _lookup(model, prices) if prices else None
+    return found or _lookup(model, PRICES)
 
+
+def _lookup(model: str, table: Mapping[str, tuple[float, float] | Price]) -> Price | None:
+    best = ""
+    for name in table:
+        if (model == name or model.startswith(name + "-")) and len(name) > len(best):
+            best = name
+    if not best:
+        return None
+    p = table[best]
+    return p if isinstance(p, Price) else Price(float(p[0]), float(p[1]), "given", "user")
+
+
+#: The share of the live price the Batch API bills: OpenAI and Azure OpenAI bill half, input and output.
+BATCH_DISCOUNT = 0.5
+
+
+def batch_price_for(
+    model: str,
+    prices: Mapping[str, tuple[float, float] | Price] | None = None,
+    batch_prices: Mapping[str, tuple[float, float] | Price] | None = None,
+) -> Price | None:
+    """The price of ``model`` through the Batch API: ``batch_prices`` when it names the model,
+    else :data:`BATCH_DISCOUNT` times the live price (:func:`price_for`)."""
+    given = _lookup(model, batch_prices) if batch_prices else None
+    if given is not None:
+        return given
+    live = price_for(model, prices)
+    if live is None:
+        return None
+    return Price(live.input_per_1m * BATCH_DISCOUNT, live.output_per_1m * BATCH_DISCOUNT, live.as_of,
+                 f"{live.source}, at the Batch API's {BATCH_DISCOUNT:.0%}")  # fmt: skip

@@ -21,7 +21,7 @@ from ._frames import kind_of, rendered_columns, with_answers, with_columns
 from ._report import RunReport
 from ._template import Template
 
-__all__ = ["report_of", "run_frame"]
+__all__ = ["frame_out", "report_of", "run_frame"]
 
 Frame = TypeVar("Frame")
 
@@ -40,6 +40,15 @@ async def run_frame(
     """
     columns = rendered_columns(df, template.fields)
     result = await _engine.run(columns, len(df), template, opts)  # type: ignore[arg-type]
+    return frame_out(df, result, opts, output, unnest=unnest, prefix=prefix, raw=raw), result.report
+
+
+def frame_out(
+    df: Frame, result: _engine.RunResult, opts: Options, output: str, *, unnest: bool = True, prefix: str = "",
+    raw: bool = False,
+) -> Frame:  # fmt: skip
+    """``df`` with a run's answers (and errors, with ``error_column``) as new columns, and its
+    report attached: what :func:`run_frame` returns, for a run made another way (the Batch API)."""
     if opts.schema is not None and not raw:
         from ._typed import typed_columns
 
@@ -53,7 +62,7 @@ async def run_frame(
             messages[e.row] = f"{e.kind}: {e.message}"
         out = with_answers(out, opts.error_column, messages)
     object.__setattr__(out, _REPORT, result.report)  # plain attribute: no column, no attrs
-    return out, result.report
+    return out
 
 
 def report_of(df: Any) -> RunReport | None:

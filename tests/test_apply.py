@@ -332,7 +332,7 @@ def test_exported_names_are_exactly_the_public_api() -> None:
         "PRICES", "ApplyOptions", "AuthenticationError", "CacheError", "CalibrationReport",
         "ConfigError", "EmbedOptions", "EndpointError", "Estimate", "LLMFrameError", "Price", "RowError", "RunError",
         "RunReport", "TemplateError", "__version__", "aapply", "acalibrate", "aclassify", "aembed", "aestimate",
-        "apply", "cache_info", "calibrate", "classify", "clear_cache", "compact_cache", "configure", "embed",
+        "apply", "BatchJob", "BatchStatus", "asubmit", "batch_job", "batch_jobs", "submit", "cache_info", "calibrate", "classify", "clear_cache", "compact_cache", "configure", "embed",
         "embedding_matrix", "estimate", "estimate_embed", "last_report", "read_cache", "read_embeddings",
     ])  # fmt: skip
     for name in llmframe.__all__:

@@ -267,3 +267,16 @@ def test_warm_start_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     results = json.loads(saved.read_text())["results"]
     assert [r["variant"] for r in results] == ["batch_size=1", "default, first process", "default, second process"]
     assert all(r["correct"] == r["rows"] == 60 for r in results)
+
+
+def test_batch_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import batch
+
+    assert batch.main(["--scale", "0.02", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.batch --scale 0.02" in printed and "batch mode" in printed
+    [saved] = tmp_path.glob("batch-*.json")
+    live, through_batch = json.loads(saved.read_text())["results"]
+    assert live["mode"] == "live" and through_batch["mode"] == "batch"
+    assert live["correct"] == through_batch["correct"] == 200
+    assert through_batch["batches"] == 1 and through_batch["live_requests"] == 0
