@@ -123,3 +123,13 @@ def test_id_lines_format_is_parsed_and_the_check_guards_its_answers() -> None:
     assert checked.llm.report.failed_rows == 0, checked.llm.report.errors[:3]
     same = (checked["answer"].str.strip().str.lower() == one_row["answer"].str.strip().str.lower()).mean()
     assert same >= 0.8, (checked.llm.report.packing_reason, list(zip(checked["answer"], one_row["answer"], strict=True)))
+
+
+def test_batch_mode_on_a_server_without_the_batch_api_is_one_clear_error(tmp_path: Any) -> None:
+    # llama.cpp, vLLM and Ollama have no /v1/files or /v1/batches: mode="batch" must stop
+    # before anything is charged, name the endpoint, and record no job.
+    opts = {**options(), "cache": str(tmp_path)}
+    with pytest.raises(llmframe.ConfigError, match="Batch API") as caught:
+        frame(4).llm.apply(TEMPLATE, mode="batch", **opts)
+    assert API_KEY not in str(caught.value) or API_KEY == "not-needed"
+    assert llmframe.batch_jobs(cache=str(tmp_path)) == []
