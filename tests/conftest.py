@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
+from _alone import group_by_shared_fixtures, run_folder, turn
 from _redis_server import redis_server_url, redis_url  # noqa: F401  (fixtures: one Redis per run)
 
 import llmframe
@@ -63,3 +64,18 @@ def apply_column(server: Any, template: str, name: str, values: list[Any], **ext
     options.update(extra)
     out = pd.DataFrame({name: values}).llm.apply(template, **options)
     return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    group_by_shared_fixtures(items)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    folder = run_folder(item.config)
+    if folder is None:
+        yield
+        return
+    with turn(folder, alone=item.get_closest_marker("alone") is not None):
+        yield
