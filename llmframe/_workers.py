@@ -12,7 +12,6 @@ beside the workers and wakes them when it hands work back. Cancelling the pool
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -73,10 +72,7 @@ async def drain(
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
+        await stopped(watcher)
 
 
 def every(seconds: float, action: Callable[[], None], sleep: Callable[[float], Awaitable[None]]) -> asyncio.Task[None]:
@@ -92,8 +88,22 @@ def every(seconds: float, action: Callable[[], None], sleep: Callable[[float], A
 
 
 async def stopped(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` (if any) and wait until it has ended."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+    """Cancel ``task`` (if any) and wait until it has ended.
+
+    How ``task`` ended is not the caller's: its error or cancellation is not raised. The
+    caller's own cancellation (Ctrl-C while a run stops its flusher) is: it is raised once
+    ``task`` has ended, never swallowed as ``task``'s would be by ``await task``.
+    """
+    if task is None:
+        return
+    task.cancel()
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" log later
+    if cancelled is not None:
+        raise cancelled

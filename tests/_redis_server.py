@@ -1,4 +1,5 @@
-"""The tests' Redis: one ``redis-server`` on a free loopback port for the whole run, no persistence.
+"""The tests' Redis: one ``redis-server`` on a free loopback port for the whole run (one per
+xdist worker), no persistence.
 
 ``redis_url`` starts it at first use and stops it at the end of the run; a
 test that needs it is skipped, saying why, where the binary or the ``redis``

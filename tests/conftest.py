@@ -1,19 +1,26 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import polars as pl
 import pytest
-from _redis_server import redis_server_url, redis_url  # noqa: F401  (fixtures: one Redis per run)
+from _alone import group_by_shared_fixtures, run_folder, turn
+from _redis_server import redis_server_url, redis_url  # noqa: F401  (fixtures: one Redis per run and worker)
 
 import llmframe
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
-    """Each test starts from the built-in defaults, with its own cache folder and no key."""
+    """Each test starts from the built-in defaults, with its own cache folder and no key, and
+    Ctrl-C handled as in a terminal (a shell's background job inherits SIGINT ignored, and
+    ``_thread.interrupt_main()`` then does nothing)."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLMFRAME_MODEL", "LLMFRAME_RPM", "LLMFRAME_TPM",
                 "LLMFRAME_LIMITER"):
         monkeypatch.delenv(var, raising=False)
@@ -21,6 +28,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
     llmframe.configure(reset=True)
     yield
     llmframe.configure(reset=True)
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(params=["pandas", "polars"])
@@ -63,3 +72,18 @@ def apply_column(server: Any, template: str, name: str, values: list[Any], **ext
     options.update(extra)
     out = pd.DataFrame({name: values}).llm.apply(template, **options)
     return [None if pd.isna(v) else v for v in out["answer"].tolist()], out.llm.report
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    group_by_shared_fixtures(items)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    folder = run_folder(item.config)
+    if folder is None:
+        yield
+        return
+    with turn(folder, alone=item.get_closest_marker("alone") is not None):
+        yield

@@ -53,6 +53,7 @@ def test_rate_limits_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert result["machine"]["cores"] >= 1
 
 
+@pytest.mark.alone  # no 429 and an even split between two processes
 def test_processes_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import processes
 

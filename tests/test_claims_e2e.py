@@ -132,6 +132,7 @@ def test_a_killed_claimer_is_taken_over_and_everything_finishes(
     print(f"taken over {report['taken_over_rows']}, asked twice {sum(n - 1 for n in asked)}, took {took:.1f} s")
 
 
+@pytest.mark.alone  # a lease running out against the children's pace
 def test_a_stopped_claimer_loses_its_keys_when_its_lease_expires(
     fake_server_factory: Callable[..., FakeServer], start_child: Any, tmp_path: Path
 ) -> None:

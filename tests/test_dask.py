@@ -219,7 +219,7 @@ def test_a_worker_killed_mid_run_loses_no_row(fake_server_factory: Any, cluster:
 
 def _python(code: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(Path(llmframe.__file__).parents[1])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)  # a hang guard: cold Dask imports are slow on a busy machine
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

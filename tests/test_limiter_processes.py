@@ -32,6 +32,7 @@ from benchmarks.rate_limits import make_reviews  # noqa: E402
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the machine limiter needs flock")
 
 
+@pytest.mark.alone  # the quota's pace is the machine's
 def test_processes_on_one_key_keep_within_the_quota_together() -> None:
     # Two processes, each told the whole quota (20 requests/s): with a limiter each they send
     # at 40/s, and the server refuses about one in seven (14 of 94 when measured). The server
@@ -65,6 +66,7 @@ _DOOMED = textwrap.dedent(
 )
 
 
+@pytest.mark.alone  # the quota's pace is the machine's
 def test_a_killed_process_gives_its_reservations_back_within_a_second(tmp_path: Path) -> None:
     state, ready = tmp_path / "quota.state", tmp_path / "ready"
     survivor = MachineLimiter(state, rpm=600)  # 10 requests/s, a burst of 10

@@ -32,6 +32,7 @@ from benchmarks.rate_limits import make_reviews  # noqa: E402
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL and fork-free children")
 
 
+@pytest.mark.alone  # the quota's pace is the machine's
 def test_four_processes_on_one_key_keep_within_the_quota_through_redis(redis_url: str) -> None:
     # Four processes, each told the whole quota (20 requests/s): with a limiter each they would
     # send at 80/s, and the server (1 s of burst) would refuse most.
@@ -64,6 +65,7 @@ _DOOMED = textwrap.dedent(
 )
 
 
+@pytest.mark.alone  # the quota's pace is the machine's
 def test_a_killed_worker_gives_its_reservations_back_within_the_lease(redis_url: str, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     survivor = RedisLimiter(redis_url, "killed", rpm=600)  # 10 requests/s, a burst of 10

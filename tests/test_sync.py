@@ -8,6 +8,7 @@ import _thread
 import asyncio
 import asyncio.selector_events
 import gc
+import signal
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -55,6 +56,36 @@ class Probe:
         except asyncio.CancelledError:
             self.cancelled = True
             raise
+
+
+    async def interrupted_in_a_finalizer(self) -> str:
+        """Ctrl-C handled while the run's thread is in a finalizer, then "a long run"."""
+        self.note()
+        _PressesCtrlCWhenFreed()  # freed at once: Ctrl-C is handled inside its __del__
+        try:
+            await asyncio.wait_for(asyncio.Event().wait(), 10)  # over at once if cancelled
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        except asyncio.TimeoutError:
+            return "finished: the Ctrl-C was lost"
+        raise AssertionError("unreachable")
+
+    async def answer_after_a_finalizer(self) -> int:
+        self.note()
+        _PressesCtrlCWhenFreed()
+        await asyncio.sleep(0)
+        return 42
+
+
+class _PressesCtrlCWhenFreed:
+    """nest-asyncio's pure-Python futures run a ``__del__`` each time one is freed, so a
+    Ctrl-C often lands in one; Python's own handler raises there, and the exception is
+    printed as "ignored" and dropped."""
+
+    def __del__(self) -> None:
+        _thread.interrupt_main()  # handled before the next call returns, still inside __del__
+        len(())
 
 
 def _raise_keyboard_interrupt() -> None:
@@ -161,6 +192,24 @@ def test_ctrl_c_cancels_the_run_and_reaches_the_caller(where: str) -> None:
     # The run was cancelled, so it could store what finished; it is not left running.
     assert probe.cancelled
     assert not any(t.name == "llmframe-run" and t.is_alive() for t in threading.enumerate())
+
+
+def test_ctrl_c_landing_in_a_finalizer_still_stops_the_run(where: str) -> None:
+    probe = Probe()
+    with pytest.raises(KeyboardInterrupt):
+        runner(where)(probe.interrupted_in_a_finalizer)
+    assert probe.cancelled
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_handler_of_the_users_is_left_alone(where: str) -> None:
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        assert runner(where)(Probe().answer_after_a_finalizer) == 42
+        assert seen == [signal.SIGINT]  # theirs ran, and llmframe's did not cancel the run
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.usefixtures("collect_abandoned_tasks")

@@ -139,6 +139,7 @@ def test_rpm_limit_answers_429_with_openai_headers(
     assert server.stats.rate_limited == 1 and server.stats.ok == 2
 
 
+@pytest.mark.alone  # the bucket refills while the test runs
 def test_tpm_limit_counts_estimates_then_real_usage(
     fake_server_factory: Callable[..., FakeServer],
 ) -> None:
