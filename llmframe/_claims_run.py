@@ -116,7 +116,7 @@ class RunClaims:
             if store is not None:
                 store.close()
             return None
-        reader = CacheReader(cache.folder)  # keeps its index while rows wait: each poll reads what is new
+        reader = CacheReader(cache.location)  # keeps its index while rows wait: each poll reads what is new
         claims = cls(store, run.planner.pending, report=run.report, answers=run.outcomes.answers,
                      progress=run.outcomes.progress, landed=reader.lookup, forget=reader.drop_index,
                      flush=cache.flush, sleep=sleep, stopped=lambda: run.endpoint.fatal is not None)  # fmt: skip

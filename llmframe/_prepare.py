@@ -13,7 +13,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from ._cache import AnswerCache, resolve_cache_dir
+from ._cache import AnswerCache
+from ._cache_admin import cache_location
 from ._claims import ClaimStore
 from ._claims_run import RunClaims, open_store
 from ._config import Options
@@ -86,11 +87,11 @@ def prepare(
 
     # 3: the cache, for every row at once; a cached re-run builds no per-row objects
     # but its answers.
-    cache_dir = resolve_cache_dir(opts.cache)
-    cache = AnswerCache(cache_dir, flush_seconds=flush_seconds) if cache_dir is not None else None
+    where = cache_location(opts.cache, opts.cache_options)  # a folder, or a URL's segments and this machine's logs
+    cache = AnswerCache(where, flush_seconds=flush_seconds) if where is not None else None
     hits = None
     found = np.zeros(n_rows, dtype=bool)
-    store = open_store(cache_dir) if claim and report.null_rows < n_rows else None
+    store = open_store(where.local if where else None) if claim and report.null_rows < n_rows else None
     if cache is not None and report.null_rows < n_rows:
         try:
             hits = cache.lookup_binary(digests)
