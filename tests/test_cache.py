@@ -21,7 +21,7 @@ from _cache_helpers import (
     write_segment,
 )
 
-from llmframe import _cache, _cache_segments
+from llmframe import _cache_segments
 from llmframe._cache import AnswerCache
 from llmframe._cache_admin import read_cache
 from llmframe._cache_reader import CacheReader
