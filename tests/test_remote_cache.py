@@ -7,6 +7,7 @@ server; every answer is checked against :func:`expected_answer`.
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Iterator
@@ -161,3 +162,18 @@ def test_cache_options_are_checked_and_never_in_the_options_repr() -> None:
         resolve(model="m", cache_options="key=x")
     opts = resolve(model="m", cache="s3://bucket/c/", cache_options={"secret": "hunter2-secret"})
     assert opts.cache_options == {"secret": "hunter2-secret"} and "hunter2" not in repr(opts)
+
+
+def test_the_remote_cache_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # plain `pytest` does not put the repository on sys.path
+        sys.path.insert(0, root)
+    from benchmarks import remote_cache
+
+    assert remote_cache.main(["--scale", "0.001", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.remote_cache --scale 0.001" in printed
+    [saved] = tmp_path.glob("remote_cache*.json")
+    results = json.loads(saved.read_text())["results"]
+    assert {r["cache"] for r in results} >= {"local folder", "file://", "memory://"}
+    assert all(r["requests"] == 0 and r["cached_rows"] == r["rows"] for r in results if r["call"] == "cached")

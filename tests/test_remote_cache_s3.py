@@ -135,19 +135,19 @@ def test_two_processes_sharing_an_s3_cache_each_write_their_own_segments(
     url, options = bucket
     go = tmp_path / "go"
     children = [spawn(tmp_path, who, fake_server, url, options, rows, go=str(go))
-                for who, rows in (("a", range(0, 120)), ("b", range(60, 180)))]  # fmt: skip
+                for who, rows in (("a", range(0, 80)), ("b", range(40, 120)))]  # fmt: skip
     wait_until(lambda: all(Path(str(result) + ".started").exists() for _, result in children), "both started")
     go.touch()
     for child, result in children:
         assert child.wait(timeout=60) == 0, (tmp_path / f"{result.stem}.stderr").read_text()
-    for (_, result), rows in zip(children, (range(0, 120), range(60, 180)), strict=True):
+    for (_, result), rows in zip(children, (range(0, 80), range(40, 120)), strict=True):
         assert json.loads(result.read_text())["answers"] == [answer(n) for n in rows]
     writers = {int(name.split("-")[2]) for name in objects(url, options)}
     assert writers == {child.pid for child, _ in children}  # each wrote its own segments, by name
-    # The claims (this machine's) kept the shared rows 60-119 from being paid twice.
+    # The claims (this machine's) kept the shared rows 40-79 from being paid twice (160 rows).
     prompts = [r.n_items for r in fake_server.stats.snapshot()["log"] if r.status == 200]
-    assert sum(prompts) <= 180 + 20  # at most the rows in flight when a claim changed hands
-    assert CacheReader(url, options=options).lookup(keys_of(range(180))) == [answer(n) for n in range(180)]
+    assert sum(prompts) <= 120 + 20  # at most the rows in flight when a claim changed hands
+    assert CacheReader(url, options=options).lookup(keys_of(range(120))) == [answer(n) for n in range(120)]
 
 
 def test_kill_9_mid_run_then_a_rerun_on_this_machine_loses_nothing(
