@@ -107,7 +107,7 @@ def spawn(tmp_path: Path, name: str, server: FakeServer, url: str, options: dict
     return subprocess.Popen([sys.executable, str(CHILD), str(path)], stderr=stderr), result
 
 
-def wait_until(condition: Any, what: str, timeout: float = 30) -> None:
+def wait_until(condition: Any, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
@@ -139,7 +139,7 @@ def test_two_processes_sharing_an_s3_cache_each_write_their_own_segments(
     wait_until(lambda: all(Path(str(result) + ".started").exists() for _, result in children), "both started")
     go.touch()
     for child, result in children:
-        assert child.wait(timeout=60) == 0, (tmp_path / f"{result.stem}.stderr").read_text()
+        assert child.wait(timeout=120) == 0, (tmp_path / f"{result.stem}.stderr").read_text()
     for (_, result), rows in zip(children, (range(0, 80), range(40, 120)), strict=True):
         assert json.loads(result.read_text())["answers"] == [answer(n) for n in rows]
     writers = {int(name.split("-")[2]) for name in objects(url, options)}
