@@ -66,7 +66,7 @@ from ._cache_segments import (
 )
 from ._errors import ConfigError
 
-__all__ = ["INSTALL", "CacheLocation", "RemoteSegments", "is_url", "local_folder", "open_remote", "redact"]
+__all__ = ["INSTALL", "CacheLocation", "RemoteSegments", "cache_id", "is_url", "local_folder", "open_remote", "redact"]
 
 #: What to install for a URL cache.
 INSTALL = "pip install 'llmframe[remote]'"
@@ -99,10 +99,16 @@ def _scrub(text: str, options: Mapping[str, Any]) -> str:
     return text
 
 
+def cache_id(url: str) -> str:
+    """The cache at ``url`` as a short name: a hash of the URL without credentials,
+    query or trailing ``/``, the same on every machine."""
+    return hashlib.sha256(redact(url).rstrip("/").encode()).hexdigest()[:16]
+
+
 def local_folder(url: str, root: Path) -> Path:
     """This machine's folder for the cache at ``url`` (under ``root``, the default cache
-    folder): named by a hash of the URL without credentials, query or trailing ``/``."""
-    return root / "remote" / hashlib.sha256(redact(url).rstrip("/").encode()).hexdigest()[:16]
+    folder), named by :func:`cache_id`."""
+    return root / "remote" / cache_id(url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,7 @@ class CacheLocation:
     local: Path
     name: str
     remote: bool = False
+    cache_id: str = ""  # a URL's (:func:`cache_id`): what shares claims across machines
 
     @classmethod
     def folder(cls, path: Path) -> CacheLocation:
@@ -233,5 +240,5 @@ def open_remote(url: str, options: Mapping[str, Any] | None, local_root: Path) -
     if not note.exists():  # the URL, redacted: which cache this folder serves
         with contextlib.suppress(OSError):
             note.write_text(json.dumps({"url": shown, "since": time.time()}) + "\n")
-    return CacheLocation(RemoteSegments(fs, root, shown), logs, local, shown, remote=True)
+    return CacheLocation(RemoteSegments(fs, root, shown), logs, local, shown, remote=True, cache_id=cache_id(url))
 

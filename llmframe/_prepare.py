@@ -15,8 +15,8 @@ import numpy as np
 
 from ._cache import AnswerCache
 from ._cache_admin import cache_location
-from ._claims import ClaimStore
-from ._claims_run import RunClaims, open_store
+from ._claims import Claims
+from ._claims_run import RunClaims, open_claims
 from ._config import Options
 from ._jobs import Job
 from ._keys import call_prefix, output_spec, row_digests
@@ -34,7 +34,7 @@ class Prepared:
     answers: list[str | None]
     todo: list[Job]
     cache: AnswerCache | None
-    store: ClaimStore | None = None  # with claim=, a cache folder and rows to send
+    store: Claims | None = None  # with claim=, a cache folder and rows to send
 
     def claims(self, run: Any, sleep: Callable[[float], Awaitable[None]]) -> RunClaims | None:
         """The run's claims (:class:`~llmframe._claims_run.RunClaims`), wired to its planner."""
@@ -91,7 +91,7 @@ def prepare(
     cache = AnswerCache(where, flush_seconds=flush_seconds) if where is not None else None
     hits = None
     found = np.zeros(n_rows, dtype=bool)
-    store = open_store(where.local if where else None) if claim and report.null_rows < n_rows else None
+    store = open_claims(where, opts.limiter) if claim and report.null_rows < n_rows else None
     if cache is not None and report.null_rows < n_rows:
         try:
             hits = cache.lookup_binary(digests)

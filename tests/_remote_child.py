@@ -3,8 +3,8 @@
 Usage: ``python tests/_remote_child.py CONFIG.json``. The config holds ``base_url``,
 ``api_key``, ``cache`` (a URL), ``cache_options``, ``rows`` (the row numbers: column
 "review" is "review <n>"), ``batch_size``, ``max_concurrency``, ``result`` (where the
-outcome goes as JSON), and optionally ``flush_seconds`` (the engine's flush interval)
-and ``go`` (a file to wait for before calling apply). The outcome is
+outcome goes as JSON), and optionally ``flush_seconds`` (the engine's flush interval),
+``limiter`` and ``go`` (a file to wait for before calling apply). The outcome is
 ``{"answers": [...], "requests": n, "cached_rows": n}``. Any llmframe cache warning
 is an error here.
 """
@@ -46,7 +46,7 @@ def main(config_path: str) -> int:
     out = df.llm.apply(
         TEMPLATE, output="sentiment", model=MODEL, base_url=config["base_url"], api_key=config["api_key"],
         cache=config["cache"], cache_options=config["cache_options"], batch_size=config["batch_size"],
-        max_concurrency=config["max_concurrency"], progress=False,
+        max_concurrency=config["max_concurrency"], progress=False, limiter=config.get("limiter"),
     )  # fmt: skip
     report = out.llm.report
     outcome = {"answers": out["sentiment"].tolist(), "requests": report.requests, "cached_rows": report.cached_rows}

@@ -97,14 +97,14 @@ def apply(server: FakeServer, url: str, options: dict[str, Any], rows: range) ->
 
 
 def spawn(tmp_path: Path, name: str, server: FakeServer, url: str, options: dict[str, Any], rows: range,
-          **extra: Any) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
+          env: dict[str, str] | None = None, **extra: Any) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
     result = tmp_path / f"{name}.json"
     config = {"base_url": server.base_url, "api_key": server.api_key, "cache": url, "cache_options": options,
               "rows": list(rows), "batch_size": 10, "max_concurrency": 4, "result": str(result), **extra}  # fmt: skip
     path = tmp_path / f"{name}.config.json"
     path.write_text(json.dumps(config))
     stderr = open(tmp_path / f"{name}.stderr", "wb")  # noqa: SIM115  (the child writes it)
-    return subprocess.Popen([sys.executable, str(CHILD), str(path)], stderr=stderr), result
+    return subprocess.Popen([sys.executable, str(CHILD), str(path)], stderr=stderr, env=env), result
 
 
 def wait_until(condition: Any, what: str, timeout: float = 120) -> None:
@@ -129,24 +129,30 @@ def test_apply_on_s3_then_a_rerun_is_all_hits_and_no_credential_is_written(
     assert_no_secret([default_cache_dir()], stored.values(), KEY, SECRET)
 
 
-def test_two_processes_sharing_an_s3_cache_each_write_their_own_segments(
-    fake_server: FakeServer, bucket: tuple[str, dict[str, Any]], tmp_path: Path
+def test_two_machines_sharing_an_s3_cache_write_their_own_segments_and_share_claims_in_redis(
+    fake_server_factory: Any, bucket: tuple[str, dict[str, Any]], tmp_path: Path, redis_url: str
 ) -> None:
+    """Two processes with their own local folders (two machines, as far as llmframe can
+    tell: neither sees the other's logs or SQLite claims) fill one bucket with
+    ``limiter="redis://..."``: each writes its own segments, and the claims in Redis keep
+    the 40 rows both have from being paid twice (160 rows asked, 120 distinct)."""
     url, options = bucket
+    server = fake_server_factory(latency=0.05)
     go = tmp_path / "go"
-    children = [spawn(tmp_path, who, fake_server, url, options, rows, go=str(go))
-                for who, rows in (("a", range(0, 80)), ("b", range(40, 120)))]  # fmt: skip
+    rows = {"one": range(0, 80), "two": range(40, 120)}
+    children = []
+    for who, mine in rows.items():
+        env = {**os.environ, "LLMFRAME_CACHE_DIR": str(tmp_path / f"machine-{who}")}
+        children.append(spawn(tmp_path, who, server, url, options, mine, env=env, go=str(go), limiter=redis_url))
     wait_until(lambda: all(Path(str(result) + ".started").exists() for _, result in children), "both started")
     go.touch()
-    for child, result in children:
+    for (child, result), mine in zip(children, rows.values(), strict=True):
         assert child.wait(timeout=120) == 0, (tmp_path / f"{result.stem}.stderr").read_text()
-    for (_, result), rows in zip(children, (range(0, 80), range(40, 120)), strict=True):
-        assert json.loads(result.read_text())["answers"] == [answer(n) for n in rows]
+        assert json.loads(result.read_text())["answers"] == [answer(n) for n in mine]
     writers = {int(name.split("-")[2]) for name in objects(url, options)}
     assert writers == {child.pid for child, _ in children}  # each wrote its own segments, by name
-    # The claims (this machine's) kept the shared rows 40-79 from being paid twice (160 rows).
-    prompts = [r.n_items for r in fake_server.stats.snapshot()["log"] if r.status == 200]
-    assert sum(prompts) <= 120 + 20  # at most the rows in flight when a claim changed hands
+    paid = sum(r.n_items for r in server.stats.snapshot()["log"] if r.status == 200)
+    assert paid <= 120 + 20  # at most the rows in flight when a claim changed hands; 160 without
     assert CacheReader(url, options=options).lookup(keys_of(range(120))) == [answer(n) for n in range(120)]
 
 
