@@ -32,7 +32,8 @@ until their owners fold them (within a flush interval).
 
 Claims (who is asking for which key) need a database that locks, so they live
 in this machine's folder: two processes on one machine never pay for one key,
-two machines may (each once). Credentials come from ``cache_options=`` (fsspec's
+two machines may (each once), unless ``limiter="redis://..."`` is given too: then
+they live in that Redis (:mod:`._claims_redis`), shared by every machine. Credentials come from ``cache_options=`` (fsspec's
 storage options, e.g. ``{"key": ..., "secret": ..., "client_kwargs":
 {"endpoint_url": ...}}``), the URL, or the environment, as fsspec takes them;
 they are never written anywhere and every message names the URL redacted.
