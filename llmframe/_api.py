@@ -47,6 +47,7 @@ class EmbedOptions(TypedDict, total=False):
     max_attempts: int
     timeout: float
     cache: bool | str | os.PathLike[str]
+    cache_options: Mapping[str, Any] | None
     max_cost_usd: float | None
     prices: Mapping[str, tuple[float, float]] | None
     error_column: str | None

@@ -19,6 +19,7 @@ The cache, module by module:
     _cache_reader     CacheReader: lookups against a folder (segments and logs), never a write
     _cache            AnswerCache: the run's writer, with lookups through a reader
     _cache_admin      the user's tools: where the folder is, read, info, compact, clear
+    _cache_fs         the folder as an fsspec URL: segments there, logs and claims here
 
 Rows are :data:`~llmframe._cache_schema.SCHEMA`; pandas (``pd.read_parquet(folder)``),
 polars (``pl.read_parquet(folder / "*.parquet")``) and DuckDB
@@ -29,6 +30,10 @@ served as answers: a lookup returns the newest ``"ok"`` answer per key. No API
 key or request header is ever stored: the schema (of segments and logs alike)
 has no column for one and :meth:`AnswerCache.add_columns` refuses columns
 outside it.
+
+The folder may be an fsspec URL (``AnswerCache("s3://bucket/llm-cache/",
+options={...})``): the segments are written there, one PUT each, and the logs
+stay in this machine's folder for that URL (:mod:`._cache_fs`).
 """
 
 from __future__ import annotations
@@ -46,11 +51,12 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from ._cache_admin import read_cache, resolve_cache_dir
+from ._cache_admin import cache_location, read_cache, resolve_cache_dir
+from ._cache_fs import CacheLocation, is_url
 from ._cache_log import LOGS_SUPPORTED, AnswerLog, fold_orphans
 from ._cache_reader import CacheReader
 from ._cache_schema import SCHEMA, CacheRecord, columns_to_table, records_to_table_skipping_bad
-from ._cache_segments import auto_compact_plan, compact, list_segments, write_segment
+from ._cache_segments import auto_compact_plan, compact
 from ._errors import CacheError
 from ._warn import warn_user
 
@@ -99,18 +105,26 @@ class AnswerCache:
         "_write_lock",
         "_writing",
         "folder",
+        "location",
     )
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | CacheLocation,
         *,
         flush_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         flush_rows: int = 250_000,
         log_answers: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.folder = Path(os.fspath(path)).expanduser()
+        # A folder as before; a URL opened with ``options`` (fsspec's storage options).
+        found = path if isinstance(path, CacheLocation) else cache_location(
+            path if is_url(path) else Path(os.fspath(path)).expanduser(), options
+        )
+        assert found is not None
+        self.location = location = found
+        self.folder = location.logs  # the cache folder; for a URL, this machine's folder of its logs
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -133,14 +147,14 @@ class AnswerCache:
         self._retired: list[AnswerLog] = []  # logs whose records are not in a segment yet
         self._log_failed = False  # a log write failed: memory only until a segment is written
         # Keeps no index, only the names of corrupt segments: each is warned about once.
-        self._reader = CacheReader(self.folder, keep_index=False)
+        self._reader = CacheReader(location, keep_index=False)
         # Logs of processes that died. A folder that cannot take the fold (read-only)
         # keeps them: lookups read them as they are.
         with contextlib.suppress(OSError):
-            fold_orphans(self.folder)
+            fold_orphans(self.folder, kind=location.log_format)
 
     def __repr__(self) -> str:
-        return f"AnswerCache({str(self.folder)!r})"
+        return f"AnswerCache({self.location.name!r})"
 
     # ---- writing
 
@@ -228,14 +242,14 @@ class AnswerCache:
             table = pa.Table.from_batches(batches, schema=SCHEMA).combine_chunks()
             try:
                 if table.num_rows:
-                    write_segment(self.folder, table)
+                    self.location.segments.write(table)
             except BaseException as exc:
                 with self._lock:  # keep the records for the next attempt (close() in finally)
                     self._buffer.insert(0, table)
                     self._buffered_rows += table.num_rows
                     self._writing = []
                 if isinstance(exc, Exception):
-                    message = f"cannot write to the cache folder {self.folder}: {exc}"
+                    message = f"cannot write to the cache folder {self.location.name}: {exc}"
                     raise CacheError(message) from exc
                 raise
             with self._lock:
@@ -288,10 +302,10 @@ class AnswerCache:
     def _auto_compact(self) -> None:
         """Merge the small segments once there are too many (``_write_lock`` held)."""
         corrupt = self._reader.corrupt
-        sizes = list_segments(self.folder)
+        sizes = self.location.segments.sizes()
         plan = auto_compact_plan({n: s for n, s in sizes.items() if n not in corrupt})
         if plan:
-            corrupt.update(compact(self.folder, plan).corrupt)
+            corrupt.update(compact(self.location.segments, plan).corrupt)
 
     # ---- reading
 

@@ -8,25 +8,31 @@ and the verbs of ``python -m llmframe cache``, which only calls them. They see
 the answer logs as well as the segments: the records of a running process, or
 of one that was killed before it could fold its log; and the embeddings of
 ``_embeddings/`` beside the answers (``_embed_admin``, keys ``embedding_*``).
+Each takes a folder or an fsspec URL (``s3://bucket/llm-cache/``, see
+:mod:`._cache_fs`) with its ``cache_options=``; for a URL they see the remote
+segments and this machine's logs for it (:func:`cache_location`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from ._cache_fs import CacheLocation, is_url, local_folder, open_remote, redact
 from ._cache_log import fold_orphans, list_logs, log_is_live, read_logs, remove_orphans
 from ._cache_schema import COLUMNS
-from ._cache_segments import compact, count_rows, list_segments, read_segments
+from ._cache_segments import compact, count_rows
 from ._embed_admin import clear_embeddings, compact_embeddings, embeddings_info
 from ._errors import ConfigError
 
 __all__ = [
     "cache_info",
+    "cache_location",
     "clear_cache",
     "compact_cache",
     "default_cache_dir",
@@ -58,9 +64,11 @@ def default_cache_dir() -> Path:
     return base / "llmframe"
 
 
-def resolve_cache_dir(cache: bool | str | os.PathLike[str] | None) -> Path | None:
+def resolve_cache_dir(cache: bool | str | os.PathLike[str] | None, *, needs_local: str | None = None) -> Path | None:
     """Turn the user's ``cache=`` option into a folder: ``True`` is :func:`default_cache_dir`,
-    a path is that folder, ``False`` (or ``None``) means no cache.
+    a path is that folder, ``False`` (or ``None``) means no cache. For an fsspec URL, this
+    machine's folder for it (logs, claims, what endpoints taught; :mod:`._cache_fs`),
+    unless ``needs_local`` names what cannot use a URL (``needs_local="embed"``): a ConfigError.
 
     >>> resolve_cache_dir(False) is None
     True
@@ -69,16 +77,35 @@ def resolve_cache_dir(cache: bool | str | os.PathLike[str] | None) -> Path | Non
         return None
     if cache is True:
         return default_cache_dir()
+    if is_url(cache):
+        if needs_local is not None:
+            raise ConfigError(f"{needs_local} cannot keep its cache at a URL yet (cache={redact(str(cache))!r}); "
+                              "pass a local folder (or an NFS mount) as cache=")  # fmt: skip
+        return local_folder(str(cache), default_cache_dir())
     if isinstance(cache, (str, os.PathLike)):
         text = os.fspath(cache)
         if not text:
             raise ConfigError("cache= got an empty path; pass a folder, True or False")
         return Path(text).expanduser()
-    raise ConfigError(f"cache= must be True, False or a folder path, got {type(cache).__name__}")
+    raise ConfigError(f"cache= must be True, False, a folder path or a URL, got {type(cache).__name__}")
 
 
-def _folder(path: str | os.PathLike[str] | None) -> Path:
-    return Path(path).expanduser() if path is not None else default_cache_dir()
+def cache_location(
+    cache: bool | str | os.PathLike[str] | None, options: Mapping[str, Any] | None = None
+) -> CacheLocation | None:
+    """Where the cache ``cache=`` names keeps what: a folder keeps everything; an fsspec URL
+    (opened with ``options``, its storage options) keeps the segments, and this machine's
+    folder for it the logs and claims. ``None`` for no cache."""
+    if is_url(cache):
+        return open_remote(str(cache), options, default_cache_dir())
+    folder = resolve_cache_dir(cache)
+    return CacheLocation.folder(folder) if folder is not None else None
+
+
+def _location(path: str | os.PathLike[str] | None, options: Mapping[str, Any] | None) -> CacheLocation:
+    location = cache_location(True if path is None else path, options)
+    assert location is not None
+    return location
 
 
 def _logged(folder: Path, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -87,7 +114,9 @@ def _logged(folder: Path, columns: tuple[str, ...]) -> pl.DataFrame:
     return frame
 
 
-def read_cache(path: str | os.PathLike[str] | None = None) -> pl.DataFrame:
+def read_cache(
+    path: str | os.PathLike[str] | None = None, *, cache_options: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
     """Every record in the cache folder (default: the one ``cache=True`` uses), every column:
     the segments', then those of the answer logs not folded into a segment yet.
 
@@ -98,13 +127,15 @@ def read_cache(path: str | os.PathLike[str] | None = None) -> pl.DataFrame:
 
         llmframe.read_cache().group_by("model").agg(pl.col("cost_usd").sum())
     """
-    folder = _folder(path)
-    logged = _logged(folder, COLUMNS)  # before the segments: a log folded meanwhile is in one
-    records, _read, _corrupt = read_segments(folder, list(list_segments(folder)), COLUMNS)
+    where = _location(path, cache_options)
+    logged = _logged(where.logs, COLUMNS)  # before the segments: a log folded meanwhile is in one
+    records, _read, _corrupt = where.segments.read(list(where.segments.sizes()), COLUMNS)
     return pl.concat([records, logged], how="vertical")
 
 
-def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def cache_info(
+    path: str | os.PathLike[str] | None = None, *, cache_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A summary of a cache folder (default: the one ``cache=True`` uses); the CLI's ``cache info``.
 
     Keys: ``folder``, ``segments``, ``records``, ``keys`` (distinct), ``ok``,
@@ -118,15 +149,15 @@ def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
         llmframe.cache_info("answers-cache")["records"]   # 90211
     """
-    folder = _folder(path)
-    logs = list_logs(folder)
+    where = _location(path, cache_options)
+    logs = list_logs(where.logs)
     columns = ("key", "status", "model")
-    logged = _logged(folder, columns)
-    sizes = list_segments(folder)
-    records, _read, corrupt = read_segments(folder, list(sizes), columns)
+    logged = _logged(where.logs, columns)
+    sizes = where.segments.sizes()
+    records, _read, corrupt = where.segments.read(list(sizes), columns)
     records = pl.concat([records, logged], how="vertical")
     return {
-        "folder": str(folder),
+        "folder": where.name,
         "segments": len(sizes),
         "records": records.height,
         "keys": records.get_column("key").n_unique(),
@@ -136,13 +167,13 @@ def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         "models": sorted(records.get_column("model").unique().to_list()),
         "corrupt": corrupt,
         "logs": len(logs),
-        "orphaned_logs": sum(not log_is_live(folder / name) for name in logs),
+        "orphaned_logs": sum(not log_is_live(where.logs / name) for name in logs),
         "log_bytes": sum(logs.values()),
-        **embeddings_info(folder),
+        **embeddings_info(where.local),
     }
 
 
-def clear_cache(path: str | os.PathLike[str] | None = None) -> int:
+def clear_cache(path: str | os.PathLike[str] | None = None, *, cache_options: Mapping[str, Any] | None = None) -> int:
     """Delete every segment in the folder (default: the one ``cache=True`` uses), and the
     answer logs dead processes left, and return how many files; the CLI's ``cache clear``.
 
@@ -154,18 +185,17 @@ def clear_cache(path: str | os.PathLike[str] | None = None) -> int:
 
         llmframe.clear_cache("answers-cache")   # 412
     """
-    folder = _folder(path)
-    removed = remove_orphans(folder) + clear_embeddings(folder)
-    for name in list_segments(folder):
-        try:
-            os.remove(folder / name)
-        except FileNotFoundError:
-            continue
+    where = _location(path, cache_options)
+    removed = remove_orphans(where.logs) + clear_embeddings(where.local)
+    for name in where.segments.sizes():
+        where.segments.remove(name)
         removed += 1
     return removed
 
 
-def compact_cache(path: str | os.PathLike[str] | None = None) -> dict[str, int]:
+def compact_cache(
+    path: str | os.PathLike[str] | None = None, *, cache_options: Mapping[str, Any] | None = None
+) -> dict[str, int]:
     """Fold the logs dead processes left, then merge every segment of the folder (default:
     the one ``cache=True`` uses) into one, atomically, and report the counts before and
     after; the CLI's ``cache compact``.
@@ -181,20 +211,20 @@ def compact_cache(path: str | os.PathLike[str] | None = None) -> dict[str, int]:
         #  "segments_after": 1, "records_after": 88000, "bytes_after": ..., "logs_folded": 0,
         #  "embedding_segments_before": 97, ..., "embedding_segments_after": 1, ...}
     """
-    folder = _folder(path)
-    before = list_segments(folder)
-    logs_before = len(list_logs(folder))
-    fold_orphans(folder)
-    logs_folded = logs_before - len(list_logs(folder))
-    records_before = compact(folder, list(list_segments(folder))).records_read
-    after = list_segments(folder)
+    where = _location(path, cache_options)
+    before = where.segments.sizes()
+    logs_before = len(list_logs(where.logs))
+    fold_orphans(where.logs, kind=where.log_format)
+    logs_folded = logs_before - len(list_logs(where.logs))
+    records_before = compact(where.segments, list(where.segments.sizes())).records_read
+    after = where.segments.sizes()
     return {
         "segments_before": len(before),
         "records_before": records_before,
         "bytes_before": sum(before.values()),
         "segments_after": len(after),
-        "records_after": count_rows(folder, after),
+        "records_after": count_rows(where.segments, after),
         "bytes_after": sum(after.values()),
         "logs_folded": logs_folded,
-        **compact_embeddings(folder),
+        **compact_embeddings(where.local),
     }

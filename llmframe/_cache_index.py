@@ -11,7 +11,6 @@ but never writes; keeping an index, or dropping it, is up to the reader.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._cache_schema import TIMESTAMP
-from ._cache_segments import warn_corrupt
+from ._cache_segments import LocalSegments, Segments, warn_corrupt
 
 __all__ = ["LOOKUP_COLUMNS", "KeyIndex", "OkRows", "ok_rows_of", "read_ok_rows", "release_memory"]
 
@@ -162,25 +161,27 @@ def release_memory() -> None:
         pa.default_memory_pool().release_unused()
 
 
-def read_ok_rows(folder: Path, names: Sequence[str]) -> tuple[OkRows, list[str], list[str]]:
-    """The ok records of the named segments, parsed for the index; like
-    :func:`read_segments`, also the names read and the names found corrupt.
+def read_ok_rows(folder: Path | Segments, names: Sequence[str]) -> tuple[OkRows, list[str], list[str]]:
+    """The ok records of the named segments (of a folder, or of any :class:`Segments`),
+    parsed for the index; like :func:`read_segments`, also the names read and the names
+    found corrupt.
 
     One batch at a time, in the reading thread, so that a million records never
     sit in memory as text and pyarrow's allocator stays on one thread.
     """
+    store = folder if isinstance(folder, Segments) else LocalSegments(folder)
     opened: list[tuple[str, pq.ParquetFile]] = []
     read: list[str] = []
     corrupt: list[str] = []
     try:
         for name in names:
-            path = folder / name
             try:
                 # Streamed page by page (not the default: whole column chunks read up front).
-                opened.append((name, pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 16)))
+                source = store.source(name)
+                opened.append((name, pq.ParquetFile(source, pre_buffer=False, buffer_size=1 << 16)))
             except Exception as exc:
-                if os.path.exists(path):  # else compacted away since the listing
-                    warn_corrupt(path, exc)
+                if store.exists(name):  # else compacted away since the listing
+                    warn_corrupt(f"{store.where}/{name}", exc)
                     corrupt.append(name)
         rows = OkRows(sum(segment.metadata.num_rows for _, segment in opened))
         for name, segment in opened:
@@ -192,8 +193,8 @@ def read_ok_rows(folder: Path, names: Sequence[str]) -> tuple[OkRows, list[str],
                     rows.add(batch)
             except Exception as exc:
                 rows.rollback(mark)
-                if os.path.exists(folder / name):
-                    warn_corrupt(folder / name, exc)
+                if store.exists(name):
+                    warn_corrupt(f"{store.where}/{name}", exc)
                     corrupt.append(name)
                 continue
             finally:

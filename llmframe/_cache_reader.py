@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Sequence
-from pathlib import Path
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
+from ._cache_admin import cache_location
+from ._cache_fs import CacheLocation
 from ._cache_index import KeyIndex, ok_rows_of, read_ok_rows, release_memory
 from ._cache_log import read_logs
-from ._cache_segments import list_segments
 
 __all__ = ["CacheReader"]
 
 
 class CacheReader:
-    """Answers lookups from the cache folder ``path``; never writes to it.
+    """Answers lookups from the cache folder ``path`` (or URL, opened with ``options``, or
+    :class:`~llmframe._cache_fs.CacheLocation`); never writes to it.
 
     Errors are never served: each key gets its newest ``"ok"`` answer, or ``None``.
     With ``keep_index`` (the default) the index is kept and brought up to date
@@ -45,10 +47,19 @@ class CacheReader:
         reader.lookup([record.key, "0" * 32])   # -> ["positive", None]
     """
 
-    __slots__ = ("_index", "_keep_index", "_lock", "_seen", "corrupt", "folder")
+    __slots__ = ("_index", "_keep_index", "_lock", "_seen", "corrupt", "folder", "location")
 
-    def __init__(self, path: str | os.PathLike[str], *, keep_index: bool = True) -> None:
-        self.folder = Path(os.fspath(path)).expanduser()
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | CacheLocation,
+        *,
+        keep_index: bool = True,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        location = path if isinstance(path, CacheLocation) else cache_location(path, options)
+        assert location is not None
+        self.location = location
+        self.folder = location.logs  # the folder itself, or this machine's for a URL
         self._keep_index = keep_index
         self._lock = threading.Lock()  # the index and what it has seen
         self._index: KeyIndex | None = None  # None until a lookup needs it
@@ -57,7 +68,7 @@ class CacheReader:
         self.corrupt: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"CacheReader({str(self.folder)!r})"
+        return f"CacheReader({self.location.name!r})"
 
     def lookup(
         self,
@@ -123,7 +134,7 @@ class CacheReader:
     def _current_index(self, unwritten: pa.Table | None, skip_logs: Collection[str]) -> KeyIndex:
         # The logs before the segments: a log folded in between is in a segment by the
         # time the segments are listed (the segment is written before the log goes).
-        logged = read_logs(self.folder, skip_logs)
+        logged = read_logs(self.location.logs, skip_logs)
         with self._lock:
             self._refresh()
             index = self._index
@@ -138,7 +149,7 @@ class CacheReader:
         """Fold segments not seen before into the index (``_lock`` held)."""
         if self._index is None:
             self._index = KeyIndex()
-        sizes = list_segments(self.folder)
+        sizes = self.location.segments.sizes()
         new = [n for n in sizes if n not in self._seen and n not in self.corrupt]
         if not new and not self._seen.issubset(sizes):
             # Segments vanished and no compaction wrote their records elsewhere:
@@ -149,7 +160,7 @@ class CacheReader:
         self._seen.intersection_update(sizes)  # forget what was compacted away
         if not new:
             return
-        rows, read, corrupt = read_ok_rows(self.folder, new)
+        rows, read, corrupt = read_ok_rows(self.location.segments, new)
         self.corrupt.update(corrupt)
         self._index = self._index.folded(rows)
         self._seen.update(read)

@@ -21,7 +21,10 @@ compaction folds the duplicates away.
 
 Everything here that touches the disk is in this module: listing, reading with
 corrupt files skipped, the atomic write, and compaction. It knows files and
-records, not lookups.
+records, not lookups. :class:`Segments` is what a cache needs of a place that
+holds segments, so that the same reader, writer and compaction serve a folder on
+this machine (:class:`LocalSegments`, these functions) and an fsspec URL
+(:class:`~llmframe._cache_fs.RemoteSegments`, where a segment is one PUT).
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import polars as pl
 import pyarrow as pa
@@ -47,14 +50,19 @@ __all__ = [
     "AUTO_COMPACT_SEGMENTS",
     "SEGMENT_NAME",
     "Compaction",
+    "LocalSegments",
+    "Segments",
     "auto_compact_plan",
     "compact",
     "count_rows",
     "fsync_folder",
     "list_segments",
     "new_segment",
+    "read_each",
     "read_segments",
+    "segment_name",
     "warn_corrupt",
+    "write_parquet",
     "write_segment",
 ]
 
@@ -118,16 +126,35 @@ def read_segments(
         return _conform(frame, columns), list(names), []
     except Exception:
         pass  # find out which file is at fault, one at a time
+    return read_each(
+        names,
+        columns,
+        lambda name: pl.read_parquet(folder / name, columns=list(columns)),
+        lambda name: os.path.exists(folder / name),
+        lambda name: str(folder / name),
+    )
+
+
+def read_each(
+    names: Sequence[str],
+    columns: Sequence[str],
+    read_one: Callable[[str], pl.DataFrame],
+    exists: Callable[[str], bool],
+    describe: Callable[[str], str],
+) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """:func:`read_segments` one segment at a time, with ``read_one``: a segment that
+    fails and still ``exists`` is corrupt (warned about, as ``describe`` names it); one
+    that is gone was compacted away and is skipped."""
     frames: list[pl.DataFrame] = []
     read: list[str] = []
     corrupt: list[str] = []
-    for name, path in zip(names, paths, strict=True):
+    for name in names:
         try:
-            frames.append(_conform(pl.read_parquet(path, columns=list(columns)), columns))
+            frames.append(_conform(read_one(name), columns))
         except Exception as exc:
-            if not os.path.exists(path):
+            if not exists(name):
                 continue
-            warn_corrupt(path, exc)
+            warn_corrupt(describe(name), exc)
             corrupt.append(name)
             continue
         read.append(name)
@@ -185,7 +212,7 @@ def new_segment(folder: Path, suffix: str, *, durable_rename: bool = False) -> I
     """A new segment's name (``seg-<time_ns>-<pid>-<uuid8><suffix>``) and a file to write it
     to: a temporary one, fsynced and renamed into place when the block ends, deleted if it
     raises. The embedding cache's segments are written this way too."""
-    name = f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+    name = segment_name(suffix)
     temp = folder / f"{_TEMP_PREFIX}{name}{_TEMP_SUFFIX}"
     try:
         with open(temp, "wb") as sink:
@@ -201,16 +228,20 @@ def new_segment(folder: Path, suffix: str, *, durable_rename: bool = False) -> I
         fsync_folder(folder)
 
 
+def segment_name(suffix: str = ".parquet") -> str:
+    """A new segment's name, which no other writer uses: ``seg-<time_ns>-<pid>-<uuid8><suffix>``."""
+    return f"seg-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def write_parquet(table: pa.Table, sink: BinaryIO | pa.NativeFile) -> None:
+    """``table`` as a segment's parquet, to ``sink``."""
+    pq.write_table(table, sink, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS, row_group_size=1 << 20)
+
+
 def write_segment(folder: Path, table: pa.Table, *, durable_rename: bool = False) -> str:
     """Write ``table`` as a new segment, atomically; return its file name."""
     with new_segment(folder, ".parquet", durable_rename=durable_rename) as (name, sink):
-        pq.write_table(
-            table,
-            sink,
-            compression="zstd",
-            use_dictionary=_DICTIONARY_COLUMNS,
-            row_group_size=1 << 20,
-        )
+        write_parquet(table, sink)
     return name
 
 
@@ -225,23 +256,19 @@ class Compaction:
     records_read: int
 
 
-def compact(folder: Path, names: Sequence[str]) -> Compaction:
+def compact(folder: Path | Segments, names: Sequence[str]) -> Compaction:
     """Merge the named segments into one (see :func:`_merge` for what is kept)."""
-    records, read, corrupt = read_segments(folder, names, COLUMNS)
+    store = folder if isinstance(folder, Segments) else LocalSegments(folder)
+    records, read, corrupt = store.read(names, COLUMNS)
     merged = _merge(records)
     if len(read) < 2 and merged.height == records.height:  # already compact
         return Compaction(corrupt, records.height)
     if merged.height:
         # Written and made durable before anything is deleted: a crash in between
         # leaves duplicates, which the next compaction folds away, never a loss.
-        write_segment(folder, merged.to_arrow().cast(SCHEMA), durable_rename=True)
+        store.write(merged.to_arrow().cast(SCHEMA), durable=True)
     for old in read:
-        try:
-            os.remove(folder / old)
-        except FileNotFoundError:
-            pass  # another compactor got there first
-        except OSError:
-            pass  # e.g. open in another process on Windows: merged again next time
+        store.remove(old)
     return Compaction(corrupt, records.height)
 
 
@@ -262,12 +289,82 @@ def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
     return sorted(ordered)
 
 
-def count_rows(folder: Path, names: Iterable[str]) -> int:
+def count_rows(folder: Path | Segments, names: Iterable[str]) -> int:
     """Records in the named segments, from their footers alone."""
+    store = folder if isinstance(folder, Segments) else LocalSegments(folder)
     rows = 0
     for name in names:
         try:
-            rows += pq.read_metadata(folder / name).num_rows
+            rows += pq.read_metadata(store.source(name)).num_rows
         except Exception:  # corrupt, or compacted away: nothing to count
             continue
     return rows
+
+
+# --------------------------------------------------------------------------- where they live
+
+
+@runtime_checkable
+class Segments(Protocol):
+    """A place that holds a cache's segments: what the reader, the writer and compaction
+    need of it. ``where`` names it in messages (never with credentials)."""
+
+    where: str
+
+    def sizes(self) -> dict[str, int]:
+        """Segment names in time order, with their sizes (:func:`list_segments`)."""
+        ...
+
+    def source(self, name: str) -> str | pa.NativeFile:
+        """What pyarrow reads the segment ``name`` from; ``FileNotFoundError`` if it is gone."""
+        ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def read(self, names: Sequence[str], columns: Sequence[str]) -> tuple[pl.DataFrame, list[str], list[str]]:
+        """The named segments' ``columns``, as :func:`read_segments` returns them."""
+        ...
+
+    def write(self, table: pa.Table, *, durable: bool = False) -> str:
+        """A new segment of ``table``, whole or not at all; its name."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Delete the segment ``name``; one that is gone already (or cannot go) is left."""
+        ...
+
+
+class LocalSegments:
+    """The segments of a folder on this machine: the functions of this module."""
+
+    __slots__ = ("folder", "where")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.where = str(folder)
+
+    def __repr__(self) -> str:
+        return f"LocalSegments({self.where!r})"
+
+    def sizes(self) -> dict[str, int]:
+        return list_segments(self.folder)
+
+    def source(self, name: str) -> str:
+        return str(self.folder / name)
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.folder / name)
+
+    def read(self, names: Sequence[str], columns: Sequence[str]) -> tuple[pl.DataFrame, list[str], list[str]]:
+        return read_segments(self.folder, names, columns)
+
+    def write(self, table: pa.Table, *, durable: bool = False) -> str:
+        return write_segment(self.folder, table, durable_rename=durable)
+
+    def remove(self, name: str) -> None:
+        try:
+            os.remove(self.folder / name)
+        except FileNotFoundError:
+            pass  # another compactor got there first
+        except OSError:
+            pass  # e.g. open in another process on Windows: merged again next time

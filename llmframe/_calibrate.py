@@ -41,6 +41,7 @@ from typing import Any
 
 from ._agreement import agreement, answer_agreement, field_agreement
 from ._cache import AnswerCache, read_cache, resolve_cache_dir
+from ._cache_fs import is_url
 from ._calibration_report import CalibrationReport, CalibrationRow, recommend
 from ._calibration_store import (
     CALIBRATIONS_FILE,
@@ -49,7 +50,7 @@ from ._calibration_store import (
     load_calibration_report,
     store_calibration,
 )
-from ._config import resolve
+from ._config import Options, resolve
 from ._errors import ConfigError, RunError
 from ._frames import columns_of, field_columns, kind_of, rendered_columns, take_rows
 from ._keys import output_spec
@@ -134,12 +135,14 @@ def _row(
     )
 
 
-def _copy_records(source: Path, cache_dir: Path) -> None:
-    """Add every record of the cache folder ``source`` to the cache in ``cache_dir``."""
+def _copy_records(source: Path, opts: Options) -> None:
+    """Add every record of the cache folder ``source`` to the run's cache (a folder or a URL)."""
     records = read_cache(source)
     if records.height == 0:
         return
-    with AnswerCache(cache_dir) as cache:
+    target = str(opts.cache) if is_url(opts.cache) else resolve_cache_dir(opts.cache)
+    assert target is not None
+    with AnswerCache(target, options=opts.cache_options) as cache:
         cache.add_columns(records.to_arrow())
 
 
@@ -222,7 +225,7 @@ async def acalibrate(
         one_row_opts = replace(opts, batch_size=1, cache=fresh if cache_dir is not None else False)
         out, one_row = await run_frame(rows_df, tpl, one_row_opts, name, raw=True)
         if cache_dir is not None:
-            _copy_records(Path(fresh), cache_dir)
+            _copy_records(Path(fresh), opts)
     reference = _answers(out, name)
     if all(a is None for a in reference):
         first = one_row.errors[0] if one_row.errors else "no answers"

@@ -47,14 +47,18 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 __all__ = [
     "CLAIMS_FILE",
     "LEASE_SECONDS",
     "REFRESH_SECONDS",
+    "STORE_ERRORS",
     "ClaimStore",
     "Claimed",
+    "Claims",
     "Owner",
+    "StoreUnavailable",
     "process_alive",
     "this_process",
 ]
@@ -127,6 +131,35 @@ class Claimed:
     theirs: set[str]  # keys held by another live run: wait for them
     taken: set[str]  # keys this run took over from a stale claim (theirs no longer)
     releases: int  # the store's release counter, read in the same transaction
+
+
+class StoreUnavailable(Exception):
+    """A claim store other than SQLite (:mod:`._claims_redis`) could not be reached."""
+
+
+#: What a failing claim store raises: a run then goes on without claims.
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, StoreUnavailable)
+
+
+class Claims(Protocol):
+    """What a run needs of a claim store: :class:`ClaimStore` (SQLite, in a folder) or
+    :class:`~llmframe._claims_redis.RedisClaimStore` (every machine using one Redis)."""
+
+    @property
+    def path(self) -> object: ...  # where it is, for messages
+
+    @property
+    def releases_at_open(self) -> int: ...
+
+    def claim(self, keys: Iterable[str], *, force: bool = False) -> Claimed: ...
+
+    def refresh(self) -> None: ...
+
+    def release(self, keys: Iterable[str], *, seen: int = -1) -> int: ...
+
+    def held(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 def _set_up(db: sqlite3.Connection) -> None:

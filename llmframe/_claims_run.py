@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _claims
+from ._cache_fs import CacheLocation
 from ._cache_reader import CacheReader
-from ._claims import ClaimStore
+from ._claims import STORE_ERRORS, Claims, ClaimStore
 from ._jobs import Job
+from ._redis_limiter import is_redis_url, redacted
 from ._report import RunReport
 from ._warn import warn_user
 
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
     from ._cache import AnswerCache
     from ._engine import Run
 
-__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_store"]
+__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_claims", "open_store"]
 
 log = logging.getLogger("llmframe")
 
@@ -63,6 +65,23 @@ CLAIM_CHUNK = 256
 POLL_SECONDS = 0.5
 #: The longest a key waits for a live owner before this run sends it itself.
 MAX_WAIT_SECONDS = 300.0
+
+
+def open_claims(where: CacheLocation | None, limiter: str | None) -> Claims | None:
+    """The claim store of a run's cache: in Redis for a cache at a URL with
+    ``limiter="redis://..."`` (shared by every machine), else the folder's (for a URL,
+    this machine's folder for it); ``None`` without a cache or when it cannot open."""
+    if where is None:
+        return None
+    if where.remote and is_redis_url(limiter):
+        from ._claims_redis import RedisClaimStore
+
+        try:
+            return RedisClaimStore(str(limiter), where.cache_id)
+        except Exception as exc:  # redis missing or unreachable: the run goes on with this machine's
+            warn_user(f"llmframe: cannot keep claims in {redacted(str(limiter))} ({type(exc).__name__}); "
+                      "claims are this machine's only, so runs on other machines may pay for the same rows")  # fmt: skip
+    return open_store(where.local)
 
 
 def open_store(folder: Path | None, **kwargs: Any) -> ClaimStore | None:
@@ -83,13 +102,13 @@ class RunClaims:
     per key); ``forget()`` frees what it holds; ``flush()`` writes this run's answers."""
 
     def __init__(
-        self, store: ClaimStore, pending: deque[Job], *, report: RunReport, answers: list[str | None],
+        self, store: Claims, pending: deque[Job], *, report: RunReport, answers: list[str | None],
         progress: Any, landed: Callable[[Sequence[str]], list[str | None]], forget: Callable[[], None],
         flush: Callable[[], None], sleep: Callable[[float], Awaitable[None]], stopped: Callable[[], bool],
         clock: Callable[[], float] = time.time, chunk: int = CLAIM_CHUNK,
         max_wait: float = MAX_WAIT_SECONDS, refresh: float | None = None,
     ) -> None:  # fmt: skip
-        self.store: ClaimStore | None = store
+        self.store: Claims | None = store
         self.unclaimed = deque(pending)  # not claimed yet: the planner gets them through top_up
         pending.clear()
         self.pending = pending
@@ -106,7 +125,7 @@ class RunClaims:
 
     @classmethod
     def of(
-        cls, store: ClaimStore | None, run: Run | None, cache: AnswerCache | None, *,
+        cls, store: Claims | None, run: Run | None, cache: AnswerCache | None, *,
         sleep: Callable[[float], Awaitable[None]],
     ) -> RunClaims | None:  # fmt: skip
         """The claims of ``run``, wired: the planner gets its rows through :meth:`top_up`.
@@ -116,7 +135,7 @@ class RunClaims:
             if store is not None:
                 store.close()
             return None
-        reader = CacheReader(cache.folder)  # keeps its index while rows wait: each poll reads what is new
+        reader = CacheReader(cache.location)  # keeps its index while rows wait: each poll reads what is new
         claims = cls(store, run.planner.pending, report=run.report, answers=run.outcomes.answers,
                      progress=run.outcomes.progress, landed=reader.lookup, forget=reader.drop_index,
                      flush=cache.flush, sleep=sleep, stopped=lambda: run.endpoint.fatal is not None)  # fmt: skip
@@ -136,7 +155,7 @@ class RunClaims:
             return jobs
         try:
             got = self.store.claim([j.key for j in jobs], force=force)
-        except sqlite3.Error as exc:
+        except STORE_ERRORS as exc:
             self.broken(exc)
             return jobs
         now = self.clock()
@@ -231,7 +250,7 @@ class RunClaims:
                 self.flush()
                 self.seen = self.store.release([j.key for j in done], seen=self.seen)
                 self.held = [j for j in self.held if not j.done]
-        except sqlite3.Error as exc:
+        except STORE_ERRORS as exc:
             self.broken(exc)
         except Exception as exc:  # the flush failed: keep the claims, try again next time
             log.debug("llmframe: keeping claims, the cache flush failed: %s", exc)
@@ -247,7 +266,7 @@ class RunClaims:
         self.pending.extend(self.unclaimed)
         self.waits.clear()
         self.unclaimed.clear()
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(*STORE_ERRORS):
             store.close()
 
     def close(self) -> None:
@@ -262,5 +281,5 @@ class RunClaims:
                 log.debug("llmframe: releasing claims, the cache flush failed: %s", exc)
             try:
                 store.close()
-            except sqlite3.Error as exc:  # the lease expires by itself
+            except STORE_ERRORS as exc:  # the lease expires by itself
                 log.debug("llmframe: could not release claims: %s", exc)

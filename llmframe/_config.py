@@ -65,6 +65,9 @@ class Options:
     batch_size: BatchSize = None
     max_batch_tokens: int | None = None
     cache: bool | str | os.PathLike[str] = True
+    #: fsspec's storage options for a ``cache=`` URL (``key``, ``secret``, ``client_kwargs``...);
+    #: never stored, logged or shown.
+    cache_options: Mapping[str, Any] | None = field(default=None, repr=False)
     max_cost_usd: float | None = None
     prices: Mapping[str, tuple[float, float]] | None = None
     response_format: ResponseFormat = "auto"
@@ -219,6 +222,8 @@ def _validate(o: Options) -> None:
         raise ConfigError(f"canaries must be None (automatic), or an int >= 0, got {o.canaries!r}")
     if o.error_column is not None and (not isinstance(o.error_column, str) or not o.error_column):
         raise ConfigError(f"error_column must be a column name or None, got {o.error_column!r}")
+    if o.cache_options is not None and not isinstance(o.cache_options, Mapping):
+        raise ConfigError(f"cache_options must be a dict of fsspec storage options, got {type(o.cache_options).__name__}")
     if o.params is not None and not isinstance(o.params, Mapping):
         raise ConfigError(f"params must be a dict of generation parameters, got {type(o.params).__name__}")
     if o.params:

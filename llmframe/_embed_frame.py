@@ -74,7 +74,7 @@ async def embed_frame(df: Frame, template: Template, opts: Options, spec: EmbedS
 def estimate_embed_frame(df: Any, template: Template, opts: Options, spec: EmbedSpec) -> Estimate:
     """What :func:`embed_frame` would send and cost: the very batches it would pack."""
     prepared, _ = _prepared(df, template, opts, spec)
-    folder = resolve_cache_dir(opts.cache)
+    folder = resolve_cache_dir(opts.cache, needs_local="embed")
     found = lookup_vectors(folder, prepared.digests, spec.dimensions) if folder is not None else None
     hit = found.positions >= 0 if found is not None else np.zeros(len(prepared.texts), dtype=bool)
     seen: set[bytes] = set()

@@ -247,7 +247,7 @@ async def embed_run(
     n = len(prepared.texts)
     model = opts.model or ""
     report = RunReport(model=model, rows=n, null_rows=null_rows)
-    folder = resolve_cache_dir(opts.cache)
+    folder = resolve_cache_dir(opts.cache, needs_local="embed")
     cache = EmbeddingCache(folder, flush_seconds=FLUSH_SECONDS) if folder is not None else None
     found = cache.lookup(prepared.digests, spec.dimensions) if cache is not None else None
     report.cached_rows = found.hits if found is not None else 0

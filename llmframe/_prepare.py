@@ -13,9 +13,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from ._cache import AnswerCache, resolve_cache_dir
-from ._claims import ClaimStore
-from ._claims_run import RunClaims, open_store
+from ._cache import AnswerCache
+from ._cache_admin import cache_location
+from ._claims import Claims
+from ._claims_run import RunClaims, open_claims
 from ._config import Options
 from ._jobs import Job
 from ._keys import call_prefix, output_spec, row_digests
@@ -33,7 +34,7 @@ class Prepared:
     answers: list[str | None]
     todo: list[Job]
     cache: AnswerCache | None
-    store: ClaimStore | None = None  # with claim=, a cache folder and rows to send
+    store: Claims | None = None  # with claim=, a cache folder and rows to send
 
     def claims(self, run: Any, sleep: Callable[[float], Awaitable[None]]) -> RunClaims | None:
         """The run's claims (:class:`~llmframe._claims_run.RunClaims`), wired to its planner."""
@@ -86,11 +87,11 @@ def prepare(
 
     # 3: the cache, for every row at once; a cached re-run builds no per-row objects
     # but its answers.
-    cache_dir = resolve_cache_dir(opts.cache)
-    cache = AnswerCache(cache_dir, flush_seconds=flush_seconds) if cache_dir is not None else None
+    where = cache_location(opts.cache, opts.cache_options)  # a folder, or a URL's segments and this machine's logs
+    cache = AnswerCache(where, flush_seconds=flush_seconds) if where is not None else None
     hits = None
     found = np.zeros(n_rows, dtype=bool)
-    store = open_store(cache_dir) if claim and report.null_rows < n_rows else None
+    store = open_claims(where, opts.limiter) if claim and report.null_rows < n_rows else None
     if cache is not None and report.null_rows < n_rows:
         try:
             hits = cache.lookup_binary(digests)

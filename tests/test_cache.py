@@ -21,7 +21,7 @@ from _cache_helpers import (
     write_segment,
 )
 
-from llmframe import _cache, _cache_segments
+from llmframe import _cache_segments
 from llmframe._cache import AnswerCache
 from llmframe._cache_admin import read_cache
 from llmframe._cache_reader import CacheReader
@@ -142,14 +142,14 @@ def test_records_a_flush_is_writing_are_found_by_a_lookup(
     cache = AnswerCache(tmp_path, flush_seconds=3600)
     cache.add([record(1, "in flight")])
     found: list[list[str | None]] = []
-    real = _cache.write_segment
+    real = _cache_segments.write_segment
 
     def look_then_write(folder: Path, table: Any, **kwargs: Any) -> str:
         # Out of the buffer, not on disk yet: what another thread's lookup sees right now.
         found.append(cache.lookup([key(1)]))
         return real(folder, table, **kwargs)
 
-    monkeypatch.setattr(_cache, "write_segment", look_then_write)
+    monkeypatch.setattr(_cache_segments, "write_segment", look_then_write)
     cache.flush()
     assert found == [["in flight"]]
     assert cache.lookup([key(1)]) == ["in flight"]  # and from the folder afterwards

@@ -307,7 +307,7 @@ def test_read_cache_and_info_count_log_records(tmp_path: Path) -> None:
 def test_a_close_whose_flush_fails_lets_go_of_its_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk at close: the error is raised, and the logs are released (not deleted),
     so the next cache to open the folder, in this process too, folds them."""
-    import llmframe._cache as cache_module
+    import llmframe._cache_segments as cache_module
 
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
