@@ -1,10 +1,11 @@
-"""A token bucket: its level, as the time it will be full again, and five operations.
+"""A token bucket: its level, as the time it will be full again, and six operations.
 
 The limiter's schedule (:mod:`._schedule`) holds two, one of requests and one
 of tokens, and does all its arithmetic through the operations here: when may
 ``amount`` be taken (:meth:`Bucket.ready_at`), take it (:meth:`~Bucket.debit`),
 give it back (:meth:`~Bucket.credit`), believe the server has less
-(:meth:`~Bucket.lower_to`), move everything later (:meth:`~Bucket.shift`).
+(:meth:`~Bucket.lower_to`) or more (:meth:`~Bucket.raise_to`), move everything
+later (:meth:`~Bucket.shift`).
 Pure arithmetic on given times: no clock and no lock (the limiter holds the lock).
 """
 
@@ -12,7 +13,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Bucket"]
+__all__ = ["WINDOW_SHARE", "Bucket"]
+
+#: The share of the server's own window (how much its bucket holds when full, told by
+#: its headers) that this bucket may hold. Half: requests released together reach the
+#: server late and spread out, and a bucket as large as the server's would run it dry
+#: at every change of pace (benchmarks/rate_limits.py: 0.8 s of a 1 s window halved
+#: the 429s of 1 s, 0.5 s halved them again). A server that holds a whole minute
+#: (OpenAI's) then lets half a minute's requests go at once instead of a ramp.
+WINDOW_SHARE = 0.5
 
 
 class Bucket:
@@ -37,20 +46,28 @@ class Bucket:
         self.full_at = -math.inf
 
     def configure(
-        self, limit: float | None, now: float, burst_seconds: float, floor: float
-    ) -> None:
-        """Use a new per-minute limit, keeping the current level (within the new capacity)."""
-        if limit == self.limit:
-            return
+        self, limit: float | None, now: float, burst_seconds: float, floor: float,
+        window: float | None = None,
+    ) -> None:  # fmt: skip
+        """Use a new per-minute limit, keeping the current level (within the new capacity).
+
+        ``window`` is what the server's own bucket holds (:data:`WINDOW_SHARE` of it
+        may be held here), None when its headers did not say.
+        """
         if limit is None:
             self.limit = None
+            return
+        if limit == self.limit and window is None:
+            return  # nothing new (a sharer that has not read the window keeps the size it set)
+        capacity = max(floor, limit * burst_seconds / 60, WINDOW_SHARE * min(window or 0.0, limit))
+        if limit == self.limit and capacity == self.capacity:
             return
         # A bucket that was unlimited starts full: the server's remaining count,
         # observed right after, lowers it if the server disagrees.
         level = self.level_at(now) if self.limit is not None else math.inf
         self.limit = limit
         self.rate = limit / 60
-        self.capacity = max(floor, limit * burst_seconds / 60)
+        self.capacity = capacity
         self.full_at = now + (self.capacity - min(level, self.capacity)) / self.rate
 
     def level_at(self, t: float) -> float:
@@ -82,6 +99,11 @@ class Bucket:
         """Make the level at ``now`` at most ``level``; never raise it."""
         if self.limit is not None:
             self.full_at = max(self.full_at, now + (self.capacity - level) / self.rate)
+
+    def raise_to(self, level: float, now: float) -> None:
+        """Make the level at ``now`` at least ``level`` (within the capacity); never lower it."""
+        if self.limit is not None:
+            self.full_at = min(self.full_at, now + (self.capacity - min(level, self.capacity)) / self.rate)
 
     def shift(self, delta: float) -> None:
         if self.limit is not None:

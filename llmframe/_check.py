@@ -52,11 +52,15 @@ class PackingCheck:
     what to send next."""
 
     __slots__ = ("_answers", "_batches_out", "_current", "_in_flight", "_jobs", "_opened",
-                 "_queue", "_references", "_retries", "_trial_rows", "agreement", "fields", "held",
-                 "min_agreement", "returned", "sample", "sizes", "taken", "verdict")  # fmt: skip
+                 "_queue", "_references", "_retries", "_trial_rows", "agreement", "ahead", "fields",
+                 "held", "min_agreement", "returned", "sample", "sizes", "taken", "verdict")  # fmt: skip
 
-    def __init__(self, sample: int, sizes: Sequence[int], min_agreement: float) -> None:
+    def __init__(self, sample: int, sizes: Sequence[int], min_agreement: float, ahead: int = 0) -> None:
         self.sample = sample
+        # Rows per request that may go while the check runs, answered as usual: a warm-up
+        # whose size is decided already (batch_size=, a remembered verdict), which only
+        # seeds canaries. 0: packing waits for the verdict.
+        self.ahead = ahead
         self.sizes = [s for s in sizes if s > 1]
         self.min_agreement = min_agreement
         self.taken = 0
@@ -350,7 +354,7 @@ def plan(
         reason = f"packed up to {cap} rows per request, as batch_size= says"
         if not canaries:
             return PackingPlan(cap, reason, style=style)
-        warmup = PackingCheck(max(4, 2 * canaries), (), AUTO_MIN_AGREEMENT)
+        warmup = PackingCheck(max(4, 2 * canaries), (), AUTO_MIN_AGREEMENT, ahead=cap)
         return PackingPlan(cap, reason, warmup, Canaries(canaries), fixed_size=cap, style=style)
     if rows_to_send <= SMALL_FRAME_ROWS:
         return PackingPlan(1, f"one row per request: {rows_to_send} rows to send, too few to "
@@ -373,7 +377,7 @@ def plan(
         reason = f"{reason}; {note}" if note else reason
         if not watch.wanted:
             return PackingPlan(min(cap, size), reason, style=style)
-        warmup = PackingCheck(REMEMBERED_WARMUP_ROWS, (), AUTO_MIN_AGREEMENT)
+        warmup = PackingCheck(REMEMBERED_WARMUP_ROWS, (), AUTO_MIN_AGREEMENT, ahead=min(cap, size))
         return PackingPlan(cap, reason, warmup, watch, fixed_size=size, style=style)
     check = PackingCheck(check_rows(rows_to_send), sizes, AUTO_MIN_AGREEMENT)
     return PackingPlan(cap, "", check, watch, style=style, note=note)

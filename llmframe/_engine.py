@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache import resolve_cache_dir
 from ._check import batch_cap
+from ._check_share import shared_check
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._economy import economy_for
@@ -78,13 +80,15 @@ class Run:
     def __init__(
         self, *, opts: Options, client: Any, limiter: RateLimiter | None, report: RunReport,
         endpoint: EndpointState, builder: RequestBuilder, planner: Planner, outcomes: Outcomes,
-        budget: Budget, sleep: Callable[[float], Awaitable[None]], policy: RetryPolicy,
+        budget: Budget, sleep: Callable[[float], Awaitable[None]], policy: RetryPolicy, task_key: str = "",
     ) -> None:  # fmt: skip
         self.opts, self.client, self.limiter, self.report = opts, client, limiter, report
         self.endpoint, self.builder, self.planner, self.outcomes = endpoint, builder, planner, outcomes
         self.budget, self.sleep, self.policy = budget, sleep, policy
         self.valid, self.invalid = 0, 0  # answers checked against the schema, so far
         self.cut_off = 0  # one-row answers cut off at max_tokens
+        self.task_key = task_key  # the key of this task's packing verdict; told the verdict stored (None: none)
+        self.on_checked: Callable[[dict[str, Any] | None], None] | None = None  # _check_share
 
     # ---- one batch --------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
@@ -314,7 +318,7 @@ def new_run(
     )  # fmt: skip
     the_run = Run(opts=opts, client=client, limiter=limiter, report=report, endpoint=state, builder=builder,
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
-                  sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts))  # fmt: skip
+                  sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts), task_key=task_key)  # fmt: skip
     planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key, packing.note)
     return the_run
 
@@ -337,8 +341,9 @@ async def run(
         try:  # no key for OpenAI's endpoint, an unusable limiter folder: nothing sent, nothing left open
             client = ChatClient(client=opts.client, base_url=opts.base_url, api_key=opts.api_key,
                                 timeout=opts.timeout, max_connections=max(100, opts.max_concurrency))  # fmt: skip
-            state = new_run(prepared, template, opts, client=client, progress=progress, sleep=sleep, policy=policy,
-                            limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), endpoint=endpoint)  # fmt: skip
+            wire = functools.partial(new_run, prepared, template, opts, client=client, progress=progress, sleep=sleep,
+                policy=policy, limiter=limiter or endpoint.limiter(opts.rpm, opts.tpm, opts.limiter), endpoint=endpoint)  # fmt: skip
+            state = await shared_check(wire(), wire, resolve_cache_dir(opts.cache), sleep)  # one check per task
         except BaseException:
             prepared.close()
             progress.close()
@@ -362,6 +367,8 @@ async def run(
                 report.errors.extend(RowError(r, "cancelled", "the run was interrupted") for r in job.rows)
         raise
     finally:
+        if state is not None and state.on_checked is not None:
+            state.on_checked(None)  # a check that ended without a verdict lets the next run check
         await stopped(flusher)
         if cache is not None:
             cache.close()

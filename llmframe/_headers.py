@@ -31,6 +31,7 @@ from dataclasses import dataclass
 __all__ = [
     "RateLimitHeaders",
     "Window",
+    "exhausted_wait",
     "parse_duration",
     "parse_rate_limits",
     "parse_retry_after",
@@ -155,6 +156,40 @@ class Window:
     remaining: float | None = None
     reset: float | None = None
 
+    @property
+    def capacity(self) -> float | None:
+        """How much the server's window holds when full, if the three headers say.
+
+        A window that refills at ``limit / 60`` per second and is full ``reset``
+        seconds from now holds ``remaining + limit / 60 * reset`` then; never more
+        than a minute's ``limit``. OpenAI's buckets hold a whole minute; a server
+        enforcing its limit over one second holds a sixtieth of it.
+
+        >>> Window(limit=1200, remaining=1190, reset=0.5).capacity
+        1200.0
+        >>> Window(limit=1200, remaining=0, reset=1.0).capacity
+        20.0
+        """
+        if self.limit is None or self.remaining is None or self.reset is None:
+            return None
+        return float(min(self.limit, self.remaining + self.limit / 60 * self.reset))
+
+    def wait_for(self, amount: float) -> float | None:
+        """Seconds until the window holds ``amount`` again, or None: it does now, or it
+        does not say. Taken from ``reset`` (when it is full again), sooner at its refill
+        rate (``limit / 60`` per second) where the limit is known.
+
+        >>> Window(limit=600, remaining=0, reset=6.0).wait_for(1)
+        0.1
+        >>> Window(remaining=0, reset=2.0).wait_for(1)
+        2.0
+        """
+        if self.remaining is None or self.reset is None or self.remaining >= amount:
+            return None
+        if self.limit is None:
+            return self.reset
+        return min(self.reset, (min(amount, self.limit) - self.remaining) / (self.limit / 60))
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimitHeaders:
@@ -171,6 +206,21 @@ def _window(lowered: Mapping[str, str], kind: str) -> Window:
         remaining=_number(lowered.get(f"x-ratelimit-remaining-{kind}")),
         reset=parse_duration(lowered.get(f"x-ratelimit-reset-{kind}")),
     )
+
+
+def exhausted_wait(headers: Mapping[str, str] | None, tokens: float) -> float | None:
+    """After a 429 that names no ``retry-after``: how long until the window it ran out
+    of holds one more request of ``tokens`` tokens, read from ``x-ratelimit-reset-*``
+    and ``-remaining-*`` (:meth:`Window.wait_for`); None when the headers do not say.
+
+    >>> exhausted_wait({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}, 100)
+    1.5
+    """
+    if not headers:
+        return None
+    seen = parse_rate_limits(headers)
+    waits = [w for w in (seen.requests.wait_for(1), seen.tokens.wait_for(tokens)) if w is not None]
+    return max(waits) if waits else None
 
 
 def parse_rate_limits(headers: Mapping[str, str]) -> RateLimitHeaders:

@@ -92,7 +92,7 @@ class RateLimiter:
     """
 
     __slots__ = (
-        "_burst_seconds", "_cancelled", "_clock", "_granted", "_lock", "_longest_wait",
+        "_burst_seconds", "_cancelled", "_clock", "_granted", "_in_flight", "_lock", "_longest_wait",
         "_paused_seconds", "_pauses", "_probe", "_queue", "_quota", "_schedule", "_sleep",
         "_waited", "on_learned",
     )  # fmt: skip
@@ -120,6 +120,7 @@ class RateLimiter:
         self._probe: Reservation | None = None
         self._queue: deque[Reservation] = deque()  # waiters held back behind the probe
         self._granted = 0
+        self._in_flight = [0, 0]  # requests started and not settled, and their tokens
         self._cancelled = 0
         self._waited = 0.0
         self._longest_wait = 0.0
@@ -172,7 +173,7 @@ class RateLimiter:
     def _configure(self, now: float) -> None:
         # While probing, unknown limits stay unlimited: the one-at-a-time gate
         # is what holds requests back until the headers tell the real limits.
-        self._schedule.configure(self._quota.rpm, self._quota.tpm, now, self._burst_seconds)
+        self._schedule.configure(self._quota.rpm, self._quota.tpm, now, self._burst_seconds, self._quota.windows)
 
     # -- reserving ------------------------------------------------------------
 
@@ -183,8 +184,9 @@ class RateLimiter:
 
         Entering waits like :meth:`acquire`; leaving settles the reservation
         by the attempt's outcome (see :mod:`._reserve`). ``fallback_pause()``
-        is how long a retryable 429 that names no ``retry_after`` pauses the
-        limiter (default: the first retry's backoff, 0.375 to 0.5 s).
+        is how long a retryable 429 that names no ``retry_after`` (nor, in its
+        rate-limit headers, when its window has room) pauses the limiter
+        (default: the first retry's backoff, 0.375 to 0.5 s).
 
         >>> async def attempt(limiter, send):
         ...     async with limiter.reserve(120) as slot:
@@ -245,6 +247,8 @@ class RateLimiter:
         if reservation.state != ACTIVE:
             return delay
         self._granted += 1
+        self._in_flight[0] += 1
+        self._in_flight[1] += reservation.tokens
         waited = now - reservation.arrived
         self._waited += waited
         self._longest_wait = max(self._longest_wait, waited)
@@ -262,6 +266,7 @@ class RateLimiter:
                 return
             now = self._clock()
             self._schedule.refund(reservation, used_tokens, now)
+            self._landed(reservation)
             self._finish(reservation, now)
 
     def cancel(self, reservation: Reservation) -> None:
@@ -276,9 +281,15 @@ class RateLimiter:
         if reservation.state == QUEUED:
             self._queue.remove(reservation)
         else:
+            if reservation.state == ACTIVE:
+                self._landed(reservation)
             self._schedule.release(reservation, now)
         self._cancelled += 1
         self._finish(reservation, now)
+
+    def _landed(self, reservation: Reservation) -> None:
+        self._in_flight[0] -= 1
+        self._in_flight[1] -= reservation.tokens
 
     def _finish(self, reservation: Reservation, now: float) -> None:
         reservation.state = DONE
@@ -290,19 +301,27 @@ class RateLimiter:
         """Calibrate from a response's ``x-ratelimit-*`` headers (call it for every response).
 
         ``limit-*`` sets the learned limits; ``remaining-*`` lowers the local
-        level when the server has less left than we think (never raises it:
-        our own in-flight requests may not be counted yet). A response with
-        no rate-limit headers at all ends probing with no limit to learn.
+        level when the server has less left than we think. ``limit``,
+        ``remaining`` and ``reset`` together say how much the server's window
+        holds (:mod:`._quota`): a bucket they make larger opens at once to what
+        the server has left, less what is in flight (which it may not have
+        counted yet), instead of ramping up; otherwise the level is never
+        raised. A response with no rate-limit headers at all ends probing with
+        no limit to learn.
         """
         seen = parse_rate_limits(headers)
         with self._lock:
             now = self._clock()
+            buckets = ((seen.requests, self._schedule.requests), (seen.tokens, self._schedule.tokens))
+            before = [bucket.capacity if bucket.limit is not None else None for _, bucket in buckets]
             self._quota.learn(seen)
             self._configure(now)
-            buckets = ((seen.requests, self._schedule.requests), (seen.tokens, self._schedule.tokens))
-            for window, bucket in buckets:
-                if window.remaining is not None:
-                    bucket.lower_to(window.remaining, now)
+            for (window, bucket), capacity, in_flight in zip(buckets, before, self._in_flight, strict=True):
+                if window.remaining is None:
+                    continue
+                if capacity is not None and bucket.capacity > capacity:  # the window opened up
+                    bucket.raise_to(window.remaining - in_flight, now)
+                bucket.lower_to(window.remaining, now)
             self._admit_queued(now)
             learned = self._quota.learned_limits
         if self.on_learned is not None:

@@ -9,7 +9,8 @@ template) again for one answer. A resent row goes in a batch at most half the
 size of the one it failed in.
 
 While the packing check (:mod:`._check`) runs, every request is one row: its
-reference rows, then its trial batches; packing waits for the verdict. And
+reference rows, then its trial batches; packing waits for the verdict, unless
+the size is decided already and the check only seeds canaries (``ahead``). And
 while a probe is out (:meth:`~llmframe._endpoint.EndpointState.gate`), nothing
 else goes. When several processes share the cache folder, rows reach ``pending``
 only once claimed (``feed``, :mod:`._claims_run`).
@@ -106,8 +107,8 @@ class Planner:
                     return self.endpoint.gate(Batch(check.first_trial(new, size), kind="trial"))
             elif (trial := check.next_trial(self.rows_that_fit(check.answered_jobs()))) is not None:
                 return self.endpoint.gate(Batch(trial, kind="trial"))
-            if check.verdict is None:
-                return None  # the check's answers are not all back
+            if check.verdict is None:  # the check's answers are not all back
+                return self.take_rows(check.ahead) if check.ahead > 1 else None
         if check is not None and check.verdict is not None:
             self.decided(check)
         return self.take_rows()
@@ -118,9 +119,9 @@ class Planner:
         size = self.on_verdict(check) if self.on_verdict else check.verdict.batch_size
         self.sizer.set_limit(size)
 
-    def take_rows(self) -> Batch | None:
+    def take_rows(self, at_most: int | None = None) -> Batch | None:
         jobs: list[Job] = []
-        size = self.cap
+        size = self.cap if at_most is None else min(self.cap, at_most)
         while self.resend and len(jobs) < size:
             job = self.resend[0]
             limit = job.max_batch or size

@@ -10,6 +10,13 @@ A response without any rate-limit headers (vLLM, llama.cpp, Ollama) ends the
 probing with nothing learned: there is no limit, and the caller's concurrency
 cap alone governs.
 
+The three headers of one limit together also say how much the server's bucket
+holds when full (:attr:`~llmframe._headers.Window.capacity`): a server that
+holds a minute's requests can take a burst that one holding a second's cannot.
+That is kept per limit (:attr:`Quota.windows`), the largest seen for the limit
+in force, and sizes the limiter's buckets (:mod:`._bucket`). It is this
+process's own reading: processes sharing a quota share the buckets it sized.
+
 :class:`Quota` holds no lock and no clock: the limiter's lock guards it.
 """
 
@@ -54,6 +61,7 @@ class Quota:
         "_given_tpm",
         "_learned_rpm",
         "_learned_tpm",
+        "_windows",
         "learned",
         "observed",
         "remembered",
@@ -72,6 +80,8 @@ class Quota:
         # The last x-ratelimit-reset-* values seen, in seconds, for the report.
         self.reset_requests: float | None = None
         self.reset_tokens: float | None = None
+        # What the server's request and token buckets hold when full, as its headers said.
+        self._windows: list[float | None] = [None, None]
 
     @property
     def rpm(self) -> float | None:
@@ -132,6 +142,15 @@ class Quota:
             setattr(self, name, value)
 
     @property
+    def windows(self) -> tuple[float | None, float | None]:
+        """What the server's request and token buckets hold when full, where its headers
+        said so and its limit is the one in force (a lower given limit keeps the usual burst)."""
+        in_force = (self.rpm, self.tpm)
+        learned = self.learned_limits
+        return (self._windows[0] if in_force[0] == learned[0] else None,
+                self._windows[1] if in_force[1] == learned[1] else None)  # fmt: skip
+
+    @property
     def learned_limits(self) -> tuple[float | None, float | None]:
         """What the server's headers said (not what the user gave)."""
         return self._learned_rpm, self._learned_tpm
@@ -142,14 +161,20 @@ class Quota:
         if self.remembered:  # the server speaks now: what it says replaces the memory
             self.remembered = False
             self._learned_rpm = self._learned_tpm = None
-        if seen.requests.limit is not None:
+        for i, window in enumerate((seen.requests, seen.tokens)):
+            if window.limit is None:
+                continue
             self.learned = True
-            self._learned_rpm = seen.requests.limit
-        if seen.tokens.limit is not None:
-            self.learned = True
-            self._learned_tpm = seen.tokens.limit
-        # With a per-minute window the reset time follows from the limit and the
-        # remaining count, which the buckets already use; it is kept for the report.
+            if window.limit != self.learned_limits[i]:
+                self._windows[i] = None  # a new limit: its window is read afresh
+            if i == 0:
+                self._learned_rpm = window.limit
+            else:
+                self._learned_tpm = window.limit
+            capacity, known = window.capacity, self._windows[i]
+            if capacity is not None and (known is None or capacity > known):
+                self._windows[i] = capacity
+        # The reset times sized the windows above; the last ones are kept for the report.
         if seen.requests.reset is not None:
             self.reset_requests = seen.requests.reset
         if seen.tokens.reset is not None:

@@ -22,8 +22,11 @@ How the block ends decides what the reservation costs:
   are refunded only when the server answered with an error (4xx other than
   429, 5xx); a timeout or an unreadable body may have been counted, and a
   429 keeps them so the retry does not jump the queue. A 429 worth retrying
-  pauses everyone sharing the limiter for its ``retry_after``. The headers
-  of the error, if any, are observed last.
+  pauses everyone sharing the limiter for its ``retry_after``; without one,
+  until the window it ran out of holds the request again, as its
+  ``x-ratelimit-remaining-*`` / ``-reset-*`` say (:func:`~._headers.exhausted_wait`),
+  and only without those for a generic backoff. The headers of the error, if
+  any, are observed last.
 - Any other exception (cancellation, Ctrl-C, a bug before sending): the
   request never reached the server, so the request and its tokens go back.
 - Leaving the block normally without settling keeps the estimate.
@@ -36,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from ._headers import exhausted_wait
 
 __all__ = ["AttemptFailure", "Slot"]
 
@@ -164,6 +169,8 @@ class Slot(Generic[R]):
         refund = status is not None and status != 429
         self._limiter.settle(reservation, 0 if refund else self.tokens)
         if status == 429 and retryable:
+            if retry_after is None:  # the window the request ran out of says when it has room
+                retry_after = exhausted_wait(headers, self.tokens)
             self._limiter.pause(retry_after if retry_after is not None else self._fallback_pause())
         if headers:
             self._limiter.observe(headers)

@@ -83,11 +83,13 @@ class Schedule:
         self._shift = 0.0  # total time pauses pushed the schedule back
 
     def configure(
-        self, rpm: float | None, tpm: float | None, now: float, burst_seconds: float
-    ) -> None:
-        """Use these per-minute limits (None: unlimited), keeping the current levels."""
-        self.requests.configure(rpm, now, burst_seconds, 1.0)
-        self.tokens.configure(tpm, now, burst_seconds, 0.0)
+        self, rpm: float | None, tpm: float | None, now: float, burst_seconds: float,
+        windows: tuple[float | None, float | None] = (None, None),
+    ) -> None:  # fmt: skip
+        """Use these per-minute limits (None: unlimited), keeping the current levels;
+        ``windows``: what the server's request and token buckets hold, where known."""
+        self.requests.configure(rpm, now, burst_seconds, 1.0, windows[0])
+        self.tokens.configure(tpm, now, burst_seconds, 0.0, windows[1])
 
     def place(self, reservation: Reservation, now: float) -> None:
         """Commit ``reservation`` at the earliest time both buckets allow."""

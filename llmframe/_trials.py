@@ -75,9 +75,12 @@ def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: 
     if fixed_size is not None:
         return fixed_size
     run.report.packing_reason = f"{verdict.reason}; {note}" if note and verdict.batch_size > 1 else verdict.reason
+    entry = None
     if verdict.agreement:  # measured, not a lack of rows: worth remembering
-        run.endpoint.learned(verdicts={task_key: {"batch_size": verdict.batch_size, "reason": verdict.reason,
-                                                  "style": run.builder.style}})
+        entry = {"batch_size": verdict.batch_size, "reason": verdict.reason, "style": run.builder.style}
+        run.endpoint.learned(verdicts={task_key: entry})
         if verdict.batch_size == 1:
             warn_user(f"llmframe: {verdict.reason}.")
+    if run.on_checked is not None:  # runs of the same task waiting for this verdict (_check_share)
+        run.on_checked(entry)
     return verdict.batch_size

@@ -12,6 +12,7 @@ from _headers_data import OPENAI_HEADERS, http_date, now
 from llmframe._headers import (
     RateLimitHeaders,
     Window,
+    exhausted_wait,
     parse_duration,
     parse_rate_limits,
     parse_retry_after,
@@ -213,3 +214,45 @@ def test_parse_rate_limits_ignores_garbage(bad: str) -> None:
 def test_a_zero_limit_is_no_limit_but_zero_remaining_is_zero() -> None:
     seen = parse_rate_limits({"x-ratelimit-limit-requests": "0", "x-ratelimit-remaining-requests": "0"})
     assert seen.requests == Window(limit=None, remaining=0.0)
+
+
+# -- what the three headers of one limit say together -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("window", "capacity"),
+    [
+        (Window(limit=1200, remaining=1199, reset=0.05), 1200.0),  # OpenAI: a minute's worth
+        (Window(limit=1200, remaining=0, reset=1.0), 20.0),  # a server enforcing one second
+        (Window(limit=600, remaining=10, reset=3600.0), 600.0),  # never more than the limit
+        (Window(limit=600, remaining=10), None),
+        (Window(remaining=10, reset=1.0), None),
+        (Window(limit=600, reset=1.0), None),
+    ],
+)
+def test_window_capacity(window: Window, capacity: float | None) -> None:
+    assert window.capacity == (None if capacity is None else pytest.approx(capacity))
+
+
+@pytest.mark.parametrize(
+    ("window", "amount", "wait"),
+    [
+        (Window(limit=600, remaining=0, reset=6.0), 1, 0.1),  # refills at 10/s
+        (Window(limit=600, remaining=0, reset=0.05), 1, 0.05),  # never later than the reset
+        (Window(limit=6000, remaining=40, reset=59.4), 100, 0.6),
+        (Window(limit=6000, remaining=0, reset=60.0), 10_000, 60.0),  # more than the limit: full
+        (Window(remaining=0, reset=2.0), 1, 2.0),
+        (Window(limit=600, remaining=3, reset=1.0), 1, None),  # room now
+        (Window(limit=600, remaining=0), 1, None),  # no reset: nothing said
+    ],
+)
+def test_window_wait_for(window: Window, amount: float, wait: float | None) -> None:
+    assert window.wait_for(amount) == (None if wait is None else pytest.approx(wait))
+
+
+def test_exhausted_wait_reads_garbage_as_nothing() -> None:
+    assert exhausted_wait(None, 10) is None
+    assert exhausted_wait({}, 10) is None
+    assert exhausted_wait({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "soon"}, 10) is None
+    assert exhausted_wait({"x-ratelimit-remaining-requests": "nan", "x-ratelimit-reset-requests": "1s"}, 10) is None
+    assert exhausted_wait({"X-RateLimit-Remaining-Tokens": "0", "X-RateLimit-Reset-Tokens": "250ms"}, 10) == 0.25

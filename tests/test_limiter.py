@@ -853,3 +853,89 @@ def test_two_threads_two_loops_real_time() -> None:
     # asyncio may fire a timer a clock tick early; the limiter lets up to 1 ms pass
     assert all(at >= start - 0.0011 for at, start in granted)
     assert time.monotonic() - began < 5
+
+
+# -- the server's window, from limit + remaining + reset ------------------------------------
+
+
+def window_headers(rpm: int, remaining: int, reset: str) -> dict[str, str]:
+    return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": reset}  # fmt: skip
+
+
+async def after_the_probe(limiter: RateLimiter, clock: FakeClock, headers: dict[str, str], n: int) -> list[float]:
+    """The probe answered with ``headers``; when ``n`` requests queued behind it start."""
+    probe = await limiter.acquire(0)
+    waiters = [asyncio.create_task(limiter.acquire(0)) for _ in range(n)]
+    await settle_tasks()
+    limiter.observe(headers)
+    limiter.settle(probe, 0)
+    done = await asyncio.gather(*waiters)
+    return [r.start or 0.0 for r in done]
+
+
+def test_a_server_holding_a_minute_opens_the_burst_at_once_instead_of_ramping() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    # 1,199 left, full again in 50 ms: the server's bucket holds 1,200 (a minute's worth)
+    starts = run(lambda: after_the_probe(limiter, clock, window_headers(1200, 1199, "50ms"), 300))
+    assert starts == [0.0] * 300  # half the server's window may go at once
+    assert limiter.stats.pauses == 0
+
+    # Without the reset header, the same limit ramps: a 0.5 s burst (10; the probe went
+    # before the limit was known), then 20 per second.
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    headers = window_headers(1200, 1199, "50ms")
+    del headers["x-ratelimit-reset-requests"]
+    starts = run(lambda: after_the_probe(limiter, clock, headers, 300))
+    assert starts[:10] == [0.0] * 10 and starts[-1] == pytest.approx((300 - 10) / 20)
+
+
+def test_a_server_holding_one_second_keeps_the_usual_burst() -> None:
+    # 19 left, full again in 50 ms: the server holds 20 requests; half of it is the 0.5 s burst
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    starts = run(lambda: after_the_probe(limiter, clock, window_headers(1200, 19, "50ms"), 30))
+    assert starts[:10] == [0.0] * 10
+    assert starts[10:] == pytest.approx([k / 20 for k in range(1, 21)])
+
+
+def test_the_window_opens_to_what_the_server_has_left_less_what_is_in_flight() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    limiter.remember(1200, None)  # an earlier process learned the limit, not the window
+
+    async def main() -> list[float]:
+        sent = [await limiter.acquire(0) for _ in range(10)]  # the usual burst, in flight
+        assert clock.now == 0.0
+        # the first reply: the server has 100 left of a 1,200 window (full in 55 s)
+        limiter.observe(window_headers(1200, 100, "55s"))
+        limiter.settle(sent[0], 0)
+        return await start_times(limiter, clock, [0] * 95)
+
+    starts = run(main)
+    # 100 left, 10 in flight when the reply is read (maybe not counted yet): 90 go at once,
+    # then 20 per second
+    assert starts[:90] == [0.0] * 90
+    assert starts[90:] == pytest.approx([k / 20 for k in range(1, 6)])
+
+
+def test_a_given_rpm_below_the_servers_keeps_the_usual_burst() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(rpm=600, probe=True, burst_seconds=1.0)
+    starts = run(lambda: after_the_probe(limiter, clock, window_headers(1200, 1199, "50ms"), 20))
+    assert starts[:9] == [0.0] * 9  # 10 in the bucket of 600 RPM, the probe took one
+    assert starts[9:] == pytest.approx([k / 10 for k in range(1, 12)])
+
+
+def test_remaining_still_lowers_a_window_opened_earlier() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+
+    async def main() -> list[float]:
+        await after_the_probe(limiter, clock, window_headers(1200, 1199, "50ms"), 0)
+        limiter.observe(window_headers(1200, 0, "60s"))  # another client spent it all
+        return await start_times(limiter, clock, [0] * 3)
+
+    assert run(main) == pytest.approx([0.05, 0.10, 0.15])

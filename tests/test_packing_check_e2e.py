@@ -87,6 +87,21 @@ def test_the_verdict_is_remembered_for_the_same_task(fake_server_factory: Any) -
     assert server.stats.requests == _check.REMEMBERED_WARMUP_ROWS + 5
 
 
+def test_a_remembered_verdict_packs_while_the_canaries_are_seeded(fake_server_factory: Any) -> None:
+    # The size is known: packed requests need not wait for the warm-up's one-row answers.
+    server = fake_server_factory()
+    run(server, countries(100))
+    server.configure(latency=0.3)
+    server.reset_stats()
+    got, _ = run(server, countries(100, "other"))
+    assert got == want(countries(100, "other"))
+    log = server.stats.snapshot()["log"]
+    alone = [r for r in log if r.n_items == 1]
+    packed = [r for r in log if r.n_items > 1]
+    assert len(alone) == _check.REMEMBERED_WARMUP_ROWS and len(packed) == 5
+    assert min(r.t_start for r in packed) < min(r.t_end for r in alone)  # sent before any came back
+
+
 def test_a_refusal_is_remembered_too(fake_server_factory: Any) -> None:
     server = fake_server_factory(degrade=Degrade(error_per_item=0.0, shift_after=3))
     with warnings.catch_warnings():

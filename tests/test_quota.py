@@ -42,3 +42,29 @@ def test_invalid_limits_are_refused_before_anything_changes(bad: object) -> None
     with pytest.raises(ConfigError):
         quota.give(rpm=60, tpm=bad)  # type: ignore[arg-type]
     assert (quota.rpm, quota.tpm) == (None, 6000)
+
+
+# -- the server's window ----------------------------------------------------------------------
+
+
+def _seen(rpm: float, remaining: float, reset: float) -> RateLimitHeaders:
+    return RateLimitHeaders(Window(limit=rpm, remaining=remaining, reset=reset), Window())
+
+
+def test_the_window_is_the_largest_seen_for_the_limit_in_force() -> None:
+    quota = Quota(None, None)
+    assert quota.windows == (None, None)
+    quota.learn(_seen(1200, 1199, 0.05))
+    assert quota.windows == (pytest.approx(1200.0), None)
+    quota.learn(_seen(1200, 0, 0.5))  # a reading of a busier moment says less: the largest stays
+    assert quota.windows[0] == pytest.approx(1200.0)
+    quota.learn(_seen(600, 0, 1.0))  # a new limit: its window is read afresh
+    assert quota.windows[0] == pytest.approx(10.0)
+
+
+def test_a_given_limit_below_the_servers_has_no_window() -> None:
+    quota = Quota(rpm=600, tpm=None)
+    quota.learn(_seen(1200, 1199, 0.05))
+    assert quota.rpm == 600 and quota.windows == (None, None)
+    quota.give(rpm=1200, tpm=None)
+    assert quota.windows[0] == pytest.approx(1200.0)

@@ -185,6 +185,40 @@ def test_a_429_without_retry_after_pauses_by_the_fallback() -> None:
     assert 0.375 <= limiter.stats.paused_seconds <= 0.5  # the first retry's backoff
 
 
+@pytest.mark.parametrize(
+    ("headers", "pause"),
+    [
+        # out of requests at 600 RPM (10/s): room for one again in 0.1 s, not at the reset
+        ({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
+          "x-ratelimit-reset-requests": "6s"}, 0.1),
+        # 40 of the 100 tokens left at 6,000 TPM (100/s): the other 60 in 0.6 s
+        ({"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "40",
+          "x-ratelimit-reset-tokens": "59.4s"}, 0.6),
+        # no limit stated: the reset is all there is to go by
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2.5s"}, 2.5),
+        # both out: the longer wait
+        ({"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
+          "x-ratelimit-reset-requests": "6s", "x-ratelimit-limit-tokens": "6000",
+          "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1s"}, 1.0),
+    ],
+)  # fmt: skip
+def test_a_429_without_retry_after_waits_until_its_window_has_room(headers: dict[str, str], pause: float) -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(rpm=600, tpm=60_000)
+    run(lambda: fail_once(limiter, http_error(429, **headers)))  # the fallback would be 1.5 s
+    assert limiter.stats.paused_seconds == pytest.approx(pause)
+
+
+def test_a_429_whose_windows_have_room_pauses_by_the_fallback() -> None:
+    # The headers say there is room (another sharer's burst, or a window of another kind):
+    # nothing to go by but the backoff.
+    headers = {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"}
+    clock = FakeClock()
+    limiter = clock.limiter(rpm=600, tpm=60_000)
+    run(lambda: fail_once(limiter, http_error(429, **headers)))
+    assert limiter.stats.paused_seconds == pytest.approx(1.5)
+
+
 def test_a_429_that_waiting_cannot_cure_keeps_the_estimate_without_a_pause() -> None:
     start, limiter = after(lambda lim: fail_once(lim, OUT_OF_CREDIT), tpm=6000)
     assert start == pytest.approx(1.0)
