@@ -22,6 +22,7 @@ import polars as pl
 from ._cache_log import fold_orphans, list_logs, log_is_live, read_logs, remove_orphans
 from ._cache_schema import COLUMNS
 from ._cache_segments import compact, count_rows, list_segments, read_segments
+from ._dask_report import clear_runs, runs_info
 from ._embed_admin import clear_embeddings, compact_embeddings, embeddings_info
 from ._errors import ConfigError
 
@@ -114,7 +115,8 @@ def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     ``log_bytes``. Records count those in logs. The embeddings are the ``embedding_*``
     keys: ``embedding_segments``, ``embedding_records``, ``embedding_keys``,
     ``embedding_dims``, ``embedding_models``, ``embedding_bytes``, ``embedding_logs``,
-    ``embedding_orphaned_logs`` and ``embedding_log_bytes``. Example::
+    ``embedding_orphaned_logs`` and ``embedding_log_bytes``. ``dask_runs`` and
+    ``dask_run_bytes``: the report folders of Dask runs in ``_runs/``. Example::
 
         llmframe.cache_info("answers-cache")["records"]   # 90211
     """
@@ -139,6 +141,7 @@ def cache_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         "orphaned_logs": sum(not log_is_live(folder / name) for name in logs),
         "log_bytes": sum(logs.values()),
         **embeddings_info(folder),
+        **runs_info(folder),
     }
 
 
@@ -147,15 +150,15 @@ def clear_cache(path: str | os.PathLike[str] | None = None) -> int:
     answer logs dead processes left, and return how many files; the CLI's ``cache clear``.
 
     Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``, and the
-    embeddings' ``_embeddings/seg-*.arrow``) and logs (``.log-<pid>-<uuid8>-<host>.arrows``)
-    are removed; anything else in the folder
+    embeddings' ``_embeddings/seg-*.arrow``), logs (``.log-<pid>-<uuid8>-<host>.arrows``)
+    and Dask runs' reports (``_runs/<run>/part-*.json``) are removed; anything else in the folder
     is left alone, and so are the logs of running processes, which write their
     answers to segments as they go. Example::
 
         llmframe.clear_cache("answers-cache")   # 412
     """
     folder = _folder(path)
-    removed = remove_orphans(folder) + clear_embeddings(folder)
+    removed = remove_orphans(folder) + clear_embeddings(folder) + clear_runs(folder)
     for name in list_segments(folder):
         try:
             os.remove(folder / name)
