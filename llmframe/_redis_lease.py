@@ -26,7 +26,7 @@ import threading
 import weakref
 from typing import Protocol
 
-__all__ = ["Sharer", "start_heartbeat", "track", "untrack"]
+__all__ = ["Sharer", "close_all", "start_heartbeat", "track", "untrack"]
 
 
 class Sharer(Protocol):
@@ -78,7 +78,8 @@ def _after_fork_in_child() -> None:
         sharer.after_fork()
 
 
-def _close_all() -> None:
+def close_all() -> None:
+    """Every sharer of this process leaves (at exit; or before its Redis is stopped on purpose)."""
     for sharer in list(_LIVE):
         with contextlib.suppress(Exception):  # Redis gone at exit: the lease runs out instead
             sharer.close()
@@ -86,4 +87,4 @@ def _close_all() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_all)
+atexit.register(close_all)
