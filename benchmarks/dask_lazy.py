@@ -73,7 +73,8 @@ def _timed(run: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, client: Any = None) -> int:
+    """The benchmark; on ``client``'s cluster if given (the smoke test's), else on a new one."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_standard_arguments(parser)
     parser.add_argument("--rpm", type=float, default=600.0)
@@ -90,11 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(run_header(command, datetime.now(timezone.utc), machine()))
     pdf = reviews(n)
     expected = [expected_answer(TEMPLATE.format(review=r)) for r in pdf["review"]]
-    with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cl, \
-            distributed.Client(cl) as client, tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        if client is None:
+            cluster = stack.enter_context(distributed.LocalCluster(
+                n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None))  # fmt: skip
+            client = stack.enter_context(distributed.Client(cluster))
         client.run(warm)  # each worker imports llmframe and loads its tokenizer off the clock
-        throughput = [] if args.quota_only else _throughput(pdf, n, expected, client, tmp, args.workers)
+        workers = len(client.scheduler_info()["workers"])
+        throughput = [] if args.quota_only else _throughput(pdf, n, expected, client, tmp, workers)
         quota, table = quota_table(client, scaled(4_000, args.scale, minimum=100), args.rpm)
         print(table)
     save_json("dask_lazy", {"command": command, "machine": machine(), "rows": n, "rpm": args.rpm,
@@ -176,16 +181,21 @@ def quota_table(client: Any, rows: int, rpm: float) -> tuple[list[dict[str, Any]
                 seconds = time.perf_counter() - start
                 if "redis" in name:  # the workers' limiters leave before their Redis stops
                     client.run(_leave_redis)
-                assert out["answer"].tolist() == [expected_answer(TEMPLATE.format(review=r)) for r in part["review"]]
+                # Rows can fail here: a limiter per worker runs into 429s until the retries run out.
+                correct = sum(a == expected_answer(TEMPLATE.format(review=r))
+                              for a, r in zip(out["answer"], part["review"], strict=True))  # fmt: skip
                 stats = server.stats
                 rates = achieved_rates(stats.snapshot()["log"], rpm=rpm, tpm=None, burst_seconds=1.0)
                 binding = "" if rates.binding_fraction is None else f"{rates.binding_fraction:.0%}"
                 share = stats.rate_limited / max(1, stats.requests)
-                quota.append([name, len(part), stats.requests, stats.rate_limited, f"{share:.1%}", binding, seconds])
+                quota.append([name, len(part), stats.requests, stats.rate_limited, f"{share:.1%}", binding,
+                              f"{correct / len(part):.1%}", seconds])  # fmt: skip
                 results.append({"run": name, "rows": len(part), "requests": stats.requests, "seconds": seconds,
+                                "correct": correct,
                                 "rate_limited": stats.rate_limited, "share_429": share,
                                 "binding_fraction": rates.binding_fraction})  # fmt: skip
-    table = format_table(["run", "rows", "requests", "429s", "429 share", "binding limit", "seconds"], quota)
+    table = format_table(["run", "rows", "requests", "429s", "429 share", "binding limit", "correct", "seconds"],
+                         quota)  # fmt: skip
     return results, f"\nrpm={rpm:g} given, the server's limit too (a 1 s burst):\n{table}"
 
 

@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -63,7 +64,8 @@ def _memory(client: Any) -> dict[str, int]:
     return {address: int(rss) for address, rss in client.run(current_rss).items()}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, client: Any = None) -> int:
+    """The benchmark; on ``client``'s cluster if given (the smoke test's), else on a new one of ``--workers``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_standard_arguments(parser)
     parser.add_argument("--workers", type=int, default=4)
@@ -100,9 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs.append({"run": "1 local process (pandas, baseline)", "rows": n, "requests": requests_after - requests,
                      "seconds": seconds, "server_cpu_seconds": cpu_after - cpu, "peak_bytes": [peak_rss()],
                      "before_bytes": []})  # fmt: skip
+        print(f"local: {seconds:.1f} s", flush=True)  # a long run shows its progress
         del out
-        with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None))  # fmt: skip
+                client = stack.enter_context(distributed.Client(cluster))
+            args.workers = len(client.scheduler_info()["workers"])
             client.run(warm)
             before = _memory(client)
             ddf = dd.from_pandas(pdf, npartitions=args.partitions)
@@ -113,22 +120,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert got["answer"].tolist() == expected, "a wrong answer in the Dask run"
             cpu_after, requests_after = server.cpu()
             peaks = client.run(peak_rss)
+            print(f"Dask: {seconds:.1f} s", flush=True)
             runs.append({"run": f"Dask, {args.workers} worker processes, {args.partitions} partitions", "rows": n,
                          "requests": requests_after - requests, "seconds": seconds,
                          "server_cpu_seconds": cpu_after - cpu, "peak_bytes": sorted(peaks.values()),
                          "before_bytes": sorted(before.values())})  # fmt: skip
+            base = runs[0]["seconds"]
+            for run in runs:
+                run["rows_per_second"] = run["rows"] / run["seconds"]
+                run["x_local"] = base / run["seconds"]
+            rows = [[r["run"], r["rows"], r["requests"], f"{r['seconds']:.1f}", f"{r['rows_per_second']:,.0f}",
+                     f"{r['x_local']:.2f}", f"{r['server_cpu_seconds']:.1f}",
+                     " / ".join(_mb(b) for b in r["peak_bytes"]),
+                     " / ".join(_mb(b) for b in r["before_bytes"]) or "-"] for r in runs]  # fmt: skip
+            print(f"\n{n:,} rows, batch_size={args.batch_size}, uncached, zero-latency server in its own process, no limits:")
+            print(format_table(["run", "rows", "requests", "seconds", "rows/s", "x local", "server CPU s",
+                                "peak MB per process", "MB before the run"], rows))  # fmt: skip
             quota = quota_table(client, args.quota_rows, args.rpm) if not args.no_quota else None
-    base = runs[0]["seconds"]
-    for run in runs:
-        run["rows_per_second"] = run["rows"] / run["seconds"]
-        run["x_local"] = base / run["seconds"]
-    rows = [[r["run"], r["rows"], r["requests"], f"{r['seconds']:.1f}", f"{r['rows_per_second']:,.0f}",
-             f"{r['x_local']:.2f}", f"{r['server_cpu_seconds']:.1f}",
-             " / ".join(_mb(b) for b in r["peak_bytes"]),
-             " / ".join(_mb(b) for b in r["before_bytes"]) or "-"] for r in runs]  # fmt: skip
-    print(f"\n{n:,} rows, batch_size={args.batch_size}, uncached, zero-latency server in its own process, no limits:")
-    print(format_table(["run", "rows", "requests", "seconds", "rows/s", "x local", "server CPU s",
-                        "peak MB per process", "MB before the run"], rows))  # fmt: skip
     if quota is not None:
         print(quota[1])
     save_json("scale_out", {"command": command, "machine": machine(), "rows": n, "workers": args.workers,

@@ -280,20 +280,24 @@ def test_claims_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_dask_lazy_and_scale_out_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("distributed")
+    distributed = pytest.importorskip("distributed")
     from benchmarks import dask_lazy, scale_out
 
-    assert dask_lazy.main(["--scale", "0.005", "--workers", "2", "--rpm", "6000", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "command: python -m benchmarks.dask_lazy --scale 0.005" in printed and "429 share" in printed
+    # One LocalCluster of 2 processes for both (each would start its own): the plumbing, every answer.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:  # fmt: skip
+        argv = ["--scale", "0.005", "--rpm", "6000", "--out", str(tmp_path)]
+        assert dask_lazy.main(argv, client=client) == 0
+        printed = capsys.readouterr().out
+        assert "command: python -m benchmarks.dask_lazy --scale 0.005" in printed and "429 share" in printed
+        argv = ["--scale", "0.0002", "--partitions", "3", "--quota-rows", "20", "--rpm", "6000", "--out", str(tmp_path)]
+        assert scale_out.main(argv, client=client) == 0
     [saved] = tmp_path.glob("dask_lazy-*.json")
     result = json.loads(saved.read_text())
     assert [t["run"] for t in result["throughput"]][:2] == ["pandas eager (baseline)", "dask, 2 processes, 8 partitions"]
     assert [q["run"] for q in result["quota"]][:3] == ["pandas eager", "dask, 2 processes",
                                                        "dask, 2 processes, limiter='machine'"]  # fmt: skip
     assert all(q["rows"] == 100 and q["requests"] >= 1 for q in result["quota"])
-    argv = ["--scale", "0.0002", "--workers", "2", "--partitions", "3", "--no-quota", "--out", str(tmp_path)]
-    assert scale_out.main(argv) == 0
     printed = capsys.readouterr().out
     assert "command: python -m benchmarks.scale_out --scale 0.0002" in printed and "x local" in printed
     [saved] = tmp_path.glob("scale_out-*.json")
@@ -301,3 +305,4 @@ def test_dask_lazy_and_scale_out_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     local, dask = result["runs"]
     assert local["rows"] == dask["rows"] == 200 and dask["requests"] >= 2  # every answer checked inside
     assert len(dask["peak_bytes"]) == 2 and all(peak > 10**7 for peak in dask["peak_bytes"])  # VmHWM of each worker
+    assert [q["rows"] for q in result["quota"]] == [20] * len(result["quota"])
