@@ -24,7 +24,8 @@ from typing import Any
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).parent.parent
 
-BENCHMARKS = ["rate_limits", "processes", "packing", "structured", "cache", "calibration", "throughput", "embeddings", "durability", "batch"]
+BENCHMARKS = ["rate_limits", "processes", "packing", "structured", "cache", "calibration", "throughput", "embeddings",
+              "durability", "claims", "dask_lazy", "scale_out", "batch"]  # fmt: skip
 
 
 def _newest(pattern: str) -> dict[str, Any] | None:
@@ -169,6 +170,45 @@ def _batch(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     )]  # fmt: skip
 
 
+def _claims(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    by = {r["claims"]: r for r in d["results"]}
+    return [(
+        f"claims: two processes, {d['shared']:,} shared rows into one cache folder",
+        f"shared rows asked twice: {by[True]['shared_asked_twice']} with claims, {by[False]['shared_asked_twice']} "
+        f"without; a claim {d['cost']['per_row_us']:.1f} us per row",
+        f"target 0 ({'ok' if by[True]['shared_asked_twice'] == 0 else 'MISSED'})",
+    )]  # fmt: skip
+
+
+def _quota_rows(name: str, quota: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    rows = []
+    for q in quota:
+        shared = "limiter=" in q["run"]
+        binding = q["binding_fraction"] or 0.0
+        ok = binding >= 0.9 and q["share_429"] <= 0.01
+        rows.append((f"{name}: quota, {q['run']}" + ("" if shared else " (baseline)"),
+                     f"{q['share_429']:.1%} 429s, {binding:.0%} of the binding limit",
+                     f"target >= 90%, <= 1% ({'ok' if ok else 'MISSED'})" if shared else ""))  # fmt: skip
+    return rows
+
+
+def _dask_lazy(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"dask_lazy: {t['run']}", f"{t['seconds']:.1f} s, {t['x eager']:.2f}x eager", "")
+            for t in d["throughput"]]  # fmt: skip
+    return rows + _quota_rows("dask_lazy", d["quota"])
+
+
+def _scale_out(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    local, dask = d["runs"]
+    cores = d["machine"].get("cores") or 0
+    return [(
+        f"scale_out: {d['rows']:,} rows, {d['workers']} Dask workers vs 1 process",
+        f"{dask['x_local']:.2f}x, peak {max(dask['peak_bytes']) / 1e6:,.0f} MB per worker "
+        f"({local['peak_bytes'][0] / 1e6:,.0f} MB the local process)",
+        "" if cores > d["workers"] else f"{cores} cores: contention, not scale-out",
+    ), *_quota_rows("scale_out", d["quota"])]  # fmt: skip
+
+
 SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]]] = {
     "rate_limits": ("rate_limits-*.json", _rate_limits),
     "processes": ("processes-*.json", _processes),
@@ -180,6 +220,9 @@ SUMMARIES: dict[str, tuple[str, Callable[[dict[str, Any]], list[tuple[str, str, 
     "embeddings": ("embeddings-*.json", _embeddings),
     "durability": ("durability-*.json", _durability),
     "batch": ("batch-*.json", _batch),
+    "claims": ("claims-*.json", _claims),
+    "dask_lazy": ("dask_lazy-*.json", _dask_lazy),
+    "scale_out": ("scale_out-*.json", _scale_out),
 }
 
 
@@ -198,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--rows", str(max(10_000, int(1_000_000 * args.scale)))]
             elif name == "durability":
                 cmd += ["--rows", str(max(200, int(3_000 * args.scale)))]
+            elif name == "claims":
+                cmd += ["--shared", str(max(100, int(1_500 * args.scale))), "--own", str(max(10, int(100 * args.scale)))]
             else:
                 cmd += ["--scale", str(args.scale)]
             print(f"\n$ {' '.join(cmd[1:])}", flush=True)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import command_line, format_table
+from benchmarks._common import OUT_DIR, command_line, format_table, machine, save_json
 from llmframe._claims import ClaimStore
 from llmframe._claims_run import CLAIM_CHUNK
 from llmframe.testing import FakeServer, expected_answer
@@ -133,8 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shared", type=int, default=1500)
     parser.add_argument("--own", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder for the JSON results")
     args = parser.parse_args(argv)
-    print(f"command: {command_line('benchmarks.claims', argv)}")
+    command = command_line("benchmarks.claims", argv)
+    print(f"command: {command}")
     seen: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -153,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "answered elsewhere", "waited s"], rows))  # fmt: skip
     print(f"a claim of {CLAIM_CHUNK} keys: {cost['claim_ms']:.2f} ms ({cost['per_row_us']:.1f} µs per row); "
           f"refresh {cost['refresh_ms']:.2f} ms; release of {CLAIM_CHUNK} keys {cost['release_ms']:.2f} ms")  # fmt: skip
+    save_json("claims", {"command": command, "machine": machine(), "shared": args.shared, "own": args.own,
+                         "results": results, "cost": cost}, args.out)  # fmt: skip
     return 0
 
 

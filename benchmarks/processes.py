@@ -96,16 +96,19 @@ def targets(outcome: Outcome) -> dict[str, bool]:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A ``redis-server`` on a free loopback port, without persistence: its ``redis://`` URL."""
+def redis_server(port: int | None = None, password: str | None = None) -> Iterator[str]:
+    """A ``redis-server`` on ``port`` (default: a free one) of loopback, without persistence,
+    asking for ``password`` if given: its ``redis://`` URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    auth = ["--requirepass", password] if password else []
     server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *auth],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -114,14 +117,14 @@ def redis_server() -> Iterator[str]:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    if conn.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # up (and asking for the password)
                         break
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {port}")
             time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
     finally:
         server.terminate()
         server.wait(timeout=10)

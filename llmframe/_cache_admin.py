@@ -27,6 +27,7 @@ from ._cache_fs import CacheLocation, is_url, local_folder, open_remote, redact
 from ._cache_log import fold_orphans, list_logs, log_is_live, read_logs, remove_orphans
 from ._cache_schema import COLUMNS
 from ._cache_segments import compact, count_rows
+from ._dask_report import clear_runs, runs_info
 from ._embed_admin import clear_embeddings, compact_embeddings, embeddings_info
 from ._errors import ConfigError
 
@@ -145,7 +146,8 @@ def cache_info(
     ``log_bytes``. Records count those in logs. The embeddings are the ``embedding_*``
     keys: ``embedding_segments``, ``embedding_records``, ``embedding_keys``,
     ``embedding_dims``, ``embedding_models``, ``embedding_bytes``, ``embedding_logs``,
-    ``embedding_orphaned_logs`` and ``embedding_log_bytes``. Example::
+    ``embedding_orphaned_logs`` and ``embedding_log_bytes``. ``dask_runs`` and
+    ``dask_run_bytes``: the report folders of Dask runs in ``_runs/``. Example::
 
         llmframe.cache_info("answers-cache")["records"]   # 90211
     """
@@ -170,6 +172,7 @@ def cache_info(
         "orphaned_logs": sum(not log_is_live(where.logs / name) for name in logs),
         "log_bytes": sum(logs.values()),
         **embeddings_info(where.local),
+        **runs_info(where.local),
     }
 
 
@@ -178,15 +181,15 @@ def clear_cache(path: str | os.PathLike[str] | None = None, *, cache_options: Ma
     answer logs dead processes left, and return how many files; the CLI's ``cache clear``.
 
     Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``, and the
-    embeddings' ``_embeddings/seg-*.arrow``) and logs (``.log-<pid>-<uuid8>-<host>.arrows``)
-    are removed; anything else in the folder
+    embeddings' ``_embeddings/seg-*.arrow``), logs (``.log-<pid>-<uuid8>-<host>.arrows``)
+    and Dask runs' reports (``_runs/<run>/part-*.json``) are removed; anything else in the folder
     is left alone, and so are the logs of running processes, which write their
     answers to segments as they go. Example::
 
         llmframe.clear_cache("answers-cache")   # 412
     """
     where = _location(path, cache_options)
-    removed = remove_orphans(where.logs) + clear_embeddings(where.local)
+    removed = remove_orphans(where.logs) + clear_embeddings(where.local) + clear_runs(where.local)
     for name in where.segments.sizes():
         where.segments.remove(name)
         removed += 1

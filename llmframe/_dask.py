@@ -25,7 +25,7 @@ from typing import Any
 
 from ._cache_admin import resolve_cache_dir
 from ._config import Options
-from ._dask_report import write_part
+from ._dask_report import RUNS, prune_runs, write_part
 from ._errors import ConfigError, RunError
 from ._lazy import Kind, LazyCall, plan_call
 from ._report import RunReport
@@ -91,8 +91,9 @@ def dask_call(ddf: Any, kind: Kind, template: str, arguments: Mapping[str, Any])
     own = {k: v for k, v in arguments.items() if k not in options}
     opts, meta, _ = plan_call(ddf._meta, kind, template, arguments)
     folder = resolve_cache_dir(opts.cache)
-    run = uuid.uuid4().hex[:16]
-    reports = (folder / "_runs" if folder is not None else _temp_runs()) / run
+    runs = folder / RUNS if folder is not None else _temp_runs()
+    prune_runs(runs)  # the folders of runs whose report nobody read, a day on
+    reports = runs / uuid.uuid4().hex[:16]
     sent = _sent_options(given, opts, folder)
     _check_pickles(own)
     call = LazyCall(kind, template, {**own, **sent})

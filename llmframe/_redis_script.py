@@ -2,7 +2,12 @@
 
 :class:`~llmframe._redis_limiter.RedisLimiter` runs each of its steps as one
 call of this script (``EVALSHA``), so Redis serializes them: no lock, no
-read-modify-write race between machines. The arithmetic is that of
+read-modify-write race between machines. The alternative, the machine
+limiter's "lock, load, compute, store" with the state blob in Redis, reuses
+the Python schedule but costs a lock and two round trips per step, four steps
+per request, and a lock held across the network serializes every machine's
+steps behind the slowest; Redis runs scripts one at a time, so with the
+script there is no lock to wait for. The arithmetic is that of
 :mod:`._bucket` and :mod:`._schedule`, ported line for line: two token
 buckets, each kept as the time it is full again (``rq_*`` requests, ``tk_*``
 tokens), the FIFO anchor, the 429 pause; and that of :mod:`._quota`: the
@@ -21,13 +26,24 @@ Four keys per endpoint, one hash slot (``{...}``):
 - ``KEYS[4]`` given: token -> the limits that sharer was given.
 
 ``ARGV`` is ``op, now, burst_seconds, token, ...``; the reply is
-``rpm, tpm, probing, learned, ...`` (numbers as strings: Lua's would be cut to
-integers), then what the op returns.
+``rpm, tpm, probing, learned, reset_requests, reset_tokens, sharers`` (numbers
+as strings: Lua's would be cut to integers; ``sharers`` the leases held), then
+what the op returns.
 """
 
 from __future__ import annotations
 
-__all__ = ["SCRIPT"]
+__all__ = ["SCRIPT", "arg", "num"]
+
+
+def arg(value: float | None) -> str:
+    """A number as the script takes it in ``ARGV`` ("" for none)."""
+    return "" if value is None else repr(float(value))
+
+
+def num(value: bytes) -> float | None:
+    """A number of the script's reply (b"" for none)."""
+    return float(value) if value else None
 
 SCRIPT = r"""
 local STATE, WAITING, SHARERS, GIVEN = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -254,7 +270,7 @@ end
 
 local rpm, tpm = limits()
 local status = {fmt(rpm), fmt(tpm), probing() and '1' or '0', S.learned == 1 and '1' or '0',
-                fmt(S.reset_rq), fmt(S.reset_tk)}
+                fmt(S.reset_rq), fmt(S.reset_tk), tostring(redis.call('ZCARD', SHARERS))}
 for _, v in ipairs(out) do table.insert(status, v) end
 return status
 """

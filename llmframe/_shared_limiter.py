@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import _limits_store
 from ._errors import ConfigError
 from ._limiter import RateLimiter
-from ._redis_limiter import is_redis_url
+from ._redis_names import is_redis_url
 
 __all__ = ["LIMITER_KINDS", "SHARED_BURST_SECONDS", "shared_limiter"]
 

@@ -23,16 +23,29 @@ except ImportError as exc:  # pragma: no cover - exercised in a process without 
     ) from exc
 
 from ._dask import RUN, dask_call
-from ._dask_report import read_run
+from ._dask_report import take_run
 from ._report import RunReport
 
 __all__ = ["DaskLLM", "report_of"]
 
+#: The attribute keeping a run's merged report once its folder is gone.
+_MERGED = "_llmframe_report"
+
 
 def report_of(ddf: Any) -> RunReport | None:
-    """The merged report of the partitions of ``ddf`` computed so far (``ddf.llm.report``)."""
-    folder = getattr(ddf, "__dict__", {}).get(RUN)
-    return read_run(folder) if isinstance(folder, str) else None
+    """The merged report of the partitions of ``ddf`` computed so far (``ddf.llm.report``).
+
+    Once every partition has stored its report, the run's folder is removed and the
+    merged report kept on ``ddf``; a later compute of ``ddf`` stores new ones, read next.
+    """
+    state = getattr(ddf, "__dict__", {})
+    folder = state.get(RUN)
+    if not isinstance(folder, str):
+        return None
+    report, whole = take_run(folder, ddf.npartitions)
+    if whole:
+        state[_MERGED] = report
+    return report if report is not None else state.get(_MERGED)
 
 
 @dd.extensions.register_dataframe_accessor("llm")
@@ -71,5 +84,6 @@ class DaskLLM:
 
         Read from the run's folder (``<cache>/_runs/<run id>/``), where each partition
         stores its own: rows, cached, failed, requests, 429s, tokens and cost add up.
+        The folder is removed once every partition's report is in it and read.
         """
         return report_of(self._ddf)

@@ -281,3 +281,42 @@ def test_batch_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert live["mode"] == "live" and through_batch["mode"] == "batch"
     assert live["correct"] == through_batch["correct"] == 200
     assert through_batch["batches"] == 1 and through_batch["live_requests"] == 0
+
+
+def test_claims_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import claims
+
+    assert claims.main(["--shared", "40", "--own", "5", "--out", str(tmp_path)]) == 0
+    assert "command: python -m benchmarks.claims --shared 40" in capsys.readouterr().out
+    [saved] = tmp_path.glob("claims-*.json")
+    by_claims = {r["claims"]: r for r in json.loads(saved.read_text())["results"]}
+    assert by_claims[True]["shared_asked_twice"] == 0 and by_claims[True]["asked"] == 50
+
+
+def test_dask_lazy_and_scale_out_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    distributed = pytest.importorskip("distributed")
+    from benchmarks import dask_lazy, scale_out
+
+    # One LocalCluster of 2 processes for both (each would start its own): the plumbing, every answer.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:  # fmt: skip
+        argv = ["--scale", "0.005", "--rpm", "6000", "--out", str(tmp_path)]
+        assert dask_lazy.main(argv, client=client) == 0
+        printed = capsys.readouterr().out
+        assert "command: python -m benchmarks.dask_lazy --scale 0.005" in printed and "429 share" in printed
+        argv = ["--scale", "0.0002", "--partitions", "3", "--quota-rows", "20", "--rpm", "6000", "--out", str(tmp_path)]
+        assert scale_out.main(argv, client=client) == 0
+    [saved] = tmp_path.glob("dask_lazy-*.json")
+    result = json.loads(saved.read_text())
+    assert [t["run"] for t in result["throughput"]][:2] == ["pandas eager (baseline)", "dask, 2 processes, 8 partitions"]
+    assert [q["run"] for q in result["quota"]][:3] == ["pandas eager", "dask, 2 processes",
+                                                       "dask, 2 processes, limiter='machine'"]  # fmt: skip
+    assert all(q["rows"] == 100 and q["requests"] >= 1 for q in result["quota"])
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.scale_out --scale 0.0002" in printed and "x local" in printed
+    [saved] = tmp_path.glob("scale_out-*.json")
+    result = json.loads(saved.read_text())
+    local, dask = result["runs"]
+    assert local["rows"] == dask["rows"] == 200 and dask["requests"] >= 2  # every answer checked inside
+    assert len(dask["peak_bytes"]) == 2 and all(peak > 10**7 for peak in dask["peak_bytes"])  # VmHWM of each worker
+    assert [q["rows"] for q in result["quota"]] == [20] * len(result["quota"])

@@ -86,6 +86,7 @@ def test_cache_info(tmp_path: Path) -> None:
     info = cache_info(tmp_path)
     embeddings = {k: info.pop(k) for k in list(info) if k.startswith("embedding_")}
     assert embeddings["embedding_segments"] == embeddings["embedding_records"] == 0  # test_embed_cache.py
+    assert (info.pop("dask_runs"), info.pop("dask_run_bytes")) == (0, 0)  # test_dask_runs.py
     assert info == {
         "folder": str(tmp_path),
         "segments": 2,

@@ -200,21 +200,30 @@ def test_mistakes_are_found_when_the_graph_is_built(fake_server: FakeServer) -> 
 
 def test_a_worker_killed_mid_run_loses_no_row(fake_server_factory: Any, cluster: Any, tmp_path: Path) -> None:
     """SIGKILL the worker process running a partition while its requests are in flight: Dask
-    runs the partition again elsewhere, and every row has its own answer."""
+    runs the partition again elsewhere, every row has its own answer, and the only rows paid
+    twice are those the dead worker had in flight (what had arrived was in its answer log)."""
     server = fake_server_factory(latency=0.05)
     ddf = frame(80, partitions=4)
-    out = ddf.llm.apply(TEMPLATE, batch_size=1, max_concurrency=2, cache=str(tmp_path / "c"), **opts(server))
+    batch_size, concurrency = 1, 2
+    out = ddf.llm.apply(TEMPLATE, batch_size=batch_size, max_concurrency=concurrency, cache=str(tmp_path / "c"),
+                        **opts(server))  # fmt: skip
     future = cluster.compute(out)
     deadline = time.monotonic() + 10
-    while server.stats.requests < 10 and time.monotonic() < deadline:
+    while server.stats.items < 12 and time.monotonic() < deadline:
         time.sleep(0.01)
     busy = [address for address, tasks in cluster.processing().items() if tasks]
     pids = cluster.run(os.getpid, workers=busy[:1])
     os.kill(next(iter(pids.values())), signal.SIGKILL)
+    answered_before_the_kill = server.stats.items
     got = future.result(timeout=60)
     assert got["answer"].tolist() == [expected_answer(TEMPLATE.format(review=f"review number {i}"))
                                       for i in range(80)]  # fmt: skip
-    assert out.llm.report.rows == 80  # the partition run again replaced its own report
+    assert answered_before_the_kill < 80  # killed mid-run, not after it
+    paid_twice = server.stats.items - 80  # rows the server answered, against the frame's rows
+    assert 0 <= paid_twice <= concurrency * batch_size  # at most the dead worker's rows in flight
+    report = out.llm.report
+    assert report.rows == 80  # the partition run again replaced its own report
+    assert report.cached_rows >= 1  # it found in the cache what the dead worker had been answered
 
 
 def _python(code: str) -> str:

@@ -20,7 +20,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = ["quickstart.ipynb", "polars.ipynb", "cost-and-resume.ipynb", "structured.ipynb", "batch-api.ipynb"]
+NOTEBOOKS = ["quickstart.ipynb", "polars.ipynb", "cost-and-resume.ipynb", "structured.ipynb", "batch-api.ipynb",
+             "dask.ipynb"]
 KERNEL_NAME = "llmframe-notebook-tests"
 # Every cell is meant to run in a few seconds; this is generous, for slow CI machines.
 MAX_CELL_SECONDS = 20.0
