@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cache_admin import resolve_cache_dir
+from ._cache_fs import is_url
 from ._config import Options
 from ._dask_report import RUNS, prune_runs, write_part
 from ._errors import ConfigError, RunError
@@ -39,9 +40,9 @@ RUN = "_llmframe_run"
 _NOT_SENT = ("schema", "client")
 
 
-def _sent_options(given: Mapping[str, Any], opts: Options, folder: Path | None) -> dict[str, Any]:
+def _sent_options(given: Mapping[str, Any], opts: Options, cache: str | bool) -> dict[str, Any]:
     """The call's options as each partition gets them: given ones as they are, the driver's
-    defaults filled in, the cache as a folder, and no progress bar in the workers."""
+    defaults filled in, the cache as a folder or URL, and no progress bar in the workers."""
     if opts.client is not None:
         raise ConfigError("client= cannot be sent to Dask workers (an openai client does not pickle); "
                           "pass base_url= and api_key= instead, and each worker makes its own client")  # fmt: skip
@@ -50,7 +51,7 @@ def _sent_options(given: Mapping[str, Any], opts: Options, folder: Path | None) 
     for f in dataclasses.fields(Options):
         if f.name not in sent and f.name not in _NOT_SENT and getattr(opts, f.name) != getattr(builtin, f.name):
             sent[f.name] = getattr(opts, f.name)
-    sent["cache"] = str(folder) if folder is not None else False
+    sent["cache"] = cache
     sent.setdefault("progress", False)
     _check_pickles(sent)
     return sent
@@ -90,11 +91,18 @@ def dask_call(ddf: Any, kind: Kind, template: str, arguments: Mapping[str, Any])
     given = {k: v for k, v in arguments.items() if k in options}
     own = {k: v for k, v in arguments.items() if k not in options}
     opts, meta, _ = plan_call(ddf._meta, kind, template, arguments)
-    folder = resolve_cache_dir(opts.cache)
-    runs = folder / RUNS if folder is not None else _temp_runs()
+    if is_url(opts.cache):
+        # Every worker opens the URL itself (segments there, its logs and claims on its own
+        # machine); the reports go to the temp folder, which all of a LocalCluster shares.
+        cache: str | bool = str(opts.cache)
+        runs = _temp_runs()
+    else:
+        folder = resolve_cache_dir(opts.cache)
+        cache = str(folder) if folder is not None else False
+        runs = folder / RUNS if folder is not None else _temp_runs()
     prune_runs(runs)  # the folders of runs whose report nobody read, a day on
     reports = runs / uuid.uuid4().hex[:16]
-    sent = _sent_options(given, opts, folder)
+    sent = _sent_options(given, opts, cache)
     _check_pickles(own)
     call = LazyCall(kind, template, {**own, **sent})
     out = ddf.map_partitions(run_partition, call, str(reports), meta=meta, enforce_metadata=False,

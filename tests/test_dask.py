@@ -139,6 +139,22 @@ def test_configured_defaults_and_the_driver_cache_reach_the_workers(fake_server:
     assert len(llmframe.read_cache(tmp_path / "cache")) == 30  # the driver's cache folder ($LLMFRAME_CACHE_DIR)
 
 
+def test_a_url_cache_reaches_the_workers_as_the_url(fake_server: FakeServer, cluster: Any, tmp_path: Path) -> None:
+    """cache= a URL: each worker process opens the URL itself, so every answer lands there
+    (not in the driver's local folder for it) and a second compute is all cache hits."""
+    pytest.importorskip("fsspec")
+    url = (tmp_path / "shared").as_uri()  # file://...: the one file system a LocalCluster shares
+    out = frame(30, partitions=3).llm.apply(TEMPLATE, **opts(fake_server, cache=url)).compute(scheduler=cluster)
+    assert out["answer"].tolist() == [expected_answer(TEMPLATE.format(review=f"review number {i}"))
+                                      for i in range(30)]  # fmt: skip
+    assert len(llmframe.read_cache(url)) == 30
+    assert any((tmp_path / "shared").glob("*.parquet"))  # segments written at the URL by the workers
+    fake_server.reset_stats()
+    again = frame(30, partitions=3).llm.apply(TEMPLATE, **opts(fake_server, cache=url))
+    assert again.compute(scheduler=cluster)["answer"].tolist() == out["answer"].tolist()
+    assert fake_server.stats.requests == 0
+
+
 def test_limiter_machine_shares_one_quota_among_the_worker_processes(fake_server_factory: Any,
                                                                      cluster: Any) -> None:  # fmt: skip
     """4 worker processes, each its own limiter by default, would each allow the whole quota;
