@@ -59,7 +59,7 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 class Outcomes:
     __slots__ = (
-        "answers", "cache", "model", "on_done", "pending", "progress", "report", "template_hash",
+        "answers", "cache", "model", "now", "on_done", "pending", "progress", "report", "template_hash",
     )  # fmt: skip
 
     def __init__(
@@ -81,6 +81,7 @@ class Outcomes:
         self.progress = progress or NoProgress()
         self.on_done = on_done  # told of every finished job (the packing check's references)
         self.pending: list[CacheRecord] | None = None  # a reply's records, inside one_reply()
+        self.now: datetime | None = None  # when the reply came, inside one_reply(): its records' time
 
     @contextlib.contextmanager
     def one_reply(self) -> Iterator[None]:
@@ -91,10 +92,11 @@ class Outcomes:
             yield
             return
         self.pending = []
+        self.now = datetime.now(timezone.utc)  # one clock read per reply, not per row
         try:
             yield
         finally:
-            records, self.pending = self.pending, None
+            records, self.pending, self.now = self.pending, None, None
             if records:
                 self.cache.add(records)
 
@@ -116,7 +118,7 @@ class Outcomes:
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost_usd=cost,
-            created=datetime.now(timezone.utc),
+            created=self.now or datetime.now(timezone.utc),
             request_id=request_id,
         )
 

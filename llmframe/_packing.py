@@ -51,6 +51,7 @@ __all__ = [
     "answers_schema",
     "json_schema_format",
     "packed_messages",
+    "packed_user",
     "reply_overhead",
     "single_messages",
 ]
@@ -87,6 +88,10 @@ _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 Message = dict[str, str]
 
+# ensure_ascii=False: escaping non-ASCII text would multiply its token count. One encoder
+# for every item: json.dumps with arguments builds a new encoder per call (~2 us a row, twice).
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 
 def single_messages(prompt: str, system: str | None, answer_format: str | None = None) -> list[Message]:
     """The chat messages of a one-row request: the rendered prompt as it is; what the
@@ -115,15 +120,14 @@ def packed_system(
 
 
 def item_line(item_id: int, fields: Mapping[str, str]) -> str:
-    # ensure_ascii=False: escaping non-ASCII text would multiply its token count.
-    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    body = _compact(fields)
     return f'{{"id":{item_id},{body[1:]}' if len(body) > 2 else f'{{"id":{item_id}}}'
 
 
 def line_item(item_id: int, fields: Mapping[str, str]) -> str:
     """An item of the lines style: ``id value``, or ``id {json of the fields}``."""
     if len(fields) != 1:
-        return f"{item_id} {json.dumps(fields, ensure_ascii=False, separators=(',', ':'))}"
+        return f"{item_id} {_compact(fields)}"
     value = next(iter(fields.values()))
     if (not value or value[0] in "\"{" or value != value.strip() or not _LINE_BREAKS.isdisjoint(value)):
         value = json.dumps(value, ensure_ascii=False)  # one line, unambiguous
@@ -141,11 +145,17 @@ def packed_messages(
     style: str = JSON, fields: Sequence[str] = (),
 ) -> list[Message]:  # fmt: skip
     """The chat messages of a packed request; item ``i`` gets id ``i``."""
-    lines = "\n".join(item_text(i, values, style) for i, values in enumerate(items))
     return [
         {"role": "system", "content": packed_system(template, system, answer_format, style, fields)},
-        {"role": "user", "content": lines},
+        {"role": "user", "content": packed_user(items, style)},
     ]
+
+
+def packed_user(items: Sequence[Mapping[str, str]], style: str = JSON) -> str:
+    """The user message of a packed request: one item per line, item ``i`` with id ``i``."""
+    if style == LINES:
+        return "\n".join([line_item(i, values) for i, values in enumerate(items)])
+    return "\n".join([item_line(i, values) for i, values in enumerate(items)])
 
 
 def reply_overhead(n: int, tokenizer: Any, style: str = JSON) -> int:

@@ -76,7 +76,7 @@ class RequestBuilder:
     so a change the endpoint forced applies to every later request, resends included."""
 
     __slots__ = ("answer_tokens", "packed_format", "schema", "sends", "single_format", "style", "system",
-                 "system_tokens", "template", "tokenizer")  # fmt: skip
+                 "system_text", "system_tokens", "template", "tokenizer")  # fmt: skip
 
     def __init__(
         self, template: Template, system: str | None, tokenizer: Tokenizer, sends: Sends,
@@ -97,18 +97,21 @@ class RequestBuilder:
             self.answer_tokens = expected_tokens(schema, tokenizer)
         else:
             self.answer_tokens = DEFAULT_ANSWER_TOKENS
-        self.style = _packing.JSON
-        self.system_tokens = self.request_tokens(_packing.JSON)
+        self.use_style(_packing.JSON)
 
     def use_style(self, style: str) -> None:
         """Pack in ``style`` from now on (before the first packed request: item sizes are cached)."""
         self.style = style
+        # The system message is the same in every packed request: built and counted once.
+        self.system_text = self.packed_system(style)
         self.system_tokens = self.request_tokens(style)
+
+    def packed_system(self, style: str) -> str:
+        return _packing.packed_system(self.template.text, self.system, self.packed_format, style, self.template.fields)
 
     def request_tokens(self, style: str) -> int:
         """The input tokens of a packed request in ``style`` before its items."""
-        text = _packing.packed_system(self.template.text, self.system, self.packed_format, style,
-                                      self.template.fields)  # fmt: skip
+        text = self.system_text if style == self.style else self.packed_system(style)
         return count_messages([{"role": "system", "content": text}, {"role": "user", "content": ""}], self.tokenizer)
 
     @property
@@ -152,8 +155,8 @@ class RequestBuilder:
                 fmt = {"type": "json_object"}
             return Request(messages, params, fmt, mode, tokens, self.answer_tokens)
         lines = self.style == _packing.LINES
-        messages = _packing.packed_messages(self.template.text, self.system, [j.values for j in jobs],
-                                            self.packed_format, self.style, self.template.fields)  # fmt: skip
+        user = _packing.packed_user([j.values for j in jobs], self.style)
+        messages = [{"role": "system", "content": self.system_text}, {"role": "user", "content": user}]
         n = len(jobs)
         out = n * self.per_row_output + 8
         key = max_tokens_param(params)
@@ -166,7 +169,8 @@ class RequestBuilder:
                 _packing.json_schema_format("answers", schema.packed_root(n)))
         elif mode == "json_object":
             fmt = {"type": "json_object"}
-        tokens = count_messages(messages, self.tokenizer)
+        # As count_messages(messages) counts them, without encoding the system message again.
+        tokens = self.system_tokens + self.tokenizer.count(user)
         return Request(messages, params, fmt, mode, tokens, out, packed=True)
 
 

@@ -203,6 +203,8 @@ def test_throughput_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert r["rows"] == 100 and r["wrong_answers"] == 0 and r["failed_rows"] == 0
         assert r["checked_rows"] == 100 and r["cached_rows"] == 0
         assert r["requests"] >= 100 / 20 and r["server_requests"] == r["requests"]
+        # The task packs (a task too short to pack would measure the SDK per row instead).
+        assert r["batch_size_final"] == 20 and r["requests"] < r["rows"] / 2, r["packing_reason"]
         assert r["server_cpu_seconds"] > 0 and 0 < r["server_share"] < 1
         assert r["peak_increase"] > 0 and r["frame_bytes"] > 0
     assert result["failures"] == []

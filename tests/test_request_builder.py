@@ -132,6 +132,24 @@ def test_packed_rows_carry_the_item_schema_in_the_system_message(mode: str) -> N
     assert request.input_tokens == count_messages(request.messages, TOKENIZER)
 
 
+@pytest.mark.parametrize("style", ["json", "lines"])
+@pytest.mark.parametrize("system", [None, "Be exact."])
+def test_packed_text_requests_count_what_they_send(style: str, system: str | None) -> None:
+    """The system message is built and counted once per style: every request still counts
+    exactly what it sends, and sends the same system message as packed_messages."""
+    from llmframe._packing import packed_messages
+
+    made = builder(None, "text", system=system)
+    made.use_style(style)
+    for n in (2, 7):
+        items = jobs(n)
+        request = made.build(items)
+        assert request.messages == packed_messages(TEMPLATE.text, system, [j.values for j in items], None, style,
+                                                   TEMPLATE.fields)  # fmt: skip
+        assert request.input_tokens == count_messages(request.messages, TOKENIZER)
+        assert made.request_tokens(style) + TOKENIZER.count(request.messages[1]["content"]) == request.input_tokens
+
+
 def test_packed_rows_in_json_schema_mode_send_one_ref_per_id() -> None:
     schema = output_schema(Place)
     fmt = builder(schema, "json_schema").build(jobs(3)).response_format
