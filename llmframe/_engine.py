@@ -19,7 +19,6 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from . import _check
@@ -32,7 +31,7 @@ from ._client import CallError, ChatClient, Completion
 from ._config import Options
 from ._economy import economy_for
 from ._endpoint import Endpoint, EndpointState
-from ._errors import AuthenticationError, EndpointError, RowError, RunError
+from ._errors import RowError
 from ._jobs import Batch, Job
 from ._keys import call_prefix, output_spec
 from ._limiter import RateLimiter
@@ -44,6 +43,7 @@ from ._prepare import Prepared, prepare
 from ._pricing import price_for
 from ._report import RunReport, set_last_report
 from ._requests import Request, RequestBuilder
+from ._result import RunResult, result_of
 from ._template import Template
 from ._tokens import get_tokenizer
 from ._trials import on_verdict, send_trial
@@ -65,13 +65,6 @@ ALONE_TRIES = 2
 #: Answers failing the schema (or one-row answers cut off at max_tokens), with none valid
 #: yet, that stop the run: every row would pay its requests for a null.
 SYSTEMIC_INVALID = 10
-
-
-@dataclass
-class RunResult:
-    answers: list[str | None]
-    errors: list[RowError]
-    report: RunReport
 
 
 class Run:
@@ -386,22 +379,3 @@ async def run(
         set_last_report(report)
 
     return result_of(prepared, None if state is None else state.endpoint.fatal, opts)
-
-
-def result_of(prepared: Prepared, fatal: CallError | None, opts: Options) -> RunResult:
-    """A finished run's result; raises as the run ended: stopped (``fatal``), or with failed
-    rows and ``errors="raise"``."""
-    report, n_rows = prepared.report, len(prepared.answers)
-    errors = sorted(report.errors, key=lambda e: e.row)
-    if fatal is not None:
-        error = AuthenticationError if fatal.kind == "auth" else EndpointError
-        raise error(f"{fatal.message} ({len(errors)} of {n_rows} rows without an answer)", errors, report)
-    if errors and opts.errors == "raise":
-        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report.failures.items()))
-        raise RunError(
-            f"{len(errors)} of {n_rows} rows failed ({kinds}); first: {errors[0]}. "
-            "Every other row was answered and cached; run again to retry only the failed rows.",
-            errors, report,
-        )  # fmt: skip
-    return RunResult(prepared.answers, errors, report)
-

@@ -218,17 +218,34 @@ def test_a_worker_killed_mid_run_loses_no_row(fake_server_factory: Any, cluster:
     """SIGKILL the worker process running a partition while its requests are in flight: Dask
     runs the partition again elsewhere, every row has its own answer, and the only rows paid
     twice are those the dead worker had in flight (what had arrived was in its answer log)."""
-    server = fake_server_factory(latency=0.05)
-    ddf = frame(80, partitions=4)
+    asked: list[str] = []  # every prompt the server answered, in order (the server's own thread)
+
+    def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return expected_answer(prompt)
+
+    server = fake_server_factory(latency=0.05, answer_fn=answer)
+    ddf = frame(80, partitions=4)  # partition p holds reviews 20p .. 20p + 19
     batch_size, concurrency = 1, 2
     out = ddf.llm.apply(TEMPLATE, batch_size=batch_size, max_concurrency=concurrency, cache=str(tmp_path / "c"),
                         **opts(server))  # fmt: skip
     future = cluster.compute(out)
-    deadline = time.monotonic() + 10
-    while server.stats.items < 12 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    busy = [address for address, tasks in cluster.processing().items() if tasks]
-    pids = cluster.run(os.getpid, workers=busy[:1])
+
+    def answered(partition: int) -> int:
+        return sum(20 * partition <= int(p.rsplit(" ", 1)[1]) < 20 * partition + 20 for p in list(asked))
+
+    # The victim: a worker whose partition the server has answered 3 rows of, so (2 in flight at
+    # most) at least one answer reached the worker's log before it dies.
+    victim, deadline = None, time.monotonic() + 20
+    while victim is None and time.monotonic() < deadline:
+        for address, keys in cluster.processing().items():
+            parts = [k[1] for k in keys if isinstance(k, tuple) and str(k[0]).startswith("run_partition")]
+            if len(parts) == 1 and 3 <= answered(parts[0]) < 20:
+                victim = address
+                break
+        time.sleep(0.005)
+    assert victim is not None, "no partition was mid-run long enough to kill its worker"
+    pids = cluster.run(os.getpid, workers=[victim])
     os.kill(next(iter(pids.values())), signal.SIGKILL)
     answered_before_the_kill = server.stats.items
     got = future.result(timeout=60)
