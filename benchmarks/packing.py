@@ -83,7 +83,7 @@ PRICE_IN_PER_1M = 0.15
 PRICE_OUT_PER_1M = 0.60
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
-#: The issue's targets, all at scale 1.
+#: The targets, all at scale 1.
 TARGET_RPM_SPEEDUP = 10.0
 TARGET_TPM_TOKEN_RATIO = 3.0
 FAULT_RATE = 0.20
@@ -674,7 +674,7 @@ def checks(results: Sequence[Result]) -> list[Check]:
             continue
         base = baselines[r.workload]
         a, b = r.cost_usd / r.rows, base.cost_usd / base.rows
-        # The fault workload is the mixed one; each kind alone at 20% is shown for
+        # The fault workload of the targets is the mixed one; each kind alone at 20% is shown for
         # information (a truncation or a wrong id at that rate resends whole batches).
         single_kind = (r.workload == "faults" and "mixed" not in r.variant) or "batch_size=" in r.variant
         out.append(

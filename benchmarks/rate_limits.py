@@ -86,7 +86,7 @@ FAULTS = Faults(error_rate=0.05, hang_rate=0.01, garbage_rate=0.01)
 TIMEOUT = 3.0  # llmframe's timeout= in the faults variant
 HANG_SECONDS = 30.0  # how long the server hangs: far past the timeout
 
-#: What llmframe must reach (the issue's targets).
+#: What llmframe must reach (its targets).
 TARGET_BINDING = 0.90
 TARGET_429_SHARE = 0.01
 
@@ -334,11 +334,11 @@ def _pct(x: float | None) -> str:
 
 
 def targets(outcome: Outcome) -> dict[str, bool]:
-    """The issue's targets that apply to this variant (none for the baselines)."""
+    """The targets that apply to this variant (none for the baselines)."""
     if outcome.name in ("naive", "sequential"):
         return {}
     checks = {"100% correct": outcome.correct == outcome.rows}
-    if outcome.name != "faults":  # with faults, the issue asks for correct answers only
+    if outcome.name != "faults":  # with faults, the target is correct answers only
         checks["429s <= 1%"] = outcome.share_429 <= TARGET_429_SHARE
     if outcome.name in ("given", "learned"):
         binding = outcome.rates.binding_fraction or 0.0

@@ -1,6 +1,6 @@
 """Throughput benchmark: the client's CPU over the whole path of an uncached ``df.llm.apply``.
 
-Issue 14, "Client CPU": against the fake server with no limits and zero latency,
+The client-CPU target: against the fake server with no limits and zero latency,
 an uncached run goes through everything a real one does: the template, the row
 keys, the cache lookup (an empty cache), packing (``batch_size=None``, the
 default: 20 rows per request for this task; ``--batch-size`` sets it), HTTP through the real
