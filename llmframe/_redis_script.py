@@ -56,6 +56,7 @@ else
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 local EARLY, LEASE, KEEP = 1e-3, tonumber(ARGV[5]), 3600
+local OPEN_SHARE = 0.75  -- of the server's window, at the opening
 
 local function fmt(x) if x == nil or x == false then return '' end return string.format('%.17g', x) end
 local function opt(s) if s == nil or s == '' then return nil end return tonumber(s) end
@@ -83,7 +84,7 @@ local function configure(p, limit, floor)
   local lvl = math.huge
   if old then lvl = level(p, now) end
   local cap = math.max(floor, limit * S.burst / 60)
-  S[p .. '_limit'], S[p .. '_rate'], S[p .. '_cap'] = limit, limit / 60, cap
+  S[p .. '_limit'], S[p .. '_rate'], S[p .. '_cap'], S[p .. '_open'] = limit, limit / 60, cap, false
   S[p .. '_full'] = now + (cap - math.min(lvl, cap)) / (limit / 60)
 end
 local function ready_at(p, t, amount)
@@ -105,6 +106,35 @@ local function lower_to(p, lvl)
   end
 end
 local function shift(p, delta) if S[p .. '_limit'] then S[p .. '_full'] = S[p .. '_full'] + delta end end
+-- The opening, once per limit: the first headers that say how much the server's window holds
+-- (limit, remaining, reset), nothing waiting yet, let the bucket hold OPEN_SHARE of that
+-- window and fill it to what the server has left less what is in flight (``*_flight``: placed,
+-- not settled); back to its burst once it is down to it. The shared burst (0.5 s) alone would
+-- leave half of a 1 s window unused at the start: the client is then 0.5 s behind for good
+-- (100 requests at 20/s: 4.5 s where a client using the window needs 4.0). A whole window
+-- at once earns 429s: requests released together reach the server spread out, and the
+-- steady ones after them arrive first (tests/test_limiter_redis_processes.py).
+local function resize(p, cap)
+  local lvl = level(p, now)
+  S[p .. '_cap'] = cap
+  S[p .. '_full'] = now + (cap - math.min(lvl, cap)) / S[p .. '_rate']
+end
+local function open(p, limit, remaining, reset)
+  if not (limit and remaining and reset) or S[p .. '_limit'] ~= limit then return end
+  local window = math.min(limit, remaining + limit / 60 * reset)
+  local cap = OPEN_SHARE * window
+  if S[p .. '_open'] or cap <= S[p .. '_cap'] or redis.call('ZCARD', WAITING) > 0 then return end
+  resize(p, cap)
+  S[p .. '_open'] = 1
+  local lvl = math.min(cap, remaining - (S[p .. '_flight'] or 0))
+  S[p .. '_full'] = math.min(S[p .. '_full'], now + (cap - lvl) / S[p .. '_rate'])
+end
+local function close(p, floor)
+  if S[p .. '_open'] ~= 1 then return end
+  local cap = math.max(floor, S[p .. '_limit'] * S.burst / 60)
+  if level(p, now) <= cap then resize(p, cap) S[p .. '_open'] = 2 end
+end
+local function fly(p, amount) S[p .. '_flight'] = math.max(0, (S[p .. '_flight'] or 0) + amount) end
 
 -- the quota (_quota.py) ---------------------------------------------------------
 local function lower(a, b) if a and b then return math.min(a, b) end return a or b end
@@ -140,6 +170,8 @@ local function bury(dead)
       redis.call('ZREM', WAITING, member)
       credit('rq', req)
       credit('tk', tok)
+      fly('rq', -req)
+      fly('tk', -tok)
     end
   end
   if S.probe and string.sub(S.probe, 1, #prefix) == prefix then S.probe = false end
@@ -190,6 +222,10 @@ elseif op == 'reserve' then  -- ARGV[6] tokens, ARGV[7], ARGV[8] given limits
     if S.tk_limit then tok = tokens end
     debit('rq', start, 1)
     debit('tk', start, tokens)
+    fly('rq', req)
+    fly('tk', tok)
+    close('rq', 1)
+    close('tk', 0)
     S.seq = (S.seq or 0) + 1
     local member = token .. '|' .. S.seq .. '|' .. req .. '|' .. tok
     if start - now > EARLY then redis.call('ZADD', WAITING, start, member) end
@@ -218,6 +254,10 @@ elseif op == 'settle' or op == 'cancel' then  -- ARGV[6] member, ARGV[7] start, 
     credit('rq', req)
     credit('tk', tok)
   end
+  if not reclaimed then
+    fly('rq', -req)
+    fly('tk', -tok)
+  end
   if S.probe == member then S.probe = false end
 elseif op == 'pause' then  -- ARGV[6] seconds: Schedule.pause
   local until_ = S.paused_until or now
@@ -244,6 +284,8 @@ elseif op == 'observe' then  -- ARGV[6..11]: limit, remaining, reset of requests
   configure_all()
   if opt(ARGV[7]) then lower_to('rq', opt(ARGV[7])) end
   if opt(ARGV[10]) then lower_to('tk', opt(ARGV[10])) end
+  open('rq', rq_limit, opt(ARGV[7]), opt(ARGV[8]))
+  open('tk', tk_limit, opt(ARGV[10]), opt(ARGV[11]))
   out = {fmt(S.learned_rpm), fmt(S.learned_tpm)}
 elseif op == 'remember' then  -- ARGV[6], ARGV[7]: limits an earlier process learned
   if S.observed ~= 1 then
