@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._capabilities import MEMORY, atomic_write_json, read_json
+from ._claims import process_alive
 
 if TYPE_CHECKING:
     from ._engine import Run
@@ -41,16 +42,6 @@ WAIT_SECONDS = 60.0
 CLAIM_SECONDS = 120.0
 #: How often a waiting run looks for the verdict.
 POLL_SECONDS = 0.2
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
 
 
 class SharedCheck:
@@ -111,7 +102,7 @@ class SharedCheck:
         at, pid = owner.get("at"), owner.get("pid")
         if isinstance(at, (int, float)) and self.clock() - at > CLAIM_SECONDS:
             return True
-        return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+        return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not process_alive(pid, None)
 
     def store(self, verdict: dict[str, Any]) -> None:
         """Keep this run's verdict for the others, and let go of the claim."""
