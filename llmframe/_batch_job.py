@@ -45,6 +45,7 @@ from ._report import set_last_report
 from ._run import frame_out
 from ._sync import run_sync
 from ._template import Template, parse_template
+from ._todo import JobQueue
 
 __all__ = ["BatchJob", "Work", "batch_job", "start"]
 
@@ -313,7 +314,7 @@ class BatchJob:
         report.batch_size_final = run.planner.cap
         report.finish(time.monotonic() - work.started)
         set_last_report(report)
-        prepared = _engine.Prepared(report, run.outcomes.answers, [], None)
+        prepared = _engine.Prepared(report, run.outcomes.answers, JobQueue(), None)
         return frame_out(work.df, _engine.result_of(prepared, result_fatal, opts), opts, work.output,
                          unnest=work.unnest, prefix=work.prefix)  # fmt: skip
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ from ._prepare import Prepared
 from ._pricing import batch_price_for
 from ._requests import Request
 from ._template import Template
+from ._todo import JobQueue
 
 __all__ = ["BatchCanaries", "BatchRun", "Sent", "task_hash"]
 
@@ -186,7 +186,7 @@ class BatchRun:
                         jobs.append(job)
                 self.sent[custom_id] = Sent(custom_id, Batch(jobs), sent, None)
         self.round = max((b.round for b in state.batches), default=0)
-        planner.pending = deque(job for job in planner.pending if job.key not in taken)
+        planner.pending = JobQueue(job for job in planner.pending if job.key not in taken)
 
     # ---- results in -----------------------------------------------------------------------
     def take(self, custom_ids: Sequence[str], results: Mapping[str, Result], *, resend: bool) -> None:

@@ -36,7 +36,6 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +47,7 @@ from ._claims import STORE_ERRORS, Claims, ClaimStore
 from ._jobs import Job
 from ._redis_limiter import is_redis_url, redacted
 from ._report import RunReport
+from ._todo import JobQueue
 from ._warn import warn_user
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ log = logging.getLogger("llmframe")
 #: Keys claimed at a time: a few requests' worth, so that sharers split a frame finely,
 #: while one claim (a few ms) serves hundreds of rows.
 CLAIM_CHUNK = 256
+#: Held jobs at which the done ones are swept out (their keys kept for the next release).
+HELD_SWEEP = 2048
 #: How often waiting keys are looked up in the cache (answers land at each 2 s flush).
 POLL_SECONDS = 0.5
 #: The longest a key waits for a live owner before this run sends it itself.
@@ -102,15 +104,14 @@ class RunClaims:
     per key); ``forget()`` frees what it holds; ``flush()`` writes this run's answers."""
 
     def __init__(
-        self, store: Claims, pending: deque[Job], *, report: RunReport, answers: list[str | None],
+        self, store: Claims, pending: JobQueue, *, report: RunReport, answers: list[str | None],
         progress: Any, landed: Callable[[Sequence[str]], list[str | None]], forget: Callable[[], None],
         flush: Callable[[], None], sleep: Callable[[float], Awaitable[None]], stopped: Callable[[], bool],
         clock: Callable[[], float] = time.time, chunk: int = CLAIM_CHUNK,
         max_wait: float = MAX_WAIT_SECONDS, refresh: float | None = None,
     ) -> None:  # fmt: skip
         self.store: Claims | None = store
-        self.unclaimed = deque(pending)  # not claimed yet: the planner gets them through top_up
-        pending.clear()
+        self.unclaimed = pending.detach()  # not claimed yet: the planner gets them through top_up
         self.pending = pending
         self.report, self.answers, self.progress = report, answers, progress
         self.landed, self.forget, self.flush = landed, forget, flush
@@ -118,6 +119,8 @@ class RunClaims:
         self.chunk, self.max_wait = chunk, max_wait
         self.refresh_every = _claims.REFRESH_SECONDS if refresh is None else refresh
         self.held: list[Job] = []  # claimed by this run, not released yet
+        self.done_keys: list[str] = []  # of held jobs answered since: released at the next renew
+        self.sweep_at = HELD_SWEEP
         self.waits: dict[str, tuple[Job, float]] = {}  # key -> (job, waiting since)
         self.seen = store.releases_at_open  # the release counter when the cache was looked up
         self.next_refresh = clock() + self.refresh_every
@@ -166,6 +169,8 @@ class RunClaims:
             else:
                 self.waits.pop(job.key, None)
         self.held.extend(mine)
+        if len(self.held) >= self.sweep_at:
+            self.sweep()
         self.report.taken_over_rows += sum(len(j.rows) for j in mine if j.key in got.taken)
         if got.taken or got.releases != self.seen:
             try:
@@ -243,17 +248,24 @@ class RunClaims:
         """Refresh the lease; release the keys this run is done with, once written."""
         if self.store is None:
             return
-        done = [j for j in self.held if j.done]
+        self.sweep()
         try:
             self.store.refresh()
-            if done:
+            if self.done_keys:
                 self.flush()
-                self.seen = self.store.release([j.key for j in done], seen=self.seen)
-                self.held = [j for j in self.held if not j.done]
+                self.seen = self.store.release(self.done_keys, seen=self.seen)
+                self.done_keys = []
         except STORE_ERRORS as exc:
             self.broken(exc)
         except Exception as exc:  # the flush failed: keep the claims, try again next time
             log.debug("llmframe: keeping claims, the cache flush failed: %s", exc)
+
+    def sweep(self) -> None:
+        """Keep only the keys of held jobs that are done: a job is not held in memory until
+        the next renew (at thousands of rows a second, that was tens of thousands of jobs)."""
+        self.done_keys.extend(j.key for j in self.held if j.done)
+        self.held = [j for j in self.held if not j.done]
+        self.sweep_at = max(HELD_SWEEP, 2 * len(self.held))  # in flight, mostly: not swept again at once
 
     def broken(self, exc: BaseException) -> None:
         """Go on without claims: every row this run has is sent by it."""

@@ -351,13 +351,13 @@ async def run(
             if fatal is not None:
                 # A failure that hits every row stopped the run: rows never sent fail with
                 # the same error, so that every row has an answer or a RowError.
-                state.outcomes.fail([j for j in todo if not j.done], fatal.kind, fatal.message, fatal.status)
+                rows = prepared.unfinished_rows(report.errors)
+                report.errors.extend(RowError(r, fatal.kind, fatal.message, fatal.status) for r in rows)
+                progress.update(len(rows))
     except BaseException:
         # Interrupted (Ctrl-C, cancellation): unfinished rows are reported, finished ones cached below.
-        for job in todo:
-            if not job.done:
-                job.done = True
-                report.errors.extend(RowError(r, "cancelled", "the run was interrupted") for r in job.rows)
+        rows = prepared.unfinished_rows(report.errors)
+        report.errors.extend(RowError(r, "cancelled", "the run was interrupted") for r in rows)
         raise
     finally:
         if state is not None and state.on_checked is not None:

@@ -123,7 +123,7 @@ def _plan(
     endpoint: Endpoint,
 ) -> tuple[int, int, int, int]:
     """(requests, input tokens, output tokens, batch cap) of the batches the run would send."""
-    plan_only = replace(prepared, todo=list(prepared.todo), cache=None, answers=[None] * len(prepared.answers))
+    plan_only = replace(prepared, todo=prepared.todo.copy(), cache=None, answers=[None] * len(prepared.answers))
     state = _engine.new_run(plan_only, template, opts, client=None, limiter=None, endpoint=endpoint, learns=False)
     planner, builder = state.planner, state.builder
     state.endpoint.format_confirmed = state.endpoint.endpoint_confirmed = True  # nothing is probed
@@ -171,7 +171,7 @@ async def estimate_run(
         unanswered = prepare(columns, n_rows, template, opts)
         if unanswered.cache is not None:
             unanswered.cache.close()
-        rows = [job.rows[0] for job in unanswered.todo]
+        rows = unanswered.todo.first_rows()
         chosen = sorted(random.Random(0).sample(rows, min(sample, len(rows))))
         report = None
         if chosen:

@@ -27,6 +27,7 @@ from ._endpoint import EndpointState
 from ._jobs import Batch, Job
 from ._requests import RequestBuilder
 from ._sizer import BatchSizer
+from ._todo import JobQueue, queue_of
 
 __all__ = ["Planner"]
 
@@ -57,7 +58,7 @@ class Planner:
         check: PackingCheck | None = None,
         on_verdict: Callable[[PackingCheck], int] | None = None,
     ) -> None:
-        self.pending: deque[Job] = deque(jobs)
+        self.pending: JobQueue = queue_of(jobs)  # made into jobs as they are taken (:mod:`._todo`)
         self.resend: deque[Job] = deque()
         self.sizer = BatchSizer(cap)
         self.max_batch_tokens = max_batch_tokens

@@ -1,15 +1,16 @@
 """Steps 1-3 of a run: render and key every row, deduplicate, look keys up in the cache.
 
-What is left are the jobs: one per distinct prompt the cache does not answer.
+What is left are the jobs: one per distinct prompt the cache does not answer, kept
+as rows until the run takes them (:mod:`._todo`).
 A run (``claim=True``) opens the folder's claim store before the lookup, so that
 keys other processes release later are looked up again (:mod:`._claims_run`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -18,10 +19,11 @@ from ._cache_admin import cache_location
 from ._claims import Claims
 from ._claims_run import RunClaims, open_claims
 from ._config import Options
-from ._jobs import Job
+from ._errors import RowError
 from ._keys import call_prefix, output_spec, row_digests
 from ._report import RunReport
 from ._template import Template
+from ._todo import JobQueue, distinct_rows
 
 __all__ = ["Prepared", "prepare"]
 
@@ -32,9 +34,18 @@ class Prepared:
 
     report: RunReport
     answers: list[str | None]
-    todo: list[Job]
+    todo: JobQueue
     cache: AnswerCache | None
     store: Claims | None = None  # with claim=, a cache folder and rows to send
+    to_send: np.ndarray | None = None  # per row: whether it is a job's (the cache and nulls left it)
+
+    def unfinished_rows(self, errors: Iterable[RowError]) -> list[int]:
+        """The rows to send that have neither an answer nor an error (a run stopped early)."""
+        if self.to_send is None:
+            return []
+        failed = {e.row for e in errors}
+        answers = self.answers
+        return [r for r in np.flatnonzero(self.to_send).tolist() if answers[r] is None and r not in failed]
 
     def claims(self, run: Any, sleep: Callable[[float], Awaitable[None]]) -> RunClaims | None:
         """The run's claims (:class:`~llmframe._claims_run.RunClaims`), wired to its planner."""
@@ -65,8 +76,9 @@ def prepare(
     Rows are rendered and keyed ``chunk_rows`` at a time and only each row's key is
     kept, in binary (16 bytes): a cached re-run of a million rows never holds a
     million prompts or key strings, only the answers it returns. Rows the cache does
-    not answer are rendered a second time to become jobs, which costs little next to
-    sending them.
+    not answer stay row numbers in the :class:`~llmframe._todo.JobQueue`, rendered a
+    second time only when the run takes them (a window at a time), which costs little
+    next to sending them.
     """
     model = opts.model or ""
     report = RunReport(model=model, rows=n_rows)
@@ -104,24 +116,12 @@ def prepare(
     if hits is not None:
         report.cached_rows = n_rows - report.null_rows - int(missing.sum())
 
-    # Rows with equal keys are asked once, in order of first appearance.
-    jobs: dict[str, Job] = {}
-    todo = np.flatnonzero(missing)
-    for lo in range(0, n_rows if len(todo) else 0, chunk_rows):
-        rows = todo[np.searchsorted(todo, lo) : np.searchsorted(todo, lo + chunk_rows)].tolist()
-        if not rows:
-            continue
-        rendered = [source[lo : lo + chunk_rows] for source in sources]
-        for row in rows:
-            key = digests[16 * row : 16 * row + 16].hex()
-            job = jobs.get(key)
-            if job is None:
-                values = {f: cast(str, col[row - lo]) for f, col in zip(fields, rendered, strict=True)}
-                jobs[key] = Job(key, values, [row])
-            else:
-                job.rows.append(row)
-                report.duplicate_rows += 1
-    del digests, todo
+    # Rows with equal keys are asked once, in order of first appearance; jobs are made
+    # from these rows only when the run reaches them (:mod:`._todo`).
+    firsts, repeats = distinct_rows(digests, np.flatnonzero(missing))
+    report.duplicate_rows = int(missing.sum()) - len(firsts)
+    todo = JobQueue(fields=fields, sources=sources, digests=digests, firsts=firsts, repeats=repeats)
+    del digests
 
     # The answers found, as Python strings only now, a slice at a time.
     answers: list[str | None] = [None] * n_rows
@@ -130,7 +130,7 @@ def prepare(
             answers[lo : lo + chunk_rows] = hits.slice(lo, chunk_rows).to_pylist()
         for row in np.flatnonzero(null & found).tolist():
             answers[row] = None  # a row without a key has no answer, whatever the cache holds
-    if store is not None and not jobs:
+    if store is not None and not todo:
         store.close()
         store = None
-    return Prepared(report, answers, list(jobs.values()), cache, store)
+    return Prepared(report, answers, todo, cache, store, missing)

@@ -20,6 +20,7 @@ from llmframe._claims_run import RunClaims
 from llmframe._jobs import Job
 from llmframe._outcomes import NoProgress
 from llmframe._report import RunReport
+from llmframe._todo import JobQueue
 from llmframe._workers import drain
 
 
@@ -29,7 +30,7 @@ class Side:
     def __init__(self, folder: Path, name: str, pid: int, cache: dict[str, str], now: list[float], n: int = 12,
                  **kwargs: Any) -> None:  # fmt: skip
         self.jobs = [Job(f"{i:032x}", {"x": str(i)}, [i]) for i in range(n)]
-        self.pending: deque[Job] = deque(self.jobs)
+        self.pending = JobQueue(self.jobs)
         self.report = RunReport()
         self.answers: list[str | None] = [None] * n
         self.flushes = 0
