@@ -22,6 +22,11 @@ from ._report import RunReport
 __all__ = ["NoProgress", "Outcomes", "progress_bar", "split_tokens"]
 
 #: Failures that say nothing about the row itself: never stored in the cache.
+#: Answers up to this long are shared between rows that got the same one, up to
+#: SHARED_ANSWERS distinct answers (a label set; ~1 MB of strings at most).
+SHARED_ANSWER_CHARS = 64
+SHARED_ANSWERS = 10_000
+
 _NOT_STORED = frozenset({"budget", "cancelled", "auth", "endpoint"})
 
 #: (prompt tokens, completion tokens, cost, request id) of the reply a record came from.
@@ -59,7 +64,8 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 class Outcomes:
     __slots__ = (
-        "answers", "cache", "model", "now", "on_done", "pending", "progress", "report", "template_hash",
+        "answers", "cache", "model", "now", "on_done", "pending", "progress", "report", "shared",
+        "template_hash",
     )  # fmt: skip
 
     def __init__(
@@ -82,6 +88,9 @@ class Outcomes:
         self.on_done = on_done  # told of every finished job (the packing check's references)
         self.pending: list[CacheRecord] | None = None  # a reply's records, inside one_reply()
         self.now: datetime | None = None  # when the reply came, inside one_reply(): its records' time
+        # Equal answers held once: a million rows of a few labels keep a few strings, not a
+        # million (~60 bytes each). Bounded, so that distinct answers cost no more than before.
+        self.shared: dict[str, str] = {}
 
     @contextlib.contextmanager
     def one_reply(self) -> Iterator[None]:
@@ -124,6 +133,9 @@ class Outcomes:
 
     def finish(self, job: Job, answer: str, usage: Usage) -> None:
         job.done = True
+        shared = self.shared
+        if len(answer) <= SHARED_ANSWER_CHARS:
+            answer = shared.get(answer) or (shared.setdefault(answer, answer) if len(shared) < SHARED_ANSWERS else answer)
         for row in job.rows:
             self.answers[row] = answer
         if self.on_done is not None:

@@ -1,0 +1,164 @@
+"""The job queue: rows kept as numbers, made into jobs a window at a time, in order."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from llmframe._config import Options
+from llmframe._prepare import prepare
+from llmframe._template import parse_template
+from llmframe._todo import WINDOW_ROWS, JobQueue, distinct_rows
+
+
+def _digests(keys: Sequence[bytes]) -> bytes:
+    return b"".join(keys)
+
+
+def _expected(keys: Sequence[bytes], rows: Sequence[int]) -> tuple[list[int], dict[int, list[int]]]:
+    """The dict-based grouping distinct_rows replaces."""
+    groups: dict[bytes, list[int]] = {}
+    for row in rows:
+        groups.setdefault(keys[row], []).append(row)
+    firsts = sorted(group[0] for group in groups.values())
+    return firsts, {g[0]: g[1:] for g in groups.values() if len(g) > 1}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_distinct_rows_groups_as_a_dict_of_keys_would(seed: int) -> None:
+    rng = random.Random(seed)
+    pool = [hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(300)]
+    # Keys that share their first 8 bytes but differ after: not repeats.
+    pool += [pool[0][:8] + bytes([i]) * 8 for i in range(5)]
+    keys = [rng.choice(pool) for _ in range(2_000)]
+    rows = np.array(sorted(rng.sample(range(len(keys)), 1_500)), dtype=np.int64)
+    firsts, repeats = distinct_rows(_digests(keys), rows)
+    want_firsts, want_repeats = _expected(keys, rows.tolist())
+    assert firsts.tolist() == want_firsts
+    assert repeats == want_repeats
+
+
+def test_distinct_rows_without_repeats_keeps_the_rows_as_they_are() -> None:
+    keys = [hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(1_000)]
+    rows = np.arange(0, 1_000, 3)
+    firsts, repeats = distinct_rows(_digests(keys), rows)
+    assert firsts.tolist() == rows.tolist() and repeats == {}
+
+
+class Column(Sequence[str]):
+    """A rendered column that counts how many values it renders."""
+
+    __slots__ = ("rendered", "values")
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = values
+        self.rendered = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        got = self.values[index]
+        self.rendered += len(got) if isinstance(index, slice) else 1
+        return got
+
+
+def _queue(n: int, rows: Sequence[int], repeats: dict[int, list[int]] | None = None) -> tuple[JobQueue, Column]:
+    column = Column([f"v{i}" for i in range(n)])
+    digests = b"".join(i.to_bytes(16, "big") for i in range(n))
+    queue = JobQueue(fields=["x"], sources=[column], digests=digests, firsts=np.asarray(rows), repeats=repeats)
+    return queue, column
+
+
+def test_jobs_come_out_in_row_order_made_a_window_at_a_time() -> None:
+    n = 3 * WINDOW_ROWS
+    queue, column = _queue(n, range(n), {5: [n - 1]})
+    assert len(queue) == n and column.rendered == 0  # nothing made yet
+    first = queue.popleft()
+    assert (first.key, first.values, first.rows) == ((0).to_bytes(16, "big").hex(), {"x": "v0"}, [0])
+    assert column.rendered <= WINDOW_ROWS  # one window rendered, not the frame
+    taken = [first] + [queue.popleft() for _ in range(n - 1)]
+    assert [j.rows[0] for j in taken] == list(range(n))
+    assert taken[5].rows == [5, n - 1]
+    assert not queue and len(queue) == 0
+    with pytest.raises(IndexError):
+        queue.popleft()
+
+
+def test_a_sparse_queue_renders_only_its_own_rows() -> None:
+    n = 100_000
+    rows = list(range(0, n, 10_000))
+    queue, column = _queue(n, rows)
+    assert [queue.popleft().values["x"] for _ in range(len(rows))] == [f"v{r}" for r in rows]
+    assert column.rendered == len(rows)
+
+
+def test_front_peek_put_back_and_slices() -> None:
+    n = 2 * WINDOW_ROWS
+    queue, _ = _queue(n, range(n))
+    head = queue[0]
+    assert queue.popleft() is head  # a peek is the job handed out next
+    queue.extendleft([head])
+    assert queue[0] is head and len(queue) == n
+    made = queue[10:12]
+    assert [j.rows[0] for j in made] == [10, 11] and made[0] is queue[10]  # in the first window: made
+    ahead = n - 3
+    look = queue[ahead : ahead + 2]
+    assert [j.rows[0] for j in look] == [ahead, ahead + 1]
+    assert queue[ahead] is not look[0]  # a row still kept: a look, made afresh
+    assert [j.rows[0] for j in queue[:: WINDOW_ROWS]] == [0, WINDOW_ROWS]
+
+
+def test_iterating_makes_every_job_once_and_keeps_them() -> None:
+    queue, _ = _queue(30, range(30))
+    once = list(queue)
+    assert [j.rows[0] for j in once] == list(range(30))
+    assert all(a is b for a, b in zip(once, queue, strict=True))
+    queue.extend([once[0].copy()])
+    assert len(queue) == 31
+
+
+def test_detach_and_copy() -> None:
+    queue, _ = _queue(20, range(20))
+    queue.popleft()
+    copy = queue.copy()
+    assert len(copy) == len(queue) == 19
+    assert [j.rows[0] for j in copy] == [j.rows[0] for j in queue] == list(range(1, 20))
+    moved = queue.detach()
+    assert len(queue) == 0 and not queue and len(moved) == 19
+    assert moved.first_rows() == list(range(1, 20))
+
+
+def test_prepare_makes_no_job_and_dedups_by_key() -> None:
+    values = [f"text {i % 700}" for i in range(2_000)] + [None]
+    template = parse_template("Say {x}")
+    prepared = prepare({"x": values}, len(values), template, Options(model="m", cache=False))
+    todo = prepared.todo
+    assert len(todo) == 700 and prepared.report.duplicate_rows == 1_300 and prepared.report.null_rows == 1
+    assert repr(todo).endswith("0 made)")
+    jobs = list(todo)
+    assert [j.rows for j in jobs[:2]] == [[0, 700, 1400], [1, 701, 1401]]
+    assert jobs[0].values == {"x": "text 0"}
+    assert prepared.to_send is not None and int(prepared.to_send.sum()) == 2_000
+    assert prepared.unfinished_rows([]) == list(range(2_000))
+
+
+def test_equal_short_answers_are_held_once() -> None:
+    from llmframe._jobs import Job
+    from llmframe._outcomes import SHARED_ANSWERS, Outcomes
+    from llmframe._report import RunReport
+
+    answers: list[str | None] = [None] * 4
+    outcomes = Outcomes(RunReport(), answers, None, model="m", template_hash="t")
+    for row in range(3):
+        outcomes.finish(Job(f"{row:032x}", {"x": "v"}, [row]), "".join(["posi", "tive"]), (1, 1, None, None))
+    assert answers[0] == answers[1] == answers[2] == "positive"
+    assert answers[0] is answers[1] is answers[2]
+    outcomes.shared.update((str(i), str(i)) for i in range(SHARED_ANSWERS))  # full: new answers kept as they are
+    fresh = "".join(["neg", "ative"])
+    outcomes.finish(Job(f"{3:032x}", {"x": "v"}, [3]), fresh, (1, 1, None, None))
+    assert answers[3] is fresh and "negative" not in outcomes.shared
