@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._client import CallError, ChatClient, classify
+from ._client import CallError, ChatClient, classify, httpx
 
 __all__ = ["EmbedClient", "EmbedReply"]
 
@@ -74,17 +74,16 @@ class EmbedClient(ChatClient):
 
     async def embed(self, texts: Sequence[str], *, model: str, dimensions: int | None) -> EmbedReply:
         """One attempt. Raises :class:`CallError`."""
-        extra: dict[str, Any] = {"input": list(texts)}
+        body: dict[str, Any] = {"model": model, "input": list(texts), "encoding_format": "base64"}
         if dimensions is not None:
-            extra["dimensions"] = dimensions
+            body["dimensions"] = dimensions
         start = time.monotonic()
         try:
-            # The inputs travel in extra_body: as a typed argument, the SDK walks every string.
-            raw = await self._client.embeddings.with_raw_response.create(
-                model=model, input=[], encoding_format="base64", extra_body=extra
-            )
-            body = raw.http_response.content
+            # The SDK's generic post, as chat requests go (:meth:`ChatClient.complete`): the body is
+            # sent as built, not walked string by string as typed arguments are.
+            response = await self._client.post("/embeddings", body=body, cast_to=httpx.Response)
+            content = response.content
         except Exception as exc:  # classify() re-raises what it does not know
             raise classify(exc, api_key=self._api_key, base_url=self.base_url) from None
-        vectors, tokens = decode(body, len(texts))
-        return EmbedReply(vectors, tokens, raw.headers, time.monotonic() - start)
+        vectors, tokens = decode(content, len(texts))
+        return EmbedReply(vectors, tokens, response.headers, time.monotonic() - start)
