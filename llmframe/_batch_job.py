@@ -8,8 +8,9 @@ batches. :meth:`BatchJob.aresult` polls with backoff, downloads each finished
 batch's output and error files, hands every result to the run
 (:mod:`._batch_run`), and sends what must go again as a follow-up batch, until
 nothing is left; then the frame is made as ``apply`` makes it. The job's state
-(:mod:`._batch_state`) is written after every step, so a kill loses nothing that
-was submitted.
+(:mod:`._batch_state`) is written after every step, and each batch is written
+down before it is sent (:mod:`._batch_send`), so a kill loses nothing that was
+submitted and a new process never submits it twice.
 
 Where the endpoint's enqueued-token limit refuses a batch, its file waits
 ("queued") and is submitted as earlier batches finish. ``on_expired="live"``
@@ -29,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from . import _engine
-from ._batch_client import BatchClient, LimitReached
+from ._batch_client import BatchClient
 from ._batch_jsonl import read_results, split_lines
 from ._batch_run import BatchRun, Sent, task_hash
+from ._batch_send import create, record, recover, send
 from ._batch_state import BATCH_DONE, FINAL, JobState, SentBatch, find_job, load_job
 from ._batch_status import BatchStatus, job_folder, status_of
 from ._client import CallError, _shown
@@ -203,27 +205,11 @@ class BatchJob:
             return False
         by_id = {item.custom_id: item for item, _ in lines}
         for part in split_lines((item.custom_id, line) for item, line in lines):
-            file_id = await client.upload(f"{self.id}-{work.batch.round}.jsonl", b"".join(line for _, line in part))
             items = [by_id[custom_id] for custom_id, _ in part]
-            sent = SentBatch("", file_id, work.batch.round, {i.custom_id: [j.key for j in i.sent] for i in items},
-                             {i.custom_id: _copies(i) for i in items if _copies(i)}, status="queued")  # fmt: skip
-            self.state.batches.append(sent)
-            await self.create(client, sent, first=len(self.state.batches) == 1)
+            sent = SentBatch("", "", work.batch.round, {i.custom_id: [j.key for j in i.sent] for i in items},
+                             {i.custom_id: _copies(i) for i in items if _copies(i)}).renew()  # fmt: skip
+            await send(client, self.state, self.folder, sent, b"".join(line for _, line in part))
         return True
-
-    async def create(self, client: BatchClient, sent: SentBatch, *, first: bool = False) -> None:
-        """Create ``sent``'s batch, or leave it queued while the enqueued-token limit holds."""
-        try:
-            batch = await client.create(sent.input_file_id, {"llmframe_job": self.id})
-        except LimitReached:  # tried again as this job's earlier batches (or others' work) finish
-            sent.status = "queued"
-        except BaseException:
-            if first:  # nothing was created: no job is recorded
-                self.state.batches.clear()
-            raise
-        else:
-            sent.batch_id, sent.status = str(batch.id), str(batch.status)
-        self.save()
 
     async def wait(self, client: BatchClient, work: Work) -> None:
         delay = POLL_FIRST
@@ -252,7 +238,7 @@ class BatchJob:
                     sent.taken = True
                     work.batch.take(list(sent.requests), {}, resend=False)
             elif queued and (changed or len(queued) == len(self.state.in_flight)):
-                await self.create(client, queued[0])
+                await create(client, self.state, self.folder, queued[0])
             self.save()
             work.progress.set_postfix_str(str(status_of(self.state)).split(": ", 1)[-1], refresh=False)
             if not changed:
@@ -274,6 +260,7 @@ class BatchJob:
             codes = " ".join(f"{getattr(e, 'code', '')} {getattr(e, 'message', '')}" for e in problems)
             if "token_limit" in codes or "enqueued token" in codes.lower():
                 sent.batch_id, sent.status = "", "queued"  # submitted again as earlier batches finish
+                sent.renew()  # (a lookup must not take the failed batch for the new one)
                 return
             message = "; ".join(f"line {getattr(e, 'line', '?')}: {getattr(e, 'message', '')}" for e in problems[:3])
             self.state.status, self.state.message = "failed", f"batch {sent.batch_id} failed validation: {message}"
@@ -319,8 +306,7 @@ class BatchJob:
                          unnest=work.unnest, prefix=work.prefix)  # fmt: skip
 
     def save(self) -> None:
-        if self.state.batches:  # a job is recorded once a batch of it exists
-            self.state.save(self.folder)
+        record(self.state, self.folder)
 
 
 def _copies(item: Sent) -> list[int]:
@@ -359,11 +345,13 @@ async def start(df: Any, template: Template, opts: Options, output: str, *, unne
         batch = BatchRun.wire(prepared, template, opts, endpoint, new.id)
         work = Work(df, template, opts, output, unnest, prefix, batch, started)
         job = BatchJob(new, folder, opts, work, sleep=sleep)
-        if found is not None:
-            batch.resume(found)
-        elif keys:
+        if found is not None or keys:
             async with job.client() as client:
-                await job.submit_round(client, work)
+                if found is not None:  # a batch a killed process wrote down is found, not sent again
+                    await recover(client, found, folder)
+                    batch.resume(found)
+                if not new.in_flight and not new.cancelled and keys:
+                    await job.submit_round(client, work)
     except BaseException:
         prepared.close()
         raise

@@ -7,6 +7,12 @@ template and options, and the job's status. It holds no API key and no
 credentials of ``base_url`` (only its scheme, host, port and path), and no row
 text: the frame gives that back. Every write goes to a temporary file renamed
 over the old one, so a kill leaves the last state or the one before, whole.
+
+A batch is written down before it is sent: its ``token``, which goes in the
+name of its input file and in the batch's ``metadata``, lets a new process find
+a file or a batch whose id a kill kept from being written (status ``uploading``:
+the file may exist; ``creating``: the batch may exist) instead of paying for it
+twice.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -22,13 +30,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINAL", "JOBS_DIR", "JobState", "SentBatch", "find_job", "list_jobs", "load_job"]
+__all__ = ["FINAL", "JOBS_DIR", "SENDING", "JobState", "SentBatch", "drop_job", "find_job", "list_jobs", "load_job"]
 
 JOBS_DIR = "_batches"
 #: Job statuses after which nothing is left to wait for.
 FINAL = frozenset({"completed", "cancelled", "failed"})
 #: Batch statuses after which its files are what they will be.
 BATCH_DONE = frozenset({"completed", "expired", "cancelled", "failed"})
+#: Statuses of a batch written down but not known to exist yet: its file or the batch
+#: itself may have been made by a process killed before it wrote the id.
+SENDING = frozenset({"uploading", "creating"})
 
 
 @dataclass
@@ -44,6 +55,17 @@ class SentBatch:
     taken: bool = False  # its results were read and their answers cached
     completed: int = 0  # requests done, from the batch's request_counts
     failed: int = 0
+    token: str = ""  # in its file's name and its metadata: how a new process finds them again
+    since: int = 0  # unix seconds when it was written down: lookups go no further back
+
+    def renew(self) -> SentBatch:
+        """A new token (for a batch not sent yet, or sent again after its batch failed)."""
+        self.token, self.since = secrets.token_hex(8), int(time.time())
+        return self
+
+    def file_name(self, job_id: str) -> str:
+        """The name its input file is uploaded under (the token makes it unique)."""
+        return f"{job_id}-{self.round}-{self.token}.jsonl"
 
 
 @dataclass
@@ -111,6 +133,12 @@ def load_job(folder: Path, job_id: str) -> JobState | None:
         return _from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def drop_job(folder: Path, job_id: str) -> None:
+    """Forget a job that never had a batch (its first one was refused)."""
+    with contextlib.suppress(FileNotFoundError):
+        (folder / JOBS_DIR / f"{job_id}.json").unlink()
 
 
 def list_jobs(folder: Path) -> list[JobState]:

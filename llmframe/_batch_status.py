@@ -15,15 +15,16 @@ from ._html import table
 __all__ = ["BatchStatus", "batch_jobs", "job_folder", "status_of"]
 
 #: Batch statuses from least to most advanced: a job is where its slowest batch is.
-_ORDER = ("queued", "validating", "in_progress", "finalizing", "cancelling", "completed", "expired", "cancelled",
-          "failed")  # fmt: skip
+_ORDER = ("uploading", "creating", "queued", "validating", "in_progress", "finalizing", "cancelling", "completed",
+          "expired", "cancelled", "failed")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class BatchStatus:
     """One job at a glance: ``state`` (validating, in_progress, finalizing, completed, cancelled,
-    failed; queued while the endpoint's enqueued-token limit holds it back), requests done
-    of the total, rows, batches."""
+    failed; queued while the endpoint's enqueued-token limit holds it back; uploading or
+    creating while its file or batch is being sent), requests done of the total, rows,
+    batches."""
 
     job_id: str
     state: str

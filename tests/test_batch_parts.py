@@ -15,7 +15,7 @@ import pytest
 import llmframe
 from llmframe import _batch_job
 from llmframe._batch_jsonl import input_line, read_results, split_lines
-from llmframe._batch_state import JobState, SentBatch, find_job, list_jobs, load_job
+from llmframe._batch_state import JobState, SentBatch, drop_job, find_job, list_jobs, load_job
 from llmframe._batch_status import status_of
 from llmframe._config import resolve
 from llmframe._pricing import batch_price_for, price_for
@@ -78,6 +78,27 @@ def test_the_state_is_written_whole_and_holds_no_secret(tmp_path: Path) -> None:
     status = status_of(state)
     assert (status.state, status.requests_total, status.rows) == ("completed", 2, 3)
     assert "completed" in str(status) and "<table" in status._repr_html_()
+
+
+def test_a_batch_is_written_down_with_its_own_token(tmp_path: Path) -> None:
+    state = JobState.new(hash="h1", model="m", base_url="http://host:1/v1", template="T {a}", rows=1, options={})
+    sent = SentBatch("", "", 2, {"c1": ["k1"]}).renew()
+    assert len(sent.token) == 16 and sent.since > 0 and sent.token != SentBatch("", "", 2, {}).renew().token
+    assert sent.file_name(state.id) == f"{state.id}-2-{sent.token}.jsonl"
+    state.batches.append(sent)
+    state.save(tmp_path)
+    again = load_job(tmp_path, state.id)
+    assert again is not None and (again.batches[0].token, again.batches[0].since) == (sent.token, sent.since)
+    path = tmp_path / "_batches" / f"{state.id}.json"
+    data = json.loads(path.read_text())
+    for name in ("token", "since"):  # a state written before batches had tokens
+        del data["batches"][0][name]
+    path.write_text(json.dumps(data))
+    older = load_job(tmp_path, state.id)
+    assert older is not None and older.batches[0].token == ""
+    drop_job(tmp_path, state.id)
+    drop_job(tmp_path, state.id)  # gone already: nothing to do
+    assert list_jobs(tmp_path) == []
 
 
 def test_the_batch_price_is_half_unless_given() -> None:

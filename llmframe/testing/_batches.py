@@ -1,14 +1,15 @@
 """``/v1/batches``: OpenAI's Batch API on the fake server.
 
 ``POST /v1/batches`` (``input_file_id``, ``endpoint``, ``completion_window``,
-``metadata``) answers a ``Batch`` in ``validating`` and starts its life on the
-server's loop (see ``_batch_lifecycle``); ``GET /v1/batches/{id}`` answers it as
-it is now, ``POST /v1/batches/{id}/cancel`` cancels it, ``GET /v1/batches``
-lists them, newest first (``limit``, ``after``; ``has_more``). The input file is
-read when the batch is created (see ``_batch_input``) but a bad one, or one
-that would pass ``batch_enqueued_tpd`` with the batches still running, only
-shows once ``validating`` is over: the batch ends ``failed`` with
-``errors.data``, as OpenAI's does.
+``metadata``: at most 16 string pairs, echoed back in every ``Batch``) answers a
+``Batch`` in ``validating`` and starts its life on the server's loop (see
+``_batch_lifecycle``); ``GET /v1/batches/{id}`` answers it as it is now,
+``POST /v1/batches/{id}/cancel`` cancels it, ``GET /v1/batches`` lists them,
+newest first (``limit``, ``after``; ``has_more``). The input file is read when
+the batch is created (see ``_batch_input``) but a bad one, or one that would
+pass ``batch_enqueued_tpd`` with the batches still running, only shows once
+``validating`` is over: the batch ends ``failed`` with ``errors.data``, as
+OpenAI's does.
 
 Like the live endpoints, every path answers 401 to a bad key, and with
 ``batch_api=False`` 404, before anything else (a client can probe with
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from llmframe.testing._batch_input import ENDPOINTS, estimated_tokens, read_lines
 from llmframe.testing._batch_lifecycle import BatchJob, run_batch
-from llmframe.testing._files import Files, json_response, refused
+from llmframe.testing._files import Files, json_response, listed, refused
 from llmframe.testing._handler import Handler
 from llmframe.testing._requests import bad_request, error
 from llmframe.testing._settings import Settings
@@ -89,6 +90,9 @@ class Batches(Handler):
                 f"Invalid value: '{body['completion_window']}'. Supported values are: '24h'.",
                 param="completion_window",
             )
+        problem = _bad_metadata(body.get("metadata"))
+        if problem is not None:
+            return bad_request(problem, param="metadata")
         stored = self._files.get(body["input_file_id"])
         if stored is None:
             return error(
@@ -157,14 +161,7 @@ class Batches(Handler):
         if after is not None:
             ids = [job.id for job in jobs]
             jobs = jobs[ids.index(after) + 1 :] if after in ids else []
-        page = [job.object() for job in jobs[:limit]]
-        return json_response({
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(jobs) > limit,
-        })  # fmt: skip
+        return json_response(listed([job.object() for job in jobs], limit))
 
     async def _job(self, request: web.Request) -> BatchJob | web.StreamResponse:
         denied = await refused(request, self._settings())
@@ -177,6 +174,24 @@ class Batches(Handler):
                 404, f"No batch found with id '{batch_id}'.", "invalid_request_error", param="id"
             )
         return job
+
+
+def _bad_metadata(metadata: Any) -> str | None:
+    """What is wrong with a batch's ``metadata`` (OpenAI's limits), or ``None``."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        return "Invalid type for 'metadata': expected an object of string keys and string values."
+    if len(metadata) > 16:
+        return f"Invalid 'metadata': too many properties. Expected at most 16, got {len(metadata)}."
+    for key, value in metadata.items():
+        if len(key) > 64:
+            return f"Invalid 'metadata': key {key[:20]!r}... is longer than 64 characters."
+        if len(value) > 512:
+            return f"Invalid 'metadata': the value of {key!r} is longer than 512 characters."
+    return None
 
 
 def _token_limit(limit: int, tokens: int, enqueued: int) -> dict[str, Any]:

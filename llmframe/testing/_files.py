@@ -1,13 +1,17 @@
 """``/v1/files``: the fake server's file store, as the Batch API uses it.
 
 ``POST /v1/files`` (multipart/form-data with ``purpose`` and ``file``) stores
-the bytes and answers a ``FileObject``; ``GET /v1/files/{id}`` answers it
-again, ``GET /v1/files/{id}/content`` the bytes, ``DELETE /v1/files/{id}``
-removes it. The server's own output and error files of batches live here too
-(purpose ``batch_output``). An upload is only checked for its form; the lines
-of a batch input file are validated when a batch is created from it, as OpenAI
-does. With ``batch_api=False`` every path answers 404, as servers without the
-Batch API (vLLM, llama.cpp) do.
+the bytes and answers a ``FileObject``; ``GET /v1/files`` lists them, newest
+first (``purpose``, ``order``, ``limit``, ``after``; ``has_more``);
+``GET /v1/files/{id}`` answers one again, ``GET /v1/files/{id}/content`` its
+bytes, ``DELETE /v1/files/{id}`` removes it. The server's own output and error
+files of batches live here too (purpose ``batch_output``). An upload is checked
+for its form (and a ``batch`` file for its ``.jsonl`` name, as OpenAI does); the
+lines of a batch input file are validated when a batch is created from it. An
+upload may reach :data:`MAX_UPLOAD_BYTES` (OpenAI's 512 MB per file), more than
+the server takes on other paths, so that a 200 MB batch input file meets the
+Batch API's own check, not a 413. With ``batch_api=False`` every path answers
+404, as servers without the Batch API (vLLM, llama.cpp) do.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from llmframe.testing._requests import bad_request, error, not_found, unauthoriz
 from llmframe.testing._settings import Settings
 from llmframe.testing._stats import ServerStats
 
-__all__ = ["Files", "StoredFile", "json_response", "refused"]
+__all__ = ["MAX_UPLOAD_BYTES", "Files", "StoredFile", "json_response", "listed", "refused"]
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+#: The largest upload body (OpenAI takes files up to 512 MB); above it, a 413.
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,18 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=json.dumps(body).encode(), content_type="application/json"
     )
+
+
+def listed(objects: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """The first ``limit`` of ``objects`` as a page of a list, as OpenAI's list endpoints answer."""
+    page = objects[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(objects) > limit,
+    }
 
 
 async def refused(request: web.Request, settings: Settings) -> web.StreamResponse | None:
@@ -103,7 +121,16 @@ class Files:
             return bad_request(
                 "Invalid request: expected a multipart/form-data body with 'purpose' and 'file'."
             )
-        form = await request.post()
+        request = request.clone(client_max_size=MAX_UPLOAD_BYTES)  # read at request time: tests lower it
+        try:
+            form = await request.post()
+        except web.HTTPRequestEntityTooLarge:
+            return error(
+                413,
+                f"The file is too large: uploads take at most {MAX_UPLOAD_BYTES:,} bytes.",
+                "invalid_request_error",
+                param="file",
+            )
         purpose = form.get("purpose")
         if not isinstance(purpose, str) or not purpose:
             return bad_request("Missing required parameter: 'purpose'.", param="purpose")
@@ -114,9 +141,32 @@ class Files:
         upload = form.get("file")
         if not isinstance(upload, web.FileField):
             return bad_request("Missing required parameter: 'file'.", param="file")
+        if purpose == "batch" and not (upload.filename or "").endswith(".jsonl"):
+            return bad_request("Invalid file format for Batch API. Must be .jsonl", param="file")
         stored = self.add(upload.file.read(), upload.filename or "upload", purpose)
         self._stats._count("files_uploaded")
         return json_response(stored.object())
+
+    async def list(self, request: web.Request) -> web.StreamResponse:
+        denied = await refused(request, self._settings())
+        if denied is not None:
+            return denied
+        query = request.query
+        try:
+            limit = max(1, min(10_000, int(query.get("limit", "10000"))))
+        except ValueError:
+            return bad_request("'limit' must be an integer.", param="limit")
+        with self._lock:
+            stored = list(self._files.values())  # oldest first (ids grow)
+        if query.get("order", "desc") == "desc":
+            stored.reverse()
+        if "purpose" in query:
+            stored = [f for f in stored if f.purpose == query["purpose"]]
+        after = query.get("after")
+        if after is not None:
+            ids = [f.id for f in stored]
+            stored = stored[ids.index(after) + 1 :] if after in ids else []
+        return json_response(listed([f.object() for f in stored], limit))
 
     async def retrieve(self, request: web.Request) -> web.StreamResponse:
         found = await self._found(request)

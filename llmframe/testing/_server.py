@@ -55,8 +55,7 @@ logger = logging.getLogger("llmframe.testing")
 DEFAULT_API_KEY = "fake-key"
 HOST = "127.0.0.1"
 WARM_MODEL = "gpt-4o-mini"
-# Large packed requests and context-length tests send bodies far beyond aiohttp's 1 MiB default.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024 * 1024  # past aiohttp's 1 MiB, for large requests; /v1/files: its own
 class FakeServer:
     """A fake OpenAI-compatible server on ``127.0.0.1``, answering deterministically.
 
@@ -370,6 +369,7 @@ class FakeServer:
         app.router.add_get("/v1/models", self._catalog.list_models)
         app.router.add_get("/v1/models/{model}", self._catalog.get_model)
         app.router.add_post("/v1/files", self._files.upload)
+        app.router.add_get("/v1/files", self._files.list)
         app.router.add_get("/v1/files/{file_id}", self._files.retrieve)
         app.router.add_get("/v1/files/{file_id}/content", self._files.content)
         app.router.add_delete("/v1/files/{file_id}", self._files.delete)
