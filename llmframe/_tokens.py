@@ -37,8 +37,9 @@ class _TiktokenTokenizer:
         self.name = name
 
     def count(self, text: str) -> int:
-        # disallowed_special=() so that a row containing "<|endoftext|>" is counted, not rejected.
-        return len(self._encoding.encode(text, disallowed_special=()))
+        # Special-token text ("<|endoftext|>" in a row) counted as ordinary text, not rejected:
+        # encode(text, disallowed_special=()) does the same with ~10 us more of checks a call.
+        return len(self._encoding.encode_ordinary(text))
 
 
 class _CharTokenizer:
