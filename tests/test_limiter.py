@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 from _fake_clock import FakeClock, run, settle_tasks, start_times
-from _headers_data import OPENAI_HEADERS
+from _headers_data import OPENAI_HEADERS, window_headers
 
 from llmframe._errors import ConfigError
 from llmframe._limiter import (
@@ -856,11 +856,6 @@ def test_two_threads_two_loops_real_time() -> None:
 
 
 # -- the server's window, from limit + remaining + reset ------------------------------------
-
-
-def window_headers(rpm: int, remaining: int, reset: str) -> dict[str, str]:
-    return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": reset}  # fmt: skip
 
 
 async def after_the_probe(limiter: RateLimiter, clock: FakeClock, headers: dict[str, str], n: int) -> list[float]:

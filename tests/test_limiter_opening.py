@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 from _fake_clock import FakeClock, run, settle_tasks, start_times
+from _headers_data import window_headers
 
 from llmframe._bucket import OPEN_SHARE, SPENT
 from llmframe._limiter import RateLimiter
 from llmframe._machine_limiter import MachineLimiter
-
-
-def window_headers(rpm: int, remaining: float, reset: str) -> dict[str, str]:
-    return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": reset}  # fmt: skip
 
 
 async def answered(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:

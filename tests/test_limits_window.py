@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from _fake_clock import FakeClock, run, start_times
+from _headers_data import window_headers
 
 from llmframe import _limits_store
 from llmframe._cache_admin import default_cache_dir
@@ -23,11 +24,6 @@ from llmframe._machine_limiter import MachineLimiter
 from llmframe._quota import Quota
 from llmframe._shared_limiter import _registry, shared_limiter
 from llmframe.testing import FakeServer, expected_answer
-
-
-def window_headers(rpm: int, remaining: float, reset: str) -> dict[str, str]:
-    return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": reset}  # fmt: skip
 
 
 def _new_process() -> None:
