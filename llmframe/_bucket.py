@@ -1,11 +1,12 @@
-"""A token bucket: its level, as the time it will be full again, and six operations.
+"""A token bucket: its level, as the time it will be full again, and its operations.
 
 The limiter's schedule (:mod:`._schedule`) holds two, one of requests and one
 of tokens, and does all its arithmetic through the operations here: when may
 ``amount`` be taken (:meth:`Bucket.ready_at`), take it (:meth:`~Bucket.debit`),
 give it back (:meth:`~Bucket.credit`), believe the server has less
 (:meth:`~Bucket.lower_to`) or more (:meth:`~Bucket.raise_to`), move everything
-later (:meth:`~Bucket.shift`).
+later (:meth:`~Bucket.shift`), and the opening: once per limit, hold more of the
+server's window until that is spent (:meth:`~Bucket.open`, :meth:`~Bucket.close`).
 Pure arithmetic on given times: no clock and no lock (the limiter holds the lock).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["WINDOW_SHARE", "Bucket"]
+__all__ = ["OPEN_SHARE", "WINDOW_SHARE", "Bucket"]
 
 #: The share of the server's own window (how much its bucket holds when full, told by
 #: its headers) that this bucket may hold. Half: requests released together reach the
@@ -22,6 +23,17 @@ __all__ = ["WINDOW_SHARE", "Bucket"]
 #: the 429s of 1 s, 0.5 s halved them again). A server that holds a whole minute
 #: (OpenAI's) then lets half a minute's requests go at once instead of a ramp.
 WINDOW_SHARE = 0.5
+#: The share of the server's window the bucket holds once, at the opening: the first
+#: headers that say what the window holds, nothing waiting. With :data:`WINDOW_SHARE`
+#: alone, a client facing a 1 s window starts with half of it and stays 0.5 s behind
+#: one that used it all (100 requests at 20/s: 4.5 s where 4.0 s would do); all of it
+#: at once earns 429s, as requests released together reach the server spread out and
+#: the steady ones after them arrive first (benchmarks/processes.py; the Redis
+#: limiter's script does the same).
+OPEN_SHARE = 0.75
+#: :attr:`Bucket.opening` before the opening, and once it is spent (while open, it is
+#: the capacity the bucket closes back to).
+NOT_OPENED, SPENT = 0.0, -1.0
 
 
 class Bucket:
@@ -37,29 +49,38 @@ class Bucket:
     (``limit is None``) allows everything at once.
     """
 
-    __slots__ = ("capacity", "full_at", "limit", "rate")
+    __slots__ = ("capacity", "full_at", "limit", "opening", "rate")
 
     def __init__(self) -> None:
         self.limit: float | None = None  # per minute
         self.rate = 0.0  # per second
         self.capacity = 0.0
         self.full_at = -math.inf
+        #: :data:`NOT_OPENED`, :data:`SPENT`, or while open the capacity to close back to.
+        self.opening = NOT_OPENED
 
     def configure(
         self, limit: float | None, now: float, burst_seconds: float, floor: float,
-        window: float | None = None,
+        window: float | None = None, *, resize: bool = False,
     ) -> None:  # fmt: skip
         """Use a new per-minute limit, keeping the current level (within the new capacity).
 
         ``window`` is what the server's own bucket holds (:data:`WINDOW_SHARE` of it
-        may be held here), None when its headers did not say.
+        may be held here), None when its headers did not say. Without a window, a
+        bucket whose limit did not change keeps its size (a sharer that has not read
+        the window keeps the size another one set), unless ``resize``. A new limit may
+        open once more (:meth:`open`).
         """
         if limit is None:
             self.limit = None
             return
-        if limit == self.limit and window is None:
-            return  # nothing new (a sharer that has not read the window keeps the size it set)
+        if limit == self.limit and window is None and not resize:
+            return
         capacity = max(floor, limit * burst_seconds / 60, WINDOW_SHARE * min(window or 0.0, limit))
+        if limit == self.limit and self.opening > 0:  # open: it closes to the new size
+            self.opening, capacity = capacity, max(capacity, self.capacity)
+        elif limit != self.limit:
+            self.opening = NOT_OPENED
         if limit == self.limit and capacity == self.capacity:
             return
         # A bucket that was unlimited starts full: the server's remaining count,
@@ -67,8 +88,32 @@ class Bucket:
         level = self.level_at(now) if self.limit is not None else math.inf
         self.limit = limit
         self.rate = limit / 60
+        self._resize(capacity, level, now)
+
+    def _resize(self, capacity: float, level: float, now: float) -> None:
         self.capacity = capacity
-        self.full_at = now + (self.capacity - min(level, self.capacity)) / self.rate
+        self.full_at = now + (capacity - min(level, capacity)) / self.rate
+
+    def open(self, window: float, level: float, now: float) -> bool:
+        """The opening, once per limit: hold :data:`OPEN_SHARE` of ``window`` (what the
+        server's bucket holds), filled up to ``level`` (what it has left, less what is in
+        flight), until :meth:`close` finds it spent. False if it opened before, or would
+        hold no more than now."""
+        if self.limit is None or self.opening != NOT_OPENED:
+            return False
+        capacity = OPEN_SHARE * min(window, self.limit)
+        if capacity <= self.capacity:
+            return False
+        self.opening = self.capacity
+        self._resize(capacity, self.level_at(now), now)
+        self.raise_to(level, now)
+        return True
+
+    def close(self, now: float) -> None:
+        """An open bucket down to the size it had goes back to that size, for good."""
+        if self.opening > 0 and self.level_at(now) <= self.opening:
+            self._resize(self.opening, self.level_at(now), now)
+            self.opening = SPENT
 
     def level_at(self, t: float) -> float:
         if self.limit is None:
@@ -111,11 +156,12 @@ class Bucket:
 
     def shared(self) -> list[float | None]:
         """Everything the bucket is, for a state shared between processes."""
-        return [self.limit, self.rate, self.capacity, self.full_at]
+        return [self.limit, self.rate, self.capacity, self.full_at, self.opening]
 
     def load(self, state: list[float | None]) -> None:
         """Become the bucket :meth:`shared` described."""
-        limit, rate, capacity, full_at = state
+        limit, rate, capacity, full_at, opening = state
         self.limit = limit
         self.rate, self.capacity, self.full_at = float(rate or 0), float(capacity or 0), float(full_at or 0)
+        self.opening = float(opening or 0)
 

@@ -45,7 +45,11 @@ from ._reserve import Slot
 from ._retry import backoff_delay
 from ._schedule import ACTIVE, DONE, QUEUED, Reservation, Schedule
 
-__all__ = ["LimiterStats", "RateLimiter", "Reservation"]
+__all__ = ["LimiterStats", "OnLearned", "RateLimiter", "Reservation"]
+
+#: Told after each response: the learned ``rpm`` and ``tpm``, whether the headers
+#: named a limit, and the seconds of each limit the server's window holds (None: unknown).
+OnLearned = Callable[[float | None, float | None, bool, tuple[float | None, float | None]], None]
 
 #: How often a request held back behind the probe checks whether it may go.
 #: A probe is one LLM call (a second or more), so 50 ms adds little latency.
@@ -126,14 +130,20 @@ class RateLimiter:
         self._longest_wait = 0.0
         self._pauses = 0
         self._paused_seconds = 0.0
-        #: Told ``(rpm, tpm, headers)`` after each response, outside the lock (to persist them).
-        self.on_learned: Callable[[float | None, float | None, bool], None] | None = None
+        #: Told what was learned after each response, outside the lock (to persist it).
+        self.on_learned: OnLearned | None = None
         self._configure(clock())
 
-    def remember(self, rpm: float | None, tpm: float | None) -> None:
-        """Start from limits an earlier process learned: no probe; headers correct them."""
+    def remember(
+        self, rpm: float | None, tpm: float | None, window_seconds: tuple[float | None, float | None] = (None, None)
+    ) -> None:
+        """Start from limits an earlier process learned: no probe; headers correct them.
+
+        ``window_seconds``: how many seconds of each limit the server's window held then;
+        the buckets hold their share of it for the first burst (see :mod:`._quota`).
+        """
         with self._lock:
-            self._quota.remember(rpm, tpm)
+            self._quota.remember(rpm, tpm, window_seconds)
             now = self._clock()
             self._configure(now)
             self._admit_queued(now)
@@ -170,10 +180,15 @@ class RateLimiter:
         tpm = self.tpm
         return tpm is None or tokens <= tpm
 
-    def _configure(self, now: float) -> None:
+    def _configure(self, now: float, *, resize: bool = False) -> None:
         # While probing, unknown limits stay unlimited: the one-at-a-time gate
         # is what holds requests back until the headers tell the real limits.
-        self._schedule.configure(self._quota.rpm, self._quota.tpm, now, self._burst_seconds, self._quota.windows)
+        self._schedule.configure(self._quota.rpm, self._quota.tpm, now, self._burst_seconds, self._quota.windows,
+                                 resize=resize)  # fmt: skip
+
+    def _flying(self) -> tuple[float, float]:
+        """Requests started and not settled, and their tokens (lock held)."""
+        return self._in_flight[0], self._in_flight[1]
 
     # -- reserving ------------------------------------------------------------
 
@@ -306,7 +321,9 @@ class RateLimiter:
         holds (:mod:`._quota`): a bucket they make larger opens at once to what
         the server has left, less what is in flight (which it may not have
         counted yet), instead of ramping up; otherwise the level is never
-        raised. A response with no rate-limit headers at all ends probing with
+        raised. The first such headers of a limit, nothing waiting, also open
+        the bucket once (:meth:`~._bucket.Bucket.open`: 3/4 of the window, until
+        spent). A response with no rate-limit headers at all ends probing with
         no limit to learn.
         """
         seen = parse_rate_limits(headers)
@@ -316,28 +333,38 @@ class RateLimiter:
             before = [bucket.capacity if bucket.limit is not None else None for _, bucket in buckets]
             self._quota.learn(seen)
             self._configure(now)
-            for (window, bucket), capacity, in_flight in zip(buckets, before, self._in_flight, strict=True):
+            waiting = self._schedule.waiting
+            for (window, bucket), capacity, in_flight in zip(buckets, before, self._flying(), strict=True):
                 if window.remaining is None:
                     continue
                 if capacity is not None and bucket.capacity > capacity:  # the window opened up
                     bucket.raise_to(window.remaining - in_flight, now)
                 bucket.lower_to(window.remaining, now)
+                if window.capacity is not None and window.limit == bucket.limit and not waiting:
+                    bucket.open(window.capacity, window.remaining - in_flight, now)
             self._admit_queued(now)
             learned = self._quota.learned_limits
+            seconds = self._quota.window_seconds
         if self.on_learned is not None:
-            self.on_learned(learned[0], learned[1], seen.requests.limit is not None or seen.tokens.limit is not None)
+            headers_said = seen.requests.limit is not None or seen.tokens.limit is not None
+            self.on_learned(learned[0], learned[1], headers_said, seconds)
 
     def pause(self, seconds: float) -> None:
         """After a 429: nobody sharing this limiter starts before ``seconds`` from now.
 
         The server said we are out, so both buckets are drained. Waiters
         already scheduled move back by the length of the pause, keeping their
-        spacing, rather than all starting together when it ends.
+        spacing, rather than all starting together when it ends. A window an
+        earlier process remembered, still sizing the buckets, was stale: they
+        go back to the usual burst.
         """
         if not (math.isfinite(seconds) and seconds > 0):
             seconds = 0.0
         with self._lock:
-            self._paused_seconds += self._schedule.pause(seconds, self._clock())
+            now = self._clock()
+            if self._quota.distrust():  # a remembered window sized the burst: it was stale
+                self._configure(now, resize=True)
+            self._paused_seconds += self._schedule.pause(seconds, now)
             self._pauses += 1
 
     # -- reporting ------------------------------------------------------------

@@ -14,8 +14,9 @@ result back. What is shared is what decides when a request may start:
   limits of all, and a 429 in one process pauses every sharer;
 - who holds the probe, while the limits are unknown;
 - one row per sharer: its given limits (the lowest any sharer gives holds for
-  all, as they share one quota), and the reservations it placed that have not
-  started yet.
+  all, as they share one quota), the reservations it placed that have not
+  started yet, and its requests in flight (what the server may not have counted
+  yet when a reply says what it has left: :meth:`RateLimiter.observe`).
 
 Each process computes its own start times under the lock, so FIFO order holds
 across processes, and sleeps in its own event loop. A process that dies (even
@@ -203,6 +204,7 @@ class MachineLimiter(RateLimiter):
         self._configure(self._clock())
         self._probe = None
         self._queue.clear()
+        self._in_flight = [0, 0]  # a forked child's are the parent's
         self._probe_owner: str | None = None
         self._raw = b""
         self._last_look = -math.inf
@@ -272,9 +274,16 @@ class MachineLimiter(RateLimiter):
         else:
             probe = self._token
         owned = self._owned
+        owned.mine.flying, owned.mine.flying_tokens = self._in_flight
         return encode_state(
             self._clock_domain, probe, self._quota.shared(), owned.shared(), owned.holdings
         )
+
+    def _flying(self) -> tuple[float, float]:
+        """Requests in flight on the whole machine, and their tokens (lock held)."""
+        others = [h for h in self._owned.holdings.values() if h is not self._owned.mine]
+        return (self._in_flight[0] + sum(h.flying for h in others),
+                self._in_flight[1] + sum(h.flying_tokens for h in others))  # fmt: skip
 
     def _held_back(self, now: float) -> bool:
         """Do other sharers' waiting reservations reach more than ``RECLAIM_SECONDS`` ahead?"""

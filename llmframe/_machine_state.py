@@ -43,7 +43,8 @@ _MAX_BYTES = 1 << 20
 
 @dataclass(slots=True)
 class Holding:
-    """One sharer's row: its given limits, and its placed reservations not started yet."""
+    """One sharer's row: its given limits, its placed reservations not started yet, and
+    its requests in flight (started, not settled) with their tokens."""
 
     pid: int
     rpm: float | None = None
@@ -52,16 +53,18 @@ class Holding:
     requests: float = 0.0  # what they were charged, to give back if the sharer dies
     tokens: float = 0.0
     latest: float = -math.inf  # the latest start among them (the FIFO anchor without it)
+    flying: int = 0
+    flying_tokens: float = 0.0
 
 
 # The state file: a header, the schedule, what was learned, then one row per sharer.
 # Fixed-size binary, so one transaction costs microseconds (JSON cost ten times more).
 # Limits and times that may be unknown are NaN in the file, None here.
 _HEADER = struct.Struct("<4sI40s16s")  # magic, sharers, clock domain, probe holder (b"": none)
-_SCHEDULE = struct.Struct("<8ddqdd")  # two buckets (limit, rate, capacity, full_at), then the rest
-_QUOTA = struct.Struct("<dd???dd")
-_ROW = struct.Struct("<16sqddqddd")  # token, then a Holding
-_MAGIC = b"LFQ1"
+_SCHEDULE = struct.Struct("<10ddqdd")  # two buckets (limit, rate, capacity, full_at, opening), the rest
+_QUOTA = struct.Struct("<dd???dddd")
+_ROW = struct.Struct("<16sqddqdddqd")  # token, then a Holding
+_MAGIC = b"LFQ2"
 
 
 def _nan(value: float | None) -> float:
@@ -75,7 +78,7 @@ def _none(value: float) -> float | None:
 def encode_state(domain: str, probe: str | None, quota: list[Any], schedule: list[Any],
             holdings: dict[str, Holding]) -> bytes:  # fmt: skip
     requests, tokens, *rest = schedule
-    rpm, tpm, observed, learned, remembered, reset_requests, reset_tokens = quota
+    rpm, tpm, observed, learned, remembered, reset_requests, reset_tokens, remembered_windows = quota
     parts = [
         _HEADER.pack(_MAGIC, len(holdings), domain.encode()[:40], (probe or "").encode()),
         _SCHEDULE.pack(*map(_nan, requests), *map(_nan, tokens), *rest),
@@ -87,11 +90,12 @@ def encode_state(domain: str, probe: str | None, quota: list[Any], schedule: lis
             remembered,
             _nan(reset_requests),
             _nan(reset_tokens),
+            *map(_nan, remembered_windows),
         ),
     ]
     for token, h in holdings.items():
         parts.append(_ROW.pack(token.encode(), h.pid, _nan(h.rpm), _nan(h.tpm), h.count,
-                               h.requests, h.tokens, h.latest))  # fmt: skip
+                               h.requests, h.tokens, h.latest, h.flying, h.flying_tokens))  # fmt: skip
     return b"".join(parts)
 
 
@@ -109,9 +113,9 @@ def _decode(raw: bytes) -> tuple[str, str | None, list[Any], list[Any], dict[str
         raise ValueError("not a limiter state (or another version's)")
     at = _HEADER.size
     values = _SCHEDULE.unpack_from(raw, at)
-    schedule = [[_none(v) for v in values[:4]], [_none(v) for v in values[4:8]], *values[8:]]
+    schedule = [[_none(v) for v in values[:5]], [_none(v) for v in values[5:10]], *values[10:]]
     at += _SCHEDULE.size
-    rpm, tpm, observed, learned, remembered, reset_requests, reset_tokens = _QUOTA.unpack_from(
+    rpm, tpm, observed, learned, remembered, reset_requests, reset_tokens, *windows = _QUOTA.unpack_from(
         raw, at
     )
     quota = [
@@ -122,13 +126,14 @@ def _decode(raw: bytes) -> tuple[str, str | None, list[Any], list[Any], dict[str
         remembered,
         _none(reset_requests),
         _none(reset_tokens),
+        [_none(v) for v in windows],
     ]
     at += _QUOTA.size
     holdings = {}
     for _ in range(sharers):
-        token, pid, rpm, tpm, count, requests, tokens, latest = _ROW.unpack_from(raw, at)
+        token, pid, rpm, tpm, count, requests, tokens, latest, flying, flying_tokens = _ROW.unpack_from(raw, at)
         holdings[token.decode()] = Holding(
-            pid, _none(rpm), _none(tpm), count, requests, tokens, latest
+            pid, _none(rpm), _none(tpm), count, requests, tokens, latest, flying, flying_tokens
         )
         at += _ROW.size
     return (

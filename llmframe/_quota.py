@@ -16,6 +16,10 @@ holds a minute's requests can take a burst that one holding a second's cannot.
 That is kept per limit (:attr:`Quota.windows`), the largest seen for the limit
 in force, and sizes the limiter's buckets (:mod:`._bucket`). It is this
 process's own reading: processes sharing a quota share the buckets it sized.
+An earlier process's reading (:meth:`Quota.remember`, in seconds) sizes them
+until a response speaks, for the first burst only; a 429 before that drops it
+(:meth:`Quota.distrust`). Unlike the own reading, it is shared: every sharer
+starts from the same memory, and drops it together.
 
 :class:`Quota` holds no lock and no clock: the limiter's lock guards it.
 """
@@ -65,6 +69,7 @@ class Quota:
         "learned",
         "observed",
         "remembered",
+        "remembered_windows",
         "reset_requests",
         "reset_tokens",
     )
@@ -82,6 +87,8 @@ class Quota:
         self.reset_tokens: float | None = None
         # What the server's request and token buckets hold when full, as its headers said.
         self._windows: list[float | None] = [None, None]
+        # ... as an earlier process's said: used while ``remembered``.
+        self.remembered_windows: list[float | None] = [None, None]
 
     @property
     def rpm(self) -> float | None:
@@ -109,14 +116,29 @@ class Quota:
         if tpm is not None:
             self._given_tpm = tpm
 
-    def remember(self, rpm: float | None, tpm: float | None) -> None:
-        """Start from limits an earlier process learned (no probe); the next response's
-        headers replace them. ``None`` for both: the endpoint sent no limits then."""
+    def remember(
+        self, rpm: float | None, tpm: float | None, window_seconds: tuple[float | None, float | None] = (None, None)
+    ) -> None:
+        """Start from limits an earlier process learned (no probe), and the seconds of each
+        limit its server's window held (:attr:`window_seconds`); the next response's
+        headers replace them. ``None`` for both limits: the endpoint sent no limits then."""
         if self.observed:
             return  # this process has seen the endpoint itself: that is fresher
         self.observed = self.remembered = True
         self._learned_rpm = float(rpm) if rpm else None
         self._learned_tpm = float(tpm) if tpm else None
+        self.remembered_windows = [
+            limit * seconds / 60 if limit and seconds and math.isfinite(seconds) and seconds > 0 else None
+            for limit, seconds in zip(self.learned_limits, window_seconds, strict=True)
+        ]
+
+    def distrust(self) -> bool:
+        """A 429 while remembered windows size the buckets: the memory is stale, drop the
+        windows (the limits stay until a response speaks). True if there were any."""
+        if not self.remembered or self.remembered_windows == [None, None]:
+            return False
+        self.remembered_windows = [None, None]
+        return True
 
     @property
     def given(self) -> tuple[float | None, float | None]:
@@ -128,7 +150,7 @@ class Quota:
         self._given_rpm, self._given_tpm = limits
 
     _SHARED: ClassVar[tuple[str, ...]] = ("_learned_rpm", "_learned_tpm", "observed", "learned", "remembered",
-               "reset_requests", "reset_tokens")  # fmt: skip
+               "reset_requests", "reset_tokens", "remembered_windows")  # fmt: skip
 
     def shared(self) -> list[Any]:
         """What was learned, as plain data: processes sharing a quota share it (not ``given``)."""
@@ -140,15 +162,26 @@ class Quota:
             raise ValueError(f"a quota state has {len(self._SHARED)} values, got {len(state)}")
         for name, value in zip(self._SHARED, state, strict=True):
             setattr(self, name, value)
+        self.remembered_windows = list(self.remembered_windows)
 
     @property
     def windows(self) -> tuple[float | None, float | None]:
         """What the server's request and token buckets hold when full, where its headers
-        said so and its limit is the one in force (a lower given limit keeps the usual burst)."""
+        said so (or, until a response speaks, an earlier process's) and its limit is the
+        one in force (a lower given limit keeps the usual burst)."""
         in_force = (self.rpm, self.tpm)
         learned = self.learned_limits
-        return (self._windows[0] if in_force[0] == learned[0] else None,
-                self._windows[1] if in_force[1] == learned[1] else None)  # fmt: skip
+        read = self.remembered_windows if self.remembered else self._windows
+        return (read[0] if in_force[0] == learned[0] else None,
+                read[1] if in_force[1] == learned[1] else None)  # fmt: skip
+
+    @property
+    def window_seconds(self) -> tuple[float | None, float | None]:
+        """This process's own reading of the windows, as seconds of each learned limit
+        (what :meth:`remember` takes): None where unknown."""
+        (rq, tk), (rpm, tpm) = self._windows, self.learned_limits
+        return (rq * 60 / rpm if rq is not None and rpm else None,
+                tk * 60 / tpm if tk is not None and tpm else None)  # fmt: skip
 
     @property
     def learned_limits(self) -> tuple[float | None, float | None]:
@@ -161,6 +194,7 @@ class Quota:
         if self.remembered:  # the server speaks now: what it says replaces the memory
             self.remembered = False
             self._learned_rpm = self._learned_tpm = None
+            self.remembered_windows = [None, None]
         for i, window in enumerate((seen.requests, seen.tokens)):
             if window.limit is None:
                 continue

@@ -243,8 +243,9 @@ class RedisLimiter(RateLimiter):
         if self._step("beat", *self._given()) is None and self._outage is not None:
             self._outage.give(rpm, tpm)
 
-    def remember(self, rpm: float | None, tpm: float | None) -> None:
-        """Limits an earlier process learned: used unless a sharer has seen the endpoint."""
+    def remember(self, rpm: float | None, tpm: float | None, window_seconds: Limits = (None, None)) -> None:
+        """Limits an earlier process learned, unless a sharer has seen the endpoint (not the windows:
+        the shared bucket opens on the first reply, :mod:`._redis_script`)."""
         self._memory = (rpm or None, tpm or None)
         self._step("remember", arg(rpm or None), arg(tpm or None))
 
@@ -278,8 +279,7 @@ class RedisLimiter(RateLimiter):
         return reservation
 
     def _place(self, reservation: RedisReservation) -> float | None:
-        """Reserve in the shared schedule: the seconds to wait (polling while behind the probe);
-        None: Redis is away."""
+        """Reserve in the shared schedule: the seconds to wait (polling behind the probe); None: Redis is away."""
         reply = self._step("reserve", reservation.tokens, *self._given())
         if reply is None:
             return None
@@ -341,16 +341,16 @@ class RedisLimiter(RateLimiter):
                 self._outage.limiter.observe(headers)
             return
         learned_rpm, learned_tpm = reply
-        if seen.requests.limit is not None or seen.tokens.limit is not None:
+        if headers_said := seen.requests.limit is not None or seen.tokens.limit is not None:
             self._memory = (num(learned_rpm), num(learned_tpm))
+        with self._lock_stats:  # this sharer's reading of the windows, to remember
+            self._quota.learn(seen)
         if self.on_learned is not None:
-            self.on_learned(num(learned_rpm), num(learned_tpm),
-                            seen.requests.limit is not None or seen.tokens.limit is not None)  # fmt: skip
+            self.on_learned(num(learned_rpm), num(learned_tpm), headers_said, self._quota.window_seconds)
 
     def pause(self, seconds: float) -> None:
         """After a 429: no sharer, on any machine, starts before ``seconds`` from now."""
-        if not (seconds == seconds and 0 < seconds < float("inf")):
-            seconds = 0.0
+        seconds = seconds if seconds == seconds and 0 < seconds < float("inf") else 0.0
         reply = self._step("pause", repr(float(seconds)))
         if reply is None and self._outage is not None:
             self._outage.limiter.pause(seconds)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Awaitable, Callable
 
-from ._limiter import RateLimiter
+from ._limiter import OnLearned, RateLimiter
 from ._retry import backoff_delay
 
 __all__ = ["Outage", "is_outage", "outage_message"]
@@ -80,7 +80,7 @@ class Outage:
         self.limiter.on_learned = self._learned
         #: What the headers said during the outage (the whole account's limits).
         self.learned: Limits | None = None
-        self.on_learned: Callable[[float | None, float | None, bool], None] | None = None
+        self.on_learned: OnLearned | None = None
         self.over = False
         self._random = random
         self.tries = 0
@@ -95,14 +95,14 @@ class Outage:
         """This sharer's share: the limits in force divided by the sharers."""
         return self._share(self._full)
 
-    def _learned(self, rpm: float | None, tpm: float | None, headers: bool) -> None:
+    def _learned(self, rpm: float | None, tpm: float | None, headers: bool, seconds: Limits) -> None:
         """Headers name the account's limits: keep to this sharer's share of them."""
         if headers:
             self.learned = (rpm, tpm)
             self._set_full((_lower(self._given[0], rpm) if rpm is not None else self._full[0],
                             _lower(self._given[1], tpm) if tpm is not None else self._full[1]))  # fmt: skip
         if self.on_learned is not None:
-            self.on_learned(rpm, tpm, headers)
+            self.on_learned(rpm, tpm, headers, seconds)
 
     def give(self, rpm: float | None, tpm: float | None) -> None:
         """This sharer's given limits changed (``set_limits``): a given limit always holds."""

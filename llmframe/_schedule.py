@@ -84,12 +84,18 @@ class Schedule:
 
     def configure(
         self, rpm: float | None, tpm: float | None, now: float, burst_seconds: float,
-        windows: tuple[float | None, float | None] = (None, None),
+        windows: tuple[float | None, float | None] = (None, None), *, resize: bool = False,
     ) -> None:  # fmt: skip
         """Use these per-minute limits (None: unlimited), keeping the current levels;
-        ``windows``: what the server's request and token buckets hold, where known."""
-        self.requests.configure(rpm, now, burst_seconds, 1.0, windows[0])
-        self.tokens.configure(tpm, now, burst_seconds, 0.0, windows[1])
+        ``windows``: what the server's request and token buckets hold, where known
+        (``resize``: size the buckets by them even where unknown, see :meth:`Bucket.configure`)."""
+        self.requests.configure(rpm, now, burst_seconds, 1.0, windows[0], resize=resize)
+        self.tokens.configure(tpm, now, burst_seconds, 0.0, windows[1], resize=resize)
+
+    @property
+    def waiting(self) -> bool:
+        """Are reservations placed that have not started yet?"""
+        return self._pending > 0
 
     def place(self, reservation: Reservation, now: float) -> None:
         """Commit ``reservation`` at the earliest time both buckets allow."""
@@ -102,6 +108,8 @@ class Schedule:
         )
         self.requests.debit(start, 1)
         self.tokens.debit(start, reservation.tokens)
+        self.requests.close(now)  # an opening that is spent (see Bucket.open)
+        self.tokens.close(now)
         reservation._charged_request = self.requests.limit is not None
         reservation._charged_tokens = self.tokens.limit is not None
         reservation.start = start

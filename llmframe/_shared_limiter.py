@@ -61,10 +61,10 @@ def _persist(limiter: RateLimiter, key: str) -> None:
     """Start ``limiter`` from what an earlier process learned, and keep what it learns."""
     entry = _limits_store.recall(key)
     if entry is not None:
-        limiter.remember(entry.get("rpm"), entry.get("tpm"))
+        limiter.remember(entry.get("rpm"), entry.get("tpm"), _limits_store.window_seconds(entry))
 
-    def keep(rpm: float | None, tpm: float | None, headers: bool) -> None:
-        _limits_store.remember(key, rpm, tpm, headers)
+    def keep(rpm: float | None, tpm: float | None, headers: bool, seconds: tuple[float | None, float | None]) -> None:
+        _limits_store.remember(key, rpm, tpm, headers, seconds)
 
     limiter.on_learned = keep
 

@@ -13,6 +13,13 @@ OPENAI_HEADERS = {
     "x-ratelimit-reset-tokens": "1m30.5s",
 }
 
+
+def window_headers(rpm: int, remaining: float, reset: str) -> dict[str, str]:
+    """The three request headers that together say how much the server's window holds."""
+    return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": reset}  # fmt: skip
+
+
 NOW = 1_700_000_000.0  # a fixed wall clock for HTTP-date cases
 
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 from _fake_clock import FakeClock, run, settle_tasks, start_times
-from _headers_data import OPENAI_HEADERS
+from _headers_data import OPENAI_HEADERS, window_headers
 
 from llmframe._errors import ConfigError
 from llmframe._limiter import (
@@ -858,11 +858,6 @@ def test_two_threads_two_loops_real_time() -> None:
 # -- the server's window, from limit + remaining + reset ------------------------------------
 
 
-def window_headers(rpm: int, remaining: int, reset: str) -> dict[str, str]:
-    return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": reset}  # fmt: skip
-
-
 async def after_the_probe(limiter: RateLimiter, clock: FakeClock, headers: dict[str, str], n: int) -> list[float]:
     """The probe answered with ``headers``; when ``n`` requests queued behind it start."""
     probe = await limiter.acquire(0)
@@ -892,13 +887,15 @@ def test_a_server_holding_a_minute_opens_the_burst_at_once_instead_of_ramping() 
     assert starts[:10] == [0.0] * 10 and starts[-1] == pytest.approx((300 - 10) / 20)
 
 
-def test_a_server_holding_one_second_keeps_the_usual_burst() -> None:
-    # 19 left, full again in 50 ms: the server holds 20 requests; half of it is the 0.5 s burst
+def test_a_server_holding_one_second_opens_once_to_three_quarters_of_it() -> None:
+    # 19 left, full again in 50 ms: the server holds 20 requests; half of it is the 0.5 s burst,
+    # but the first reply opens the bucket once to 15 (19 left, the probe in flight: 18)
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)
     starts = run(lambda: after_the_probe(limiter, clock, window_headers(1200, 19, "50ms"), 30))
-    assert starts[:10] == [0.0] * 10
-    assert starts[10:] == pytest.approx([k / 20 for k in range(1, 21)])
+    assert starts[:15] == [0.0] * 15
+    assert starts[15:] == pytest.approx([k / 20 for k in range(1, 16)])
+    assert limiter._schedule.requests.capacity == 10  # spent: back to the 0.5 s burst
 
 
 def test_the_window_opens_to_what_the_server_has_left_less_what_is_in_flight() -> None:

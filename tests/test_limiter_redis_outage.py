@@ -121,14 +121,14 @@ def test_while_redis_stays_away_tries_back_off() -> None:
 
 
 def test_the_share_follows_what_headers_and_set_limits_say() -> None:
-    learned: list[tuple[float | None, float | None, bool]] = []
+    learned: list[tuple[float | None, float | None, bool, tuple[float | None, float | None]]] = []
     outage = Outage((600.0, None), (600.0, None), probing=False, sharers=3, now=0.0, clock=lambda: 0.0,
                     sleep=FakeClock().sleep, burst_seconds=1.0)  # fmt: skip
-    outage.on_learned = lambda rpm, tpm, headers: learned.append((rpm, tpm, headers))
+    outage.on_learned = lambda rpm, tpm, headers, seconds: learned.append((rpm, tpm, headers, seconds))
     assert (outage.limiter.rpm, outage.limiter.tpm, outage.limiter.stats.probing) == (200, None, False)
     outage.limiter.observe({"x-ratelimit-limit-requests": "300", "x-ratelimit-limit-tokens": "90000"})
     assert (outage.limiter.rpm, outage.limiter.tpm) == (100, 30_000)  # the account's limits, shared out
-    assert learned == [(300, 90_000, True)]  # told in full: what the endpoint allows, to remember
+    assert learned == [(300, 90_000, True, (None, None))]  # told in full: what the endpoint allows, to remember
     outage.give(60, None)
     assert outage.limiter.rpm == 20
     unknown = Outage((None, None), (None, None), probing=True, sharers=0, now=0.0, clock=lambda: 0.0,

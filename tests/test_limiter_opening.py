@@ -1,0 +1,117 @@
+"""The opening on virtual time: the first headers that say how much the server's window holds,
+nothing waiting, let the bucket hold 3/4 of it once, filled to what the server has left less
+what is in flight (on the whole machine, for the machine-wide limiter); once spent, the bucket
+is back to its usual size until the limit changes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from _fake_clock import FakeClock, run, settle_tasks, start_times
+from _headers_data import window_headers
+
+from llmframe._bucket import OPEN_SHARE, SPENT
+from llmframe._limiter import RateLimiter
+from llmframe._machine_limiter import MachineLimiter
+
+
+async def answered(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float]:
+    """``n`` requests one after another, each answered at once: when each started."""
+    starts = []
+    for _ in range(n):
+        limiter.settle(await limiter.acquire(0), 0)
+        starts.append(clock.now)
+    return starts
+
+
+def test_the_opening_comes_once_per_limit() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+
+    async def main() -> tuple[list[float], list[float], list[float]]:
+        probe = await limiter.acquire(0)
+        limiter.observe(window_headers(1200, 19, "50ms"))  # holds 20; 19 left, the probe in flight
+        limiter.settle(probe, 0)
+        opened = await answered(limiter, clock, 16)
+        await clock.sleep(10.0)  # full again, and the server says so: no second opening
+        limiter.observe(window_headers(1200, 20, "0s"))
+        again = await answered(limiter, clock, 11)
+        await clock.sleep(10.0)  # a new limit (the key's tier changed): it may open once more
+        limiter.observe(window_headers(2400, 40, "0s"))
+        new_limit = await answered(limiter, clock, 31)
+        return opened, again, new_limit
+
+    opened, again, new_limit = run(main)
+    assert opened == pytest.approx([0.0] * 15 + [0.05])  # 3/4 of 20 (19 left, 1 in flight: 18)
+    assert again == pytest.approx([10.05] * 10 + [10.10])
+    assert new_limit == pytest.approx([20.1] * round(OPEN_SHARE * 40) + [20.1 + 1 / 40])
+    assert limiter._schedule.requests.opening == SPENT and limiter._schedule.requests.capacity == 20
+
+
+def test_no_opening_while_reservations_wait() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    limiter.remember(1200, None)  # the usual burst of 10, then 20 per second
+
+    async def main() -> list[float]:
+        tasks = [asyncio.create_task(limiter.acquire(0)) for _ in range(14)]
+        await settle_tasks()
+        # four wait for their turn: the client is at the server's pace already
+        limiter.observe(window_headers(1200, 19, "50ms"))
+        return [r.start or 0.0 for r in await asyncio.gather(*tasks)]
+
+    assert run(main) == pytest.approx([0.0] * 10 + [0.05, 0.10, 0.15, 0.20])
+    assert limiter._schedule.requests.capacity == 10
+
+
+def test_a_lower_given_limit_does_not_open() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=600, clock=clock, sleep=clock.sleep, burst_seconds=0.5)
+    limiter.observe(window_headers(1200, 19, "50ms"))
+    assert limiter._schedule.requests.capacity == 5 and limiter._schedule.requests.opening == 0
+
+
+# -- the machine-wide limiter ------------------------------------------------------------------
+
+
+def _sharers(tmp_path: Path, clock: FakeClock) -> tuple[MachineLimiter, MachineLimiter]:
+    a, b = (MachineLimiter(tmp_path / "quota.state", clock=clock, sleep=clock.sleep, burst_seconds=0.5)
+            for _ in range(2))  # fmt: skip
+    a.remember(1200, None)  # limits known, no window: the usual burst of 10 for both
+    return a, b
+
+
+def test_the_opening_is_shared_by_every_sharer(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a, b = _sharers(tmp_path, clock)
+
+    async def main() -> list[float]:
+        sent = await b.acquire(0)
+        b.observe(window_headers(1200, 19, "50ms"))  # b's first reply opens the shared bucket
+        b.settle(sent, 0)
+        return await start_times(a, clock, [0] * 16)
+
+    # 9 left of the usual 10 would go at once; the opening lets 15 (19 left, 1 in flight)
+    assert run(main) == pytest.approx([0.0] * 15 + [0.05])
+    a.close()
+    b.close()
+
+
+def test_the_opening_counts_what_every_sharer_has_in_flight(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a, b = _sharers(tmp_path, clock)
+
+    async def main() -> list[float]:
+        await start_times(a, clock, [0] * 5)  # the whole burst in flight: 5 from each sharer
+        await start_times(b, clock, [0] * 5)
+        # the server holds 20 and has 14 left: the 10 in flight may not be counted yet
+        b.observe(window_headers(1200, 14, "300ms"))
+        return await start_times(a, clock, [0] * 5)
+
+    # 14 left less 10 in flight: 4 go at once (counting b's 5 only, a would send 9)
+    assert run(main) == pytest.approx([0.0] * 4 + [0.05])
+    assert a._schedule.requests.capacity == 10  # spent at once: back to the usual burst
+    a.close()
+    b.close()
