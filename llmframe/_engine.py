@@ -65,6 +65,8 @@ ALONE_TRIES = 2
 #: Answers failing the schema (or one-row answers cut off at max_tokens), with none valid
 #: yet, that stop the run: every row would pay its requests for a null.
 SYSTEMIC_INVALID = 10
+#: The error of a row whose values changed between keying and sending (:mod:`._todo`).
+CHANGED = "the row's values changed in the frame while the run was going; nothing was sent for it, run again"
 
 
 class Run:
@@ -313,6 +315,7 @@ def new_run(
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
                   sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts), task_key=task_key)  # fmt: skip
     planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key, packing.note)
+    prepared.todo.on_changed = lambda job: outcomes.fail([job], "changed", CHANGED)
     return the_run
 
 

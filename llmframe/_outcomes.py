@@ -21,13 +21,13 @@ from ._report import RunReport
 
 __all__ = ["NoProgress", "Outcomes", "progress_bar", "split_tokens"]
 
-#: Failures that say nothing about the row itself: never stored in the cache.
 #: Answers up to this long are shared between rows that got the same one, up to
 #: SHARED_ANSWERS distinct answers (a label set; ~1 MB of strings at most).
 SHARED_ANSWER_CHARS = 64
 SHARED_ANSWERS = 10_000
 
-_NOT_STORED = frozenset({"budget", "cancelled", "auth", "endpoint"})
+#: Failures that say nothing about the row itself: never stored in the cache.
+_NOT_STORED = frozenset({"budget", "cancelled", "auth", "endpoint", "changed"})
 
 #: (prompt tokens, completion tokens, cost, request id) of the reply a record came from.
 Usage = tuple[int, int, float | None, str | None]

@@ -120,7 +120,8 @@ def prepare(
     # from these rows only when the run reaches them (:mod:`._todo`).
     firsts, repeats = distinct_rows(digests, np.flatnonzero(missing))
     report.duplicate_rows = int(missing.sum()) - len(firsts)
-    todo = JobQueue(fields=fields, sources=sources, digests=digests, firsts=firsts, repeats=repeats)
+    todo = JobQueue(fields=fields, sources=sources, digests=digests, firsts=firsts, repeats=repeats,
+                    prefix=prefix)  # fmt: skip
     del digests
 
     # The answers found, as Python strings only now, a slice at a time.

@@ -18,13 +18,15 @@ the queue will hand out.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any, cast, overload
 
 import numpy as np
 
+from ._errors import ConfigError
 from ._jobs import Job
+from ._keys import row_digests
 
 __all__ = ["JobQueue", "distinct_rows"]
 
@@ -68,7 +70,7 @@ def distinct_rows(digests: bytes | bytearray, rows: np.ndarray) -> tuple[np.ndar
 class JobQueue(Sequence[Job]):
     """Jobs to send, in order: those put in front, then the ones still kept as rows."""
 
-    __slots__ = ("_fields", "_firsts", "_front", "_keys", "_next", "_repeats", "_sources")
+    __slots__ = ("_fields", "_firsts", "_front", "_keys", "_next", "_prefix", "_repeats", "_sources", "on_changed")
 
     def __init__(
         self,
@@ -79,11 +81,16 @@ class JobQueue(Sequence[Job]):
         digests: bytes | bytearray = b"",
         firsts: np.ndarray | None = None,
         repeats: Mapping[int, list[int]] | None = None,
+        prefix: bytes = b"",
     ) -> None:
         """``jobs`` made already; or the rows ``firsts`` (ascending), each a distinct prompt
-        with its key in ``digests`` (16 bytes a row of the frame) and its values in
-        ``sources`` (one rendered column per field, sliceable), ``repeats`` its other rows."""
+        with its key in ``digests`` (16 bytes a row of the frame, keyed with ``prefix`` by
+        :func:`~llmframe._keys.row_digests`) and its values in ``sources`` (one rendered
+        column per field, sliceable), ``repeats`` its other rows."""
         self._front: deque[Job] = deque(jobs)
+        self._prefix = prefix
+        #: Told of each job whose row changed since it was keyed (not queued); unset, that raises.
+        self.on_changed: Callable[[Job], None] | None = None
         self._fields = tuple(fields)
         self._sources = tuple(sources)
         rows = np.zeros(0, dtype=np.int64) if firsts is None else np.asarray(firsts, dtype=np.int64)
@@ -95,14 +102,18 @@ class JobQueue(Sequence[Job]):
 
     # ---- the deque's side ------------------------------------------------------------------
     def __len__(self) -> int:
+        """Jobs left (rows still kept are counted; one found changed when made drops out)."""
         return len(self._front) + len(self._firsts) - self._next
 
     def __bool__(self) -> bool:
-        return bool(self._front) or self._next < len(self._firsts)
+        # Made here, so that True means popleft() has a job (a window's rows may all have changed).
+        while not self._front and self._next < len(self._firsts):
+            self._make()
+        return bool(self._front)
 
     def popleft(self) -> Job:
-        if not self._front:
-            self._make()
+        if not self:
+            raise IndexError("pop from an empty job queue")
         return self._front.popleft()
 
     def extendleft(self, jobs: Iterable[Job]) -> None:
@@ -142,7 +153,8 @@ class JobQueue(Sequence[Job]):
 
     def detach(self) -> JobQueue:
         """A queue with every job this one has (made or not); this one is left empty."""
-        other = JobQueue(self._front)
+        other = JobQueue(self._front, prefix=self._prefix)
+        other.on_changed = self.on_changed
         other._fields, other._sources, other._keys = self._fields, self._sources, self._keys
         other._firsts, other._next, other._repeats = self._firsts, self._next, self._repeats
         self._front = deque()
@@ -153,6 +165,7 @@ class JobQueue(Sequence[Job]):
         """An independent queue of the same jobs: the ones made are shared, the rest made afresh."""
         other = self.detach()
         self._front = deque(other._front)
+        self._prefix, self.on_changed = other._prefix, other.on_changed
         self._fields, self._sources, self._keys = other._fields, other._sources, other._keys
         self._firsts, self._next, self._repeats = other._firsts, other._next, dict(other._repeats)
         return other
@@ -167,11 +180,21 @@ class JobQueue(Sequence[Job]):
         j = max(i + 1, int(np.searchsorted(firsts, lo + WINDOW_ROWS, side="left")))
         hi = int(firsts[j - 1]) + 1
         rendered = [source[lo:hi] for source in self._sources]
+        rows = firsts[i:j].tolist()
+        taken = [[col[row - lo] for row in rows] for col in rendered]
+        now, _ = row_digests(self._prefix, taken)  # keyed again: see the module docstring
         keys, fields, repeats, front = self._keys, self._fields, self._repeats, self._front
-        for k, row in enumerate(firsts[i:j].tolist(), start=i):
-            values = {f: cast(str, col[row - lo]) for f, col in zip(fields, rendered, strict=True)}
-            front.append(Job(keys[k].tobytes().hex(), values, [row, *repeats.pop(row, ())]))
         self._next = j
+        for m, (k, row) in enumerate(zip(range(i, j), rows, strict=True)):
+            key = keys[k].tobytes()
+            values = {f: cast(str, col[m]) for f, col in zip(fields, taken, strict=True)}
+            job = Job(key.hex(), values, [row, *repeats.pop(row, ())])
+            if now[16 * m : 16 * m + 16] == key:
+                front.append(job)
+            elif self.on_changed is None:
+                raise ConfigError(f"row {row} of the frame changed while the run was going; run again")
+            else:
+                self.on_changed(job)
 
     def _make_all(self) -> None:
         while self._next < len(self._firsts):

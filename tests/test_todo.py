@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import llmframe  # noqa: F401  (registers df.llm)
 from llmframe._config import Options
+from llmframe._errors import ConfigError
+from llmframe._jobs import Job
+from llmframe._keys import row_digests
 from llmframe._prepare import prepare
 from llmframe._template import parse_template
 from llmframe._todo import WINDOW_ROWS, JobQueue, distinct_rows
+from llmframe.testing import expected_answer
 
 
 def _digests(keys: Sequence[bytes]) -> bytes:
@@ -67,10 +76,18 @@ class Column(Sequence[str]):
         return got
 
 
+PREFIX = b"task"
+
+
+def _key(i: int) -> str:
+    return row_digests(PREFIX, [[f"v{i}"]])[0].hex()
+
+
 def _queue(n: int, rows: Sequence[int], repeats: dict[int, list[int]] | None = None) -> tuple[JobQueue, Column]:
     column = Column([f"v{i}" for i in range(n)])
-    digests = b"".join(i.to_bytes(16, "big") for i in range(n))
-    queue = JobQueue(fields=["x"], sources=[column], digests=digests, firsts=np.asarray(rows), repeats=repeats)
+    digests, _ = row_digests(PREFIX, [column.values])
+    queue = JobQueue(fields=["x"], sources=[column], digests=digests, firsts=np.asarray(rows), repeats=repeats,
+                     prefix=PREFIX)  # fmt: skip
     return queue, column
 
 
@@ -79,7 +96,7 @@ def test_jobs_come_out_in_row_order_made_a_window_at_a_time() -> None:
     queue, column = _queue(n, range(n), {5: [n - 1]})
     assert len(queue) == n and column.rendered == 0  # nothing made yet
     first = queue.popleft()
-    assert (first.key, first.values, first.rows) == ((0).to_bytes(16, "big").hex(), {"x": "v0"}, [0])
+    assert (first.key, first.values, first.rows) == (_key(0), {"x": "v0"}, [0])
     assert column.rendered <= WINDOW_ROWS  # one window rendered, not the frame
     taken = [first] + [queue.popleft() for _ in range(n - 1)]
     assert [j.rows[0] for j in taken] == list(range(n))
@@ -122,6 +139,20 @@ def test_iterating_makes_every_job_once_and_keeps_them() -> None:
     assert len(queue) == 31
 
 
+def test_a_row_changed_since_it_was_keyed_is_handed_over_not_queued() -> None:
+    queue, column = _queue(10, range(10))
+    column.values[3] = "changed"
+    column.values[4] = None  # type: ignore[call-overload]  # a value that became null
+    changed: list[Job] = []
+    queue.on_changed = changed.append
+    assert [j.rows[0] for j in list(queue)] == [0, 1, 2, 5, 6, 7, 8, 9]
+    assert [(j.rows, j.key) for j in changed] == [([3], _key(3)), ([4], _key(4))]  # the key it was asked under
+    strict, column = _queue(10, range(10))
+    column.values[0] = "changed"
+    with pytest.raises(ConfigError, match="row 0 of the frame changed"):
+        strict.popleft()
+
+
 def test_detach_and_copy() -> None:
     queue, _ = _queue(20, range(20))
     queue.popleft()
@@ -148,7 +179,6 @@ def test_prepare_makes_no_job_and_dedups_by_key() -> None:
 
 
 def test_equal_short_answers_are_held_once() -> None:
-    from llmframe._jobs import Job
     from llmframe._outcomes import SHARED_ANSWERS, Outcomes
     from llmframe._report import RunReport
 
@@ -162,3 +192,34 @@ def test_equal_short_answers_are_held_once() -> None:
     fresh = "".join(["neg", "ative"])
     outcomes.finish(Job(f"{3:032x}", {"x": "v"}, [3]), fresh, (1, 1, None, None))
     assert answers[3] is fresh and "negative" not in outcomes.shared
+
+
+def test_a_row_changed_in_the_frame_during_a_run_is_never_sent_nor_cached(fake_server: Any, tmp_path: Path) -> None:
+    """The prompt text is rendered again when a job is made: a cell changed in place after
+    the row was keyed (a list mutated while ``aapply`` runs) must not have the answer to
+    its new text cached under its old text's key."""
+    n = WINDOW_ROWS + 500  # the last rows are made into jobs in the second window
+    df = pd.DataFrame({"x": [[f"t{i}"] for i in range(n)]})
+    o = {"model": "gpt-4o-mini", "base_url": fake_server.base_url, "api_key": fake_server.api_key, "progress": False,
+         "cache": tmp_path / "cache", "batch_size": 20, "canaries": 0, "max_concurrency": 2, "errors": "null",
+         "error_column": "error"}  # fmt: skip
+    template = "Say {x}"
+    fake_server.configure(latency=0.05)
+
+    async def main() -> Any:
+        task = asyncio.create_task(df.llm.aapply(template, **o))
+        while fake_server.stats.requests == 0:
+            await asyncio.sleep(0.01)
+        df["x"].iat[0].append("early")  # made already: it goes as it was keyed
+        df["x"].iat[n - 1].append("late")  # not made yet: found changed
+        return await task
+
+    out = asyncio.run(main())
+    assert out["answer"].iat[n - 1] is None or pd.isna(out["answer"].iat[n - 1])
+    assert str(out["error"].iat[n - 1]).startswith("changed:")
+    rest = [i for i in range(n - 1)]
+    assert all(out["answer"].iat[i] == expected_answer(f"Say ['t{i}']") for i in rest[1:])
+    assert out["answer"].iat[0] == expected_answer("Say ['t0']")  # the text it was keyed with
+    # Nothing cached under the changed row's original key: a fresh frame asks it again.
+    again = pd.DataFrame({"x": [[f"t{n - 1}"]]}).llm.apply(template, **o)
+    assert again["answer"].iat[0] == expected_answer(f"Say ['t{n - 1}']") and again.llm.report.requests == 1
