@@ -72,6 +72,11 @@ _DICTIONARY_COLUMNS = [c for c in COLUMNS if c not in ("key", "request_id")]
 
 #: More segments than this in a folder trigger a compaction on the next flush.
 AUTO_COMPACT_SEGMENTS = 64
+#: Segments at least this large on disk (~200,000 records of short answers) are left out
+#: of automatic compactions: a merge holds its segments in memory whole (read, deduplicated,
+#: written: ~3x their records), so merging everything made a run's peak memory grow with
+#: the cache it wrote (~600 MB at a million rows). ``compact_cache()`` still merges all.
+AUTO_COMPACT_MAX_BYTES = 4 << 20
 
 SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.parquet")
 _TEMP_PREFIX = ".tmp-"  # pyarrow's dataset discovery skips names starting with "." or "_"
@@ -278,7 +283,10 @@ def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
     Size-tiered: while one segment is at least twice the size of all the others
     together, only the others are merged, so a run that flushes every two
     seconds against a big cache rewrites its own small files, not the big one.
+    Segments of :data:`AUTO_COMPACT_MAX_BYTES` or more are never merged here (nor
+    counted), so one merge holds a few MB of segments at most, however big the cache.
     """
+    sizes = {name: size for name, size in sizes.items() if size < AUTO_COMPACT_MAX_BYTES}
     if len(sizes) <= AUTO_COMPACT_SEGMENTS:
         return []
     ordered = sorted(sizes, key=lambda name: sizes[name])

@@ -277,6 +277,17 @@ def test_auto_compaction_plan_spares_the_big_segment() -> None:
     assert sorted(_cache_segments.auto_compact_plan(even)) == sorted(even)
 
 
+def test_auto_compaction_leaves_segments_past_the_size_cap_alone() -> None:
+    cap = _cache_segments.AUTO_COMPACT_MAX_BYTES
+    # Three big segments and 64 small ones: the big ones are neither merged nor counted.
+    frozen = {f"seg-big-{i}": cap + i for i in range(3)}
+    small = {f"seg-{i}": 1_000 + i for i in range(AUTO_COMPACT_SEGMENTS)}
+    assert _cache_segments.auto_compact_plan({**frozen, **small}) == []
+    small[f"seg-{AUTO_COMPACT_SEGMENTS}"] = cap - 1  # one more, just under the cap: the small ones merge
+    plan = _cache_segments.auto_compact_plan({**frozen, **small})
+    assert plan and not set(plan) & set(frozen)
+
+
 def test_auto_compaction_keeps_lookups_identical(tmp_path: Path) -> None:
     rng = random.Random(7)
     expected: dict[str, tuple[float, str]] = {}
