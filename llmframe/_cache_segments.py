@@ -72,11 +72,11 @@ _DICTIONARY_COLUMNS = [c for c in COLUMNS if c not in ("key", "request_id")]
 
 #: More segments than this in a folder trigger a compaction on the next flush.
 AUTO_COMPACT_SEGMENTS = 64
-#: Segments at least this large on disk (~200,000 records of short answers) are left out
+#: Segments at least this large on disk (~40,000 records of short answers) are left out
 #: of automatic compactions: a merge holds its segments in memory whole (read, deduplicated,
 #: written: ~3x their records), so merging everything made a run's peak memory grow with
 #: the cache it wrote (~600 MB at a million rows). ``compact_cache()`` still merges all.
-AUTO_COMPACT_MAX_BYTES = 4 << 20
+AUTO_COMPACT_MAX_BYTES = 1 << 20
 
 SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.parquet")
 _TEMP_PREFIX = ".tmp-"  # pyarrow's dataset discovery skips names starting with "." or "_"
