@@ -133,9 +133,12 @@ class Outcomes:
 
     def finish(self, job: Job, answer: str, usage: Usage) -> None:
         job.done = True
-        shared = self.shared
         if len(answer) <= SHARED_ANSWER_CHARS:
-            answer = shared.get(answer) or (shared.setdefault(answer, answer) if len(shared) < SHARED_ANSWERS else answer)
+            held = self.shared.get(answer)
+            if held is not None:
+                answer = held
+            elif len(self.shared) < SHARED_ANSWERS:
+                self.shared[answer] = answer
         for row in job.rows:
             self.answers[row] = answer
         if self.on_done is not None:

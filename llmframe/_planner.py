@@ -19,7 +19,7 @@ only once claimed (``feed``, :mod:`._claims_run`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from ._canaries import Canaries
 from ._check import PackingCheck, Verdict
@@ -27,7 +27,7 @@ from ._endpoint import EndpointState
 from ._jobs import Batch, Job
 from ._requests import RequestBuilder
 from ._sizer import BatchSizer
-from ._todo import JobQueue, queue_of
+from ._todo import JobQueue
 
 __all__ = ["Planner"]
 
@@ -48,7 +48,7 @@ class Planner:
 
     def __init__(
         self,
-        jobs: Iterable[Job],
+        jobs: JobQueue,
         *,
         cap: int,
         max_batch_tokens: int,
@@ -58,7 +58,7 @@ class Planner:
         check: PackingCheck | None = None,
         on_verdict: Callable[[PackingCheck], int] | None = None,
     ) -> None:
-        self.pending: JobQueue = queue_of(jobs)  # made into jobs as they are taken (:mod:`._todo`)
+        self.pending = jobs  # made into jobs as they are taken (:mod:`._todo`)
         self.resend: deque[Job] = deque()
         self.sizer = BatchSizer(cap)
         self.max_batch_tokens = max_batch_tokens

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
-from typing import Any, cast, overload
+from typing import cast, overload
 
 import numpy as np
 
@@ -217,7 +217,3 @@ class JobQueue(Sequence[Job]):
     def __repr__(self) -> str:
         return f"JobQueue({len(self)} jobs, {len(self._front)} made)"
 
-
-def queue_of(jobs: Any) -> JobQueue:
-    """``jobs`` as a queue (a queue is taken as it is)."""
-    return jobs if isinstance(jobs, JobQueue) else JobQueue(jobs)
