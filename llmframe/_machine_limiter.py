@@ -167,6 +167,8 @@ class MachineLimiter(RateLimiter):
     file must use the same clock.
     """
 
+    opens = False  # see RateLimiter.opens
+
     __slots__ = (
         "__weakref__", "_alive", "_clock_domain", "_file", "_last_look", "_owner", "_path",
         "_probe_owner", "_raw", "_token",

@@ -1,7 +1,7 @@
 """The opening on virtual time: the first headers that say how much the server's window holds,
 nothing waiting, let the bucket hold 3/4 of it once, filled to what the server has left less
-what is in flight (on the whole machine, for the machine-wide limiter); once spent, the bucket
-is back to its usual size until the limit changes."""
+what is in flight; once spent, the bucket is back to its usual size until the limit changes.
+The machine-wide limiter does not open (see ``RateLimiter.opens``)."""
 
 from __future__ import annotations
 
@@ -83,23 +83,26 @@ def _sharers(tmp_path: Path, clock: FakeClock) -> tuple[MachineLimiter, MachineL
     return a, b
 
 
-def test_the_opening_is_shared_by_every_sharer(tmp_path: Path) -> None:
+def test_the_machine_limiter_does_not_open(tmp_path: Path) -> None:
+    """Shared by processes whose sends bunch after a stall, it keeps the usual burst (the
+    opening earned 429s there): headers saying the server holds more leave it as it was."""
     clock = FakeClock()
     a, b = _sharers(tmp_path, clock)
 
     async def main() -> list[float]:
         sent = await b.acquire(0)
-        b.observe(window_headers(1200, 19, "50ms"))  # b's first reply opens the shared bucket
+        b.observe(window_headers(1200, 19, "50ms"))  # would open an in-process limiter
         b.settle(sent, 0)
         return await start_times(a, clock, [0] * 16)
 
-    # 9 left of the usual 10 would go at once; the opening lets 15 (19 left, 1 in flight)
-    assert run(main) == pytest.approx([0.0] * 15 + [0.05])
+    # 9 left of the usual 10 go at once (an opening would let 15), then one per 50 ms
+    assert run(main) == pytest.approx([0.0] * 9 + [0.05 * k for k in range(1, 8)])
+    assert not MachineLimiter.opens and a._schedule.requests.capacity == 10
     a.close()
     b.close()
 
 
-def test_the_opening_counts_what_every_sharer_has_in_flight(tmp_path: Path) -> None:
+def test_what_every_sharer_has_in_flight_holds_the_machine_back(tmp_path: Path) -> None:
     clock = FakeClock()
     a, b = _sharers(tmp_path, clock)
 
@@ -110,8 +113,8 @@ def test_the_opening_counts_what_every_sharer_has_in_flight(tmp_path: Path) -> N
         b.observe(window_headers(1200, 14, "300ms"))
         return await start_times(a, clock, [0] * 5)
 
-    # 14 left less 10 in flight: 4 go at once (counting b's 5 only, a would send 9)
-    assert run(main) == pytest.approx([0.0] * 4 + [0.05])
-    assert a._schedule.requests.capacity == 10  # spent at once: back to the usual burst
+    # the whole burst is in flight, the server's 14 left less 10: nothing more at once
+    assert run(main) == pytest.approx([0.05 * k for k in range(1, 6)])
+    assert a._schedule.requests.capacity == 10
     a.close()
     b.close()
