@@ -301,7 +301,8 @@ def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
     rest = ordered[:-1]
     if sizes[largest] < 2 * sum(sizes[name] for name in rest):
         rest = ordered
-    chosen, total = [], 0
+    chosen: list[str] = []
+    total = 0
     for name in rest:  # ascending size
         if len(chosen) >= 2 and total + sizes[name] > AUTO_COMPACT_MERGE_BYTES:
             break
