@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _engine
+from ._answers import Answers
 from ._batch_client import BatchClient
 from ._batch_jsonl import read_results, split_lines
 from ._batch_run import BatchRun, Sent, task_hash
@@ -313,7 +314,7 @@ def _copies(item: Sent) -> list[int]:
     return [i for i, job in enumerate(item.sent) if not job.rows]
 
 
-def _add_live(report: Any, live: Any, live_answers: list[str | None], answers: list[str | None]) -> None:
+def _add_live(report: Any, live: Any, live_answers: Answers, answers: Answers) -> None:
     """The live pass's answers and counts added to the batch run's."""
     for row, answer in enumerate(live_answers):
         if answer is not None and answers[row] is None:

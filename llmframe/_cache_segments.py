@@ -47,6 +47,7 @@ from ._cache_schema import COLUMNS, POLARS_SCHEMA, SCHEMA
 from ._warn import warn_user
 
 __all__ = [
+    "AUTO_COMPACT_MERGE_BYTES",
     "AUTO_COMPACT_SEGMENTS",
     "SEGMENT_NAME",
     "Compaction",
@@ -77,6 +78,10 @@ AUTO_COMPACT_SEGMENTS = 64
 #: written: ~3x their records), so merging everything made a run's peak memory grow with
 #: the cache it wrote (~600 MB at a million rows). ``compact_cache()`` still merges all.
 AUTO_COMPACT_MAX_BYTES = 1 << 20
+#: What one automatic compaction reads at most (on disk, the smallest segments first): the
+#: cap above alone let one merge take 64 segments just under it, and a long run's two-second
+#: flushes (~6,000 records each) made merges of ~400,000 records (~300 MB held at once).
+AUTO_COMPACT_MERGE_BYTES = 1 << 20
 
 SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.parquet")
 _TEMP_PREFIX = ".tmp-"  # pyarrow's dataset discovery skips names starting with "." or "_"
@@ -284,7 +289,9 @@ def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
     together, only the others are merged, so a run that flushes every two
     seconds against a big cache rewrites its own small files, not the big one.
     Segments of :data:`AUTO_COMPACT_MAX_BYTES` or more are never merged here (nor
-    counted), so one merge holds a few MB of segments at most, however big the cache.
+    counted), and one merge reads the smallest segments up to :data:`AUTO_COMPACT_MERGE_BYTES`
+    (at least two), so it holds a few MB at most, however big the cache and however many
+    segments wait: the next flush merges the next ones.
     """
     sizes = {name: size for name, size in sizes.items() if size < AUTO_COMPACT_MAX_BYTES}
     if len(sizes) <= AUTO_COMPACT_SEGMENTS:
@@ -292,9 +299,16 @@ def auto_compact_plan(sizes: Mapping[str, int]) -> list[str]:
     ordered = sorted(sizes, key=lambda name: sizes[name])
     largest = ordered[-1]
     rest = ordered[:-1]
-    if sizes[largest] >= 2 * sum(sizes[name] for name in rest):
-        return sorted(rest)
-    return sorted(ordered)
+    if sizes[largest] < 2 * sum(sizes[name] for name in rest):
+        rest = ordered
+    chosen: list[str] = []
+    total = 0
+    for name in rest:  # ascending size
+        if len(chosen) >= 2 and total + sizes[name] > AUTO_COMPACT_MERGE_BYTES:
+            break
+        chosen.append(name)
+        total += sizes[name]
+    return sorted(chosen)
 
 
 def count_rows(folder: Path | Segments, names: Iterable[str]) -> int:

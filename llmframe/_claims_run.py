@@ -51,6 +51,7 @@ from ._todo import JobQueue
 from ._warn import warn_user
 
 if TYPE_CHECKING:
+    from ._answers import Answers
     from ._cache import AnswerCache
     from ._engine import Run
 
@@ -104,7 +105,7 @@ class RunClaims:
     per key); ``forget()`` frees what it holds; ``flush()`` writes this run's answers."""
 
     def __init__(
-        self, store: Claims, pending: JobQueue, *, report: RunReport, answers: list[str | None],
+        self, store: Claims, pending: JobQueue, *, report: RunReport, answers: Answers,
         progress: Any, landed: Callable[[Sequence[str]], list[str | None]], forget: Callable[[], None],
         flush: Callable[[], None], sleep: Callable[[float], Awaitable[None]], stopped: Callable[[], bool],
         clock: Callable[[], float] = time.time, chunk: int = CLAIM_CHUNK,

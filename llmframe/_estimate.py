@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from . import _engine
+from ._answers import Answers
 from ._config import Options
 from ._endpoint import Endpoint
 from ._html import table
@@ -123,7 +124,7 @@ def _plan(
     endpoint: Endpoint,
 ) -> tuple[int, int, int, int]:
     """(requests, input tokens, output tokens, batch cap) of the batches the run would send."""
-    plan_only = replace(prepared, todo=prepared.todo.copy(), cache=None, answers=[None] * len(prepared.answers))
+    plan_only = replace(prepared, todo=prepared.todo.copy(), cache=None, answers=Answers(len(prepared.answers)))
     state = _engine.new_run(plan_only, template, opts, client=None, limiter=None, endpoint=endpoint, learns=False)
     planner, builder = state.planner, state.builder
     state.endpoint.format_confirmed = state.endpoint.endpoint_confirmed = True  # nothing is probed

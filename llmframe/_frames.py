@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
+from ._answers import Answers
 from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "PandasFrame",
@@ -66,11 +70,14 @@ class PandasFrame(_Adapter):
             ]
         return [v if type(v) is str else str(v) for v in values]
 
-    def with_column(self, name: str, values: list[str | None]) -> Any:
+    def with_column(self, name: str, values: list[str | None] | pa.Array | pa.ChunkedArray) -> Any:
         import pandas as pd
 
-        # pandas >= 3 infers its string dtype from str; older pandas keeps object with None.
+        # pandas >= 3 infers its string dtype from str (Arrow-backed: an Arrow column is taken
+        # as it is); older pandas keeps object with None.
         dtype: Any = str if int(pd.__version__.split(".")[0]) >= 3 else object
+        if dtype is object and not isinstance(values, list):
+            values = values.to_pylist()
         out = self.df.copy(deep=False)
         out[name] = pd.Series(values, index=self.df.index, dtype=dtype, name=name)
         return out
@@ -108,10 +115,12 @@ class PolarsFrame(_Adapter):
             part = part.fill_nan(None)
         return [None if v is None else str(v) for v in part.to_list()]
 
-    def with_column(self, name: str, values: list[str | None]) -> Any:
+    def with_column(self, name: str, values: list[str | None] | pa.Array | pa.ChunkedArray) -> Any:
         import polars as pl
 
-        return self.df.with_columns(pl.Series(name, values, dtype=pl.String))
+        if isinstance(values, list):
+            return self.df.with_columns(pl.Series(name, values, dtype=pl.String))
+        return self.df.with_columns(pl.Series(name, values).cast(pl.String))
 
     def with_typed(self, columns: Sequence[tuple[str, Any]]) -> Any:
         return self.df.with_columns([series.alias(name) for name, series in columns])
@@ -220,7 +229,12 @@ def rendered_columns(df: Any, fields: Sequence[str]) -> dict[str, RenderedColumn
 
 
 def with_answers(df: Any, output: str, answers: Sequence[str | None]) -> Any:
-    """A new frame: ``df`` with the answers as column ``output`` (replaced if present)."""
+    """A new frame: ``df`` with the answers as column ``output`` (replaced if present).
+    :class:`~llmframe._answers.Answers` become the column as one Arrow array, with no
+    Python string per row (unless an answer is not UTF-8 text: then as a list)."""
+    column = answers.to_arrow() if isinstance(answers, Answers) else None
+    if column is not None:
+        return frame(df).with_column(output, column)
     return frame(df).with_column(output, answers if isinstance(answers, list) else list(answers))
 
 

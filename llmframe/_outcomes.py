@@ -2,7 +2,8 @@
 
 Every finished row passes here once, answered (:meth:`Outcomes.finish`) or failed
 (:meth:`Outcomes.fail`), so the output, the report, the progress bar and the
-cache can never disagree. One builder makes every cache record. Inside
+cache can never disagree. Answers go to :class:`~llmframe._answers.Answers`,
+which keeps them compactly (equal short answers once). One builder makes every cache record. Inside
 :meth:`Outcomes.one_reply` the records of a reply's rows are handed to the
 cache together, as one append to its log, when the reply has been taken.
 """
@@ -14,17 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from ._answers import Answers
 from ._cache import AnswerCache, CacheRecord
 from ._errors import RowError
 from ._jobs import Job
 from ._report import RunReport
 
 __all__ = ["NoProgress", "Outcomes", "progress_bar", "split_tokens"]
-
-#: Answers up to this long are shared between rows that got the same one, up to
-#: SHARED_ANSWERS distinct answers (a label set; ~1 MB of strings at most).
-SHARED_ANSWER_CHARS = 64
-SHARED_ANSWERS = 10_000
 
 #: Failures that say nothing about the row itself: never stored in the cache.
 _NOT_STORED = frozenset({"budget", "cancelled", "auth", "endpoint", "changed"})
@@ -64,14 +61,13 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 class Outcomes:
     __slots__ = (
-        "answers", "cache", "model", "now", "on_done", "pending", "progress", "report", "shared",
-        "template_hash",
+        "answers", "cache", "model", "now", "on_done", "pending", "progress", "report", "template_hash",
     )  # fmt: skip
 
     def __init__(
         self,
         report: RunReport,
-        answers: list[str | None],
+        answers: Answers,
         cache: AnswerCache | None,
         *,
         model: str,
@@ -88,9 +84,6 @@ class Outcomes:
         self.on_done = on_done  # told of every finished job (the packing check's references)
         self.pending: list[CacheRecord] | None = None  # a reply's records, inside one_reply()
         self.now: datetime | None = None  # when the reply came, inside one_reply(): its records' time
-        # Equal answers held once: a million rows of a few labels keep a few strings, not a
-        # million (~60 bytes each). Bounded, so that distinct answers cost no more than before.
-        self.shared: dict[str, str] = {}
 
     @contextlib.contextmanager
     def one_reply(self) -> Iterator[None]:
@@ -133,14 +126,7 @@ class Outcomes:
 
     def finish(self, job: Job, answer: str, usage: Usage) -> None:
         job.done = True
-        if len(answer) <= SHARED_ANSWER_CHARS:
-            held = self.shared.get(answer)
-            if held is not None:
-                answer = held
-            elif len(self.shared) < SHARED_ANSWERS:
-                self.shared[answer] = answer
-        for row in job.rows:
-            self.answers[row] = answer
+        self.answers.set_rows(job.rows, answer)
         if self.on_done is not None:
             self.on_done(job, answer)
         self.report.answered_rows += len(job.rows)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._answers import Answers
 from ._cache import AnswerCache
 from ._cache_admin import cache_location
 from ._claims import Claims
@@ -33,7 +34,7 @@ class Prepared:
     """Steps 1-3 of a run: rows rendered, keyed, deduplicated and looked up in the cache."""
 
     report: RunReport
-    answers: list[str | None]
+    answers: Answers
     todo: JobQueue
     cache: AnswerCache | None
     store: Claims | None = None  # with claim=, a cache folder and rows to send
@@ -75,7 +76,7 @@ def prepare(
 
     Rows are rendered and keyed ``chunk_rows`` at a time and only each row's key is
     kept, in binary (16 bytes): a cached re-run of a million rows never holds a
-    million prompts or key strings, only the answers it returns. Rows the cache does
+    million prompts or key strings, nor a Python string per answer found. Rows the cache does
     not answer stay row numbers in the :class:`~llmframe._todo.JobQueue`, rendered a
     second time only when the run takes them (a window at a time), which costs little
     next to sending them.
@@ -124,11 +125,9 @@ def prepare(
                     prefix=prefix)  # fmt: skip
     del digests
 
-    # The answers found, as Python strings only now, a slice at a time.
-    answers: list[str | None] = [None] * n_rows
+    # The answers found stay the Arrow array the lookup returned: no Python string per row.
+    answers = Answers(n_rows, hits)
     if hits is not None:
-        for lo in range(0, n_rows, chunk_rows):
-            answers[lo : lo + chunk_rows] = hits.slice(lo, chunk_rows).to_pylist()
         for row in np.flatnonzero(null & found).tolist():
             answers[row] = None  # a row without a key has no answer, whatever the cache holds
     if store is not None and not todo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._answers import Answers
 from ._client import CallError
 from ._config import Options
 from ._errors import AuthenticationError, EndpointError, RowError, RunError
@@ -16,7 +17,7 @@ __all__ = ["RunResult", "result_of"]
 
 @dataclass
 class RunResult:
-    answers: list[str | None]
+    answers: Answers  # every row's, compactly; ``list(answers)`` for Python strings
     errors: list[RowError]
     report: RunReport
 

@@ -64,15 +64,47 @@ def _load_encoding(name: str) -> Tokenizer | None:
     if name in _by_encoding:
         return _by_encoding[name]
     try:
-        import tiktoken
-
-        encoding = tiktoken.get_encoding(name)
+        encoding = _counting_encoding(name)
     except Exception:  # network errors, missing plugin, corrupt cache: all mean "not here"
         _by_encoding[name] = None
         return None
     tok = _TiktokenTokenizer(encoding, name)
     _by_encoding[name] = tok
     return tok
+
+
+#: Counted before and after the Python ranks are dropped: the encoder must not have changed.
+_PROBE = "Classify: naïve café 😀 <<K0000042>> 12345 {\"id\": 3}\n"
+
+
+def _counting_encoding(name: str) -> Any:
+    """The encoding ``name``, for counting only: without the Python copy of its ranks.
+
+    A ``tiktoken.Encoding`` keeps the ``bytes -> rank`` dict it was built from (~16 MB of
+    Python objects for ``cl100k_base``, only read to pickle it) beside the Rust encoder that
+    does the work. An encoding the process loaded already (``tiktoken.get_encoding``) is
+    shared and used as it is. Otherwise llmframe builds its own, as ``get_encoding`` does,
+    from the registered constructor, and drops the dict if counting is the same without it;
+    where tiktoken's insides differ, it falls back to ``get_encoding``.
+    """
+    import tiktoken
+    from tiktoken import registry
+
+    if name in registry.ENCODINGS:
+        return registry.ENCODINGS[name]
+    try:
+        tiktoken.list_encoding_names()  # finds the constructors, as get_encoding does
+        constructor = registry.ENCODING_CONSTRUCTORS[name]  # type: ignore[index]
+    except (AttributeError, KeyError, TypeError):
+        return tiktoken.get_encoding(name)
+    encoding = tiktoken.Encoding(**constructor())
+    counted = encoding.encode_ordinary(_PROBE)
+    ranks = getattr(encoding, "_mergeable_ranks", None)
+    if isinstance(ranks, dict):
+        encoding._mergeable_ranks = {}
+        if encoding.encode_ordinary(_PROBE) != counted:  # pragma: no cover - a tiktoken that reads it
+            encoding._mergeable_ranks = ranks
+    return encoding
 
 
 def _encoding_name_for(model: str) -> str:

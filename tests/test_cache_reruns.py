@@ -95,7 +95,7 @@ def test_a_rerun_keyed_a_slice_at_a_time_finds_what_it_found_whole(
         )
         assert prepared.cache is not None
         prepared.cache.close()
-        assert prepared.answers == ["zero", None, None, "zero", None, None, None, None]
+        assert list(prepared.answers) == ["zero", None, None, "zero", None, None, None, None]
         assert [(job.key, job.values, job.rows) for job in prepared.todo] == [
             (keys[rows[0]], {f: eager[f][rows[0]] for f in template.fields}, rows)
             for rows in ([4, 7], [6])

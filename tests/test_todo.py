@@ -179,19 +179,20 @@ def test_prepare_makes_no_job_and_dedups_by_key() -> None:
 
 
 def test_equal_short_answers_are_held_once() -> None:
-    from llmframe._outcomes import SHARED_ANSWERS, Outcomes
+    from llmframe._answers import SHARED_ANSWERS, Answers
+    from llmframe._outcomes import Outcomes
     from llmframe._report import RunReport
 
-    answers: list[str | None] = [None] * 4
+    answers = Answers(4)
     outcomes = Outcomes(RunReport(), answers, None, model="m", template_hash="t")
     for row in range(3):
         outcomes.finish(Job(f"{row:032x}", {"x": "v"}, [row]), "".join(["posi", "tive"]), (1, 1, None, None))
     assert answers[0] == answers[1] == answers[2] == "positive"
-    assert answers[0] is answers[1] is answers[2]
-    outcomes.shared.update((str(i), str(i)) for i in range(SHARED_ANSWERS))  # full: new answers kept as they are
-    fresh = "".join(["neg", "ative"])
-    outcomes.finish(Job(f"{3:032x}", {"x": "v"}, [3]), fresh, (1, 1, None, None))
-    assert answers[3] is fresh and "negative" not in outcomes.shared
+    assert bytes(answers._data) == b"positive"  # stored once for the three rows
+    answers._shared.update((str(i), -1) for i in range(SHARED_ANSWERS))  # full: new answers stored as they come
+    outcomes.finish(Job(f"{3:032x}", {"x": "v"}, [3]), "negative", (1, 1, None, None))
+    assert answers[3] == "negative" and "negative" not in answers._shared
+    assert bytes(answers._data) == b"positivenegative"
 
 
 def test_a_row_changed_in_the_frame_during_a_run_is_never_sent_nor_cached(fake_server: Any, tmp_path: Path) -> None:

