@@ -275,9 +275,16 @@ class ClaimStore:
         """Claim ``keys`` for this run, taking over stale claims; with ``force``, take
         them from live runs too (a waiter that waited too long)."""
         me = self.owner.run
+        wanted = list(dict.fromkeys(keys))
         with self._transaction() as db:
             self._renew()
-            self._want(keys)
+            if not force:
+                # Most keys are claimed by no one: insert them at once. Only when some were
+                # not inserted (held already, by this run or another) is the whole check run.
+                inserted = db.executemany("INSERT OR IGNORE INTO claims VALUES (?, ?)", ((k, me) for k in wanted))
+                if inserted.rowcount == len(wanted):
+                    return Claimed(set(), set(), self._releases())
+            self._want(wanted)
             owners = db.execute(
                 "SELECT DISTINCT c.run, r.host, r.pid, r.proc, r.expires FROM wanted w CROSS JOIN claims c USING (key) "
                 "LEFT JOIN runs r ON r.run = c.run WHERE c.run != ?", (me,),

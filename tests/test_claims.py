@@ -48,6 +48,22 @@ def test_claim_and_conflict(tmp_path: Path) -> None:
     assert (tmp_path / CLAIMS_FILE).exists()
 
 
+def test_a_claim_of_free_and_held_keys_inserts_the_free_and_checks_the_rest(tmp_path: Path) -> None:
+    # Free keys go in at once; a claim where some are held (by this run, a live run or a
+    # stale one) must still report those and take the stale ones over, in one transaction.
+    clock = Clock()
+    alive = {1, 2, 3}
+    a, b = store(tmp_path, "a", clock, pid=1, alive=alive), store(tmp_path, "b", clock, pid=2, alive=alive)
+    c = store(tmp_path, "c", clock, pid=3, alive=alive)
+    assert a.claim(["live"]).theirs == set() and c.claim(["stale"]).theirs == set()
+    assert b.claim(["mine", "mine"]).theirs == set() and b.held() == 1  # a repeated key counts once
+    alive.discard(3)  # c died
+    got = b.claim(["new1", "live", "mine", "stale", "new2", "new1"])
+    assert got.theirs == {"live"} and got.taken == {"stale"}
+    assert b.held() == 4 and a.held() == 1 and c.held() == 0
+    assert a.claim(["new2"]).theirs == {"new2"}
+
+
 def test_expired_lease_is_taken_over_and_refresh_keeps_it(tmp_path: Path) -> None:
     clock = Clock()
     a = store(tmp_path, "a", clock, pid=1, lease=30)
