@@ -129,21 +129,26 @@ class RequestBuilder:
         return self.answer_tokens + extra
 
     def item_tokens(self, job: Job) -> int:
-        """The tokens one row adds to a packed request (cached on the job)."""
-        if job.item_tokens < 0:
-            job.item_tokens = self.count_item(job.values, self.style)
+        """The tokens one row adds to a packed request (cached on the job, with its item text)."""
+        rest = job.item  # a JSON item's never starts with a space, a line item's always does
+        if job.item_tokens < 0 or not rest or (rest[0] == " ") != (self.style == _packing.LINES):
+            job.item = _packing.item_rest(job.values, self.style)
+            job.item_tokens = self.tokenizer.count(_packing.item_of(0, job.item, self.style) + "\n")
         return job.item_tokens
 
     def count_item(self, values: Mapping[str, str], style: str) -> int:
         """The tokens of a row's item line with id 0 and its line break, as in a packed request."""
         return self.tokenizer.count(_packing.item_text(0, values, style) + "\n")
 
-    def user_tokens(self, jobs: Sequence[Job], user: str) -> int:
-        """The tokens of ``user``, the packed user message of ``jobs``: where the encoding
-        allows (:data:`LINE_ADDITIVE`), from the items' counts, the last line counted alone
-        (it has no line break); else the whole message is counted."""
+    def packed_user(self, jobs: Sequence[Job]) -> tuple[str, int]:
+        """The user message of a packed request of ``jobs`` (as :func:`_packing.packed_user`
+        makes it) and its tokens: where the encoding allows (:data:`LINE_ADDITIVE`), added up
+        from the items' counts and the last line's, counted alone (it has no line break)."""
+        style = self.style
+        counts = [self.item_tokens(j) for j in jobs]  # and the items' text
+        user = "\n".join([_packing.item_of(i, job.item, style) for i, job in enumerate(jobs)])
         if not self.additive:
-            return self.tokenizer.count(user)
+            return user, self.tokenizer.count(user)
         n = len(jobs)
         ids = self._id_tokens
         if len(ids) < n:
@@ -151,7 +156,7 @@ class RequestBuilder:
             for i in range(len(ids) - 1, n - 1):
                 ids.append(ids[-1] + count(str(i)) - zero)
         last = user[user.rfind("\n") + 1 :]
-        return sum([self.item_tokens(j) for j in jobs[:-1]]) + ids[n - 1] + self.tokenizer.count(last)
+        return user, sum(counts) - counts[-1] + ids[n - 1] + self.tokenizer.count(last)
 
     def parse(self, content: str | None, n: int, *, truncated: bool = False) -> PackedAnswers:
         """A packed reply's answers, read in the format this builder asked for."""
@@ -180,7 +185,7 @@ class RequestBuilder:
                 fmt = {"type": "json_object"}
             return Request(messages, params, fmt, mode, tokens, self.answer_tokens)
         lines = self.style == _packing.LINES
-        user = _packing.packed_user([j.values for j in jobs], self.style)
+        user, user_tokens = self.packed_user(jobs)
         messages = [{"role": "system", "content": self.system_text}, {"role": "user", "content": user}]
         n = len(jobs)
         out = n * self.per_row_output + 8
@@ -196,7 +201,7 @@ class RequestBuilder:
             fmt = {"type": "json_object"}
         # As count_messages(messages) counts them, without encoding the system message again,
         # nor (where the encoding allows) the items.
-        tokens = self.system_tokens + self.user_tokens(jobs, user)
+        tokens = self.system_tokens + user_tokens
         return Request(messages, params, fmt, mode, tokens, out, packed=True)
 
 

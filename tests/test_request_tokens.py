@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import regex
@@ -38,7 +38,7 @@ def values(rng: random.Random) -> str:
 
 
 class Sends:
-    params: dict[str, Any] = {}
+    params: ClassVar[dict[str, Any]] = {}
     response_format = "json_schema"
 
 
@@ -116,3 +116,18 @@ def test_line_breaks_and_ids_split_no_pretoken(encoding: Any, style: str, monkey
             k = zero.index("0")  # after '{"', 'id', '":' (or at the line's start): the id's
             assert k == (3 if style == _packing.JSON else 0)
             assert own == zero[:k] + ids + zero[k + 1 :]
+
+
+def test_jobs_sized_in_one_style_are_sent_right_in_another() -> None:
+    """A job keeps its item's text and count from the first request that sized it; a
+    builder in the other style must not reuse them (the text would be the wrong style's)."""
+    tokenizer = bpe_tokenizer()
+    template = parse_template("{text}")
+    jobs = [Job(f"k{i}", {"text": f"row {i}."}, [i]) for i in range(4)]
+    for style in (_packing.JSON, _packing.LINES, _packing.JSON):
+        builder = RequestBuilder(template, None, tokenizer, Sends())
+        builder.use_style(style)
+        request = builder.build(jobs)
+        assert request.messages[1]["content"] == _packing.packed_user([j.values for j in jobs], style)
+        assert request.input_tokens == count_messages(request.messages, tokenizer)
+        assert [j.item_tokens for j in jobs] == [builder.count_item(j.values, style) for j in jobs]
