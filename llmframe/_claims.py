@@ -338,7 +338,11 @@ class ClaimStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            if db.execute("DELETE FROM claims WHERE run = ?", (self.owner.run,)).rowcount:
+            me = (self.owner.run,)
+            # Alone in the store (the usual case), its claims go as one truncation instead of
+            # key by key through every index (~5 us a key).
+            alone = db.execute("SELECT 1 FROM claims WHERE run < ? OR run > ? LIMIT 1", me * 2).fetchone() is None
+            if db.execute("DELETE FROM claims" if alone else "DELETE FROM claims WHERE run = ?", () if alone else me).rowcount:
                 db.execute("UPDATE meta SET value = value + 1 WHERE name = 'releases'")
             db.execute("DELETE FROM runs WHERE run = ?", (self.owner.run,))
             db.execute("COMMIT")

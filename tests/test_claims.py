@@ -137,6 +137,26 @@ def test_close_releases_everything_and_is_idempotent(tmp_path: Path) -> None:
         a.claim(["x"])
 
 
+@pytest.mark.parametrize("others", [0, 1, 2])
+def test_close_releases_its_claims_only_and_moves_the_counter(tmp_path: Path, others: int) -> None:
+    # Alone in the store, a run's claims go at once (a truncation); beside others
+    # (whose run ids sort before and after it), only its own.
+    clock = Clock()
+    runs = [store(tmp_path, name, clock, pid=i + 1) for i, name in enumerate(["a", "m", "z"][: others + 1])]
+    closing = runs[0] if others != 2 else runs[1]
+    for i, run in enumerate(runs):
+        run.claim([f"{run.owner.run}{j}" for j in range(100 + i)])
+    counter = sqlite3.connect(tmp_path / CLAIMS_FILE)
+    before = counter.execute("SELECT value FROM meta WHERE name = 'releases'").fetchone()[0]
+    closing.close()
+    assert counter.execute("SELECT value FROM meta WHERE name = 'releases'").fetchone()[0] == before + 1
+    rest = [run for run in runs if run is not closing]
+    assert [run.held() for run in rest] == [100 + runs.index(run) for run in rest]
+    held = dict(counter.execute("SELECT run, count(*) FROM claims GROUP BY run").fetchall())
+    assert held == {run.owner.run: 100 + runs.index(run) for run in rest}
+    counter.close()
+
+
 def test_a_new_store_drops_what_dead_runs_left(tmp_path: Path) -> None:
     clock = Clock()
     alive = {1, 2}
