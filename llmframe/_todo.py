@@ -112,7 +112,7 @@ class JobQueue(Sequence[Job]):
         return bool(self._front)
 
     def popleft(self) -> Job:
-        if not self:
+        if not self._front and not self:
             raise IndexError("pop from an empty job queue")
         return self._front.popleft()
 
