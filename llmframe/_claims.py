@@ -275,9 +275,16 @@ class ClaimStore:
         """Claim ``keys`` for this run, taking over stale claims; with ``force``, take
         them from live runs too (a waiter that waited too long)."""
         me = self.owner.run
+        wanted = list(dict.fromkeys(keys))
         with self._transaction() as db:
             self._renew()
-            self._want(keys)
+            if not force:
+                # Most keys are claimed by no one: insert them at once. Only when some were
+                # not inserted (held already, by this run or another) is the whole check run.
+                inserted = db.executemany("INSERT OR IGNORE INTO claims VALUES (?, ?)", ((k, me) for k in wanted))
+                if inserted.rowcount == len(wanted):
+                    return Claimed(set(), set(), self._releases())
+            self._want(wanted)
             owners = db.execute(
                 "SELECT DISTINCT c.run, r.host, r.pid, r.proc, r.expires FROM wanted w CROSS JOIN claims c USING (key) "
                 "LEFT JOIN runs r ON r.run = c.run WHERE c.run != ?", (me,),
@@ -331,7 +338,11 @@ class ClaimStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            if db.execute("DELETE FROM claims WHERE run = ?", (self.owner.run,)).rowcount:
+            me = (self.owner.run,)
+            # Alone in the store (the usual case), its claims go as one truncation instead of
+            # key by key through every index (~5 us a key).
+            alone = db.execute("SELECT 1 FROM claims WHERE run < ? OR run > ? LIMIT 1", me * 2).fetchone() is None
+            if db.execute("DELETE FROM claims" if alone else "DELETE FROM claims WHERE run = ?", () if alone else me).rowcount:
                 db.execute("UPDATE meta SET value = value + 1 WHERE name = 'releases'")
             db.execute("DELETE FROM runs WHERE run = ?", (self.owner.run,))
             db.execute("COMMIT")

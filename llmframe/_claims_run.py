@@ -1,7 +1,13 @@
 """Claims during one run: claim rows as the planner takes them, wait for rows another process answers.
 
 The planner asks :meth:`RunClaims.top_up` for more rows whenever it runs low; the
-next :data:`CLAIM_CHUNK` keys are claimed in the store (:mod:`._claims`) at once.
+next chunk of keys is claimed in the store (:mod:`._claims`) at once: :data:`CLAIM_CHUNK`
+keys, twice as many each time the last chunk was sent in under half of
+:data:`CLAIM_SECONDS`, half as many when it took more than twice that (within
+:data:`CLAIM_CHUNK` and :data:`MAX_CLAIM_CHUNK`). One claim costs per key, and more per
+key the more keys the store holds (its index pages are rewritten by every transaction),
+so a fast run claims about :data:`CLAIM_SECONDS` of sending at a time, and a slow one
+still splits its rows finely with a sharer.
 Keys this run got go to the planner; keys another live run holds wait here, so two
 processes running the same frame split it chunk by chunk instead of one waiting
 for all. :meth:`RunClaims.watch` runs beside the workers (the pool does not end
@@ -55,13 +61,17 @@ if TYPE_CHECKING:
     from ._cache import AnswerCache
     from ._engine import Run
 
-__all__ = ["CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_claims", "open_store"]
+__all__ = ["CLAIM_CHUNK", "CLAIM_SECONDS", "MAX_CLAIM_CHUNK", "MAX_WAIT_SECONDS", "POLL_SECONDS", "RunClaims", "open_claims", "open_store"]
 
 log = logging.getLogger("llmframe")
 
 #: Keys claimed at a time: a few requests' worth, so that sharers split a frame finely,
 #: while one claim (a few ms) serves hundreds of rows.
 CLAIM_CHUNK = 256
+#: The most keys claimed at a time (a window of rows made at once, :mod:`._todo`).
+MAX_CLAIM_CHUNK = 2048
+#: About how long the rows of one claim take to send, when the run is fast enough.
+CLAIM_SECONDS = 1.0
 #: Held jobs at which the done ones are swept out (their keys kept for the next release).
 HELD_SWEEP = 2048
 #: How often waiting keys are looked up in the cache (answers land at each 2 s flush).
@@ -108,7 +118,7 @@ class RunClaims:
         self, store: Claims, pending: JobQueue, *, report: RunReport, answers: Answers,
         progress: Any, landed: Callable[[Sequence[str]], list[str | None]], forget: Callable[[], None],
         flush: Callable[[], None], sleep: Callable[[float], Awaitable[None]], stopped: Callable[[], bool],
-        clock: Callable[[], float] = time.time, chunk: int = CLAIM_CHUNK,
+        clock: Callable[[], float] = time.time, chunk: int = CLAIM_CHUNK, max_chunk: int = MAX_CLAIM_CHUNK,
         max_wait: float = MAX_WAIT_SECONDS, refresh: float | None = None,
     ) -> None:  # fmt: skip
         self.store: Claims | None = store
@@ -118,6 +128,8 @@ class RunClaims:
         self.landed, self.forget, self.flush = landed, forget, flush
         self.sleep, self.stopped, self.clock = sleep, stopped, clock
         self.chunk, self.max_wait = chunk, max_wait
+        self.min_chunk, self.max_chunk = chunk, max(chunk, max_chunk)
+        self.claimed_at: float | None = None  # when top_up last claimed
         self.refresh_every = _claims.REFRESH_SECONDS if refresh is None else refresh
         self.held: list[Job] = []  # claimed by this run, not released yet
         self.done_keys: list[str] = []  # of held jobs answered since: released at the next renew
@@ -149,6 +161,15 @@ class RunClaims:
     # ---- the planner's side -------------------------------------------------------------
     def top_up(self, want: int) -> None:
         """Claim rows until the planner has ``want`` to send, or none is left to claim."""
+        if len(self.pending) >= want or not self.unclaimed:
+            return
+        now = self.clock()
+        if self.claimed_at is not None:  # the rows of the last claim were sent in `now - claimed_at`
+            if now - self.claimed_at < CLAIM_SECONDS / 2:
+                self.chunk = min(2 * self.chunk, self.max_chunk)
+            elif now - self.claimed_at > 2 * CLAIM_SECONDS:
+                self.chunk = max(self.chunk // 2, self.min_chunk)
+        self.claimed_at = now
         while len(self.pending) < want and self.unclaimed:
             chunk = [self.unclaimed.popleft() for _ in range(min(self.chunk, len(self.unclaimed)))]
             self.pending.extend(self.claim(chunk))

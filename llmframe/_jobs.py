@@ -29,10 +29,12 @@ class Job:
     no_canaries: bool = False  # its request was too large with canaries added
     reference: bool = False  # answered alone to check packing (a packing-check row)
     invalid_alone: int = 0  # one-row answers that did not validate against the schema
+    item: str = ""  # its packed item's text after the id (``_packing.item_rest``), made with item_tokens
+
 
     def copy(self) -> Job:
         """A row-less copy, to send again as a check without touching the output."""
-        return Job(self.key, self.values, [], self.item_tokens)
+        return Job(self.key, self.values, [], self.item_tokens, item=self.item)
 
 
 #: What a batch is for: ``rows`` answers rows; ``reference`` is one row answered alone

@@ -120,24 +120,43 @@ def packed_system(
 
 
 def item_line(item_id: int, fields: Mapping[str, str]) -> str:
-    body = _compact(fields)
-    return f'{{"id":{item_id},{body[1:]}' if len(body) > 2 else f'{{"id":{item_id}}}'
+    return item_of(item_id, _json_rest(fields), JSON)
 
 
 def line_item(item_id: int, fields: Mapping[str, str]) -> str:
     """An item of the lines style: ``id value``, or ``id {json of the fields}``."""
+    return item_of(item_id, _lines_rest(fields), LINES)
+
+
+def _json_rest(fields: Mapping[str, str]) -> str:
+    body = _compact(fields)
+    return f",{body[1:]}" if len(body) > 2 else "}"
+
+
+def _lines_rest(fields: Mapping[str, str]) -> str:
     if len(fields) != 1:
-        return f"{item_id} {_compact(fields)}"
+        return f" {_compact(fields)}"
     value = next(iter(fields.values()))
     if (not value or value[0] in "\"{" or value != value.strip() or not _LINE_BREAKS.isdisjoint(value)):
         value = json.dumps(value, ensure_ascii=False)  # one line, unambiguous
         for char in "\x85\u2028\u2029":  # line breaks to str.splitlines that JSON leaves as they are
             value = value.replace(char, f"\\u{ord(char):04x}")
-    return f"{item_id} {value}"
+    return f" {value}"
 
 
 def item_text(item_id: int, fields: Mapping[str, str], style: str = JSON) -> str:
-    return line_item(item_id, fields) if style == LINES else item_line(item_id, fields)
+    return item_of(item_id, item_rest(fields, style), style)
+
+
+def item_rest(fields: Mapping[str, str], style: str = JSON) -> str:
+    """An item's text after its id: the same in every request, whatever id it gets there.
+    It starts with a space in the lines style and never does in the JSON style."""
+    return _lines_rest(fields) if style == LINES else _json_rest(fields)
+
+
+def item_of(item_id: int, rest: str, style: str = JSON) -> str:
+    """The item with id ``item_id`` and the text after its id ``rest`` (:func:`item_rest`)."""
+    return f"{item_id}{rest}" if style == LINES else f'{{"id":{item_id}{rest}'
 
 
 def packed_messages(

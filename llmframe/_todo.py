@@ -112,7 +112,7 @@ class JobQueue(Sequence[Job]):
         return bool(self._front)
 
     def popleft(self) -> Job:
-        if not self:
+        if not self._front and not self:
             raise IndexError("pop from an empty job queue")
         return self._front.popleft()
 
@@ -183,13 +183,19 @@ class JobQueue(Sequence[Job]):
         rows = firsts[i:j].tolist()
         taken = [[col[row - lo] for row in rows] for col in rendered]
         now, _ = row_digests(self._prefix, taken)  # keyed again: see the module docstring
-        keys, fields, repeats, front = self._keys, self._fields, self._repeats, self._front
+        fields, repeats, front = self._fields, self._repeats, self._front
+        keyed = self._keys[i:j].tobytes()
+        hexed = keyed.hex()
         self._next = j
-        for m, (k, row) in enumerate(zip(range(i, j), rows, strict=True)):
-            key = keys[k].tobytes()
-            values = {f: cast(str, col[m]) for f, col in zip(fields, taken, strict=True)}
-            job = Job(key.hex(), values, [row, *repeats.pop(row, ())])
-            if now[16 * m : 16 * m + 16] == key:
+        same = now == keyed  # the usual case: no row changed, none to compare one by one
+        if len(fields) == 1:
+            (field,) = fields
+            values: Iterable[dict[str, str]] = [{field: v} for v in cast(list[str], taken[0])]
+        else:  # a template has one field at least
+            values = [dict(zip(fields, vs, strict=True)) for vs in zip(*taken, strict=True)]
+        for m, (row, fields_of) in enumerate(zip(rows, values, strict=True)):
+            job = Job(hexed[32 * m : 32 * m + 32], fields_of, [row, *repeats.pop(row, ())] if repeats else [row])
+            if same or now[16 * m : 16 * m + 16] == keyed[16 * m : 16 * m + 16]:
                 front.append(job)
             elif self.on_changed is None:
                 raise ConfigError(f"row {row} of the frame changed while the run was going; run again")

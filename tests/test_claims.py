@@ -48,6 +48,22 @@ def test_claim_and_conflict(tmp_path: Path) -> None:
     assert (tmp_path / CLAIMS_FILE).exists()
 
 
+def test_a_claim_of_free_and_held_keys_inserts_the_free_and_checks_the_rest(tmp_path: Path) -> None:
+    # Free keys go in at once; a claim where some are held (by this run, a live run or a
+    # stale one) must still report those and take the stale ones over, in one transaction.
+    clock = Clock()
+    alive = {1, 2, 3}
+    a, b = store(tmp_path, "a", clock, pid=1, alive=alive), store(tmp_path, "b", clock, pid=2, alive=alive)
+    c = store(tmp_path, "c", clock, pid=3, alive=alive)
+    assert a.claim(["live"]).theirs == set() and c.claim(["stale"]).theirs == set()
+    assert b.claim(["mine", "mine"]).theirs == set() and b.held() == 1  # a repeated key counts once
+    alive.discard(3)  # c died
+    got = b.claim(["new1", "live", "mine", "stale", "new2", "new1"])
+    assert got.theirs == {"live"} and got.taken == {"stale"}
+    assert b.held() == 4 and a.held() == 1 and c.held() == 0
+    assert a.claim(["new2"]).theirs == {"new2"}
+
+
 def test_expired_lease_is_taken_over_and_refresh_keeps_it(tmp_path: Path) -> None:
     clock = Clock()
     a = store(tmp_path, "a", clock, pid=1, lease=30)
@@ -119,6 +135,26 @@ def test_close_releases_everything_and_is_idempotent(tmp_path: Path) -> None:
     assert b.claim([f"k{i}" for i in range(500)]).theirs == set()
     with pytest.raises(sqlite3.Error):
         a.claim(["x"])
+
+
+@pytest.mark.parametrize("others", [0, 1, 2])
+def test_close_releases_its_claims_only_and_moves_the_counter(tmp_path: Path, others: int) -> None:
+    # Alone in the store, a run's claims go at once (a truncation); beside others
+    # (whose run ids sort before and after it), only its own.
+    clock = Clock()
+    runs = [store(tmp_path, name, clock, pid=i + 1) for i, name in enumerate(["a", "m", "z"][: others + 1])]
+    closing = runs[0] if others != 2 else runs[1]
+    for i, run in enumerate(runs):
+        run.claim([f"{run.owner.run}{j}" for j in range(100 + i)])
+    counter = sqlite3.connect(tmp_path / CLAIMS_FILE)
+    before = counter.execute("SELECT value FROM meta WHERE name = 'releases'").fetchone()[0]
+    closing.close()
+    assert counter.execute("SELECT value FROM meta WHERE name = 'releases'").fetchone()[0] == before + 1
+    rest = [run for run in runs if run is not closing]
+    assert [run.held() for run in rest] == [100 + runs.index(run) for run in rest]
+    held = dict(counter.execute("SELECT run, count(*) FROM claims GROUP BY run").fetchall())
+    assert held == {run.owner.run: 100 + runs.index(run) for run in rest}
+    counter.close()
 
 
 def test_a_new_store_drops_what_dead_runs_left(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ class Side:
 
         self.claims = RunClaims(store, self.pending, report=self.report, answers=self.answers, progress=NoProgress(),
                                 landed=self.landed, forget=lambda: None, flush=self.flush, sleep=no_sleep,
-                                stopped=lambda: False, clock=lambda: now[0], chunk=4, refresh=10, **kwargs)  # fmt: skip
+                                stopped=lambda: False, clock=lambda: now[0], chunk=4, refresh=10,
+                                **{"max_chunk": 4, **kwargs})  # fmt: skip
 
     def landed(self, keys: Sequence[str]) -> list[str | None]:
         return [self.cache.get(k) for k in keys]
@@ -83,6 +84,21 @@ def test_two_runs_split_a_frame_chunk_by_chunk(world: Any) -> None:
     assert [j.values["x"] for j in a.take(4)] == ["8", "9", "10", "11"]
     assert sorted(a.claims.waits) == [j.key for j in a.jobs[4:8]]
     assert not a.claims.unclaimed and len(b.claims.unclaimed) == 4  # claimed when b needs them
+
+
+def test_a_fast_run_claims_more_at_a_time_and_a_slow_one_less(world: Any) -> None:
+    side, _cache, now = world
+    a = side("a", 1, n=200, max_chunk=32)
+    sizes = []
+    for step in (0.1, 0.1, 0.1, 0.1, 1.0, 3.0, 3.0, 3.0):  # seconds between top-ups
+        before = len(a.claims.unclaimed)
+        a.take(len(a.pending) + 1)  # the planner ran out: a claim
+        sizes.append(before - len(a.claims.unclaimed))
+        now[0] += step
+    # 4 at first; doubled while each claim's rows went in under 0.5 s, up to 32; kept at
+    # 1 s; halved while they took over 2 s, down to the first size.
+    assert sizes == [4, 8, 16, 32, 32, 32, 16, 8]
+    assert a.claims.store is not None and a.claims.store.held() == sum(sizes)
 
 
 def test_a_waiting_row_is_answered_from_the_cache(world: Any) -> None:

@@ -181,3 +181,20 @@ def test_read_single_single_values() -> None:
     assert read_single('{"value": 7}', output_schema(int)) == ("7", None)
     assert read_single("Billing.", classify_schema(["billing", "other"])) == ('"billing"', None)
     assert read_single("sales", classify_schema(["billing", "other"]))[0] is None
+
+
+@pytest.mark.parametrize(
+    ("content", "answers", "failed"),
+    [
+        ('{"0":"a","1":"b","2":"c"}', {0: "a", 1: "b", 2: "c"}, {}),  # in order: the quick path
+        ('{"1":"b","0":"a","2":"c"}', {0: "a", 1: "b", 2: "c"}, {}),  # any order
+        ('{"0":"a","1":7,"2":"c"}', {0: "a", 1: "7", 2: "c"}, {}),  # a number kept as its JSON
+        ('{"0":"a","1":null,"2":"c"}', {0: "a", 2: "c"}, {1: "answer is null"}),
+        ('{"0":"a","1":"b","1":"c"}', {0: "a"}, {1: "id answered more than once", 2: "id missing from the reply"}),
+        ('{"0":"a","1":"b"," 2":"c"}', {0: "a", 1: "b", 2: "c"}, {}),  # an id with spaces
+    ],
+)
+def test_packed_answers_in_order_or_not_read_the_same(content: str, answers: dict[int, str],
+                                                      failed: dict[int, str]) -> None:  # fmt: skip
+    got = parse_packed(content, 3)
+    assert (got.answers, got.failed) == (answers, failed)

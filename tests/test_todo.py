@@ -153,6 +153,20 @@ def test_a_row_changed_since_it_was_keyed_is_handed_over_not_queued() -> None:
         strict.popleft()
 
 
+def test_jobs_of_a_template_with_several_fields() -> None:
+    a, b = Column([f"a{i}" for i in range(50)]), Column([f"b{i}" for i in range(50)])
+    digests, _ = row_digests(PREFIX, [a.values, b.values])
+    queue = JobQueue(fields=["x", "y"], sources=[a, b], digests=digests, firsts=np.arange(0, 50, 2), prefix=PREFIX)
+    b.values[10] = "changed"  # row 10's second field, after keying
+    changed: list[Job] = []
+    queue.on_changed = changed.append
+    jobs = list(queue)
+    assert [j.rows for j in jobs] == [[r] for r in range(0, 50, 2) if r != 10]
+    assert all(j.values == {"x": f"a{j.rows[0]}", "y": f"b{j.rows[0]}"} for j in jobs)
+    assert all(j.key == row_digests(PREFIX, [[f"a{j.rows[0]}"], [f"b{j.rows[0]}"]])[0].hex() for j in jobs)
+    assert [(j.rows, j.values) for j in changed] == [([10], {"x": "a10", "y": "changed"})]
+
+
 def test_detach_and_copy() -> None:
     queue, _ = _queue(20, range(20))
     queue.popleft()
