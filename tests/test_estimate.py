@@ -31,8 +31,10 @@ def test_estimate_matches_the_run(fake_server: FakeServer, make_frame: Any, batc
     o = opts(fake_server, batch_size=batch_size, params={"max_tokens": 12})
     est = df.llm.estimate(TEMPLATE, **o)
     assert fake_server.stats.requests == 0  # estimating is free
-    df.llm.apply(TEMPLATE, **o)
-    assert est.requests == fake_server.stats.requests
+    out = df.llm.apply(TEMPLATE, **o)
+    report = out.llm.report
+    why = f"retries={report.retries} failures={report.failures} resent={report.resent_rows} {fake_server.stats}"
+    assert est.requests == fake_server.stats.requests, why
     # Same encoding on both sides: the input estimate is exact, well within 2%.
     assert abs(est.input_tokens - fake_server.stats.prompt_tokens) <= 0.02 * fake_server.stats.prompt_tokens
     assert est.output_tokens_from == "max_tokens"
