@@ -85,6 +85,13 @@ class ChatCompletions(Handler):
     def __init__(self, settings: Callable[[], Settings], stats: ServerStats, seed: int) -> None:
         super().__init__(settings, stats, seed)
         self._ids = itertools.count(1)
+        self._slots: tuple[int, asyncio.Semaphore] | None = None
+
+    def _slot(self, slots: int) -> asyncio.Semaphore:
+        """The model's slots (made on the server's loop; new when ``slots`` changes)."""
+        if self._slots is None or self._slots[0] != slots:
+            self._slots = (slots, asyncio.Semaphore(slots))
+        return self._slots[1]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -182,7 +189,10 @@ class ChatCompletions(Handler):
         outcome.completion_tokens = done.completion_tokens
 
         delay = settings.latency + settings.latency_per_token * done.completion_tokens
-        if delay > 0:
+        if settings.slots is not None:  # the model works on so many requests at once
+            async with self._slot(settings.slots):
+                await asyncio.sleep(delay)
+        elif delay > 0:
             await asyncio.sleep(delay)
         # The answer is known once generated: until then the request holds its estimate.
         self._limits.settle(estimate, prompt_tokens + done.completion_tokens, time.monotonic())

@@ -100,16 +100,13 @@ class FakeServer:
     - ``rejects_like``: how an unsupported ``response_format`` is rejected:
       ``"openai"`` (400 naming ``param``) or ``"llama.cpp"`` (500 with
       llama-cpp-python's pydantic message and no ``param``, as its server does).
-    - ``unsupported_params``: body parameters answered with OpenAI's 400
-      ``unsupported_parameter`` (e.g. ``("seed", "max_tokens")``).
-    - ``models``: the model names served, chat and embeddings (else OpenAI's 404
-      ``model_not_found``); ``None`` serves any name.
+    - ``unsupported_params``: body parameters answered with OpenAI's 400 ``unsupported_parameter``.
+    - ``models``: the model names served (else OpenAI's 404 ``model_not_found``); ``None``: any.
     - ``embeddings_shuffled``: embeddings replies list ``data`` in shuffled order
       (each item keeps its ``index``, as the API allows).
     - ``embedding_length``: ``(n) -> length`` of the vectors of the n-th embeddings
       reply, whatever ``dimensions`` asked: a model whose vectors change length.
-    - ``hang_seconds``: how long a hang fault sleeps before answering.
-    - ``model_context``: the context window, in tokens (prompt + ``max_tokens``).
+    - ``hang_seconds``: a hang fault's sleep; ``model_context``: the context window in tokens.
     - ``batch_api``: serve the Batch API (``False``: 404 there, as vLLM and llama.cpp).
     - ``batch_seconds``, ``batch_validate_seconds``: wall seconds a batch spends in
       progress (its lines finish spread over them), and validating (and finalizing).
@@ -118,6 +115,7 @@ class FakeServer:
       packed with an id dropped, wrong or doubled; see ``_batch_lifecycle``.
     - ``batch_max_requests``, ``batch_max_bytes``, ``batch_enqueued_tpd``: the limits of
       an input file, and of prompt tokens in batches at once (``None``: no limit).
+    - ``slots``: chat requests the model works on at once, others wait (llama-cpp-python: 1).
     - ``port``: 0 picks a free port.
 
     A batch line gets the very body a live request would get (outside the live
@@ -157,6 +155,7 @@ class FakeServer:
         batch_max_requests: int = 50_000,
         batch_max_bytes: int = 200 * 1024 * 1024,
         batch_enqueued_tpd: int | None = None,
+        slots: int | None = None,
     ) -> None:
         # locals() is still just the arguments: those named like a setting are read.
         self._settings = Settings.of(locals())
@@ -297,6 +296,7 @@ class FakeServer:
         batch_max_requests: int = UNSET,
         batch_max_bytes: int = UNSET,
         batch_enqueued_tpd: int | None = UNSET,
+        slots: int | None = UNSET,
     ) -> None:
         """Change settings while the server runs (thread-safe); unnamed settings stay.
 

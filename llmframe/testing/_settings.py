@@ -79,6 +79,9 @@ class Settings:
     #: ``(n) -> length`` of the vectors in the n-th embeddings reply (from 1), instead of
     #: the ``dimensions`` asked for: a model whose vectors change length. ``None``: as asked.
     embedding_length: Callable[[int], int] | None = None
+    #: Chat requests the model works on at once (llama.cpp's ``--parallel``; llama-cpp-python's
+    #: server: 1); the others wait their turn, which their latency includes. ``None``: no limit.
+    slots: int | None = None
     #: The Batch API (``/v1/files``, ``/v1/batches``); ``False``: those paths answer 404.
     batch_api: bool = True
     #: Wall seconds a batch spends in progress (its lines finish spread over them).
@@ -126,6 +129,8 @@ class Settings:
             raise ValueError(f"burst_seconds must be > 0, got {self.burst_seconds!r}")
         if not (isinstance(self.model_context, int) and self.model_context > 0):
             raise ValueError(f"model_context must be a positive int, got {self.model_context!r}")
+        if self.slots is not None and not (isinstance(self.slots, int) and self.slots > 0):
+            raise ValueError(f"slots must be a positive int or None (no limit), got {self.slots!r}")
         if self.answer_fn is not None and not callable(self.answer_fn):
             raise TypeError("answer_fn must be a callable (prompt: str) -> str, or None")
         if self.api_keys is not None and not self.api_keys:

@@ -323,7 +323,7 @@ def test_latency(fake_server_factory: Callable[..., FakeServer]) -> None:
 
 
 def test_stats_under_concurrency(fake_server_factory: Callable[..., FakeServer]) -> None:
-    server = fake_server_factory(latency=0.2)
+    server = fake_server_factory(latency=1.0)  # long enough for all 30 to be in at once on a busy machine
     n = 30
 
     async def many(client: openai.AsyncOpenAI) -> list[Any]:
@@ -344,9 +344,32 @@ def test_stats_under_concurrency(fake_server_factory: Callable[..., FakeServer])
     assert stats["completion_tokens"] == sum(r.usage.completion_tokens for r in replies)
     log = stats["log"]
     assert len(log) == n and all(r.status == 200 and r.n_items == 1 for r in log)
-    assert all(r.t_end - r.t_start >= 0.2 for r in log)
+    assert all(r.t_end - r.t_start >= 1.0 for r in log)
     assert sum(r.prompt_tokens for r in log) == stats["prompt_tokens"]
 
     server.reset_stats()
     assert server.stats.snapshot()["log"] == [] and server.stats.requests == 0
     assert server.stats.max_in_flight == 0
+
+
+def test_slots_make_requests_wait_their_turn(fake_server_factory: Callable[..., FakeServer]) -> None:
+    # llama-cpp-python's server works on one request at a time: the others queue, inside their latency.
+    server = fake_server_factory(latency=0.3, slots=1)
+
+    async def three(client: openai.AsyncOpenAI) -> list[Any]:
+        return await asyncio.gather(
+            *(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q {i}"}])
+              for i in range(3))
+        )  # fmt: skip
+
+    run(three, server)
+    log = sorted(server.stats.log, key=lambda r: r.t_end)
+    assert [r.status for r in log] == [200] * 3
+    assert log[1].t_end - log[0].t_end >= 0.3 and log[2].t_end - log[1].t_end >= 0.3  # one after another
+    server.configure(slots=3)
+    server.reset_stats()
+    run(three, server)
+    ends = sorted(r.t_end for r in server.stats.log)
+    assert ends[-1] - ends[0] < 0.3  # side by side
+    with pytest.raises(ValueError, match="slots"):
+        server.configure(slots=0)
