@@ -885,7 +885,7 @@ class _Sends:
 def format_estimates(scale: float) -> list[dict[str, Any]]:
     """The default's per-row estimates for each workload: one row per request, JSON packing
     and id lines at 20 rows per request (the check and canaries included), at gpt-4o-mini prices."""
-    from llmframe._check import AUTO_CANARY_EVERY, check_rows
+    from llmframe._check_plan import AUTO_CANARY_EVERY, check_rows
     from llmframe._economy import Costs
     from llmframe._jobs import Job
     from llmframe._pricing import price_for
@@ -943,10 +943,10 @@ def format_runs(scale: float) -> str:
 
 def library_defaults() -> dict[str, Any]:
     """What "packed" means in this run: the library's automatic batch limits and canaries."""
-    from llmframe import _check, _config, _engine
+    from llmframe import _check_plan, _config, _engine
 
     return {
-        "auto_batch_items": getattr(_check, "AUTO_BATCH_ITEMS", None),
+        "auto_batch_items": getattr(_check_plan, "AUTO_BATCH_ITEMS", None),
         "auto_batch_tokens": getattr(_engine, "AUTO_BATCH_TOKENS", None),
         "canaries": getattr(_config.Options(), "canaries", None),
     }

@@ -452,12 +452,12 @@ def fault_summary(results: Sequence[Result]) -> list[str]:
 
 def library_defaults() -> dict[str, Any]:
     """What "packed" means in this run: the library's automatic batch limits and canaries."""
-    from llmframe import _check, _engine
+    from llmframe import _check_plan, _engine
 
     return {
-        "auto_batch_items": getattr(_check, "AUTO_BATCH_ITEMS", None),
+        "auto_batch_items": getattr(_check_plan, "AUTO_BATCH_ITEMS", None),
         "auto_batch_tokens": getattr(_engine, "AUTO_BATCH_TOKENS", None),
-        "auto_canary_every": getattr(_check, "AUTO_CANARY_EVERY", None),
+        "auto_canary_every": getattr(_check_plan, "AUTO_CANARY_EVERY", None),
     }
 
 

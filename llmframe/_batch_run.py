@@ -13,7 +13,7 @@ How it packs, with no live check (which would take a round trip of a batch per
 step): the verdict remembered for this endpoint and task if a live run checked
 it, else the default size. In the first round :data:`REFERENCE_ROWS` rows also
 go alone; their answers are the canaries packed requests carry (one on every
-:data:`~llmframe._check.AUTO_CANARY_EVERY`-th), and a packed reply whose canary
+:data:`~llmframe._check_plan.AUTO_CANARY_EVERY`-th), and a packed reply whose canary
 disagrees with the one-row answer is asked again in smaller requests.
 """
 
@@ -24,7 +24,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from . import _check
+from . import _check_plan
 from ._batch_jsonl import Result, input_line
 from ._batch_state import JobState
 from ._budget import Budget
@@ -110,7 +110,7 @@ class BatchRun:
     def wire(cls, prepared: Prepared, template: Template, opts: Options, endpoint: Endpoint, job_id: str) -> BatchRun:
         """The live run's wiring with the batch's packing and the batch price."""
         model = opts.model or ""
-        cap = _check.batch_cap(opts.batch_size, template.fields)
+        cap = _check_plan.batch_cap(opts.batch_size, template.fields)
         known = MEMORY.get(endpoint.memory_key, resolve_cache_dir(opts.cache))
         prefix = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
                              output=output_spec(opts.schema)).hex()  # fmt: skip
@@ -124,9 +124,9 @@ class BatchRun:
                       "canaries and per-row validation catch bad packed answers)")  # fmt: skip
         else:
             reason = f"packed up to {cap} rows per request, as batch_size= says" if cap > 1 else "one row per request"
-        every = _check.AUTO_CANARY_EVERY if opts.canaries is None else 1
+        every = _check_plan.AUTO_CANARY_EVERY if opts.canaries is None else 1
         canaries = BatchCanaries(1 if opts.canaries is None else opts.canaries, every) if cap > 1 else BatchCanaries(0)
-        plan = _check.PackingPlan(cap, reason, None, canaries, style=LINES if opts.response_format == LINES else "json")
+        plan = _check_plan.PackingPlan(cap, reason, None, canaries, style=LINES if opts.response_format == LINES else "json")
         run = new_run(prepared, template, opts, client=None, limiter=None, endpoint=endpoint, packing=plan)
         run.budget = Budget(opts.max_cost_usd, batch_price_for(model, opts.prices, opts.batch_prices))
         run.endpoint.endpoint_confirmed = run.endpoint.format_confirmed = True  # no probe: the batch validates

@@ -14,6 +14,20 @@ checks before it packs::
                 answers on at least ``min_agreement`` of rows; try the next,
                 smaller size otherwise; one row per request when none does
 
+While the trial is out, the run does not wait (``ahead``): once the reference
+requests are back, new rows go packed at the trial's size, their answers held
+until the verdict, then kept if the verdict packs at least that many rows per
+request, asked again otherwise. How many such requests go (at most one wave) is
+how many the endpoint answered side by side: the reference requests went
+together, so ``rows x fastest latency / span`` is the parallelism it showed; an
+endpoint that answered them one after another (a local server with one slot)
+gets none, since each would only queue behind the trial. What it risks is one
+wave of packed requests on a run whose check fails (their rows are asked again
+as the verdict says). Where the packed format is not confirmed yet, its first
+packed request (the format's probe, which goes alone) is a small one of new
+rows, sent beside the reference requests, so the trial and the wave do not wait
+for it.
+
 The reference answers then serve as canaries (:mod:`._canaries`) for the rest
 of the run. The check costs the trial requests (one per size at the default
 sample and batch sizes, about 0.3% of the tokens of a 10,000-row run) and the
@@ -22,21 +36,24 @@ difference between one-row and packed tokens for the sample.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._agreement import agreement, field_agreement
-from ._canaries import Canaries
 from ._jobs import Job
-from ._warn import warn_user
 
-__all__ = ["Choice", "PackingCheck", "PackingPlan", "Verdict", "batch_cap", "check_rows", "plan"]
+__all__ = ["PROBE_ROWS", "PackingCheck", "Verdict"]
 
 #: A trial reply with no usable answer is sent again this many times before it counts.
 TRIAL_RETRIES = 2
 #: Agreement is measured only when at least this share of trial rows got a packed answer.
 MIN_ANSWERED = 0.5
+#: Rows of the small packed request that probes a packed format not confirmed yet.
+PROBE_ROWS = 2
+#: Reference requests answered side by side at least this share of them: the endpoint is
+#: wider than the sample, and a whole wave (``max_concurrency`` requests) may go ahead.
+SIDE_BY_SIDE = 0.75
 
 
 @dataclass(frozen=True)
@@ -52,8 +69,9 @@ class PackingCheck:
     what to send next."""
 
     __slots__ = ("_answers", "_batches_out", "_current", "_in_flight", "_jobs", "_opened",
-                 "_queue", "_references", "_retries", "_trial_rows", "agreement", "ahead", "fields",
-                 "held", "min_agreement", "returned", "sample", "sizes", "taken", "verdict")  # fmt: skip
+                 "_queue", "_references", "_retries", "_spans", "_trial_rows", "agreement", "ahead",
+                 "ahead_held", "ahead_sent", "fields", "held", "min_agreement", "probe_sent", "returned",
+                 "sample", "sizes", "taken", "verdict")  # fmt: skip
 
     def __init__(self, sample: int, sizes: Sequence[int], min_agreement: float, ahead: int = 0) -> None:
         self.sample = sample
@@ -82,6 +100,11 @@ class PackingCheck:
         self._current = 0
         self._retries = 0
         self._opened = False  # the first trial was sent
+        self._spans: list[tuple[float, float]] = []  # reference requests' (sent, answered) times
+        # Packed answers of new rows sent ahead of the verdict: (job, answer, usage, size).
+        self.ahead_held: list[tuple[Job, str, Any, int]] = []
+        self.ahead_sent = 0  # packed requests sent ahead of the verdict
+        self.probe_sent = False  # the small probe of an unconfirmed packed format went
 
     # ---- reference rows ------------------------------------------------------------
     def wants_reference(self) -> bool:
@@ -109,6 +132,41 @@ class PackingCheck:
     def answers(self) -> dict[str, str]:
         """The reference rows' one-row answers, by key."""
         return {k: a for k, a in self._references.items() if a is not None}
+
+    # ---- ahead of the verdict -------------------------------------------------------
+    def timed(self, sent: float, answered: float) -> None:
+        """A reference request went at ``sent`` and was answered at ``answered`` (the
+        endpoint's first request, which goes alone, is not timed)."""
+        self._spans.append((sent, answered))
+
+    def side_by_side(self) -> float:
+        """How many requests the endpoint answered at once, as the timed reference
+        requests showed: ``n x fastest / span`` (``n`` at once, 1 one after another)."""
+        if len(self._spans) < 2:
+            return 0.0
+        span = max(a for _, a in self._spans) - min(s for s, _ in self._spans)
+        fastest = min(a - s for s, a in self._spans)
+        return float(len(self._spans)) if span <= 0 else len(self._spans) * fastest / span
+
+    def ahead_size(self, concurrency: int) -> int:
+        """Rows per request for the next packed request of new rows ahead of the verdict,
+        or 0 when none may go: only while the first size's trial is out, once every
+        reference row is answered, up to one wave of what the endpoint answered at once."""
+        if self.verdict is not None or self.ahead or not self._opened or self.agreement or self._queue:
+            return 0
+        if len(self._references) < self.taken:  # the parallelism is not known yet
+            return 0
+        shown = self.side_by_side()
+        wave = concurrency if shown >= SIDE_BY_SIDE * len(self._spans) else int(shown) - 1  # one place: the trial's
+        return self._current if self.ahead_sent < wave else 0
+
+    def fate(self, size: int) -> str | None:
+        """What becomes of a packed answer given ahead of the verdict at ``size`` rows per
+        request: ``None`` held until the verdict, else ``"keep"`` (it packs at least that
+        many rows per request) or ``"again"``."""
+        if self.verdict is None:
+            return None
+        return "keep" if self.verdict.batch_size >= size else "again"
 
     # ---- trials --------------------------------------------------------------------
     @property
@@ -276,125 +334,3 @@ def _fields_note(fields: dict[str, float]) -> str:
     if not worst:
         return ""
     return "; fields that disagreed most: " + ", ".join(f"{name} ({share:.0%} agree)" for share, name in worst)
-
-
-# ------------------------------------------------------------------------- the plan
-
-#: Items per request when ``batch_size=None``. Published results show answer
-#: quality slipping past a few dozen items per prompt; 20 keeps RPM-bound runs
-#: ~20x faster than one row per request while staying well short of that.
-AUTO_BATCH_ITEMS = 20
-
-#: The check of ``batch_size=None``: rows answered alone first (one per
-#: CHECK_ROWS_PER rows to send, from AUTO_CHECK_ROWS_MIN to AUTO_CHECK_ROWS: on an
-#: RPM-bound run of 1,000 rows, 20 one-row requests would add 40% to the 50 packed
-#: ones), the packed sizes tried on them after the cap (largest first), and the share
-#: of them that must agree.
-AUTO_CHECK_ROWS = 20
-AUTO_CHECK_ROWS_MIN = 10
-CHECK_ROWS_PER = 100
-AUTO_CHECK_SIZES = (5,)
-AUTO_MIN_AGREEMENT = 0.95
-#: Runs with at most this many rows to send go one row per request: the check would
-#: cost as much as packing saves.
-SMALL_FRAME_ROWS = 2 * AUTO_CHECK_ROWS
-#: With ``canaries=None`` while packing, one canary rides on every AUTO_CANARY_EVERY-th
-#: packed request: about 1% more tokens at 20 rows per request.
-AUTO_CANARY_EVERY = 4
-#: Rows answered alone to seed canaries when a stored verdict skips the check.
-REMEMBERED_WARMUP_ROWS = 4
-
-
-@dataclass(frozen=True)
-class Choice:
-    """How a ``batch_size=None`` run sends its rows (:mod:`._economy`): ``style`` ``None`` is one
-    row per request; ``sizes`` those worth checking (packing is not dearer there); ``note`` why."""
-
-    style: str | None
-    sizes: list[int]
-    note: str
-
-
-@dataclass
-class PackingPlan:
-    """How a run packs, decided before its first request."""
-
-    cap: int
-    reason: str
-    check: PackingCheck | None = None
-    canaries: Canaries | None = None
-    fixed_size: int | None = None  # the size after the warm-up, whatever the check says
-    warn: bool = False  # say the reason once: the run will not pack, and may surprise
-    style: str = "json"  # the packed format (:mod:`._packing`): "json" or "lines"
-    note: str = ""  # why packed rather than one row per request: the per-row estimates
-
-
-def plan(
-    *,
-    cap: int,
-    batch_size: int | str | None,
-    canaries: int | None,
-    rows_to_send: int,
-    verdict: Any = None,
-    why_one: str = "",
-    economy: Callable[[Sequence[int]], Choice] | None = None,
-    style: str = "json",
-) -> PackingPlan:
-    """Whether and how a run packs: the check, canaries and the reason it will give.
-
-    ``cap`` is the largest batch allowed (1: never pack, for ``why_one``); ``verdict``
-    a stored one for this endpoint and task (``{"batch_size", "reason"}``) or ``None``;
-    ``economy`` tells, for the sizes the check would try, whether packing is dearer than
-    one row per request (then it does not pack) and in which style it is not; ``style``
-    is how a run with an explicit ``batch_size`` packs.
-    """
-    if cap <= 1:
-        return PackingPlan(1, "one row per request" + (why_one and f": {why_one}"))
-    if batch_size is not None:  # an int the user chose: no check
-        reason = f"packed up to {cap} rows per request, as batch_size= says"
-        if not canaries:
-            return PackingPlan(cap, reason, style=style)
-        warmup = PackingCheck(max(4, 2 * canaries), (), AUTO_MIN_AGREEMENT, ahead=cap)
-        return PackingPlan(cap, reason, warmup, Canaries(canaries), fixed_size=cap, style=style)
-    if rows_to_send <= SMALL_FRAME_ROWS:
-        return PackingPlan(1, f"one row per request: {rows_to_send} rows to send, too few to "
-                              f"check packing on (the check runs from {SMALL_FRAME_ROWS + 1} rows)")  # fmt: skip
-    watch = Canaries(1, AUTO_CANARY_EVERY) if canaries is None else Canaries(canaries)
-    sizes = sorted({s for s in AUTO_CHECK_SIZES if s < cap} | {cap}, reverse=True)
-    note = ""
-    if economy is not None:
-        choice = economy(sizes)
-        if choice.style is None:
-            return PackingPlan(1, choice.note)
-        style, sizes, note = choice.style, choice.sizes, choice.note
-    size = verdict.get("batch_size") if isinstance(verdict, dict) else None
-    if isinstance(size, int) and size > 1 and verdict.get("style", "json") != style:
-        size = None  # it packed well in another format: this one is checked afresh
-    if isinstance(size, int) and size >= 1:
-        reason = f"{verdict.get('reason', '')} (checked in an earlier run on this endpoint)"
-        if size == 1:
-            return PackingPlan(1, reason, warn=True)
-        reason = f"{reason}; {note}" if note else reason
-        if not watch.wanted:
-            return PackingPlan(min(cap, size), reason, style=style)
-        warmup = PackingCheck(REMEMBERED_WARMUP_ROWS, (), AUTO_MIN_AGREEMENT, ahead=min(cap, size))
-        return PackingPlan(cap, reason, warmup, watch, fixed_size=size, style=style)
-    check = PackingCheck(check_rows(rows_to_send), sizes, AUTO_MIN_AGREEMENT)
-    return PackingPlan(cap, "", check, watch, style=style, note=note)
-
-
-def check_rows(rows_to_send: int) -> int:
-    """How many rows the packing check answers alone first, for a run of this size."""
-    return max(AUTO_CHECK_ROWS_MIN, min(AUTO_CHECK_ROWS, rows_to_send // CHECK_ROWS_PER))
-
-
-def batch_cap(batch_size: int | str | None, fields: Sequence[str]) -> int:
-    """The most rows a request may carry: ``batch_size`` when it is an int, else
-    AUTO_BATCH_ITEMS; 1 when the template uses a field named ``id``."""
-    if "id" in fields:
-        warn_user(
-            "llmframe: the template uses a field named 'id', which packed requests use for "
-            "their own row ids; sending one row per request. Rename the column to pack."
-        )
-        return 1
-    return batch_size if isinstance(batch_size, int) else AUTO_BATCH_ITEMS

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import _packing
-from ._check import AUTO_CANARY_EVERY, Choice, check_rows
+from ._check_plan import AUTO_CANARY_EVERY, Choice, check_rows
 from ._config import Options
 from ._jobs import Job
 from ._pricing import Price, price_for
@@ -143,7 +143,7 @@ def choose(costs: Costs, sizes: Sequence[int], *, lines_allowed: bool, json_allo
 
 
 def economy_for(jobs: Sequence[Job], builder: RequestBuilder, opts: Options) -> Callable[[Sequence[int]], Choice]:
-    """What :func:`~llmframe._check.plan` asks with the sizes it would check: the run's
+    """What :func:`~llmframe._check_plan.plan` asks with the sizes it would check: the run's
     rows counted only then (a run that does not choose never counts them). Id lines are
     for text answers, with ``response_format`` ``"auto"``, ``"text"`` or ``"lines"`` (only)."""
     lines_allowed = opts.schema is None and opts.response_format in ("auto", "text", _packing.LINES)

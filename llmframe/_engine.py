@@ -21,11 +21,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from . import _check
+from . import _check, _check_plan
 from ._attempts import RetryPolicy, send_with_retries
 from ._budget import Budget
 from ._cache import resolve_cache_dir
-from ._check import batch_cap
+from ._check_plan import batch_cap
 from ._check_share import shared_check
 from ._client import CallError, ChatClient, Completion
 from ._config import Options
@@ -46,7 +46,7 @@ from ._requests import Request, RequestBuilder
 from ._result import RunResult, result_of
 from ._template import Template
 from ._tokens import get_tokenizer
-from ._trials import on_verdict, send_trial
+from ._trials import hold, on_verdict, send_reference, send_trial
 from ._warn import warn_user
 from ._workers import drain, every, stopped
 
@@ -84,11 +84,18 @@ class Run:
         self.cut_off = 0  # one-row answers cut off at max_tokens
         self.task_key = task_key  # the key of this task's packing verdict; told the verdict stored (None: none)
         self.on_checked: Callable[[dict[str, Any] | None], None] | None = None  # _check_share
+        self.check: _check.PackingCheck | None = None  # the run's packing check, also once decided
 
     # ---- one batch --------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
         try:
-            await (send_trial(self, batch) if batch.kind == "trial" else self.send(batch))
+            if batch.kind == "trial":
+                await send_trial(self, batch)
+            elif batch.kind == "reference" and not batch.probe:
+                await send_reference(self, batch)
+            else:
+                self.report.ahead_rows += len(batch.jobs) if batch.kind == "ahead" else 0
+                await self.send(batch)
         except Exception as exc:  # a bug must cost its rows, never the run
             if batch.kind == "trial":  # its rows are asked again as the check decides
                 if self.planner.check is not None and not batch.recorded:
@@ -148,7 +155,7 @@ class Run:
             return self.handle_error(err, batch, request)
         self.endpoint.confirm(request)
         with self.outcomes.one_reply():  # the reply's rows reach the cache's log in one write
-            self.accept(jobs, sent, done)
+            self.accept(jobs, sent, done, ahead=batch.size if batch.kind == "ahead" else 0)
 
     def too_large(self, batch: Batch, message: str, kind: str = "too_large", status: int | None = None) -> None:
         if len(batch.jobs) > 1:
@@ -186,8 +193,9 @@ class Run:
         self.outcomes.fail(batch.jobs, err.kind, err.message, err.status)
 
     # ---- answers ----------------------------------------------------------------------
-    def accept(self, jobs: list[Job], sent: list[Job], done: Completion) -> None:
-        """Take the answers of a reply; ``sent`` is ``jobs`` plus any canaries, in order."""
+    def accept(self, jobs: list[Job], sent: list[Job], done: Completion, ahead: int = 0) -> None:
+        """Take the answers of a reply; ``sent`` is ``jobs`` plus any canaries, in order;
+        ``ahead``: packed at that size before the packing check's verdict (:func:`~._trials.hold`)."""
         self.report.latencies.append(done.latency)
         prompt, completion = done.prompt_tokens or 0, done.completion_tokens or 0
         cost = self.budget.spend(prompt, completion)
@@ -239,7 +247,10 @@ class Run:
             i = position[id(job)]
             if i in parsed.answers:
                 usage = (prompts[i], completions[i], row_cost, done.request_id)
-                self.outcomes.finish(job, parsed.answers[i], usage)
+                if ahead:
+                    hold(self, job, parsed.answers[i], usage, ahead)
+                else:
+                    self.outcomes.finish(job, parsed.answers[i], usage)
             else:
                 failed[j] = parsed.failed.get(i, "id missing from the reply")
                 invalid.update([j] if i in parsed.invalid else [])
@@ -281,7 +292,7 @@ class Run:
 def new_run(
     prepared: Prepared, template: Template, opts: Options, *, client: Any, limiter: RateLimiter | None,
     endpoint: Endpoint, progress: Any = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    policy: RetryPolicy | None = None, learns: bool = True, packing: _check.PackingPlan | None = None,
+    policy: RetryPolicy | None = None, learns: bool = True, packing: _check_plan.PackingPlan | None = None,
 ) -> Run:  # fmt: skip
     """A run's wiring (or an estimate's, which plans the same batches and sends none); ``packing``
     replaces the plan a live run makes (the Batch API's, :mod:`._batch_run`)."""
@@ -293,7 +304,7 @@ def new_run(
     cap = batch_cap(opts.batch_size, template.fields)
     task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
                            output=output_spec(opts.schema)).hex()  # fmt: skip
-    packing = packing or _check.plan(
+    packing = packing or _check_plan.plan(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
         verdict=(state.known.get("verdicts") or {}).get(task_key),
         why_one="as batch_size=1 says" if opts.batch_size == 1 else "the template has a field 'id'",
@@ -314,6 +325,8 @@ def new_run(
     the_run = Run(opts=opts, client=client, limiter=limiter, report=report, endpoint=state, builder=builder,
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
                   sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts), task_key=task_key)  # fmt: skip
+    the_run.check = check
+    planner.concurrency = opts.max_concurrency
     planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key, packing.note)
     prepared.todo.on_changed = lambda job: outcomes.fail([job], "changed", CHANGED)
     return the_run

@@ -38,8 +38,9 @@ class Job:
 
 
 #: What a batch is for: ``rows`` answers rows; ``reference`` is one row answered alone
-#: to check packing against; ``trial`` packs reference rows to compare.
-BatchKind = Literal["rows", "reference", "trial"]
+#: to check packing against; ``trial`` packs reference rows to compare; ``ahead`` packs
+#: new rows before the check's verdict, their answers held until it (:mod:`._check`).
+BatchKind = Literal["rows", "reference", "trial", "ahead"]
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Batch:
     probe: bool = False  # sent alone: the endpoint's first request, or a format's
     rejected: bool = False  # the endpoint rejected what it carried; it goes again, changed
     recorded: bool = False  # a trial whose outcome the packing check has been told
+    size: int = 0  # ``ahead``: the rows per request it was packed at (kept if the verdict allows that many)
 
     @property
     def packed(self) -> bool:

@@ -8,9 +8,13 @@ resending one dropped row alone would pay the whole task (system prompt,
 template) again for one answer. A resent row goes in a batch at most half the
 size of the one it failed in.
 
-While the packing check (:mod:`._check`) runs, every request is one row: its
-reference rows, then its trial batches; packing waits for the verdict, unless
-the size is decided already and the check only seeds canaries (``ahead``). And
+While the packing check (:mod:`._check`) runs, requests are its reference rows
+(one per request) and its trial batches; then, while the trial is out, packed
+requests of new rows whose answers wait for the verdict (``ahead``, at most one
+wave, as many as the endpoint showed it answers at once), or, when the size is
+decided already and the check only seeds canaries, rows as usual. Where the
+packed format is not confirmed, its probe is a small packed request of new rows
+sent with the reference rows, not the trial. And
 while a probe is out (:meth:`~llmframe._endpoint.EndpointState.gate`), nothing
 else goes. When several processes share the cache folder, rows reach ``pending``
 only once claimed (``feed``, :mod:`._claims_run`).
@@ -22,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from ._canaries import Canaries
-from ._check import PackingCheck, Verdict
+from ._check import PROBE_ROWS, PackingCheck, Verdict
 from ._endpoint import EndpointState
 from ._jobs import Batch, Job
 from ._requests import RequestBuilder
@@ -37,6 +41,7 @@ class Planner:
         "builder",
         "canaries",
         "check",
+        "concurrency",
         "endpoint",
         "feed",
         "max_batch_tokens",
@@ -71,6 +76,7 @@ class Planner:
         # With claims (:mod:`._claims_run`): called with how many rows ``pending`` should
         # hold; claims that many more from the rows not claimed yet.
         self.feed: Callable[[int], None] | None = None
+        self.concurrency = 32  # requests in flight at most (the run's max_concurrency): one wave
 
     @property
     def cap(self) -> int:
@@ -94,6 +100,10 @@ class Planner:
                 job = self.pending.popleft()
                 check.add_reference(job)
                 return self.endpoint.gate(Batch([job], kind="reference"))
+            if check.first_trial_due and not check.probe_sent and not self.endpoint.format_confirmed:
+                check.probe_sent = True  # the format's probe: small, and beside the reference rows
+                if len(self.pending) > PROBE_ROWS:
+                    return self.take_ahead(PROBE_ROWS)
             room = None
             if check.first_trial_due:
                 fits = self.rows_that_fit(check.reference_jobs())
@@ -109,7 +119,13 @@ class Planner:
             elif (trial := check.next_trial(self.rows_that_fit(check.answered_jobs()))) is not None:
                 return self.endpoint.gate(Batch(trial, kind="trial"))
             if check.verdict is None:  # the check's answers are not all back
-                return self.take_rows(check.ahead) if check.ahead > 1 else None
+                if check.ahead > 1:
+                    return self.take_rows(check.ahead)
+                size = check.ahead_size(self.concurrency)
+                if size < 2 or not self.pending:
+                    return None
+                check.ahead_sent += 1
+                return self.take_ahead(size)
         if check is not None and check.verdict is not None:
             self.decided(check)
         return self.take_rows()
@@ -138,6 +154,14 @@ class Planner:
             jobs = self.fill(jobs, size - len(jobs))
         canaries = [] if any(j.no_canaries for j in jobs) else self.canaries.pick(jobs)
         return self.endpoint.gate(Batch(jobs, canaries=canaries))
+
+    def take_ahead(self, size: int) -> Batch | None:
+        """New rows packed ``size`` to a request before the verdict: their answers are held
+        until it (:meth:`~llmframe._check.PackingCheck.fate`)."""
+        batch = self.take_rows(size)
+        if batch is not None:
+            batch.kind, batch.size = "ahead", size
+        return batch
 
     def fill(self, jobs: list[Job], room: int, also: Sequence[Job] = ()) -> list[Job]:
         """``jobs`` topped up with up to ``room`` new rows, within the token budget of one

@@ -65,6 +65,8 @@ class RunReport:
     check_requests: int = 0  # packed requests of the packing check (answers compared, not kept)
     check_tokens: int = 0  # their tokens: the check's cost beyond the rows' own answers
     canary_rows: int = 0  # canary copies carried by packed requests
+    ahead_rows: int = 0  # rows sent packed before the packing check's verdict (held until it)
+    ahead_again: int = 0  # of those, rows asked again: the verdict packs fewer rows per request
     response_format: str = ""  # the structured-output mode packed requests used in the end
     endpoint_notes: list[str] = field(default_factory=list)  # what the endpoint rejected, and the change
     errors: list[RowError] = field(default_factory=list, repr=False)
@@ -139,7 +141,8 @@ class RunReport:
             ("packing", self.packing_reason or "-"),
             ("batch size at the end", self.batch_size_final if self.batch_size_final is not None else "-"),
             ("packing check", f"agreement {checked}; {self.check_requests} requests, "
-                              f"{self.check_tokens:,} tokens" if checked else "not run"),
+                              f"{self.check_tokens:,} tokens; {self.ahead_rows:,} rows packed ahead of "
+                              f"its verdict, {self.ahead_again:,} asked again" if checked else "not run"),
             ("fields agreeing", ", ".join(f"{k} {v:.0%}" for k, v in self.packing_fields.items()) or "-"),
             ("canaries", f"{self.canary_rows:,} rows carried, {self.canary_failures} batches rejected"),
             ("response format", self.response_format or "-"),

@@ -1,4 +1,5 @@
-"""The packing check's side of a run: its trial requests, and what its verdict changes.
+"""The packing check's side of a run: its reference and trial requests, the answers
+packed ahead of its verdict, and what its verdict changes.
 
 A trial (:mod:`._check`) carries copies of rows already answered one per request,
 whose packed answers are only compared, and new rows, whose answers are kept if
@@ -8,18 +9,19 @@ they belong to, kept here so the engine holds only the path every batch takes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from ._check import PackingCheck
 from ._client import CallError
-from ._jobs import Batch
+from ._jobs import Batch, Job
 from ._outcomes import split_tokens
 from ._warn import warn_user
 
 if TYPE_CHECKING:
     from ._engine import Run
 
-__all__ = ["on_verdict", "send_trial"]
+__all__ = ["hold", "on_verdict", "send_reference", "send_trial"]
 
 
 async def send_trial(run: Run, batch: Batch) -> None:
@@ -58,6 +60,29 @@ async def send_trial(run: Run, batch: Batch) -> None:
     check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
 
 
+async def send_reference(run: Run, batch: Batch) -> None:
+    """A reference row, timed: the reference requests go together, so their times show
+    how many requests the endpoint answers at once (:meth:`~._check.PackingCheck.timed`)."""
+    sent = time.monotonic()
+    await run.send(batch)
+    if run.check is not None and batch.jobs[0].done:
+        run.check.timed(sent, time.monotonic())
+
+
+def hold(run: Run, job: Job, answer: str, usage: Any, size: int) -> None:
+    """A packed answer given before the verdict, at ``size`` rows per request: held until
+    the verdict, then kept if it packs at least that many rows per request, else asked again."""
+    check = run.check
+    fate = None if check is None else check.fate(size)
+    if check is not None and fate is None:
+        check.ahead_held.append((job, answer, usage, size))
+    elif check is not None and check.verdict is not None and fate == "again":
+        run.report.ahead_again += 1
+        run.planner.split([job], check.verdict.batch_size)
+    else:
+        run.outcomes.finish(job, answer, usage)
+
+
 def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: str, note: str = "") -> int:
     """The packing check decided: keep or re-ask the rows that rode in its trial, say
     why (``note``: why packing at all, the per-row estimates), remember it; returns the
@@ -70,6 +95,13 @@ def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: 
         else:
             run.planner.split([job], verdict.batch_size)
     run.planner.pending.extendleft(reversed(check.returned))  # asked again, as decided
+    for job, answer, usage, size in check.ahead_held:  # packed ahead of the verdict
+        if verdict.batch_size >= size:
+            run.outcomes.finish(job, answer, usage)
+        else:
+            run.report.ahead_again += 1
+            run.planner.split([job], verdict.batch_size)
+    check.ahead_held = []
     run.report.packing_agreement = dict(verdict.agreement)
     run.report.packing_fields = dict(verdict.fields)
     if fixed_size is not None:

@@ -48,9 +48,10 @@ def test_every_row_gets_its_own_answer(fake_server: FakeServer, make_frame: Any,
     if batch_size == 1:
         assert fake_server.stats.requests == 57
     else:
-        # The packing check: 10 rows alone and, at the same time, a packed trial of those 10
-        # with 10 new rows; then the other 37 rows packed by 20.
-        assert fake_server.stats.requests == 10 + 1 + 2
+        # The packing check: 10 rows alone and, at the same time, the packed format's small
+        # probe (2 new rows); then a packed trial of those 10 with 10 new rows, and the other
+        # 35 rows packed by 20.
+        assert fake_server.stats.requests == 10 + 1 + 1 + 2
         assert out.llm.report.packing_reason.startswith("packed 20 rows per request")
 
 

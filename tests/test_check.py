@@ -148,3 +148,76 @@ def test_new_rows_of_a_failed_first_trial_are_asked_again() -> None:
     assert check.held == [] and check.returned == new
     sizes = run_trials(check, lambda j, n: f"a{j.key}")  # then 5 at a time, copies only
     assert sizes == [4] and check.verdict is not None and check.verdict.batch_size == 4
+
+
+def _trial_out(spans: list[tuple[float, float]]) -> PackingCheck:
+    """A check whose references are all answered, at ``spans``, and whose first trial (10 rows) is out."""
+    check = PackingCheck(sample=len(spans), sizes=[10, 5], min_agreement=0.9)
+    refs = jobs(len(spans))
+    for job in refs:
+        check.add_reference(job)
+    check.first_trial([Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(10 - len(spans))], 10)
+    for job, (sent, back) in zip(refs, spans, strict=True):
+        check.settle_reference(job, f"a{job.key}")
+        check.timed(sent, back)
+    return check
+
+
+def test_a_wave_goes_ahead_of_the_verdict_where_the_references_were_answered_side_by_side() -> None:
+    check = _trial_out([(0.0, 0.30), (0.0, 0.31), (0.01, 0.33), (0.01, 0.30)])
+    assert 3.5 < check.side_by_side() <= 4
+    sizes = []
+    while size := check.ahead_size(concurrency=6):
+        sizes.append(size)
+        check.ahead_sent += 1
+    assert sizes == [10] * 6  # the trial's size, one wave (max_concurrency), no more
+
+
+def test_an_endpoint_that_answers_one_request_at_a_time_gets_no_wave() -> None:
+    check = _trial_out([(0.0, 0.3), (0.0, 0.6), (0.0, 0.9), (0.0, 1.2)])  # one slot: each waits for the last
+    assert abs(check.side_by_side() - 1.0) < 1e-9
+    assert check.ahead_size(concurrency=32) == 0
+    two = _trial_out([(0.0, 0.3), (0.0, 0.3), (0.0, 0.6), (0.0, 0.6)])  # two slots: one beside the trial
+    assert abs(two.side_by_side() - 2.0) < 1e-9
+    assert two.ahead_size(concurrency=32) == 10
+    two.ahead_sent += 1
+    assert two.ahead_size(concurrency=32) == 0
+
+
+def test_nothing_goes_ahead_before_every_reference_is_back_or_once_decided() -> None:
+    check = PackingCheck(sample=4, sizes=[10, 5], min_agreement=0.9)
+    refs = jobs(4)
+    for job in refs:
+        check.add_reference(job)
+    trial = check.first_trial([Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(6)], 10)
+    for job in refs[:3]:
+        check.settle_reference(job, f"a{job.key}")
+        check.timed(0.0, 0.3)
+    assert check.ahead_size(concurrency=32) == 0  # one reference still out: parallelism unknown
+    check.settle_reference(refs[3], f"a{refs[3].key}")
+    check.timed(0.0, 0.3)
+    assert check.ahead_size(concurrency=32) == 10 and check.fate(10) is None  # held
+    check.record_trial(trial, [f"a{j.key}" for j in trial])
+    assert check.verdict is not None and check.verdict.batch_size == 10
+    assert check.ahead_size(concurrency=32) == 0
+    assert check.fate(10) == "keep" and check.fate(2) == "keep" and check.fate(11) == "again"
+
+
+def test_answers_packed_ahead_are_asked_again_when_the_verdict_packs_fewer() -> None:
+    check = PackingCheck(sample=4, sizes=[10, 5], min_agreement=0.9)
+    refs = jobs(4)
+    for job in refs:
+        check.add_reference(job)
+    trial = check.first_trial([Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(6)], 10)
+    for job in refs:
+        check.settle_reference(job, f"a{job.key}")
+        check.timed(0.0, 0.3)
+    assert check.ahead_size(concurrency=32) == 10
+    check.record_trial(trial, ["echo"] * 10)  # wrong at 10
+    assert (
+        check.verdict is None and check.ahead_size(concurrency=32) == 0
+    )  # not while smaller sizes are tried
+    assert check.fate(10) is None
+    assert run_trials(check, lambda j, n: f"a{j.key}") == [4]
+    assert check.verdict is not None and check.verdict.batch_size == 4
+    assert check.fate(10) == "again" and check.fate(4) == "keep" and check.fate(2) == "keep"

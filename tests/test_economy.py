@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmframe import _check
+from llmframe import _check_plan
 from llmframe._config import Options
 from llmframe._economy import OUTPUT_WEIGHT, Costs, choose, economy_for
 from llmframe._jobs import Job
@@ -37,7 +37,7 @@ def costs(template: str, rows: int = 600, model: str = "gpt-4o-mini", **kw: Any)
         tok = get_tokenizer(model)
     builder = RequestBuilder(parse_template(template, ["code"]), None, tok, Sends())
     jobs = [Job(str(i), {"code": f"K{i:07d}"}, [i]) for i in range(rows)]
-    return Costs(jobs, builder, price_for(model), check_rows=_check.check_rows(rows), canary_rate=0.25, **kw)
+    return Costs(jobs, builder, price_for(model), check_rows=_check_plan.check_rows(rows), canary_rate=0.25, **kw)
 
 
 def test_one_row_counts_the_chat_overhead() -> None:
@@ -97,14 +97,14 @@ def test_plan_follows_the_choice() -> None:
     for template, cap in ((SHORT, 1), (MEDIUM, 20)):
         builder = RequestBuilder(parse_template(template, ["code"]), None, tok, Sends())
         economy = economy_for(jobs, builder, Options(model="gpt-4o-mini"))
-        packing = _check.plan(cap=20, batch_size=None, canaries=None, rows_to_send=600, economy=economy)
+        packing = _check_plan.plan(cap=20, batch_size=None, canaries=None, rows_to_send=600, economy=economy)
         assert packing.cap == cap
         assert (packing.style, packing.check is None) == (("lines", False) if cap > 1 else ("json", True))
     # Asked for lines: JSON is never considered; a schema run never packs in lines.
     choice = economy_for(jobs, builder, Options(model="gpt-4o-mini", response_format="lines"))([20])
     assert choice.style == "lines" and "JSON packing would cost more" in choice.note
     # An explicit batch size is never overridden.
-    explicit = _check.plan(cap=20, batch_size=20, canaries=0, rows_to_send=600, economy=economy)
+    explicit = _check_plan.plan(cap=20, batch_size=20, canaries=0, rows_to_send=600, economy=economy)
     assert explicit.cap == 20 and explicit.style == "json"
 
 
@@ -118,8 +118,8 @@ def test_a_verdict_is_reused_only_in_the_style_it_was_measured_in() -> None:
     economy = economy_for(jobs, builder, Options(model="gpt-4o-mini"))
     assert economy([20]).style == "lines"
 
-    def plan(verdict: dict[str, object]) -> _check.PackingPlan:
-        return _check.plan(cap=20, batch_size=None, canaries=0, rows_to_send=600, economy=economy, verdict=verdict)
+    def plan(verdict: dict[str, object]) -> _check_plan.PackingPlan:
+        return _check_plan.plan(cap=20, batch_size=None, canaries=0, rows_to_send=600, economy=economy, verdict=verdict)
 
     in_json = plan({"batch_size": 20, "reason": "agreed"})  # stored before styles were recorded: JSON
     assert in_json.check is not None and in_json.check.sizes  # checked again, in lines

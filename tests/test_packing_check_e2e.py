@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from llmframe import _check
+from llmframe import _check, _check_plan
 from llmframe.testing import Degrade, FakeServer, expected_answer
 
 # A task worth packing: its instructions, repeated in every one-row request, cost more than
@@ -55,11 +55,17 @@ def test_a_model_that_loses_its_place_is_run_one_row_with_one_warning(fake_serve
     said = [w for w in caught if "did not agree" in str(w.message)]
     assert len(said) == 1 and said[0].filename == __file__  # points at the user's line
     # The cost of finding out: the trial requests (the 10 sampled rows with 10 new ones at
-    # 20, then the sampled rows 5 at a time), then one row each.
-    assert _check.check_rows(150) == 10
+    # 20, then the sampled rows 5 at a time), the packed requests of new rows sent ahead of
+    # the verdict (the format's small probe, then at most one wave), then one row each: every
+    # row packed ahead was asked again (held until the verdict, or its reply refused at once
+    # by its canary), none of those answers kept: each of the 150 rows went alone once.
+    assert _check_plan.check_rows(150) == 10
     assert report.packing_agreement.keys() == {20, 5}
     assert report.check_requests == 3
-    assert server.stats.requests == 150 + 3
+    ahead = sum(1 for r in server.stats.log if r.n_items > 1) - report.check_requests
+    assert 1 <= ahead <= 1 + 32
+    assert report.ahead_rows >= _check.PROBE_ROWS and 0 < report.ahead_again <= report.ahead_rows
+    assert server.stats.requests == 150 + 3 + ahead
 
 
 def test_a_sturdy_model_packs_and_the_check_costs_under_3_percent(fake_server_factory: Any) -> None:
@@ -84,7 +90,7 @@ def test_the_verdict_is_remembered_for_the_same_task(fake_server_factory: Any) -
     assert got == want(countries(100, "other"))
     assert report.check_requests == 0 and "earlier run" in report.packing_reason
     # A few rows alone to seed the canaries, then packed by 20.
-    assert server.stats.requests == _check.REMEMBERED_WARMUP_ROWS + 5
+    assert server.stats.requests == _check_plan.REMEMBERED_WARMUP_ROWS + 5
 
 
 def test_a_remembered_verdict_packs_while_the_canaries_are_seeded(fake_server_factory: Any) -> None:
@@ -98,7 +104,7 @@ def test_a_remembered_verdict_packs_while_the_canaries_are_seeded(fake_server_fa
     log = server.stats.snapshot()["log"]
     alone = [r for r in log if r.n_items == 1]
     packed = [r for r in log if r.n_items > 1]
-    assert len(alone) == _check.REMEMBERED_WARMUP_ROWS and len(packed) == 5
+    assert len(alone) == _check_plan.REMEMBERED_WARMUP_ROWS and len(packed) == 5
     assert min(r.t_start for r in packed) < min(r.t_end for r in alone)  # sent before any came back
 
 
@@ -116,7 +122,7 @@ def test_a_refusal_is_remembered_too(fake_server_factory: Any) -> None:
 
 def test_small_frames_go_one_row_without_a_check(fake_server_factory: Any) -> None:
     server = fake_server_factory()
-    names = countries(_check.SMALL_FRAME_ROWS)
+    names = countries(_check_plan.SMALL_FRAME_ROWS)
     got, report = run(server, names)
     assert got == want(names)
     assert server.stats.requests == len(names) and report.check_requests == 0
