@@ -127,7 +127,9 @@ def _plan(
     plan_only = replace(prepared, todo=prepared.todo.copy(), cache=None, answers=Answers(len(prepared.answers)))
     state = _engine.new_run(plan_only, template, opts, client=None, limiter=None, endpoint=endpoint, learns=False)
     planner, builder = state.planner, state.builder
-    state.endpoint.format_confirmed = state.endpoint.endpoint_confirmed = True  # nothing is probed
+    # The endpoint is not probed (its first request is a row like the others), the packed format
+    # is as the run would find it: unconfirmed, its probe is a request of its own (:mod:`._check`).
+    state.endpoint.endpoint_confirmed = True
     if answer_tokens is not None:
         builder.answer_tokens = answer_tokens
     requests = input_tokens = output_tokens = 0

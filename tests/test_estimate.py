@@ -135,3 +135,19 @@ def test_sample_skips_cached_rows(fake_server: FakeServer, make_frame: Any, tmp_
     second = df.llm.estimate(TEMPLATE, sample=5, **o)
     assert first.output_tokens_from == second.output_tokens_from == "sample"
     assert second.cached_rows == 10 and fake_server.stats.requests == 10
+
+
+def test_estimate_of_a_packed_default_run_counts_the_formats_probe(fake_server: FakeServer, make_frame: Any) -> None:
+    # A task worth packing in JSON: the run checks packing, probes the format with a small packed
+    # request of its own, and packs the rest 20 to a request; the estimate plans the same requests.
+    template = ("You review products for a consumer magazine. Read the customer's review below and classify its "
+                "sentiment as positive, negative, neutral or mixed, judging the whole review rather than single "
+                "words, and answer with that one word only.\n\nReview: {review}")  # fmt: skip
+    df = make_frame({"review": reviews(300)})
+    o = opts(fake_server, params={"max_tokens": 12})
+    est = df.llm.estimate(template, **o)
+    out = df.llm.apply(template, **o)
+    report = out.llm.report
+    assert report.packing_reason.startswith("packed 20 rows per request"), report.packing_reason
+    assert report.ahead_rows > 0 and report.ahead_again == 0
+    assert est.requests == fake_server.stats.requests, f"{report.retries=} {report.resent_rows=} {fake_server.stats}"
