@@ -150,21 +150,22 @@ def test_new_rows_of_a_failed_first_trial_are_asked_again() -> None:
     assert sizes == [4] and check.verdict is not None and check.verdict.batch_size == 4
 
 
-def _trial_out(spans: list[tuple[float, float]]) -> PackingCheck:
-    """A check whose references are all answered, at ``spans``, and whose first trial (10 rows) is out."""
-    check = PackingCheck(sample=len(spans), sizes=[10, 5], min_agreement=0.9)
-    refs = jobs(len(spans))
+def _trial_out(spans: list[tuple[float, float]], sample: int = 0) -> tuple[PackingCheck, list[Job], list[Job]]:
+    """A check of ``sample`` references (``len(spans)`` if 0), whose first trial (10 rows) is
+    out and the first ``len(spans)`` of whose references were answered at ``spans``."""
+    check = PackingCheck(sample=sample or len(spans), sizes=[10, 5], min_agreement=0.9)
+    refs = jobs(sample or len(spans))
     for job in refs:
         check.add_reference(job)
-    check.first_trial([Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(10 - len(spans))], 10)
-    for job, (sent, back) in zip(refs, spans, strict=True):
+    trial = check.first_trial([Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(10 - len(refs))], 10)
+    for job, (sent, back) in zip(refs, spans, strict=False):
         check.settle_reference(job, f"a{job.key}")
         check.timed(sent, back)
-    return check
+    return check, refs, trial
 
 
 def test_a_wave_goes_ahead_of_the_verdict_where_the_references_were_answered_side_by_side() -> None:
-    check = _trial_out([(0.0, 0.30), (0.0, 0.31), (0.01, 0.33), (0.01, 0.30)])
+    check, _, _ = _trial_out([(0.0, 0.30), (0.0, 0.31), (0.01, 0.33), (0.01, 0.30)])
     assert 3.5 < check.side_by_side() <= 4
     sizes = []
     while size := check.ahead_size(concurrency=6):
@@ -174,10 +175,10 @@ def test_a_wave_goes_ahead_of_the_verdict_where_the_references_were_answered_sid
 
 
 def test_an_endpoint_that_answers_one_request_at_a_time_gets_no_wave() -> None:
-    check = _trial_out([(0.0, 0.3), (0.0, 0.6), (0.0, 0.9), (0.0, 1.2)])  # one slot: each waits for the last
+    check, _, _ = _trial_out([(0.0, 0.3), (0.0, 0.6), (0.0, 0.9), (0.0, 1.2)])  # one slot: each waits for the last
     assert abs(check.side_by_side() - 1.0) < 1e-9
     assert check.ahead_size(concurrency=32) == 0
-    two = _trial_out([(0.0, 0.3), (0.0, 0.3), (0.0, 0.6), (0.0, 0.6)])  # two slots: one beside the trial
+    two, _, _ = _trial_out([(0.0, 0.3), (0.0, 0.3), (0.0, 0.6), (0.0, 0.6)])  # two slots: one beside the trial
     assert abs(two.side_by_side() - 2.0) < 1e-9
     assert two.ahead_size(concurrency=32) == 10
     two.ahead_sent += 1
@@ -185,14 +186,7 @@ def test_an_endpoint_that_answers_one_request_at_a_time_gets_no_wave() -> None:
 
 
 def test_nothing_goes_ahead_before_every_reference_is_back_or_once_decided() -> None:
-    check = PackingCheck(sample=4, sizes=[10, 5], min_agreement=0.9)
-    refs = jobs(4)
-    for job in refs:
-        check.add_reference(job)
-    trial = check.first_trial([Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(6)], 10)
-    for job in refs[:3]:
-        check.settle_reference(job, f"a{job.key}")
-        check.timed(0.0, 0.3)
+    check, refs, trial = _trial_out([(0.0, 0.3)] * 3, sample=4)
     assert check.ahead_size(concurrency=32) == 0  # one reference still out: parallelism unknown
     check.settle_reference(refs[3], f"a{refs[3].key}")
     check.timed(0.0, 0.3)
@@ -204,19 +198,10 @@ def test_nothing_goes_ahead_before_every_reference_is_back_or_once_decided() -> 
 
 
 def test_answers_packed_ahead_are_asked_again_when_the_verdict_packs_fewer() -> None:
-    check = PackingCheck(sample=4, sizes=[10, 5], min_agreement=0.9)
-    refs = jobs(4)
-    for job in refs:
-        check.add_reference(job)
-    trial = check.first_trial([Job(f"n{i}", {"x": f"n{i}"}, [100 + i]) for i in range(6)], 10)
-    for job in refs:
-        check.settle_reference(job, f"a{job.key}")
-        check.timed(0.0, 0.3)
+    check, _, trial = _trial_out([(0.0, 0.3)] * 4)
     assert check.ahead_size(concurrency=32) == 10
     check.record_trial(trial, ["echo"] * 10)  # wrong at 10
-    assert (
-        check.verdict is None and check.ahead_size(concurrency=32) == 0
-    )  # not while smaller sizes are tried
+    assert check.verdict is None and check.ahead_size(concurrency=32) == 0  # not while smaller sizes are tried
     assert check.fate(10) is None
     assert run_trials(check, lambda j, n: f"a{j.key}") == [4]
     assert check.verdict is not None and check.verdict.batch_size == 4
