@@ -289,9 +289,8 @@ def request_body(
 
 
 def json_bytes(body: Mapping[str, Any]) -> bytes:
-    """``body`` as the SDK would encode it (compact, UTF-8, no NaN), for its ``content=``:
-    the SDK then sends the bytes as they are, where a ``body=`` dict costs it ~30 us more
-    per request than this encoding (measured on a 20-row packed request)."""
+    """``body`` encoded as the SDK encodes a ``body=`` (compact, UTF-8, no NaN), for ``content=``,
+    which it sends as it is: ~30 us less SDK work a packed request than ``body=``, for ~12 us here."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
