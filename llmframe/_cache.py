@@ -55,7 +55,13 @@ from ._cache_admin import cache_location, read_cache, resolve_cache_dir
 from ._cache_fs import CacheLocation, is_url
 from ._cache_log import LOGS_SUPPORTED, AnswerLog, fold_orphans
 from ._cache_reader import CacheReader
-from ._cache_schema import SCHEMA, CacheRecord, columns_to_table, records_to_table_skipping_bad
+from ._cache_schema import (
+    SCHEMA,
+    CacheRecord,
+    columns_to_table,
+    records_to_table_skipping_bad,
+    rows_to_table_skipping_bad,
+)
 from ._cache_segments import auto_compact_plan, compact
 from ._errors import CacheError
 from ._warn import warn_user
@@ -162,7 +168,16 @@ class AnswerCache:
         """Append records to the log (one write) and keep them for the next segment;
         write a segment if ``flush_seconds`` have passed since the last."""
         batch = list(records)
-        table = records_to_table_skipping_bad(batch) if batch else None
+        self._add(records_to_table_skipping_bad(batch) if batch else None)
+
+    def add_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """:meth:`add` for records given as tuples of their values in
+        :data:`~llmframe._cache_schema.COLUMNS` order, ``created`` in microseconds since
+        the epoch (:func:`~llmframe._cache_schema.micros`): how a run stores a reply's
+        rows, with ``status`` ``"ok"`` or ``"error"`` as it made them."""
+        self._add(rows_to_table_skipping_bad(rows) if rows else None)
+
+    def _add(self, table: pa.Table | None) -> None:
         with self._lock:
             self._check_open()
             if table is not None and table.num_rows:

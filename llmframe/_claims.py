@@ -12,7 +12,16 @@ glob and of pyarrow's dataset discovery). Two tables::
 
     runs    run (a random id), host, pid, proc (boot id and start time of the
             process: tells a live pid from a reused one), expires (wall clock)
-    claims  key -> run
+    claims  key -> run (keyed by key alone: see below)
+
+The claims have no index by run. Every claim and release writes each key's row
+once to the table's b-tree and, with an index by run, once more to the index's:
+without it, 100k keys claimed 2,048 at a time and released 20,000 at a time cost
+~5.3 us a key instead of ~6.3 (medians of six, the store's own methods). What
+looks a run's claims up by run (a stale run's dropped, a run's own at close beside
+other runs, ``held``) scans the table instead, once per run, not once per key.
+Opening a store drops the index an older version made (one that opens the store
+again makes it again: the tables are the same either way).
 
 A claim is a lease held by its run: the run refreshes one row (``runs.expires``),
 not one per key, every :data:`REFRESH_SECONDS`. A claim is *stale*, and the next
@@ -75,7 +84,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
                                  proc TEXT, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, run TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS claims_by_run ON claims (run);
+DROP INDEX IF EXISTS claims_by_run;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('releases', 0);
 """

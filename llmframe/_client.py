@@ -33,8 +33,8 @@ from ._headers import parse_retry_after
 from ._retry import is_retryable_status
 
 __all__ = [
-    "PLACEHOLDER_KEY", "UNREACHABLE", "CallError", "ChatClient", "Completion", "credentials", "read_completion",
-    "request_body",
+    "PLACEHOLDER_KEY", "UNREACHABLE", "CallError", "ChatClient", "Completion", "credentials", "json_bytes",
+    "read_completion", "request_body",
 ]  # fmt: skip
 
 # Where the user gives no key, local servers (vLLM, llama.cpp, Ollama) accept any.
@@ -275,9 +275,10 @@ def request_body(
     the SDK merges it), the model, the messages and the response format, as they are.
 
     The body goes to the SDK's generic ``post`` (its documented way to send any request),
-    not to ``chat.completions.create``: ``create`` walks every argument against its
-    TypedDicts and ``parse`` builds pydantic models of the reply, ~1.3 ms of CPU per
-    request between them (~35% of the SDK's cost), for values read once here."""
+    encoded by :func:`json_bytes`, not to ``chat.completions.create``: ``create`` walks
+    every argument against its TypedDicts and ``parse`` builds pydantic models of the
+    reply, ~1.3 ms of CPU per request between them (~35% of the SDK's cost), for values
+    read once here."""
     body: dict[str, Any] = dict(params or {})
     body.update(body.pop("extra_body", None) or {})
     body["model"] = model
@@ -285,6 +286,12 @@ def request_body(
     if response_format is not None:
         body["response_format"] = response_format
     return body
+
+
+def json_bytes(body: Mapping[str, Any]) -> bytes:
+    """``body`` encoded as the SDK encodes a ``body=`` (compact, UTF-8, no NaN), for ``content=``,
+    which it sends as it is: ~30 us less SDK work a packed request than ``body=``, for ~12 us here."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -380,10 +387,10 @@ class ChatClient:
         response_format: Mapping[str, Any] | None = None,
     ) -> Completion:
         """One attempt. Raises :class:`CallError`."""
+        content = json_bytes(request_body(messages, model=model, params=params, response_format=response_format))
         start = time.monotonic()
         try:
-            response = await self._client.post("/chat/completions", body=request_body(
-                messages, model=model, params=params, response_format=response_format), cast_to=httpx.Response)  # fmt: skip
+            response = await self._client.post("/chat/completions", content=content, cast_to=httpx.Response)
         except Exception as exc:  # classify() re-raises what it does not know
             raise classify(exc, api_key=self._api_key, base_url=self.base_url) from None
         return read_completion(response.content, response.headers, time.monotonic() - start)

@@ -32,6 +32,7 @@ from ._config import Options
 from ._economy import economy_for
 from ._endpoint import Endpoint, EndpointState
 from ._errors import RowError
+from ._gc import fewer_collections
 from ._jobs import Batch, Job
 from ._keys import call_prefix, output_spec
 from ._limiter import RateLimiter
@@ -362,7 +363,8 @@ async def run(
     flusher = None if cache is None or state is None else every(FLUSH_SECONDS / 2, cache.flush_if_due, sleep)
     try:
         if state is not None:
-            await drain(state.planner.take, state.process, opts.max_concurrency, prepared.claims(state, sleep))  # _claims_run
+            with fewer_collections():  # what the process held before is not walked again per collection
+                await drain(state.planner.take, state.process, opts.max_concurrency, prepared.claims(state, sleep))  # _claims_run
             fatal = state.endpoint.fatal
             if fatal is not None:
                 # A failure that hits every row stopped the run: rows never sent fail with

@@ -3,9 +3,11 @@
 Every finished row passes here once, answered (:meth:`Outcomes.finish`) or failed
 (:meth:`Outcomes.fail`), so the output, the report, the progress bar and the
 cache can never disagree. Answers go to :class:`~llmframe._answers.Answers`,
-which keeps them compactly (equal short answers once). One builder makes every cache record. Inside
-:meth:`Outcomes.one_reply` the records of a reply's rows are handed to the
-cache together, as one append to its log, when the reply has been taken.
+which keeps them compactly (equal short answers once). One builder makes every cache record,
+as a tuple of its values (:meth:`~llmframe._cache.AnswerCache.add_rows`: no
+:class:`~llmframe._cache.CacheRecord` per row). Inside :meth:`Outcomes.one_reply` the
+records of a reply's rows are handed to the cache together, as one append to its log,
+when the reply has been taken.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._answers import Answers
-from ._cache import AnswerCache, CacheRecord
+from ._cache import AnswerCache
+from ._cache_schema import micros
 from ._errors import RowError
 from ._jobs import Job
 from ._report import RunReport
@@ -82,8 +85,8 @@ class Outcomes:
         self.template_hash = template_hash
         self.progress = progress or NoProgress()
         self.on_done = on_done  # told of every finished job (the packing check's references)
-        self.pending: list[CacheRecord] | None = None  # a reply's records, inside one_reply()
-        self.now: datetime | None = None  # when the reply came, inside one_reply(): its records' time
+        self.pending: list[tuple[Any, ...]] | None = None  # a reply's records, inside one_reply()
+        self.now: int | None = None  # when the reply came (micros), inside one_reply(): its records' time
 
     @contextlib.contextmanager
     def one_reply(self) -> Iterator[None]:
@@ -94,45 +97,42 @@ class Outcomes:
             yield
             return
         self.pending = []
-        self.now = datetime.now(timezone.utc)  # one clock read per reply, not per row
+        self.now = micros(datetime.now(timezone.utc))  # one clock read per reply, not per row
         try:
             yield
         finally:
             records, self.pending, self.now = self.pending, None, None
             if records:
-                self.cache.add(records)
+                self.cache.add_rows(records)
 
-    def store(self, records: list[CacheRecord]) -> None:
+    def store(self, records: list[tuple[Any, ...]]) -> None:
         if self.pending is not None:
             self.pending.extend(records)
         elif self.cache is not None and records:
-            self.cache.add(records)
+            self.cache.add_rows(records)
 
-    def record(self, job: Job, answer: str | None, error: str | None, usage: Usage) -> CacheRecord:
+    def record(self, job: Job, answer: str | None, error: str | None, usage: Usage) -> tuple[Any, ...]:
+        """The cache record of ``job``: its values in the order of the cache's columns."""
         prompt, completion, cost, request_id = usage
-        return CacheRecord(
-            key=job.key,
-            model=self.model,
-            template_hash=self.template_hash,
-            answer=answer,
-            status="ok" if error is None else "error",
-            error=error,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost_usd=cost,
-            created=self.now or datetime.now(timezone.utc),
-            request_id=request_id,
-        )
+        created = micros(datetime.now(timezone.utc)) if self.now is None else self.now
+        status = "ok" if error is None else "error"
+        return (job.key, self.model, self.template_hash, answer, status, error, prompt, completion, cost, created,
+                request_id)  # fmt: skip
 
     def finish(self, job: Job, answer: str, usage: Usage) -> None:
         job.done = True
-        self.answers.set_rows(job.rows, answer)
+        rows = job.rows
+        self.answers.set_rows(rows, answer)
         if self.on_done is not None:
             self.on_done(job, answer)
-        self.report.answered_rows += len(job.rows)
-        self.progress.update(len(job.rows))
+        self.report.answered_rows += len(rows)
+        self.progress.update(len(rows))
         if self.cache is not None:
-            self.store([self.record(job, answer, None, usage)])
+            record = self.record(job, answer, None, usage)
+            if self.pending is not None:
+                self.pending.append(record)
+            else:
+                self.cache.add_rows([record])
 
     def fail(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -12,7 +12,14 @@ from _cache_helpers import (
     record,
 )
 
-from llmframe._cache_schema import SCHEMA, CacheRecord, columns_to_table
+from llmframe._cache_schema import (
+    SCHEMA,
+    CacheRecord,
+    columns_to_table,
+    micros,
+    records_to_table,
+    rows_to_table_skipping_bad,
+)
 
 
 def test_records_are_validated_where_they_are_made() -> None:
@@ -56,3 +63,38 @@ def test_no_place_for_secrets() -> None:
     fields = set(CacheRecord.__dataclass_fields__)
     assert fields == set(SCHEMA.names)
     assert not {"api_key", "authorization", "headers", "base_url"} & fields
+
+
+def as_row(r: CacheRecord) -> tuple[Any, ...]:
+    values = [getattr(r, name) for name in SCHEMA.names]
+    values[SCHEMA.names.index("created")] = micros(r.created)
+    return tuple(values)
+
+
+def test_rows_make_the_table_records_make() -> None:
+    records = [record(i, f"answer {i}", seconds=i * 1.5, request_id=f"req-{i}") for i in range(3)]
+    records.append(record(3, status="error"))
+    rows = [as_row(r) for r in records]
+    assert rows_to_table_skipping_bad(rows).equals(records_to_table(records))
+    assert rows_to_table_skipping_bad(rows).to_pylist() == [
+        {name: getattr(r, name) for name in SCHEMA.names} for r in records
+    ]
+    many = [record(i, seconds=i / 1000) for i in range(100)]  # past the struct path's size
+    assert rows_to_table_skipping_bad([as_row(r) for r in many]).equals(records_to_table(many))
+
+
+def test_micros_is_exact() -> None:
+    assert micros(datetime(1970, 1, 1, tzinfo=timezone.utc)) == 0
+    when = datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    assert micros(when) == 1_796_173_323_456_789
+    assert micros(when.astimezone(timezone(timedelta(hours=5)))) == micros(when)
+
+
+def test_a_row_that_does_not_fit_is_dropped_with_a_warning_the_rest_kept() -> None:
+    good, bad = as_row(record(1)), as_row(record(2))
+    bad = (*bad[:6], "many", *bad[7:])  # prompt_tokens as text
+    with pytest.warns(RuntimeWarning, match=f"not caching the record for key '{key(2)}'"):
+        table = rows_to_table_skipping_bad([good, bad])
+    assert table.column("key").to_pylist() == [key(1)]
+    with pytest.warns(RuntimeWarning):
+        assert rows_to_table_skipping_bad([bad]).num_rows == 0

@@ -188,3 +188,24 @@ def test_many_keys_in_one_claim(tmp_path: Path) -> None:
     keys = [f"{i:032x}" for i in range(5000)]
     assert a.claim(keys[:3000]).theirs == set()
     assert b.claim(keys).theirs == set(keys[:3000])
+
+
+def indexes(folder: Path) -> list[str]:
+    with sqlite3.connect(folder / CLAIMS_FILE) as db:
+        return [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")]
+
+
+def test_a_store_an_older_version_made_loses_its_run_index_and_keeps_its_claims(tmp_path: Path) -> None:
+    clock = Clock()
+    old = store(tmp_path, "old", clock, pid=1)
+    old.claim(["k1", "k2"])
+    with sqlite3.connect(tmp_path / CLAIMS_FILE) as db:  # as the version that indexed claims by run made it
+        db.execute("CREATE INDEX claims_by_run ON claims (run)")
+    assert indexes(tmp_path) == ["claims_by_run"]
+    new = store(tmp_path, "new", clock, pid=2)
+    assert indexes(tmp_path) == []
+    assert new.claim(["k2", "k3"]).theirs == {"k2"}
+    assert old.held() == 2 and new.held() == 1
+    old.close()  # beside another run: its own claims only
+    assert new.held() == 1 and new.claim(["k1"]).theirs == set()
+    new.close()

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from llmframe._client import CallError, ChatClient, Completion, classify
+from llmframe._client import CallError, ChatClient, Completion, classify, json_bytes, request_body
 from llmframe._retry import parse_retry_after
 from llmframe.testing import FakeServer, Faults, expected_answer
 
@@ -350,6 +350,38 @@ def test_messages_and_format_reach_the_server_as_given() -> None:
     assert body["messages"] == MESSAGES and body["model"] == MODEL
     assert body["temperature"] == 0 and body["seed"] == 3
     assert body["response_format"] == {"type": "json_object"}
+
+
+def test_the_request_is_the_one_the_sdk_would_send_from_the_body() -> None:
+    """The body goes encoded (``content=``): the same bytes and headers as the SDK's own
+    ``body=`` encoding, non-ASCII text as UTF-8 included."""
+    calls: list[Any] = []
+
+    def respond(request: Any) -> Any:
+        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
+
+    messages = [{"role": "system", "content": "Réponds «oui» 🙂"}, {"role": "user", "content": 'a "b"\n\tc'}]
+    params = {"temperature": 0.5, "max_tokens": 7, "extra_body": {"seed": 3}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "answers", "strict": True}}
+    client = mocked(respond, calls)
+    complete(client, messages, params=params, response_format=fmt)
+
+    async def the_sdk_itself() -> None:
+        sdk = mocked(respond, calls)._client
+        try:
+            await sdk.post("/chat/completions", cast_to=httpx.Response,
+                           body=request_body(messages, model=MODEL, params=params, response_format=fmt))  # fmt: skip
+        finally:
+            await sdk.close()
+
+    asyncio.run(the_sdk_itself())
+    ours, theirs = calls
+    assert ours.content == theirs.content == json_bytes(request_body(messages, model=MODEL, params=params,
+                                                                     response_format=fmt))  # fmt: skip
+    assert json.loads(ours.content)["messages"] == messages
+    assert ours.headers["content-type"] == theirs.headers["content-type"] == "application/json"
+    assert ours.headers["content-length"] == str(len(ours.content))
+    assert ours.url == theirs.url and ours.method == theirs.method == "POST"
 
 
 def test_runs_share_one_tls_context_per_certificate_setting(monkeypatch: pytest.MonkeyPatch) -> None:
