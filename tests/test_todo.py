@@ -259,3 +259,15 @@ def test_a_row_changed_in_the_frame_during_a_run_is_never_sent_nor_cached(fake_s
     # Nothing cached under the changed row's original key: a fresh frame asks it again.
     again = pd.DataFrame({"x": [[f"t{n - 1}"]]}).llm.apply(template, **o)
     assert again["answer"].iat[0] == expected_answer(f"Say ['t{n - 1}']") and again.llm.report.requests == 1
+
+
+def test_an_uncached_run_keeps_no_lookup_result(tmp_path: Path) -> None:
+    # An empty cache answers a lookup with a null per row (4 bytes of offsets each at 1M rows):
+    # nothing found, nothing kept, and the output column is taken by the rows' own numbers.
+    template = parse_template("Say {x}")
+    opts = Options(model="m", cache=str(tmp_path))
+    prepared = prepare({"x": ["a", "b"]}, 2, template, opts)
+    assert prepared.answers._found is None and prepared.report.cached_rows == 0
+    prepared.answers[1] = "B"
+    assert prepared.answers.to_arrow().to_pylist() == [None, "B"]  # type: ignore[union-attr]
+    prepared.close()
