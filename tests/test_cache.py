@@ -290,7 +290,9 @@ def test_adds_flushes_and_lookups_from_several_threads(tmp_path: Path) -> None:
     assert stored["request_id"].n_unique() == 2000
 
 
-def test_each_segment_written_gives_arrow_memory_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_segment_written_gives_arrow_memory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The parquet writer leaves ~17-30 MB in Arrow's allocator per segment, freed but held:
     # the cache hands it back once the segment (and any merge) is done, not at the end.
     from llmframe import _cache

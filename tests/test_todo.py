@@ -123,7 +123,8 @@ def test_the_queue_lets_go_of_the_rows_it_has_handed_out() -> None:
     late, _ = _queue(n, range(n))
     for _ in range(TRIM_ROWS + 1):
         late.popleft()
-    assert late.first_rows()[:2] == [TRIM_ROWS + 1, TRIM_ROWS + 2] and len(late) == n - TRIM_ROWS - 1
+    assert late.first_rows()[:2] == [TRIM_ROWS + 1, TRIM_ROWS + 2]
+    assert len(late) == n - TRIM_ROWS - 1
     assert late[0].rows == [TRIM_ROWS + 1] and late[len(late) - 1].rows == [n - 1]
 
 
