@@ -153,13 +153,19 @@ class Answers(Sequence[str | None]):
         # The answers given here, then (with a lookup) the cache's: row r's is at given + r.
         offsets = np.frombuffer(self._ends, dtype=np.int64)
         values = pa.LargeStringArray.from_buffers(given, pa.py_buffer(offsets), pa.py_buffer(self._data))
-        indices = at.astype(np.int64)
-        if found is not None:
+        if found is None:
+            # The row numbers as they are: no copy, and none of 8 bytes a row (a take's indices
+            # may be int32), unless some rows have no answer and need a mask.
+            missing = at < 0
+            taken = pa.array(at, mask=missing) if missing.any() else pa.array(at)
+        else:
+            indices = at.astype(np.int64)
             unset = at == _UNSET
             indices[unset] = given + np.flatnonzero(unset)
             chunks = found.chunks if isinstance(found, pa.ChunkedArray) else [found]
             values = pa.concat_arrays([values, *(c.cast(pa.large_string()) for c in chunks)])
-        column = values.take(pa.array(indices, mask=indices < 0))
+            taken = pa.array(indices, mask=indices < 0)
+        column = values.take(taken)
         del values  # the take copied: _data may grow again
         return column
 

@@ -126,7 +126,8 @@ def prepare(
     del digests
 
     # The answers found stay the Arrow array the lookup returned: no Python string per row.
-    answers = Answers(n_rows, hits)
+    # None found (an uncached run): nothing to keep (its offsets were 4 bytes a row).
+    answers = Answers(n_rows, hits if report.cached_rows else None)
     if hits is not None:
         for row in np.flatnonzero(null & found).tolist():
             answers[row] = None  # a row without a key has no answer, whatever the cache holds

@@ -32,6 +32,10 @@ __all__ = ["JobQueue", "distinct_rows"]
 
 #: Rows rendered at once to make jobs (a window of the frame; at most this many jobs).
 WINDOW_ROWS = 2048
+#: The rows taken are dropped from the arrays (the rest copied) once at least this many and
+#: half of them are taken, and when all are: the queue shrinks as a run goes (by halves, so the
+#: copies add up to one of the arrays at most) instead of holding 20 bytes a row to the end.
+TRIM_ROWS = 1 << 16
 
 
 def distinct_rows(digests: bytes | bytearray, rows: np.ndarray) -> tuple[np.ndarray, dict[int, list[int]]]:
@@ -93,8 +97,9 @@ class JobQueue(Sequence[Job]):
         self.on_changed: Callable[[Job], None] | None = None
         self._fields = tuple(fields)
         self._sources = tuple(sources)
-        rows = np.zeros(0, dtype=np.int64) if firsts is None else np.asarray(firsts, dtype=np.int64)
-        self._firsts = rows
+        rows = np.zeros(0, dtype=np.int32) if firsts is None else np.asarray(firsts)
+        # Row numbers in 4 bytes where they fit (every frame below 2**31 rows), not 8.
+        self._firsts = rows.astype(np.int32 if len(rows) and rows[-1] < 2**31 else np.int64)
         keys = np.frombuffer(digests, dtype="V16") if len(rows) else np.zeros(0, dtype="V16")
         self._keys = keys[rows] if len(rows) else keys  # only the rows to send: 16 bytes each
         self._repeats = dict(repeats or {})
@@ -187,6 +192,8 @@ class JobQueue(Sequence[Job]):
         keyed = self._keys[i:j].tobytes()
         hexed = keyed.hex()
         self._next = j
+        if j == len(firsts) or (j >= TRIM_ROWS and 2 * j >= len(firsts)):
+            self._drop_taken()
         same = now == keyed  # the usual case: no row changed, none to compare one by one
         if len(fields) == 1:
             (field,) = fields
@@ -201,6 +208,11 @@ class JobQueue(Sequence[Job]):
                 raise ConfigError(f"row {row} of the frame changed while the run was going; run again")
             else:
                 self.on_changed(job)
+
+    def _drop_taken(self) -> None:
+        """Keep only the rows not taken yet (new arrays: a detached or copied queue may share these)."""
+        n = self._next
+        self._firsts, self._keys, self._next = self._firsts[n:].copy(), self._keys[n:].copy(), 0
 
     def _make_all(self) -> None:
         while self._next < len(self._firsts):

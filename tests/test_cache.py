@@ -288,3 +288,22 @@ def test_adds_flushes_and_lookups_from_several_threads(tmp_path: Path) -> None:
     stored = read_cache(tmp_path)
     assert stored.height == 2000
     assert stored["request_id"].n_unique() == 2000
+
+
+def test_each_segment_written_gives_arrow_memory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parquet writer leaves ~17-30 MB in Arrow's allocator per segment, freed but held:
+    # the cache hands it back once the segment (and any merge) is done, not at the end.
+    from llmframe import _cache
+
+    released: list[int] = []
+    monkeypatch.setattr(_cache, "release_memory", lambda: released.append(len(segments(tmp_path))))
+    cache = AnswerCache(tmp_path)
+    cache.flush()  # nothing buffered: no segment, nothing to give back
+    cache.add([record(1, "a")])
+    cache.flush()
+    cache.add([record(2, "b")])
+    cache.close()
+    assert released == [1, 2]  # after each segment is on disk
+    assert CacheReader(tmp_path).lookup([key(1), key(2)]) == ["a", "b"]

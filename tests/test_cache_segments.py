@@ -317,12 +317,13 @@ def test_auto_compaction_keeps_lookups_identical(tmp_path: Path) -> None:
 
 
 def test_one_automatic_compaction_reads_a_bounded_total() -> None:
-    # A long run's flushes: 100 segments of ~150 kB, each under the per-segment cap.
-    sizes = {f"seg-{i:03d}": 150_000 + i for i in range(100)}
+    # A long run's flushes: more segments than the trigger, ~150 kB each, under the per-segment cap.
+    over = _cache_segments.AUTO_COMPACT_SEGMENTS + 36
+    sizes = {f"seg-{i:03d}": 150_000 + i for i in range(over)}
     plan = _cache_segments.auto_compact_plan(sizes)
     assert len(plan) >= 2
     assert sum(sizes[name] for name in plan) <= _cache_segments.AUTO_COMPACT_MERGE_BYTES
     assert plan == sorted(sizes, key=sizes.__getitem__)[: len(plan)]  # the smallest first
     # Two segments are merged even when together they pass the budget: the count goes down.
-    near = {f"seg-{i:03d}": _cache_segments.AUTO_COMPACT_MAX_BYTES - 1 - i for i in range(70)}
+    near = {f"seg-{i:03d}": _cache_segments.AUTO_COMPACT_MAX_BYTES - 1 - i for i in range(over)}
     assert len(_cache_segments.auto_compact_plan(near)) == 2

@@ -20,7 +20,7 @@ from llmframe._jobs import Job
 from llmframe._keys import row_digests
 from llmframe._prepare import prepare
 from llmframe._template import parse_template
-from llmframe._todo import WINDOW_ROWS, JobQueue, distinct_rows
+from llmframe._todo import TRIM_ROWS, WINDOW_ROWS, JobQueue, distinct_rows
 from llmframe.testing import expected_answer
 
 
@@ -104,6 +104,28 @@ def test_jobs_come_out_in_row_order_made_a_window_at_a_time() -> None:
     assert not queue and len(queue) == 0
     with pytest.raises(IndexError):
         queue.popleft()
+
+
+def test_the_queue_lets_go_of_the_rows_it_has_handed_out() -> None:
+    n = 3 * TRIM_ROWS
+    queue, _ = _queue(n, range(n))
+    copy = queue.copy()  # shares the arrays until one of them lets go
+    held = [queue._firsts.nbytes + queue._keys.nbytes]  # 4 + 16 bytes a row still to send
+    assert queue._firsts.dtype == np.int32 and held[0] == 20 * n
+    taken = []
+    while queue:
+        taken.append(queue.popleft().rows[0])
+        held.append(queue._firsts.nbytes + queue._keys.nbytes)
+    assert taken == list(range(n))
+    assert held[-1] == 0  # nothing held once every job is made
+    assert max(held[1:]) <= held[0] and held[2 * TRIM_ROWS] <= held[0] // 2  # halved by then
+    assert [j.rows[0] for j in copy] == list(range(n))  # the copy kept its own rows
+    late, _ = _queue(n, range(n))
+    for _ in range(TRIM_ROWS + 1):
+        late.popleft()
+    assert late.first_rows()[:2] == [TRIM_ROWS + 1, TRIM_ROWS + 2]
+    assert len(late) == n - TRIM_ROWS - 1
+    assert late[0].rows == [TRIM_ROWS + 1] and late[len(late) - 1].rows == [n - 1]
 
 
 def test_a_sparse_queue_renders_only_its_own_rows() -> None:
@@ -238,3 +260,15 @@ def test_a_row_changed_in_the_frame_during_a_run_is_never_sent_nor_cached(fake_s
     # Nothing cached under the changed row's original key: a fresh frame asks it again.
     again = pd.DataFrame({"x": [[f"t{n - 1}"]]}).llm.apply(template, **o)
     assert again["answer"].iat[0] == expected_answer(f"Say ['t{n - 1}']") and again.llm.report.requests == 1
+
+
+def test_an_uncached_run_keeps_no_lookup_result(tmp_path: Path) -> None:
+    # An empty cache answers a lookup with a null per row (4 bytes of offsets each at 1M rows):
+    # nothing found, nothing kept, and the output column is taken by the rows' own numbers.
+    template = parse_template("Say {x}")
+    opts = Options(model="m", cache=str(tmp_path))
+    prepared = prepare({"x": ["a", "b"]}, 2, template, opts)
+    assert prepared.answers._found is None and prepared.report.cached_rows == 0
+    prepared.answers[1] = "B"
+    assert prepared.answers.to_arrow().to_pylist() == [None, "B"]  # type: ignore[union-attr]
+    prepared.close()
