@@ -87,6 +87,13 @@ class Run:
         self.on_checked: Callable[[dict[str, Any] | None], None] | None = None  # _check_share
         self.check: _check.PackingCheck | None = None  # the run's packing check, also once decided
 
+    def release(self) -> None:
+        """The run is over: drop the callbacks that point back at it, so that its jobs,
+        queue and answers are freed when the call returns, not at some later collection."""
+        self.planner.on_verdict = None
+        self.on_checked = None
+        self.check = None
+
     # ---- one batch --------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
         try:
@@ -391,6 +398,7 @@ async def run(
             report.batch_size_final = state.planner.cap
             report.response_format = LINES if state.builder.style == LINES else state.endpoint.response_format
             report.endpoint_notes = list(state.endpoint.notes)
+            state.release()
         else:
             report.batch_size_final = batch_cap(opts.batch_size, template.fields)
         report.finish(time.monotonic() - start)

@@ -130,3 +130,28 @@ def test_a_run_sends_frozen_and_puts_the_collector_back(fake_server_factory: Any
     assert out["s"].tolist() == [expected_answer(f"Sentiment of: r{i}") for i in range(30)]
     assert len(during) == 30
     assert all(frozen > 0 and threshold == YOUNG_THRESHOLD for frozen, threshold in during)
+
+
+def test_a_finished_run_is_freed_when_the_call_returns_not_at_a_later_collection(
+    fake_server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    from llmframe import _engine
+
+    runs: list[Any] = []
+    made = _engine.new_run
+    monkeypatch.setattr(_engine, "new_run", lambda *a, **k: runs.append(weakref.ref(r := made(*a, **k))) or r)
+    server = fake_server_factory()
+    template = "Classify the sentiment of this customer review as positive or negative, one word: {t}"
+    options = {"model": "gpt-4o-mini", "base_url": server.base_url, "api_key": "k", "progress": False, "cache": False}
+    pd.DataFrame({"t": ["warm-up"]}).llm.apply(template, **options)  # the process's first run builds its TLS context
+    runs.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        out = pd.DataFrame({"t": [f"row {i}" for i in range(300)]}).llm.apply(template, **options)
+        assert runs and all(r() is None for r in runs)  # its jobs, queue and answers went with it
+    finally:
+        gc.enable()
+    assert out["answer"].tolist() == [expected_answer(template.format(t=f"row {i}")) for i in range(300)]
