@@ -47,7 +47,7 @@ from ._requests import Request, RequestBuilder
 from ._result import RunResult, result_of
 from ._template import Template
 from ._tokens import get_tokenizer
-from ._trials import hold, on_verdict, send_reference, send_trial
+from ._trials import hold, on_verdict, send_for_check, send_trial
 from ._warn import warn_user
 from ._workers import drain, every, stopped
 
@@ -88,22 +88,16 @@ class Run:
         self.check: _check.PackingCheck | None = None  # the run's packing check, also once decided
 
     def release(self) -> None:
-        """The run is over: drop the callbacks that point back at it, so that its jobs,
-        queue and answers are freed when the call returns, not at some later collection."""
-        self.planner.on_verdict = None
-        self.on_checked = None
-        self.check = None
+        """Over: drop what points back at it (its jobs and answers go when the call returns)."""
+        self.planner.on_verdict, self.on_checked, self.check = None, None, None
 
     # ---- one batch --------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
         try:
-            if batch.kind == "trial":
-                await send_trial(self, batch)
-            elif batch.kind == "reference" and not batch.probe:
-                await send_reference(self, batch)
-            else:
-                self.report.ahead_rows += len(batch.jobs) if batch.kind == "ahead" else 0
+            if batch.kind == "rows":
                 await self.send(batch)
+            else:
+                await (send_trial(self, batch) if batch.kind == "trial" else send_for_check(self, batch))
         except Exception as exc:  # a bug must cost its rows, never the run
             if batch.kind == "trial":  # its rows are asked again as the check decides
                 if self.planner.check is not None and not batch.recorded:
@@ -333,8 +327,7 @@ def new_run(
     the_run = Run(opts=opts, client=client, limiter=limiter, report=report, endpoint=state, builder=builder,
                   planner=planner, outcomes=outcomes, budget=Budget(opts.max_cost_usd, price_for(model, opts.prices)),
                   sleep=sleep, policy=policy or RetryPolicy(opts.max_attempts), task_key=task_key)  # fmt: skip
-    the_run.check = check
-    planner.concurrency = opts.max_concurrency
+    the_run.check, planner.concurrency = check, opts.max_concurrency  # concurrency: a wave ahead of the verdict
     planner.on_verdict = lambda check: on_verdict(the_run, check, packing.fixed_size, task_key, packing.note)
     prepared.todo.on_changed = lambda job: outcomes.fail([job], "changed", CHANGED)
     return the_run

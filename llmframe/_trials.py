@@ -21,7 +21,7 @@ from ._warn import warn_user
 if TYPE_CHECKING:
     from ._engine import Run
 
-__all__ = ["hold", "on_verdict", "send_reference", "send_trial"]
+__all__ = ["hold", "on_verdict", "send_for_check", "send_trial"]
 
 
 async def send_trial(run: Run, batch: Batch) -> None:
@@ -60,12 +60,16 @@ async def send_trial(run: Run, batch: Batch) -> None:
     check.record_trial(batch.jobs, [parsed.answers.get(i) for i in range(n)], usages)
 
 
-async def send_reference(run: Run, batch: Batch) -> None:
-    """A reference row, timed: the reference requests go together, so their times show
-    how many requests the endpoint answers at once (:meth:`~._check.PackingCheck.timed`)."""
+async def send_for_check(run: Run, batch: Batch) -> None:
+    """New rows packed ahead of the verdict (counted), or a reference row, timed: the
+    reference requests go together (but the endpoint's first, which goes alone), so their
+    times show how many requests it answers at once (:meth:`~._check.PackingCheck.timed`)."""
+    if batch.kind == "ahead":
+        run.report.ahead_rows += len(batch.jobs)
+        return await run.send(batch)
     sent = time.monotonic()
     await run.send(batch)
-    if run.check is not None and batch.jobs[0].done:
+    if run.check is not None and not batch.probe and batch.jobs[0].done:
         run.check.timed(sent, time.monotonic())
 
 
