@@ -99,13 +99,9 @@ def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: 
         else:
             run.planner.split([job], verdict.batch_size)
     run.planner.pending.extendleft(reversed(check.returned))  # asked again, as decided
-    for job, answer, usage, size in check.ahead_held:  # packed ahead of the verdict
-        if verdict.batch_size >= size:
-            run.outcomes.finish(job, answer, usage)
-        else:
-            run.report.ahead_again += 1
-            run.planner.split([job], verdict.batch_size)
-    check.ahead_held = []
+    held, check.ahead_held = check.ahead_held, []
+    for job, answer, usage, size in held:  # packed ahead of the verdict: kept or asked again now
+        hold(run, job, answer, usage, size)
     run.report.packing_agreement = dict(verdict.agreement)
     run.report.packing_fields = dict(verdict.fields)
     if fixed_size is not None:
