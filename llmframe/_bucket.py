@@ -5,8 +5,9 @@ of tokens, and does all its arithmetic through the operations here: when may
 ``amount`` be taken (:meth:`Bucket.ready_at`), take it (:meth:`~Bucket.debit`),
 give it back (:meth:`~Bucket.credit`), believe the server has less
 (:meth:`~Bucket.lower_to`) or more (:meth:`~Bucket.raise_to`), move everything
-later (:meth:`~Bucket.shift`), and the opening: once per limit, hold more of the
-server's window until that is spent (:meth:`~Bucket.open`, :meth:`~Bucket.close`).
+later (:meth:`~Bucket.shift`), and the opening: hold more of the server's window
+until that is spent, first when the limit is learned, then whenever the server says
+its window filled up again (:meth:`~Bucket.open`, :meth:`~Bucket.close`).
 Pure arithmetic on given times: no clock and no lock (the limiter holds the lock).
 """
 
@@ -23,8 +24,9 @@ __all__ = ["OPEN_SHARE", "WINDOW_SHARE", "Bucket"]
 #: the 429s of 1 s, 0.5 s halved them again). A server that holds a whole minute
 #: (OpenAI's) then lets half a minute's requests go at once instead of a ramp.
 WINDOW_SHARE = 0.5
-#: The share of the server's window the bucket holds once, at the opening: the first
-#: headers that say what the window holds, nothing waiting. With :data:`WINDOW_SHARE`
+#: The share of the server's window the bucket holds at an opening: the first headers
+#: that say what the window holds, nothing waiting, and later headers saying it is that
+#: full again (nothing waiting). With :data:`WINDOW_SHARE`
 #: alone, a client facing a 1 s window starts with half of it and stays 0.5 s behind
 #: one that used it all (100 requests at 20/s: 4.5 s where 4.0 s would do); all of it
 #: at once earns 429s, as requests released together reach the server spread out and
@@ -95,14 +97,16 @@ class Bucket:
         self.full_at = now + (capacity - min(level, capacity)) / self.rate
 
     def open(self, window: float, level: float, now: float) -> bool:
-        """The opening, once per limit: hold :data:`OPEN_SHARE` of ``window`` (what the
-        server's bucket holds), filled up to ``level`` (what it has left, less what is in
-        flight), until :meth:`close` finds it spent. False if it opened before, or would
-        hold no more than now."""
-        if self.limit is None or self.opening != NOT_OPENED:
+        """The opening: hold :data:`OPEN_SHARE` of ``window`` (what the server's bucket
+        holds), filled up to ``level`` (what it has left, less what is in flight), until
+        :meth:`close` finds it spent. The first time for a limit whatever ``level``; again
+        once spent only when ``level`` fills the opening (the client paused: a check's
+        verdict, a slow step of its own, and the server's window filled up meanwhile).
+        False if it is open now, would hold no more than now, or may not open again yet."""
+        if self.limit is None or self.opening > 0:
             return False
         capacity = OPEN_SHARE * min(window, self.limit)
-        if capacity <= self.capacity:
+        if capacity <= self.capacity or (self.opening == SPENT and level < capacity):
             return False
         self.opening = self.capacity
         self._resize(capacity, self.level_at(now), now)

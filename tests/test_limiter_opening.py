@@ -1,7 +1,8 @@
 """The opening on virtual time: the first headers that say how much the server's window holds,
-nothing waiting, let the bucket hold 3/4 of it once, filled to what the server has left less
-what is in flight; once spent, the bucket is back to its usual size until the limit changes.
-The machine-wide limiter does not open (see ``RateLimiter.opens``)."""
+nothing waiting, let the bucket hold 3/4 of it, filled to what the server has left less what
+is in flight; once spent, the bucket is back to its usual size until the server says its
+window is 3/4 full again (the client paused) or the limit changes. The machine-wide limiter
+does not open (see ``RateLimiter.opens``)."""
 
 from __future__ import annotations
 
@@ -26,27 +27,31 @@ async def answered(limiter: RateLimiter, clock: FakeClock, n: int) -> list[float
     return starts
 
 
-def test_the_opening_comes_once_per_limit() -> None:
+def test_the_opening_comes_again_when_the_server_says_its_window_filled_up() -> None:
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)
 
-    async def main() -> tuple[list[float], list[float], list[float]]:
+    async def main() -> tuple[list[float], list[float], list[float], list[float]]:
         probe = await limiter.acquire(0)
         limiter.observe(window_headers(1200, 19, "50ms"))  # holds 20; 19 left, the probe in flight
         limiter.settle(probe, 0)
         opened = await answered(limiter, clock, 16)
-        await clock.sleep(10.0)  # full again, and the server says so: no second opening
+        await clock.sleep(10.0)  # a pause (a check's verdict): full again, and the server says so
         limiter.observe(window_headers(1200, 20, "0s"))
-        again = await answered(limiter, clock, 11)
-        await clock.sleep(10.0)  # a new limit (the key's tier changed): it may open once more
+        again = await answered(limiter, clock, 16)
+        await clock.sleep(10.0)  # full here, but the server has only 14 left (another client)
+        limiter.observe(window_headers(1200, 14, "300ms"))
+        less_left = await answered(limiter, clock, 11)
+        await clock.sleep(10.0)  # a new limit (the key's tier changed)
         limiter.observe(window_headers(2400, 40, "0s"))
         new_limit = await answered(limiter, clock, 31)
-        return opened, again, new_limit
+        return opened, again, less_left, new_limit
 
-    opened, again, new_limit = run(main)
+    opened, again, less_left, new_limit = run(main)
     assert opened == pytest.approx([0.0] * 15 + [0.05])  # 3/4 of 20 (19 left, 1 in flight: 18)
-    assert again == pytest.approx([10.05] * 10 + [10.10])
-    assert new_limit == pytest.approx([20.1] * round(OPEN_SHARE * 40) + [20.1 + 1 / 40])
+    assert again == pytest.approx([10.05] * 15 + [10.10])
+    assert less_left == pytest.approx([20.1] * 10 + [20.15])  # 14 left < 15: the usual 10
+    assert new_limit == pytest.approx([30.15] * round(OPEN_SHARE * 40) + [30.15 + 1 / 40])
     assert limiter._schedule.requests.opening == SPENT and limiter._schedule.requests.capacity == 20
 
 
