@@ -272,8 +272,8 @@ class Run:
                 f"none of the first {self.invalid} answers matched the schema (last: {problem}); the model "
                 "or the endpoint does not follow it. Check the schema and the template, or try another model"))  # fmt: skip
 
-    def parse_packed(self, done: Completion, n: int) -> Any:
-        return self.builder.parse(done.content, n, truncated=done.finish_reason == "length")
+    def parse_packed(self, done: Completion, n: int) -> Any:  # its length teaches what later requests reserve
+        return self.builder.parse(done.content, n, truncated=done.finish_reason == "length", used=done.completion_tokens)
 
     def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int, invalid: set[int] | None = None) -> None:
         """Ask the ``failed`` rows again (their answer missing, or in ``invalid`` not valid),

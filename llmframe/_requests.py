@@ -9,6 +9,7 @@ endpoint accepts (:mod:`._endpoint`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,14 @@ DEFAULT_ANSWER_TOKENS = 16
 PACKED_TOKENS_PER_ROW = 5
 #: The same for the lines style: the id and the line break (2 measured).
 LINE_TOKENS_PER_ROW = 3
+#: A packed request sent without ``max_tokens`` reserves this many times the output tokens a
+#: row took in the replies so far (their moving average: :meth:`RequestBuilder.learn_output`),
+#: once one came back; the guess above until then. A reservation is the client's own
+#: accounting (the server charges what is sent and settles to what is used); one twice the
+#: answers' length held the TPM bucket to 3/4 of the pace the tokens allowed.
+LEARNED_OUTPUT_SLACK = 1.25
+#: The weight of the newest reply in that average.
+LEARNED_OUTPUT_WEIGHT = 0.2
 _MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
 #: Output tokens of the ``{"value": ...}`` wrapper a single value takes in a one-row reply.
 WRAPPER_TOKENS = 6
@@ -81,8 +90,8 @@ class RequestBuilder:
     """Builds the request for a list of jobs. What ``sends`` says is read at each build,
     so a change the endpoint forced applies to every later request, resends included."""
 
-    __slots__ = ("_id_tokens", "additive", "answer_tokens", "packed_format", "schema", "sends", "single_format",
-                 "style", "system", "system_text", "system_tokens", "template", "tokenizer")  # fmt: skip
+    __slots__ = ("_id_tokens", "additive", "answer_tokens", "packed_format", "row_output", "schema", "sends",
+                 "single_format", "style", "system", "system_text", "system_tokens", "template", "tokenizer")  # fmt: skip
 
     def __init__(
         self, template: Template, system: str | None, tokenizer: Tokenizer, sends: Sends,
@@ -106,6 +115,8 @@ class RequestBuilder:
             self.answer_tokens = expected_tokens(schema, tokenizer)
         else:
             self.answer_tokens = DEFAULT_ANSWER_TOKENS
+        #: Output tokens a packed row took in the replies so far (moving average), None before one.
+        self.row_output: float | None = None
         self.use_style(_packing.JSON)
 
     def use_style(self, style: str) -> None:
@@ -127,6 +138,14 @@ class RequestBuilder:
     def per_row_output(self) -> int:
         extra = LINE_TOKENS_PER_ROW if self.style == _packing.LINES else PACKED_TOKENS_PER_ROW
         return self.answer_tokens + extra
+
+    def learn_output(self, completion_tokens: int | None, rows: int, *, truncated: bool = False) -> None:
+        """A packed reply of ``rows`` rows took ``completion_tokens``: what the next packed
+        request reserves for its answers follows (a reply cut off says nothing of the length)."""
+        if truncated or not completion_tokens or rows < 2:
+            return
+        per_row, last = completion_tokens / rows, self.row_output
+        self.row_output = per_row if last is None else last + LEARNED_OUTPUT_WEIGHT * (per_row - last)
 
     def item_tokens(self, job: Job) -> int:
         """The tokens one row adds to a packed request (cached on the job, with its item text)."""
@@ -158,8 +177,10 @@ class RequestBuilder:
         last = user[user.rfind("\n") + 1 :]
         return user, sum(counts) - counts[-1] + ids[n - 1] + self.tokenizer.count(last)
 
-    def parse(self, content: str | None, n: int, *, truncated: bool = False) -> PackedAnswers:
-        """A packed reply's answers, read in the format this builder asked for."""
+    def parse(self, content: str | None, n: int, *, truncated: bool = False, used: int | None = None) -> PackedAnswers:
+        """A packed reply's answers, read in the format this builder asked for; ``used``, its
+        completion tokens, teaches what later packed requests reserve (:meth:`learn_output`)."""
+        self.learn_output(used, n, truncated=truncated)
         if self.style == _packing.LINES:
             return parse_packed_lines(content, n, truncated=truncated)
         item = None if self.schema is None else self.schema.validate
@@ -192,6 +213,8 @@ class RequestBuilder:
         key = max_tokens_param(params)
         if key is not None:
             params[key] = out  # the user's max_tokens is per answer; a packed reply holds n
+        elif self.row_output is not None:  # nothing caps the reply: expect what replies took
+            out = math.ceil(n * self.row_output * LEARNED_OUTPUT_SLACK) + 8
         if lines:  # no schema to enforce: nothing for the endpoint to reject either
             mode = _packing.LINES
         elif mode == "json_schema":

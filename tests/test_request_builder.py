@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ from llmframe._jobs import Job
 from llmframe._packing import PACKED_INSTRUCTIONS, STRUCTURED_INSTRUCTIONS, answers_schema
 from llmframe._requests import (
     DEFAULT_ANSWER_TOKENS,
+    LEARNED_OUTPUT_SLACK,
+    LEARNED_OUTPUT_WEIGHT,
     PACKED_TOKENS_PER_ROW,
     RequestBuilder,
     expected_tokens,
@@ -195,6 +198,31 @@ def test_a_users_max_tokens_is_per_answer() -> None:
     assert packed.params == {"max_tokens": 3 * (40 + PACKED_TOKENS_PER_ROW) + 8, "temperature": 0}
     assert packed.output_tokens == packed.params["max_tokens"]
     assert sends.params == before
+
+
+def test_packed_replies_teach_what_later_packed_requests_reserve() -> None:
+    b = builder(None)
+    guess = b.build(jobs(10)).output_tokens
+    assert guess == 10 * (DEFAULT_ANSWER_TOKENS + PACKED_TOKENS_PER_ROW) + 8
+    b.parse('{"0": "a"}', 10, truncated=True, used=500)  # a reply cut off says nothing of the length
+    b.parse('{"0": "a"}', 1, used=500)  # nor does one row (no packing overhead in it)
+    assert b.row_output is None and b.build(jobs(10)).output_tokens == guess
+    b.parse('{"0": "a"}', 10, used=80)  # 8 a row
+    assert b.build(jobs(10)).output_tokens == round(10 * 8 * LEARNED_OUTPUT_SLACK) + 8 < guess
+    b.parse('{"0": "a"}', 10, used=280)  # 28 a row: the average moves a fifth of the way
+    learned = 8 + LEARNED_OUTPUT_WEIGHT * (28 - 8)
+    assert b.row_output == pytest.approx(learned)
+    assert b.build(jobs(20)).output_tokens == math.ceil(20 * learned * LEARNED_OUTPUT_SLACK) + 8
+    assert b.build(jobs(1)).output_tokens == DEFAULT_ANSWER_TOKENS  # one row: no packing overhead learned
+
+
+def test_a_users_max_tokens_is_reserved_whatever_replies_took() -> None:
+    """The server counts a request's ``max_tokens`` against its TPM when it admits it."""
+    sends = Sends({"max_tokens": 40}, "text")
+    b = RequestBuilder(TEMPLATE, None, TOKENIZER, sends, None)
+    b.parse('{"0": "a"}', 10, used=30)
+    packed = b.build(jobs(10))
+    assert packed.output_tokens == packed.params["max_tokens"] == 10 * (40 + PACKED_TOKENS_PER_ROW) + 8
 
 
 def test_what_sends_says_is_read_at_each_build() -> None:
