@@ -3,7 +3,11 @@
 Run ``python -m benchmarks.warm_start [--scale 0.1]``. Each measured run is one
 ``df.llm.apply`` in a fresh Python process, as a new kernel or script would be,
 against one fake server (RPM 1,200, TPM 1M, 0.3 s + 5 ms per output token, the
-short workload of ``benchmarks.packing``), 600 rows per run:
+short workload of ``benchmarks.packing``), 600 rows per run, once for each
+``--burst`` (seconds of each limit the server's buckets hold: 60, a whole minute,
+lets 600 one-row requests go as fast as the client sends them; 1 is a limit
+enforced per second, as OpenAI documents its limits may be, where one row per
+request waits for the bucket; default both):
 
 - **batch_size=1**: the baseline, one row per request, first on the endpoint;
 - **default, first process**: ``batch_size=None`` with nothing remembered
@@ -91,8 +95,9 @@ def _spawn(home: str, *args: Any) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def measure(task: str, rows: int) -> list[dict[str, Any]]:
-    """The three runs of one task, each against a fresh server on the same port."""
+def measure(task: str, rows: int, burst: float = 60.0) -> list[dict[str, Any]]:
+    """The three runs of one task, each against a fresh server on the same port whose
+    buckets hold ``burst`` seconds of each limit."""
     results = []
     with socket.socket() as probe:  # one port for every server: a new process meets the same URL
         probe.bind(("127.0.0.1", 0))
@@ -102,10 +107,10 @@ def measure(task: str, rows: int) -> list[dict[str, Any]]:
                     ("default, second process", "auto", None, rows)]  # fmt: skip
         for name, folder, batch_size, first in variants:
             home = str(Path(tmp) / folder)  # limits.json, endpoints.json and answers: shared by "auto" runs
-            with FakeServer(**SERVER, port=port) as server:
+            with FakeServer(**SERVER, burst_seconds=burst, port=port) as server:
                 r = _spawn(home, server.base_url, task, first, rows, batch_size, home)
                 r["server_429"] = server.stats.rate_limited
-            results.append({"task": task, "variant": name, **r})
+            results.append({"task": task, "burst_seconds": burst, "variant": name, **r})
     return results
 
 
@@ -113,21 +118,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_standard_arguments(parser)
     parser.add_argument("--tasks", default="short,sentiment")
+    parser.add_argument("--burst", default="60,1", help="the server's burst seconds to measure, comma-separated")
     args = parser.parse_args(argv)
     started = datetime.now(timezone.utc)
     rows = scaled(ROWS, args.scale, minimum=60)
-    results = [r for task in args.tasks.split(",") for r in measure(task, rows)]
+    bursts = [float(b) for b in args.burst.split(",")]
+    results = [r for burst in bursts for task in args.tasks.split(",") for r in measure(task, rows, burst)]
     table = []
     for r in results:
-        base = next(b for b in results if b["task"] == r["task"] and b["variant"] == "batch_size=1")
+        base = next(b for b in results if b["task"] == r["task"] and b["burst_seconds"] == r["burst_seconds"]
+                    and b["variant"] == "batch_size=1")  # fmt: skip
         share = r["rate_limited"] / max(1, r["requests"])
-        table.append([r["task"], r["variant"], f"{r['seconds']:.1f}", f"{base['seconds'] / r['seconds']:.1f}x",
+        table.append([f"{r['burst_seconds']:g} s", r["task"], r["variant"], f"{r['seconds']:.1f}",
+                      f"{base['seconds'] / r['seconds']:.1f}x",
                       f"{share:.1%}", r["requests"], f"{r['correct']}/{r['rows']}"])  # fmt: skip
     print(run_header(command_line("benchmarks.warm_start", argv), started))
-    print(format_table(["task", "variant", "seconds", "vs batch_size=1", "429s", "requests", "correct"], table))
+    print(format_table(["burst", "task", "variant", "seconds", "vs batch_size=1", "429s", "requests", "correct"], table))
     for r in results:
         if r["variant"] != "batch_size=1":
-            print(f"{r['task']}, {r['variant']}: {r['packing']}")
+            print(f"{r['burst_seconds']:g} s burst, {r['task']}, {r['variant']}: {r['packing']}")
     save_json("warm_start", {"machine": machine(), "rows": rows, "results": results}, args.out)
     return 0 if all(r["correct"] == r["rows"] for r in results) else 1
 

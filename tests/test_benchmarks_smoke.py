@@ -263,12 +263,13 @@ def test_durability_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_warm_start_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import warm_start
 
-    assert warm_start.main(["--scale", "0.01", "--tasks", "short", "--out", str(tmp_path)]) == 0
+    assert warm_start.main(["--scale", "0.01", "--tasks", "short", "--burst", "60", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "command: python -m benchmarks.warm_start --scale 0.01" in printed
     [saved] = tmp_path.glob("warm_start*.json")
     results = json.loads(saved.read_text())["results"]
     assert [r["variant"] for r in results] == ["batch_size=1", "default, first process", "default, second process"]
+    assert all(r["burst_seconds"] == 60 for r in results)
     assert all(r["correct"] == r["rows"] == 60 for r in results)
 
 
