@@ -40,10 +40,16 @@ step_wheel() {
         say "wheel present: $wheel"
         return
     fi
-    say "building llama-cpp-python ${LLAMA_VERSION} (15-20 min on 2 cores; log: $DIR/build.log)"
-    CMAKE_BUILD_PARALLEL_LEVEL=2 \
+    say "building llama-cpp-python ${LLAMA_VERSION} (5-20 min on 2 cores; log: $DIR/build.log)"
+    # Native code, but no AMX on x86-64: on a CPU that reports AMX in a VM that does not let a
+    # process use its tile registers, ggml's AMX matmul segfaults on the first request
+    # (ggml_backend_amx_mul_mat; the server dies without a word in its log). No wheel cache:
+    # pip would hand back a wheel built with other flags.
+    local flags=""
+    [[ "$(uname -m)" == "x86_64" ]] && flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_BUILD_PARALLEL_LEVEL=2 CFLAGS="$flags" CXXFLAGS="$flags" \
         CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-        "$PYTHON" -m pip wheel --no-deps -w "$DIR/wheels" "llama-cpp-python==${LLAMA_VERSION}" \
+        "$PYTHON" -m pip wheel --no-cache-dir --no-deps -w "$DIR/wheels" "llama-cpp-python==${LLAMA_VERSION}" \
         >"$DIR/build.log" 2>&1 || { tail -n 30 "$DIR/build.log"; exit 1; }
     wheel="$(find_wheel)"
     [[ -n "$wheel" ]] || { say "the build finished without a wheel in $DIR/wheels"; exit 1; }
