@@ -91,6 +91,9 @@ Message = dict[str, str]
 # ensure_ascii=False: escaping non-ASCII text would multiply its token count. One encoder
 # for every item: json.dumps with arguments builds a new encoder per call (~2 us a row, twice).
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: The string escaping that encoder uses (C), for an item whose values are all text: its
+#: text as ``_compact`` writes it in ~0.13 instead of ~1.5 us a row.
+_quoted = json.encoder.encode_basestring
 
 
 def single_messages(prompt: str, system: str | None, answer_format: str | None = None) -> list[Message]:
@@ -129,6 +132,9 @@ def line_item(item_id: int, fields: Mapping[str, str]) -> str:
 
 
 def _json_rest(fields: Mapping[str, str]) -> str:
+    if all(type(v) is str for v in fields.values()):  # the usual case: one C call a value, not an encoder's
+        body = ",".join([f"{_quoted(k)}:{_quoted(v)}" for k, v in fields.items()])
+        return f",{body}}}" if body else "}"
     body = _compact(fields)
     return f",{body[1:]}" if len(body) > 2 else "}"
 

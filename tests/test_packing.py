@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 from llmframe._packing import answers_schema, item_line, packed_messages, single_messages
 
@@ -30,6 +31,22 @@ def test_task_is_stated_once_in_a_stable_system_message() -> None:
 
 def test_non_ascii_is_not_escaped() -> None:
     assert item_line(3, {"t": "café"}) == '{"id":3,"t":"café"}'
+
+
+def test_an_item_is_the_json_its_encoder_writes() -> None:
+    """Text values take a faster path than the encoder; every item must still be exactly the
+    encoder's JSON (quotes, escapes, control and non-ASCII characters, lone surrogates,
+    several fields, none, and values that are not text)."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    rng = random.Random(7)
+    alphabet = ['a', '"', "\\", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "é", "😀", "\u2028", "\x85",
+                "\ud800", "{", "}", " ", ":", ","]  # fmt: skip
+    cases: list[dict[str, object]] = [{}, {"n": 3}, {"a": "x", "b": None}]
+    for _ in range(2000):
+        cases.append({"".join(rng.choices(alphabet, k=rng.randint(1, 4))): "".join(rng.choices(alphabet, k=rng.randint(0, 8)))
+                      for _ in range(rng.randint(1, 3))})  # fmt: skip
+    for fields in cases:
+        assert item_line(5, fields) == encode({"id": 5, **fields}), fields  # type: ignore[arg-type]
 
 
 def test_schema_requires_exactly_the_ids() -> None:
