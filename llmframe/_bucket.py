@@ -31,7 +31,7 @@ WINDOW_SHARE = 0.5
 #: one that used it all (100 requests at 20/s: 4.5 s where 4.0 s would do); all of it
 #: at once earns 429s, as requests released together reach the server spread out and
 #: the steady ones after them arrive first (benchmarks/processes.py; the Redis
-#: limiter's script does the same).
+#: limiter's script opens the same way, once per limit).
 OPEN_SHARE = 0.75
 #: :attr:`Bucket.opening` before the opening, and once it is spent (while open, it is
 #: the capacity the bucket closes back to).
@@ -51,7 +51,7 @@ class Bucket:
     (``limit is None``) allows everything at once.
     """
 
-    __slots__ = ("capacity", "full_at", "limit", "opening", "rate")
+    __slots__ = ("capacity", "full_at", "limit", "opening", "rate", "reopens")
 
     def __init__(self) -> None:
         self.limit: float | None = None  # per minute
@@ -60,6 +60,9 @@ class Bucket:
         self.full_at = -math.inf
         #: :data:`NOT_OPENED`, :data:`SPENT`, or while open the capacity to close back to.
         self.opening = NOT_OPENED
+        #: Whether a spent opening may come again (:meth:`open`); not after a 429, which an
+        #: opening of several clients reading the same full window at once may have caused.
+        self.reopens = True
 
     def configure(
         self, limit: float | None, now: float, burst_seconds: float, floor: float,
@@ -101,12 +104,13 @@ class Bucket:
         holds), filled up to ``level`` (what it has left, less what is in flight), until
         :meth:`close` finds it spent. The first time for a limit whatever ``level``; again
         once spent only when ``level`` fills the opening (the client paused: a check's
-        verdict, a slow step of its own, and the server's window filled up meanwhile).
-        False if it is open now, would hold no more than now, or may not open again yet."""
+        verdict, a slow step of its own, and the server's window filled up meanwhile), and
+        never after a 429 (:attr:`reopens`). False if it is open now, would hold no more than
+        now, or may not open again (yet)."""
         if self.limit is None or self.opening > 0:
             return False
         capacity = OPEN_SHARE * min(window, self.limit)
-        if capacity <= self.capacity or (self.opening == SPENT and level < capacity):
+        if capacity <= self.capacity or (self.opening == SPENT and (not self.reopens or level < capacity)):
             return False
         self.opening = self.capacity
         self._resize(capacity, self.level_at(now), now)

@@ -329,9 +329,9 @@ class RateLimiter:
         the server has left, less what is in flight (which it may not have
         counted yet), instead of ramping up; otherwise the level is never
         raised. The first such headers of a limit, nothing waiting, also open
-        the bucket once (:meth:`~._bucket.Bucket.open`: 3/4 of the window, until
-        spent). A response with no rate-limit headers at all ends probing with
-        no limit to learn.
+        the bucket (:meth:`~._bucket.Bucket.open`: 3/4 of the window, until spent;
+        again when they say that much is left, until a 429). A response with no
+        rate-limit headers at all ends probing with no limit to learn.
         """
         seen = parse_rate_limits(headers)
         with self._lock:

@@ -175,7 +175,8 @@ class Schedule:
         self._last_start = last_start
 
     def pause(self, seconds: float, now: float) -> float:
-        """Nobody starts before ``now + seconds``; both buckets drained. Returns the delay added.
+        """Nobody starts before ``now + seconds``; both buckets drained, and they open no more
+        once spent (:attr:`~._bucket.Bucket.reopens`). Returns the delay added.
 
         Waiters already placed move back by the length of the pause, keeping
         their spacing, rather than all starting together when it ends.
@@ -184,6 +185,7 @@ class Schedule:
         delta = max(0.0, resume - max(now, self._paused_until))
         self.requests.lower_to(0.0, now)
         self.tokens.lower_to(0.0, now)
+        self.requests.reopens = self.tokens.reopens = False  # no opening again (Bucket.open)
         if delta and self._pending and self._last_start > now:
             # The debits of waiting reservations are committed in the
             # buckets: move them with their reservations.

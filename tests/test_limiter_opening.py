@@ -55,6 +55,26 @@ def test_the_opening_comes_again_when_the_server_says_its_window_filled_up() -> 
     assert limiter._schedule.requests.opening == SPENT and limiter._schedule.requests.capacity == 20
 
 
+def test_no_opening_again_after_a_429() -> None:
+    """Several clients reading the same full window may open at once and run it dry: after
+    a 429 the bucket keeps its usual size, whatever the headers say later."""
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+
+    async def main() -> list[float]:
+        probe = await limiter.acquire(0)
+        limiter.observe(window_headers(1200, 19, "50ms"))
+        limiter.settle(probe, 0)
+        await answered(limiter, clock, 16)  # the opening, spent
+        limiter.pause(1.0)  # a 429
+        await clock.sleep(10.0)
+        limiter.observe(window_headers(1200, 20, "0s"))  # full again: without the 429 it would open
+        return await answered(limiter, clock, 11)
+
+    assert run(main) == pytest.approx([10.05] * 10 + [10.10])
+    assert not limiter._schedule.requests.reopens and limiter._schedule.requests.capacity == 10
+
+
 def test_no_opening_while_reservations_wait() -> None:
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)
