@@ -123,7 +123,7 @@ class Run:
         its place, so the retry does not start with the last waiter and earn the next 429,
         and pauses every sharer by its retry-after."""
         assert self.limiter is not None
-        async with self.limiter.reserve(request.tokens, fallback_pause=lambda: self.policy.wait(0, {})) as slot:
+        async with self.limiter.reserve(request.reserve_tokens, fallback_pause=lambda: self.policy.wait(0, {})) as slot:
             if self.endpoint.fatal is not None:  # it came while this request waited for its slot
                 slot.cancel()
                 raise self.endpoint.fatal

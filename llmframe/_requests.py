@@ -40,12 +40,16 @@ PACKED_TOKENS_PER_ROW = 5
 LINE_TOKENS_PER_ROW = 3
 #: A packed request sent without ``max_tokens`` reserves this many times the output tokens a
 #: row took in the replies so far (their moving average: :meth:`RequestBuilder.learn_output`),
-#: once one came back; the guess above until then. A reservation is the client's own
-#: accounting (the server charges what is sent and settles to what is used); one twice the
-#: answers' length held the TPM bucket to 3/4 of the pace the tokens allowed.
+#: once one came back, never more than the guess above. A reservation is the limiter's own
+#: accounting (settled to the usage after); one twice the answers' length held the TPM
+#: bucket to 3/4 of the pace the tokens allowed. The budget and the checks that split a
+#: request too large keep the guess: a reply's fixed cost (a model's reasoning) spread over
+#: its rows would make a large request look larger still.
 LEARNED_OUTPUT_SLACK = 1.25
 #: The weight of the newest reply in that average.
 LEARNED_OUTPUT_WEIGHT = 0.2
+#: The share of a reply's rows it must answer to teach that average.
+LEARN_FROM_SHARE = 0.8
 _MAX_TOKEN_KEYS = ("max_completion_tokens", "max_tokens")
 #: Output tokens of the ``{"value": ...}`` wrapper a single value takes in a one-row reply.
 WRAPPER_TOKENS = 6
@@ -73,10 +77,19 @@ class Request:
     input_tokens: int  # exact (tiktoken over the messages as sent)
     output_tokens: int  # expected: max_tokens if set, else the answer-length guess
     packed: bool = False  # many rows in one reply (in any mode, "text" included)
+    #: What the limiter reserves for the answers, where replies taught less than the guess
+    #: (:meth:`RequestBuilder.learn_output`); the budget and the size checks keep the guess.
+    reserved_output: int | None = None
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @property
+    def reserve_tokens(self) -> int:
+        """The tokens the limiter reserves for this request (settled to the usage after)."""
+        out = self.output_tokens if self.reserved_output is None else self.reserved_output
+        return self.input_tokens + out
 
 
 class Sends(Protocol):
@@ -179,12 +192,15 @@ class RequestBuilder:
 
     def parse(self, content: str | None, n: int, *, truncated: bool = False, used: int | None = None) -> PackedAnswers:
         """A packed reply's answers, read in the format this builder asked for; ``used``, its
-        completion tokens, teaches what later packed requests reserve (:meth:`learn_output`)."""
-        self.learn_output(used, n, truncated=truncated)
+        completion tokens, teaches what later packed requests reserve (:meth:`learn_output`)
+        when it answered most of its rows (a refusal or a reply cut short says nothing)."""
         if self.style == _packing.LINES:
-            return parse_packed_lines(content, n, truncated=truncated)
-        item = None if self.schema is None else self.schema.validate
-        return parse_packed(content, n, truncated=truncated, item=item)
+            parsed = parse_packed_lines(content, n, truncated=truncated)
+        else:
+            parsed = parse_packed(content, n, truncated=truncated, item=None if self.schema is None else self.schema.validate)
+        if len(parsed.answers) >= LEARN_FROM_SHARE * n:
+            self.learn_output(used, n, truncated=truncated)
+        return parsed
 
     def build(self, jobs: Sequence[Job]) -> Request:
         params = dict(self.sends.params)
@@ -213,8 +229,9 @@ class RequestBuilder:
         key = max_tokens_param(params)
         if key is not None:
             params[key] = out  # the user's max_tokens is per answer; a packed reply holds n
-        elif self.row_output is not None:  # nothing caps the reply: expect what replies took
-            out = math.ceil(n * self.row_output * LEARNED_OUTPUT_SLACK) + 8
+        reserved = None  # nothing caps the reply: expect what replies took, where that is less
+        if key is None and self.row_output is not None:
+            reserved = min(out, math.ceil(n * self.row_output * LEARNED_OUTPUT_SLACK) + 8)
         if lines:  # no schema to enforce: nothing for the endpoint to reject either
             mode = _packing.LINES
         elif mode == "json_schema":
@@ -225,7 +242,7 @@ class RequestBuilder:
         # As count_messages(messages) counts them, without encoding the system message again,
         # nor (where the encoding allows) the items.
         tokens = self.system_tokens + user_tokens
-        return Request(messages, params, fmt, mode, tokens, out, packed=True)
+        return Request(messages, params, fmt, mode, tokens, out, packed=True, reserved_output=reserved)
 
 
 def _example(node: Any, defs: dict[str, Any], depth: int = 0) -> Any:

@@ -200,29 +200,49 @@ def test_a_users_max_tokens_is_per_answer() -> None:
     assert sends.params == before
 
 
+def reply(n: int) -> str:
+    return json.dumps({str(i): "a" for i in range(n)})
+
+
 def test_packed_replies_teach_what_later_packed_requests_reserve() -> None:
     b = builder(None)
-    guess = b.build(jobs(10)).output_tokens
-    assert guess == 10 * (DEFAULT_ANSWER_TOKENS + PACKED_TOKENS_PER_ROW) + 8
-    b.parse('{"0": "a"}', 10, truncated=True, used=500)  # a reply cut off says nothing of the length
-    b.parse('{"0": "a"}', 1, used=500)  # nor does one row (no packing overhead in it)
-    assert b.row_output is None and b.build(jobs(10)).output_tokens == guess
-    b.parse('{"0": "a"}', 10, used=80)  # 8 a row
-    assert b.build(jobs(10)).output_tokens == round(10 * 8 * LEARNED_OUTPUT_SLACK) + 8 < guess
-    b.parse('{"0": "a"}', 10, used=280)  # 28 a row: the average moves a fifth of the way
-    learned = 8 + LEARNED_OUTPUT_WEIGHT * (28 - 8)
-    assert b.row_output == pytest.approx(learned)
-    assert b.build(jobs(20)).output_tokens == math.ceil(20 * learned * LEARNED_OUTPUT_SLACK) + 8
-    assert b.build(jobs(1)).output_tokens == DEFAULT_ANSWER_TOKENS  # one row: no packing overhead learned
+    guess = b.build(jobs(10))
+    assert guess.output_tokens == 10 * (DEFAULT_ANSWER_TOKENS + PACKED_TOKENS_PER_ROW) + 8
+    assert guess.reserved_output is None and guess.reserve_tokens == guess.tokens
+    b.parse(reply(10), 10, truncated=True, used=500)  # a reply cut off says nothing of the length
+    b.parse(reply(7), 10, used=20)  # nor one that answered under 80% of its rows (a refusal)
+    b.parse(reply(1), 1, used=500)  # nor one row (no packing overhead in it)
+    assert b.row_output is None and b.build(jobs(10)).reserved_output is None
+    b.parse(reply(10), 10, used=80)  # 8 a row
+    learned = b.build(jobs(10))
+    assert learned.reserved_output == round(10 * 8 * LEARNED_OUTPUT_SLACK) + 8 < guess.output_tokens
+    assert learned.reserve_tokens == learned.input_tokens + learned.reserved_output
+    # the budget and the too-large checks keep the guess
+    assert learned.output_tokens == guess.output_tokens and learned.tokens == guess.tokens
+    b.parse(reply(10), 10, used=140)  # 14 a row: the average moves a fifth of the way
+    average = 8 + LEARNED_OUTPUT_WEIGHT * (14 - 8)
+    assert b.row_output == pytest.approx(average)
+    assert b.build(jobs(20)).reserved_output == math.ceil(20 * average * LEARNED_OUTPUT_SLACK) + 8
+    assert b.build(jobs(1)).reserved_output is None  # one row: its own guess
+
+
+def test_what_replies_took_never_reserves_more_than_the_guess() -> None:
+    """A model that reasons before it answers spends a fixed amount a reply: spread over a
+    2-row reply's rows it says nothing of a 40-row request."""
+    b = builder(None)
+    b.parse(reply(2), 2, used=1516)
+    packed = b.build(jobs(40))
+    assert packed.reserved_output == packed.output_tokens == 40 * (DEFAULT_ANSWER_TOKENS + PACKED_TOKENS_PER_ROW) + 8
 
 
 def test_a_users_max_tokens_is_reserved_whatever_replies_took() -> None:
     """The server counts a request's ``max_tokens`` against its TPM when it admits it."""
     sends = Sends({"max_tokens": 40}, "text")
     b = RequestBuilder(TEMPLATE, None, TOKENIZER, sends, None)
-    b.parse('{"0": "a"}', 10, used=30)
+    b.parse(reply(10), 10, used=30)
     packed = b.build(jobs(10))
-    assert packed.output_tokens == packed.params["max_tokens"] == 10 * (40 + PACKED_TOKENS_PER_ROW) + 8
+    assert packed.reserved_output is None
+    assert packed.reserve_tokens == packed.tokens and packed.params["max_tokens"] == 10 * (40 + PACKED_TOKENS_PER_ROW) + 8
 
 
 def test_what_sends_says_is_read_at_each_build() -> None:
