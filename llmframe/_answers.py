@@ -144,12 +144,41 @@ class Answers(Sequence[str | None]):
     def to_arrow(self) -> pa.Array | pa.ChunkedArray | None:
         """Every row's answer as one Arrow ``large_string`` array (null for ``None``), built
         in one take; ``None`` if an answer is not UTF-8 text (see the module docstring)."""
+        parts = self._take_from()
+        if parts is None:
+            return None
+        values, taken = parts
+        if taken is None:
+            return values
+        column = values.take(taken)
+        del values  # the take copied: _data may grow again
+        return column
+
+    def to_arrow_chunks(self, rows: int) -> Iterator[pa.Array | pa.ChunkedArray] | None:
+        """:meth:`to_arrow` a take of ``rows`` rows at a time, each made when the one before
+        is consumed: a caller that converts them (polars) holds one chunk, not the column, at
+        once. Consume it whole before the answers change. ``None`` as for :meth:`to_arrow`."""
+        parts = self._take_from()
+        if parts is None:
+            return None
+        return self._chunks(*parts, rows)
+
+    @staticmethod
+    def _chunks(
+        values: pa.Array | pa.ChunkedArray, taken: pa.Array | None, rows: int
+    ) -> Iterator[pa.Array | pa.ChunkedArray]:
+        for start in range(0, len(values) if taken is None else len(taken), rows):
+            yield values.slice(start, rows) if taken is None else values.take(taken.slice(start, rows))
+
+    def _take_from(self) -> tuple[pa.Array | pa.ChunkedArray, pa.Array | None] | None:
+        """What :meth:`to_arrow` takes from and the rows' indices in it (``None``: it is the
+        column as it is); ``None`` if an answer is not UTF-8 text."""
         if self._odd:
             return None
         at, found = self._at, self._found
         given = len(self._ends) - 1
         if found is not None and not given and not (at == _NONE).any():
-            return found if found.type == pa.large_string() else found.cast(pa.large_string())
+            return (found if found.type == pa.large_string() else found.cast(pa.large_string())), None
         # The answers given here, then (with a lookup) the cache's: row r's is at given + r.
         offsets = np.frombuffer(self._ends, dtype=np.int64)
         values = pa.LargeStringArray.from_buffers(given, pa.py_buffer(offsets), pa.py_buffer(self._data))
@@ -157,17 +186,13 @@ class Answers(Sequence[str | None]):
             # The row numbers as they are: no copy, and none of 8 bytes a row (a take's indices
             # may be int32), unless some rows have no answer and need a mask.
             missing = at < 0
-            taken = pa.array(at, mask=missing) if missing.any() else pa.array(at)
-        else:
-            indices = at.astype(np.int64)
-            unset = at == _UNSET
-            indices[unset] = given + np.flatnonzero(unset)
-            chunks = found.chunks if isinstance(found, pa.ChunkedArray) else [found]
-            values = pa.concat_arrays([values, *(c.cast(pa.large_string()) for c in chunks)])
-            taken = pa.array(indices, mask=indices < 0)
-        column = values.take(taken)
-        del values  # the take copied: _data may grow again
-        return column
+            return values, pa.array(at, mask=missing) if missing.any() else pa.array(at)
+        indices = at.astype(np.int64)
+        unset = at == _UNSET
+        indices[unset] = given + np.flatnonzero(unset)
+        chunks = found.chunks if isinstance(found, pa.ChunkedArray) else [found]
+        values = pa.concat_arrays([values, *(c.cast(pa.large_string()) for c in chunks)])
+        return values, pa.array(indices, mask=indices < 0)
 
     def _row(self, index: int) -> int:
         row = operator.index(index)
