@@ -56,3 +56,21 @@ def test_the_answers_take_new_ones_once_the_chunks_are_consumed() -> None:
     answers[1] = "two" * 100  # the buffer grows: no view of it is left behind
     assert out.get_column("answer").to_list() == ["one", None, None, None]
     assert answers[:2] == ["one", "two" * 100]
+
+
+def test_answers_grow_through_many_maps_while_a_column_made_before_is_held() -> None:
+    n = 60_000
+    answers = Answers(n)
+    expected: list[str | None] = [None] * n
+    for row in range(0, n // 2):
+        expected[row] = answers_text = f"answer {row} " + "é" * (row % 70)
+        answers[row] = answers_text
+    early = answers.to_arrow()  # views the maps as they are now
+    assert early is not None
+    for row in range(n // 2, n):
+        expected[row] = answers_text = f"later {row} " + "x" * (row % 90)
+        answers[row] = answers_text  # the maps grow (copied to new ones) under the column's view
+    assert len(answers._data) > 4 * (1 << 16)  # several doublings of the first map
+    assert early.to_pylist() == expected[: n // 2] + [None] * (n - n // 2)
+    assert answers[:] == expected and answers.to_arrow().to_pylist() == expected
+    assert answers[n - 1] == expected[n - 1] and answers[0] == expected[0]
