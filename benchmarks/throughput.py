@@ -527,9 +527,10 @@ def main(argv: list[str] | None = None) -> int:
                         result["repeat"] = i + 1
                         if not args.no_warm:
                             log(f"{rows:,} rows, {backend}, server in a {mode}, warmed up")
-                            result["warm"] = _warm_figure(
-                                _measure(args, backend, rows, mode, server if mode == "process" else None, warm=True)
+                            warmed = _measure(
+                                args, backend, rows, mode, server if mode == "process" else None, warm=True
                             )
+                            result["warm"] = _warm_figure(warmed)
                         results.append(result)
         if not args.no_profile:
             log(f"profiling {sizes[0]:,} rows, pandas, server in a process")
@@ -546,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         share = r["server_share"]
         warm = r.get("warm")
         warm_cells = ["-", "-", "-"] if warm is None else [
-            _mb(warm["warm_up"]["kept"]), _mb(warm["peak_increase"]), f"{warm['peak_x_frame']:.1f}x",
+            _mb(warm["warm_up"]["kept"]), _mb(warm["peak_increase"]),
+            f"{warm['peak_x_frame']:.1f}x",
         ]  # fmt: skip
         table.append([
             r["backend"], r["mode"], r["rows"], r["repeat"], r["seconds"], r["rows_per_second"],
@@ -563,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: {r['wrong_answers']} wrong, {r['failed_rows']} failed, "
                 f"{r['cached_rows']} cached rows"
             )
-        if warm is not None and (warm["wrong_answers"] or warm["failed_rows"] or warm["cached_rows"]):
+        if warm is not None and (
+            warm["wrong_answers"] or warm["failed_rows"] or warm["cached_rows"]
+        ):
             failures.append(
                 f"{name}, warmed up: {warm['wrong_answers']} wrong, {warm['failed_rows']} failed, "
                 f"{warm['cached_rows']} cached rows"

@@ -77,6 +77,9 @@ class _Mapped:
     def __len__(self) -> int:
         return self.size
 
+    def __bytes__(self) -> bytes:
+        return self.map[: self.size]
+
     def view(self, size: int) -> memoryview:
         return memoryview(self.map)[:size]
 
@@ -212,7 +215,10 @@ class Answers(Sequence[str | None]):
         values: pa.Array | pa.ChunkedArray, taken: pa.Array | None, rows: int
     ) -> Iterator[pa.Array | pa.ChunkedArray]:
         for start in range(0, len(values) if taken is None else len(taken), rows):
-            yield values.slice(start, rows) if taken is None else values.take(taken.slice(start, rows))
+            if taken is None:
+                yield values.slice(start, rows)
+            else:
+                yield values.take(taken.slice(start, rows))
 
     def _take_from(self) -> tuple[pa.Array | pa.ChunkedArray, pa.Array | None] | None:
         """What :meth:`to_arrow` takes from and the rows' indices in it (``None``: it is the
@@ -222,10 +228,12 @@ class Answers(Sequence[str | None]):
         at, found = self._at, self._found
         given = self._ends.size // _END.size - 1
         if found is not None and not given and not (at == _NONE).any():
-            return (found if found.type == pa.large_string() else found.cast(pa.large_string())), None
+            large = found if found.type == pa.large_string() else found.cast(pa.large_string())
+            return large, None
         # The answers given here, then (with a lookup) the cache's: row r's is at given + r.
         offsets = pa.py_buffer(self._ends.view(self._ends.size))
-        values = pa.LargeStringArray.from_buffers(given, offsets, pa.py_buffer(self._data.view(self._data.size)))
+        data = pa.py_buffer(self._data.view(self._data.size))
+        values = pa.LargeStringArray.from_buffers(given, offsets, data)
         if found is None:
             # The row numbers as they are: no copy, and none of 8 bytes a row (a take's indices
             # may be int32), unless some rows have no answer and need a mask.

@@ -70,7 +70,7 @@ __all__ = [
 # Dictionary encoding pays off for repetitive columns (one model, a few answers
 # such as "positive"/"negative"); keys and request ids are unique, so skip it there.
 _DICTIONARY_COLUMNS = [c for c in COLUMNS if c not in ("key", "request_id")]
-#: Pages of 64 KiB, not 1 MiB: a 20,000-record segment's write peaks +7-9 MB, not +13-20 (same file).
+#: Pages of 64 KiB, not 1 MiB: a 20,000-record segment's write peaks +7-9 MB, not +13-20.
 DATA_PAGE_BYTES = 1 << 16
 
 #: More segments than this in a folder trigger a compaction on the next flush. A merge costs

@@ -103,7 +103,8 @@ class JobQueue(Sequence[Job]):
         self._sources = tuple(sources)
         rows = np.zeros(0, dtype=np.int32) if firsts is None else np.asarray(firsts)
         # Row numbers in 4 bytes where they fit (every frame below 2**31 rows), not 8.
-        self._firsts = rows.astype(np.int32 if len(rows) and rows[-1] < 2**31 else np.int64, copy=False)
+        narrow = len(rows) and rows[-1] < 2**31
+        self._firsts = rows.astype(np.int32 if narrow else np.int64, copy=False)
         keys = np.frombuffer(digests, dtype="V16") if len(rows) else np.zeros(0, dtype="V16")
         # Only the rows to send: 16 bytes each. All of them (an uncached run): ``digests`` as it
         # is, not a copy beside it (the caller keeps it unchanged, as it is the rows' keys).
