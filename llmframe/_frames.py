@@ -10,7 +10,7 @@ branches on the frame library.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from ._answers import Answers
@@ -122,6 +122,18 @@ class PolarsFrame(_Adapter):
             return self.df.with_columns(pl.Series(name, values, dtype=pl.String))
         return self.df.with_columns(pl.Series(name, values).cast(pl.String))
 
+    def with_chunks(self, name: str, chunks: Iterable[pa.Array | pa.ChunkedArray]) -> Any:
+        """:meth:`with_column` of Arrow chunks, each made polars' (a copy: its strings are
+        views) before the next is made, so the column is never held twice whole."""
+        import polars as pl
+        import pyarrow as pa
+
+        parts = [pl.Series(name, chunk).cast(pl.String) for chunk in chunks]
+        column = pl.concat(parts, rechunk=False) if parts else pl.Series(name, [], dtype=pl.String)
+        del parts
+        pa.default_memory_pool().release_unused()  # what the chunks took, given back
+        return self.df.with_columns(column)
+
     def with_typed(self, columns: Sequence[tuple[str, Any]]) -> Any:
         return self.df.with_columns([series.alias(name) for name, series in columns])
 
@@ -165,6 +177,9 @@ def take_rows(df: Any, positions: list[int]) -> Any:
     """The rows at ``positions`` (0-based, in that order), as a frame of the same kind."""
     return frame(df).take(positions)
 
+
+#: Rows of the answer column made polars' at a time (a chunk of the column each).
+POLARS_CHUNK_ROWS = 1 << 17
 
 #: Rows rendered at a time when a column is iterated.
 _ITER_ROWS = 10_000
@@ -232,10 +247,15 @@ def with_answers(df: Any, output: str, answers: Sequence[str | None]) -> Any:
     """A new frame: ``df`` with the answers as column ``output`` (replaced if present).
     :class:`~llmframe._answers.Answers` become the column as one Arrow array, with no
     Python string per row (unless an answer is not UTF-8 text: then as a list)."""
+    adapter = frame(df)
+    if isinstance(answers, Answers) and isinstance(adapter, PolarsFrame):
+        chunks = answers.to_arrow_chunks(POLARS_CHUNK_ROWS)
+        if chunks is not None:
+            return adapter.with_chunks(output, chunks)
     column = answers.to_arrow() if isinstance(answers, Answers) else None
     if column is not None:
-        return frame(df).with_column(output, column)
-    return frame(df).with_column(output, answers if isinstance(answers, list) else list(answers))
+        return adapter.with_column(output, column)
+    return adapter.with_column(output, answers if isinstance(answers, list) else list(answers))
 
 
 def with_columns(df: Any, columns: Sequence[tuple[str, Any]]) -> Any:

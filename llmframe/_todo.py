@@ -52,12 +52,16 @@ def distinct_rows(digests: bytes | bytearray, rows: np.ndarray) -> tuple[np.ndar
     """
     if len(rows) < 2:
         return rows, {}
-    head = np.frombuffer(digests, dtype="<u8")[0::2][rows]
+    heads = np.frombuffer(digests, dtype="<u8")[0::2]
+    # Every row (an uncached run): the keys as they are, not a copy of them in row order.
+    head = heads if len(rows) == len(heads) and rows[-1] == len(heads) - 1 else heads[rows]
+    # Sorted once to see whether any tie (8 bytes a row); argsorted (and so 16 more) only then.
+    ordered = np.sort(head)
+    if not (ordered[1:] == ordered[:-1]).any():
+        return rows, {}
     order = np.argsort(head, kind="stable")
     ordered = head[order]
     tied = np.flatnonzero(ordered[1:] == ordered[:-1])
-    if not len(tied):
-        return rows, {}
     in_tie = np.zeros(len(rows), dtype=bool)
     in_tie[tied] = True
     in_tie[tied + 1] = True
@@ -99,9 +103,13 @@ class JobQueue(Sequence[Job]):
         self._sources = tuple(sources)
         rows = np.zeros(0, dtype=np.int32) if firsts is None else np.asarray(firsts)
         # Row numbers in 4 bytes where they fit (every frame below 2**31 rows), not 8.
-        self._firsts = rows.astype(np.int32 if len(rows) and rows[-1] < 2**31 else np.int64)
+        narrow = len(rows) and rows[-1] < 2**31
+        self._firsts = rows.astype(np.int32 if narrow else np.int64, copy=False)
         keys = np.frombuffer(digests, dtype="V16") if len(rows) else np.zeros(0, dtype="V16")
-        self._keys = keys[rows] if len(rows) else keys  # only the rows to send: 16 bytes each
+        # Only the rows to send: 16 bytes each. All of them (an uncached run): ``digests`` as it
+        # is, not a copy beside it (the caller keeps it unchanged, as it is the rows' keys).
+        everything = len(rows) == len(keys) and len(rows) and rows[-1] == len(keys) - 1
+        self._keys = keys if everything or not len(rows) else keys[rows]
         self._repeats = dict(repeats or {})
         self._next = 0
 

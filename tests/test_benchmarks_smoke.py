@@ -207,6 +207,15 @@ def test_throughput_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert r["batch_size_final"] == 20 and r["requests"] < r["rows"] / 2, r["packing_reason"]
         assert r["server_cpu_seconds"] > 0 and 0 < r["server_share"] < 1
         assert r["peak_increase"] > 0 and r["frame_bytes"] > 0
+    # The second memory figure: another fresh process, warmed up by other rows before its baseline.
+    [measured] = result["results"]
+    warm = measured["warm"]
+    assert warm["warm_up"]["rows"] == throughput.WARM_ROWS and warm["warm_up"]["kept"] > 0
+    imported = warm["warm_up"]["modules_imported"]
+    assert imported > 0 and warm["modules_imported"] < imported
+    assert (warm["wrong_answers"], warm["failed_rows"], warm["cached_rows"]) == (0, 0, 0)
+    assert warm["peak_x_frame"] == warm["peak_increase"] / measured["frame_bytes"]
+    assert measured["warm_up"] is None and "warm +MB" in printed
     assert result["failures"] == []
 
 
