@@ -108,9 +108,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODES = ("process", "thread")
 
 
-def codes(n: int) -> list[str]:
+def codes(n: int, prefix: str = "K") -> list[str]:
     """``n`` distinct short codes, the same on every call."""
-    return [f"K{i:07d}" for i in range(n)]
+    return [f"{prefix}{i:07d}" for i in range(n)]
 
 
 # --------------------------------------------------------------------------- the server process
@@ -159,8 +159,9 @@ class ServerProcess:
 # --------------------------------------------------------------------------- the child: one measurement
 
 
-def _frame(backend: str, n: int) -> tuple[Any, int]:
-    values = codes(n)
+def _frame(backend: str, n: int, prefix: str = "K") -> tuple[Any, int]:
+    """A frame of ``n`` codes (:func:`codes`) and its own size in bytes."""
+    values = codes(n, prefix)
     if backend == "pandas":
         import pandas as pd
 
@@ -194,15 +195,7 @@ def _warm_up(backend: str, base_url: str, api_key: str) -> dict[str, Any]:
     :data:`WARM_TEMPLATE`, on a cache folder of its own (deleted after). What it cost and kept."""
     import pyarrow as pa
 
-    values = [f"W{i:07d}" for i in range(WARM_ROWS)]
-    if backend == "pandas":
-        import pandas as pd
-
-        df: Any = pd.DataFrame({"code": values})
-    else:
-        import polars as pl
-
-        df = pl.DataFrame({"code": values})
+    df, _ = _frame(backend, WARM_ROWS, prefix="W")
     folder = tempfile.mkdtemp(prefix="llmframe-bench-warm-up-")
     modules = set(sys.modules)
     gc.collect()

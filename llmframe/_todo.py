@@ -38,6 +38,11 @@ WINDOW_ROWS = 2048
 TRIM_ROWS = 1 << 16
 
 
+def _every_row(rows: np.ndarray, n: int) -> bool:
+    """Whether ascending, distinct ``rows`` are all of ``0 .. n - 1`` (an uncached run's)."""
+    return len(rows) == n and n > 0 and int(rows[-1]) == n - 1
+
+
 def distinct_rows(digests: bytes | bytearray, rows: np.ndarray) -> tuple[np.ndarray, dict[int, list[int]]]:
     """The first row of each distinct key among ``rows`` (ascending), and for each key that
     repeats, its first row -> the other rows (ascending). ``digests`` holds 16 bytes a row.
@@ -54,7 +59,7 @@ def distinct_rows(digests: bytes | bytearray, rows: np.ndarray) -> tuple[np.ndar
         return rows, {}
     heads = np.frombuffer(digests, dtype="<u8")[0::2]
     # Every row (an uncached run): the keys as they are, not a copy of them in row order.
-    head = heads if len(rows) == len(heads) and rows[-1] == len(heads) - 1 else heads[rows]
+    head = heads if _every_row(rows, len(heads)) else heads[rows]
     # Sorted once to see whether any tie (8 bytes a row); argsorted (and so 16 more) only then.
     ordered = np.sort(head)
     if not (ordered[1:] == ordered[:-1]).any():
@@ -108,8 +113,7 @@ class JobQueue(Sequence[Job]):
         keys = np.frombuffer(digests, dtype="V16") if len(rows) else np.zeros(0, dtype="V16")
         # Only the rows to send: 16 bytes each. All of them (an uncached run): ``digests`` as it
         # is, not a copy beside it (the caller keeps it unchanged, as it is the rows' keys).
-        everything = len(rows) == len(keys) and len(rows) and rows[-1] == len(keys) - 1
-        self._keys = keys if everything or not len(rows) else keys[rows]
+        self._keys = keys if not len(rows) or _every_row(rows, len(keys)) else keys[rows]
         self._repeats = dict(repeats or {})
         self._next = 0
 
