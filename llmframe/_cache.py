@@ -64,6 +64,7 @@ from ._cache_schema import (
     rows_to_table_skipping_bad,
 )
 from ._cache_segments import auto_compact_plan, compact
+from ._cache_temps import remove_stale_temporaries
 from ._errors import CacheError
 from ._warn import warn_user
 
@@ -156,9 +157,10 @@ class AnswerCache:
         # Keeps no index, only the names of corrupt segments: each is warned about once.
         self._reader = CacheReader(location, keep_index=False)
         # Logs of processes that died. A folder that cannot take the fold (read-only)
-        # keeps them: lookups read them as they are.
+        # keeps them: lookups read them as they are. And what died mid-write left.
         with contextlib.suppress(OSError):
             fold_orphans(self.folder, kind=location.log_format)
+        remove_stale_temporaries(self.folder)
 
     def __repr__(self) -> str:
         return f"AnswerCache({self.location.name!r})"

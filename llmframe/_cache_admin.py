@@ -27,6 +27,7 @@ from ._cache_fs import CacheLocation, is_url, local_folder, open_remote, redact
 from ._cache_log import fold_orphans, list_logs, log_is_live, read_logs, remove_orphans
 from ._cache_schema import COLUMNS
 from ._cache_segments import compact, count_rows
+from ._cache_temps import remove_stale_temporaries
 from ._dask_report import clear_runs, runs_info
 from ._embed_admin import clear_embeddings, compact_embeddings, embeddings_info
 from ._errors import ConfigError
@@ -178,7 +179,8 @@ def cache_info(
 
 def clear_cache(path: str | os.PathLike[str] | None = None, *, cache_options: Mapping[str, Any] | None = None) -> int:
     """Delete every segment in the folder (default: the one ``cache=True`` uses), and the
-    answer logs dead processes left, and return how many files; the CLI's ``cache clear``.
+    answer logs and temporary files dead processes left, and return how many files; the
+    CLI's ``cache clear``.
 
     Only files named like segments (``seg-<time_ns>-<pid>-<uuid8>.parquet``, and the
     embeddings' ``_embeddings/seg-*.arrow``), logs (``.log-<pid>-<uuid8>-<host>.arrows``)
@@ -189,7 +191,8 @@ def clear_cache(path: str | os.PathLike[str] | None = None, *, cache_options: Ma
         llmframe.clear_cache("answers-cache")   # 412
     """
     where = _location(path, cache_options)
-    removed = remove_orphans(where.logs) + clear_embeddings(where.local) + clear_runs(where.local)
+    removed = remove_orphans(where.logs) + remove_stale_temporaries(where.logs)
+    removed += clear_embeddings(where.local) + clear_runs(where.local)
     for name in where.segments.sizes():
         where.segments.remove(name)
         removed += 1

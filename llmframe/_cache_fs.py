@@ -65,6 +65,7 @@ from ._cache_segments import (
     segment_name,
     write_parquet,
 )
+from ._cache_temps import TEMP_PREFIX, TEMP_SUFFIX  # every reader passes them by
 from ._errors import ConfigError
 
 __all__ = ["INSTALL", "CacheLocation", "RemoteSegments", "cache_id", "is_url", "local_folder", "open_remote", "redact"]
@@ -73,8 +74,6 @@ __all__ = ["INSTALL", "CacheLocation", "RemoteSegments", "cache_id", "is_url", "
 INSTALL = "pip install 'llmframe[remote]'"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _USERINFO = re.compile(r"(?<=://)[^/@?#]*@")
-_TEMP_PREFIX = ".tmp-"  # as the local segments' temporary files: every reader passes them by
-_TEMP_SUFFIX = ".part"
 
 
 def is_url(cache: object) -> bool:
@@ -194,7 +193,7 @@ class RemoteSegments:
         if self._atomic_put:
             self.fs.pipe_file(self._path(name), data)  # one PUT: the object appears whole
             return name
-        temp = self._path(f"{_TEMP_PREFIX}{name}{_TEMP_SUFFIX}")
+        temp = self._path(f"{TEMP_PREFIX}{name}{TEMP_SUFFIX}")
         try:
             self.fs.pipe_file(temp, data)
             self.fs.mv(temp, self._path(name))

@@ -71,6 +71,7 @@ import pyarrow as pa
 
 from ._cache_schema import SCHEMA
 from ._cache_segments import write_segment
+from ._cache_temps import TEMP_PREFIX
 from ._warn import warn_user
 
 try:
@@ -97,7 +98,6 @@ __all__ = [
 #: Whether this platform has the lock a log needs (``fcntl.flock``: every POSIX system).
 LOGS_SUPPORTED = fcntl is not None
 LOG_NAME = re.compile(r"\.log-(\d+)-([0-9a-f]{8})-([A-Za-z0-9._-]*)\.arrows")
-_TEMP_PREFIX = ".tmp-"  # ignored by every reader, as the segments' temporary files are
 _HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64]
 
 
@@ -142,7 +142,7 @@ class AnswerLog:
         """A new, locked log in ``folder``, holding only ``schema`` (of every record appended)."""
         header = schema.serialize().to_pybytes()
         name = f".log-{os.getpid()}-{uuid.uuid4().hex[:8]}-{_HOST}.arrows"
-        temp = folder / f"{_TEMP_PREFIX}{name}"
+        temp = folder / f"{TEMP_PREFIX}{name}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             if fcntl is not None:

@@ -5,7 +5,7 @@ A cache is a folder of immutable parquet *segments*::
     ~/.cache/llmframe/
         seg-1732896000123456789-4242-1f2e3d4c.parquet    # seg-<time_ns>-<pid>-<uuid8>
         seg-1732896002125000000-4242-9a8b7c6d.parquet
-        .tmp-seg-1732896004...parquet.part               # being written; every reader ignores it
+        .tmp-seg-1732896004...parquet.part               # being written; every reader ignores it (_cache_temps)
         .log-4242-5e6f7a8b-build01.arrows                # an answer log, not a segment (_cache_log)
 
 Why segments and not one file: several processes (two notebooks, a script and a
@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._cache_schema import COLUMNS, POLARS_SCHEMA, SCHEMA
+from ._cache_temps import TEMP_PREFIX, TEMP_SUFFIX
 from ._warn import warn_user
 
 __all__ = [
@@ -91,8 +92,6 @@ AUTO_COMPACT_MAX_BYTES = 1 << 20
 AUTO_COMPACT_MERGE_BYTES = 1 << 20
 
 SEGMENT_NAME = re.compile(r"seg-\d+-\d+-[0-9a-f]{8}\.parquet")
-_TEMP_PREFIX = ".tmp-"  # pyarrow's dataset discovery skips names starting with "." or "_"
-_TEMP_SUFFIX = ".part"  # and no "*.parquet" glob (polars, DuckDB) matches a file being written
 
 
 def list_segments(folder: Path, pattern: re.Pattern[str] = SEGMENT_NAME) -> dict[str, int]:
@@ -230,7 +229,7 @@ def new_segment(folder: Path, suffix: str, *, durable_rename: bool = False) -> I
     to: a temporary one, fsynced and renamed into place when the block ends, deleted if it
     raises. The embedding cache's segments are written this way too."""
     name = segment_name(suffix)
-    temp = folder / f"{_TEMP_PREFIX}{name}{_TEMP_SUFFIX}"
+    temp = folder / f"{TEMP_PREFIX}{name}{TEMP_SUFFIX}"
     try:
         with open(temp, "wb") as sink:
             yield name, sink

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._cache_log import fold_orphans, list_logs, log_is_live, log_tables, remove_orphans
+from ._cache_temps import remove_stale_temporaries
 from ._embed_segments import (
     FOLDER,
     VECTOR_LOGS,
@@ -62,10 +63,10 @@ def embeddings_info(cache_dir: Path) -> dict[str, Any]:
 
 
 def clear_embeddings(cache_dir: Path) -> int:
-    """Delete the embedding segments and the logs dead processes left; return how many files.
-    The logs of running processes are theirs."""
+    """Delete the embedding segments and the logs and temporary files dead processes left;
+    return how many files. The logs of running processes are theirs."""
     folder = cache_dir / FOLDER
-    removed = remove_orphans(folder)
+    removed = remove_orphans(folder) + remove_stale_temporaries(folder)
     for name in list_segments(folder):
         with contextlib.suppress(FileNotFoundError):
             os.remove(folder / name)

@@ -44,6 +44,7 @@ import pyarrow as pa
 from ._cache_admin import default_cache_dir
 from ._cache_log import LOGS_SUPPORTED, AnswerLog, fold_orphans, log_tables
 from ._cache_segments import auto_compact_plan
+from ._cache_temps import remove_stale_temporaries
 from ._embed_lookup import Found, find
 from ._embed_segments import (
     FOLDER,
@@ -114,6 +115,7 @@ class EmbeddingCache:
         if self.folder.is_dir():  # the logs of processes that died; a read-only folder keeps them
             with contextlib.suppress(OSError):
                 fold_orphans(self.folder, kind=VECTOR_LOGS)
+            remove_stale_temporaries(self.folder)
 
     def lookup(self, keys: bytes, dims: int | None = None) -> Found:
         """The cached vector of each key (16 bytes a row, concatenated); ``dims``, when
