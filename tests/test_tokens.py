@@ -8,8 +8,11 @@ an estimate from the characters; tiktoken is not even importable.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import socket
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +36,7 @@ def fresh_module(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_tokens, "_by_model", {})
     monkeypatch.setattr(_tokens, "_by_encoding", {})
     monkeypatch.setattr(_tokens, "_warned", False)
+    monkeypatch.setattr(_tokens, "_needs_download", lambda name: False)  # loaded in line, as when cached
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def fallback_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return [
         str(w.message)
         for w in caught
-        if issubclass(w.category, RuntimeWarning) and "could not be loaded" in str(w.message)
+        if issubclass(w.category, RuntimeWarning) and "counting tokens with" in str(w.message)
     ]
 
 
@@ -179,3 +183,90 @@ def test_the_counting_encoding_counts_as_tiktoken_without_the_python_ranks(
 def test_an_encoding_the_process_loaded_already_is_shared_as_it_is(offline_encoding: Any) -> None:
     assert _tokens._counting_encoding(OFFLINE) is offline_encoding
     assert len(offline_encoding._mergeable_ranks) > 100_000
+
+
+# --------------------------------------------------------------------------- a download
+
+
+@pytest.fixture
+def uncached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wanted encoding is not in tiktoken's file cache: loading it means a download."""
+    monkeypatch.setattr(_tokens, "_needs_download", lambda name: name in _tokens._PUBLIC)
+
+
+def test_an_unresolvable_download_is_not_tried(
+    monkeypatch: pytest.MonkeyPatch, uncached: None, offline_encoding: Any, caught: list[warnings.WarningMessage]
+) -> None:
+    """Offline: the host does not resolve, so tiktoken's download (which imports requests
+    first, ~0.16 s) is not even started; the fallback counts, and says so once."""
+    asked: list[str] = []
+    resolved: list[str] = []
+
+    def no_dns(host: str, *args: Any, **kwargs: Any) -> Any:
+        resolved.append(host)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_tokens.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader({OFFLINE: offline_encoding}, asked))
+    tok = get_tokenizer("gpt-4o-mini")
+    assert tok.name == OFFLINE and asked == [OFFLINE]
+    assert resolved == ["openaipublic.blob.core.windows.net"]
+    [message] = fallback_warnings(caught)
+    assert "'o200k_base' could not be loaded" in message
+    assert get_tokenizer("gpt-4o").name == OFFLINE and resolved == ["openaipublic.blob.core.windows.net"]
+
+
+def test_behind_a_proxy_the_download_is_tried(
+    monkeypatch: pytest.MonkeyPatch, uncached: None, offline_encoding: Any, caught: list[warnings.WarningMessage]
+) -> None:
+    """A proxy may resolve what this machine cannot: the download goes (here it succeeds)."""
+    asked: list[str] = []
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setattr(_tokens.socket, "getaddrinfo", lambda *a, **k: pytest.fail("resolved behind a proxy"))
+    available = {"o200k_base": offline_encoding, OFFLINE: offline_encoding}
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader(available, asked))
+    tok = get_tokenizer("gpt-4o-mini")
+    assert tok.name == "o200k_base" and sorted(asked) == sorted(["o200k_base", OFFLINE])
+    assert fallback_warnings(caught) == []
+
+
+def test_a_hanging_download_is_left_behind(
+    monkeypatch: pytest.MonkeyPatch, uncached: None, offline_encoding: Any, caught: list[warnings.WarningMessage]
+) -> None:
+    """tiktoken's download has no timeout: one that hangs is waited for at most
+    DOWNLOAD_WAIT_SECONDS (0 here), then the fallback counts; it is not started again."""
+    release = threading.Event()
+    started: list[str] = []
+
+    def hangs(name: str) -> Any:
+        if name == OFFLINE:
+            return offline_encoding
+        started.append(name)
+        release.wait(30)
+        raise ConnectionError("gave up")
+
+    monkeypatch.setattr(_tokens, "_resolves", lambda url: True)
+    monkeypatch.setattr(_tokens, "DOWNLOAD_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(_tokens, "_counting_encoding", hangs)
+    try:
+        tok = get_tokenizer("gpt-4o-mini")
+        assert tok.name == OFFLINE
+        [message] = fallback_warnings(caught)
+        assert "'o200k_base' was not downloaded within 0 s" in message
+        assert get_tokenizer("gpt-4o").name == OFFLINE  # the same encoding: not asked again
+        assert started.count("o200k_base") <= 1
+    finally:
+        release.set()
+
+
+def test_needs_download_reads_tiktokens_file_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.undo()  # the real _needs_download
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    assert _tokens._needs_download("o200k_base") and _tokens._needs_download("cl100k_base")
+    assert not _tokens._needs_download(OFFLINE)  # a plugin's: loaded as it always was
+    url = _tokens._PUBLIC["o200k_base"]
+    (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"cached")
+    assert not _tokens._needs_download("o200k_base")
