@@ -176,6 +176,7 @@ def _race(name: str) -> tuple[Tokenizer | None, Tokenizer, str]:
 
     thread = threading.Thread(target=download, name="llmframe-tiktoken-download", daemon=True)
     thread.start()
+    loaded_before = set(_by_encoding)
     fallback = _fallback()
     thread.join(DOWNLOAD_WAIT_SECONDS)
     if "encoding" not in got:
@@ -184,6 +185,9 @@ def _race(name: str) -> tuple[Tokenizer | None, Tokenizer, str]:
     encoding = got["encoding"]
     tok = None if encoding is None else _TiktokenTokenizer(encoding, name)
     _by_encoding[name] = tok
+    if tok is not None:  # the download won: the fallback loaded for nothing is not kept (~25 MB)
+        for other in set(_by_encoding) - loaded_before - {name}:
+            del _by_encoding[other]
     return tok, fallback, "could not be loaded (offline?)"
 
 

@@ -230,6 +230,7 @@ def test_behind_a_proxy_the_download_is_tried(
     tok = get_tokenizer("gpt-4o-mini")
     assert tok.name == "o200k_base" and sorted(asked) == sorted(["o200k_base", OFFLINE])
     assert fallback_warnings(caught) == []
+    assert set(_tokens._by_encoding) == {"o200k_base"}  # the fallback loaded beside it is not kept
 
 
 def test_a_hanging_download_is_left_behind(
