@@ -312,7 +312,7 @@ def new_run(
         why_one="as batch_size=1 says" if opts.batch_size == 1 else "the template has a field 'id'",
         economy=economy_for(prepared.todo, builder, opts), style=LINES if opts.response_format == LINES else "json",
     )  # fmt: skip
-    builder.use_style(packing.style)
+    builder.use_style(packing.style, remembered=(state.known.get("verdicts") or {}).get(task_key))
     state.format_confirmed = state.format_confirmed or packing.style == LINES  # no response_format to refuse
     report.packing_reason = packing.reason
     if packing.warn:

@@ -103,8 +103,9 @@ class RequestBuilder:
     """Builds the request for a list of jobs. What ``sends`` says is read at each build,
     so a change the endpoint forced applies to every later request, resends included."""
 
-    __slots__ = ("_id_tokens", "additive", "answer_tokens", "packed_format", "row_output", "schema", "sends",
-                 "single_format", "style", "system", "system_text", "system_tokens", "template", "tokenizer")  # fmt: skip
+    __slots__ = ("_id_tokens", "additive", "answer_tokens", "packed_format", "remembered_output", "row_output",
+                 "schema", "sends", "single_format", "style", "system", "system_text", "system_tokens", "template",
+                 "tokenizer")  # fmt: skip
 
     def __init__(
         self, template: Template, system: str | None, tokenizer: Tokenizer, sends: Sends,
@@ -130,14 +131,23 @@ class RequestBuilder:
             self.answer_tokens = DEFAULT_ANSWER_TOKENS
         #: Output tokens a packed row took in the replies so far (moving average), None before one.
         self.row_output: float | None = None
+        self.remembered_output = False  # row_output is an earlier run's, until this run's first reply
         self.use_style(_packing.JSON)
 
-    def use_style(self, style: str) -> None:
-        """Pack in ``style`` from now on (before the first packed request: item sizes are cached)."""
+    def use_style(self, style: str, remembered: Any = None) -> None:
+        """Pack in ``style`` from now on (before the first packed request: item sizes are cached).
+        ``remembered``, the packing verdict stored for this endpoint and task, may hold what a
+        packed row took in the run that checked it (``row_output``): its first burst of packed
+        requests reserves that, not the guess, and its first reply replaces it."""
         self.style = style
         # The system message is the same in every packed request: built and counted once.
         self.system_text = self.packed_system(style)
         self.system_tokens = self.request_tokens(style)
+        known = remembered if isinstance(remembered, dict) else {}
+        value = known.get("row_output")
+        if (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+                and known.get("style", _packing.JSON) == style and self.row_output is None):  # fmt: skip
+            self.row_output, self.remembered_output = float(value), True
 
     def packed_system(self, style: str) -> str:
         return _packing.packed_system(self.template.text, self.system, self.packed_format, style, self.template.fields)
@@ -158,6 +168,8 @@ class RequestBuilder:
         if truncated or not completion_tokens or rows < 2:
             return
         per_row, last = completion_tokens / rows, self.row_output
+        if self.remembered_output:  # an earlier run's figure served the first burst: this run's from now
+            last, self.remembered_output = None, False
         self.row_output = per_row if last is None else last + LEARNED_OUTPUT_WEIGHT * (per_row - last)
 
     def item_tokens(self, job: Job) -> int:

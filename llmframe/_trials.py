@@ -110,6 +110,8 @@ def on_verdict(run: Run, check: PackingCheck, fixed_size: int | None, task_key: 
     entry = None
     if verdict.agreement:  # measured, not a lack of rows: worth remembering
         entry = {"batch_size": verdict.batch_size, "reason": verdict.reason, "style": run.builder.style}
+        if run.builder.row_output is not None:  # what the next process's first burst reserves a row
+            entry["row_output"] = round(run.builder.row_output, 2)
         run.endpoint.learned(verdicts={task_key: entry})
         if verdict.batch_size == 1:
             warn_user(f"llmframe: {verdict.reason}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -9,6 +10,13 @@ import pandas as pd
 import pytest
 
 from llmframe import _check, _check_plan
+from llmframe._capabilities import MEMORY
+from llmframe._requests import (
+    DEFAULT_ANSWER_TOKENS,
+    LEARNED_OUTPUT_SLACK,
+    PACKED_TOKENS_PER_ROW,
+    RequestBuilder,
+)
 from llmframe.testing import Degrade, FakeServer, expected_answer
 
 # A task worth packing: its instructions, repeated in every one-row request, cost more than
@@ -145,3 +153,37 @@ def test_a_short_prompt_is_not_packed_where_that_is_dearer(fake_server_factory: 
     assert server.stats.requests == 100 and report.check_requests == 0
     assert report.packing_reason.startswith("one row per request: packing 20 rows per request would cost more")
     assert "id lines ~$" in report.packing_reason and "than one row per request (~$" in report.packing_reason
+
+
+def test_what_a_packed_row_took_is_remembered_with_the_verdict(
+    fake_server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run that checked packing stores what a packed row took (``row_output``) beside
+    its verdict; the next run's first packed requests reserve that, not the 16-token guess
+    (whose TPM pacing held a second process's first burst back), and its first packed
+    reply replaces it."""
+    server = fake_server_factory()
+    run(server, countries(100))
+    [verdict] = MEMORY.get(MEMORY.key(server.base_url, "gpt-4o-mini"))["verdicts"].values()
+    learned = verdict["row_output"]
+    log = [r for r in server.stats.snapshot()["log"] if r.n_items > 1]
+    per_row = [r.completion_tokens / r.n_items for r in log]
+    assert min(per_row) * 0.9 <= learned <= max(per_row) * 1.1  # what replies took, roughly
+
+    built: list[tuple[int | None, int, bool]] = []
+    original = RequestBuilder.build
+
+    def build(self: RequestBuilder, jobs: Any, *args: Any, **kwargs: Any) -> Any:
+        request = original(self, jobs, *args, **kwargs)
+        if request.packed:
+            built.append((request.reserved_output, len(jobs), self.remembered_output))
+        return request
+
+    monkeypatch.setattr(RequestBuilder, "build", build)
+    server.reset_stats()
+    got, report = run(server, countries(200, "other"), max_concurrency=2)  # later requests after replies
+    assert got == want(countries(200, "other")) and "earlier run" in report.packing_reason
+    reserved, n, remembered = built[0]
+    assert remembered and reserved == math.ceil(n * learned * LEARNED_OUTPUT_SLACK) + 8
+    assert reserved < n * (DEFAULT_ANSWER_TOKENS + PACKED_TOKENS_PER_ROW) + 8  # below the guess
+    assert not built[-1][2]  # a reply of this run's took over

@@ -226,6 +226,25 @@ def test_packed_replies_teach_what_later_packed_requests_reserve() -> None:
     assert b.build(jobs(1)).reserved_output is None  # one row: its own guess
 
 
+def test_a_remembered_row_output_serves_until_the_first_reply() -> None:
+    """What an earlier run's packed rows took (stored with its verdict) is reserved from the
+    first packed request; this run's first packed reply replaces it outright, with no
+    average with the earlier figure; a value that is no count, or of another style, is ignored."""
+    b = builder(None)
+    b.use_style(b.style, remembered={"batch_size": 20, "style": b.style, "row_output": 6.0})
+    assert b.row_output == 6.0 and b.remembered_output
+    assert b.build(jobs(10)).reserved_output == math.ceil(10 * 6.0 * LEARNED_OUTPUT_SLACK) + 8
+    b.parse(reply(10), 10, used=120)  # 12 a row
+    assert b.row_output == 12 and not b.remembered_output
+    b.parse(reply(10), 10, used=20)  # 2 a row: now averaged
+    assert b.row_output == pytest.approx(12 + LEARNED_OUTPUT_WEIGHT * (2 - 12))
+    for bad in ({"row_output": True}, {"row_output": -3}, {"row_output": float("inf")}, {"row_output": "6"},
+                {"row_output": 6.0, "style": "lines" if b.style != "lines" else "json"}, "6.0", None):  # fmt: skip
+        fresh = builder(None)
+        fresh.use_style(fresh.style, remembered=bad)
+        assert fresh.row_output is None and not fresh.remembered_output, bad
+
+
 def test_what_replies_took_never_reserves_more_than_the_guess() -> None:
     """A model that reasons before it answers spends a fixed amount a reply: spread over a
     2-row reply's rows it says nothing of a 40-row request."""
