@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from . import _tokens_ranks
 from ._warn import warn_user
 
 __all__ = ["Tokenizer", "count_messages", "get_tokenizer"]
@@ -115,8 +116,18 @@ def _counting_encoding(name: str) -> Any:
         constructor = registry.ENCODING_CONSTRUCTORS[name]  # type: ignore[index]
     except (AttributeError, KeyError, TypeError):
         return tiktoken.get_encoding(name)
-    encoding = tiktoken.Encoding(**constructor())
-    counted = encoding.encode_ordinary(_PROBE)
+    stored = _tokens_ranks.load(name, constructor)  # the ranks as raw bytes: ~0.1 s less
+    if stored is not None:
+        try:
+            encoding = tiktoken.Encoding(**stored[0])
+            counted = encoding.encode_ordinary(_PROBE)
+        except Exception:  # a file that is not what it claims: load as tiktoken does
+            stored = None
+    if stored is None or counted != stored[1]:
+        kwargs = constructor()
+        encoding = tiktoken.Encoding(**kwargs)
+        counted = encoding.encode_ordinary(_PROBE)
+        _tokens_ranks.store(name, constructor, kwargs, counted)
     ranks = getattr(encoding, "_mergeable_ranks", None)
     if isinstance(ranks, dict):
         encoding._mergeable_ranks = {}
@@ -133,11 +144,15 @@ def _needs_download(name: str) -> bool:
     if url is None:
         return False
     try:
+        import tiktoken
         from tiktoken import registry
 
         if name in registry.ENCODINGS:
             return False
-    except ImportError:
+        tiktoken.list_encoding_names()
+        if _tokens_ranks.exists(name, registry.ENCODING_CONSTRUCTORS[name]):  # type: ignore[index]
+            return False  # its ranks are stored: no download
+    except (ImportError, AttributeError, KeyError, TypeError):
         return False
     folder = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
     if folder is None:
