@@ -12,13 +12,21 @@ names starting with ``.``, and no ``*.parquet`` glob (polars, DuckDB) matches
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
-__all__ = ["STALE_TEMPORARY_SECONDS", "TEMP_PREFIX", "TEMP_SUFFIX", "remove_stale_temporaries"]
+__all__ = ["STALE_TEMPORARY_SECONDS", "TEMPORARY_NAME", "TEMP_PREFIX", "TEMP_SUFFIX", "remove_stale_temporaries"]
 
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".part"  # of a segment being written
+
+#: The temporaries the cache's writers make, and nothing else (a folder given as ``cache=``
+#: may hold other tools' files): a segment's (``_cache_segments.new_segment``: parquet, or an
+#: embedding segment's arrow) and a log's (``_cache_log.AnswerLog.create``).
+TEMPORARY_NAME = re.compile(
+    r"\.tmp-(?:seg-\d+-\d+-[0-9a-f]{8}\.(?:parquet|arrow)\.part|\.log-\d+-[0-9a-f]{8}-[A-Za-z0-9._-]*\.arrows)"
+)
 
 #: A temporary file untouched this long was left by a writer that died: a live one
 #: finishes in seconds, and its mtime moves with every page it writes. Hours, not
@@ -29,8 +37,8 @@ STALE_TEMPORARY_SECONDS = 6 * 3600
 
 def remove_stale_temporaries(folder: Path, *, older_than: float = STALE_TEMPORARY_SECONDS,
                              now: float | None = None) -> int:  # fmt: skip
-    """Delete the temporary files in ``folder`` not modified for ``older_than`` seconds;
-    return how many. Every reader ignores them, so this only frees their space; a file
+    """Delete the cache's temporary files (:data:`TEMPORARY_NAME`) in ``folder`` not modified
+    for ``older_than`` seconds; return how many. Every reader ignores them, so this only frees their space; a file
     that is gone, or cannot be removed (a read-only folder), is passed by."""
     limit = (time.time() if now is None else now) - older_than
     removed = 0
@@ -39,7 +47,7 @@ def remove_stale_temporaries(folder: Path, *, older_than: float = STALE_TEMPORAR
     except OSError:
         return 0
     for entry in entries:
-        if not entry.name.startswith(TEMP_PREFIX):
+        if not TEMPORARY_NAME.fullmatch(entry.name):
             continue
         try:
             if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:

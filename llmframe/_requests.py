@@ -147,7 +147,9 @@ class RequestBuilder:
         value = known.get("row_output")
         if (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
                 and known.get("style", _packing.JSON) == style and self.row_output is None):  # fmt: skip
-            self.row_output, self.remembered_output = float(value), True
+            # At least a quarter of the guess: a figure of another data set (or a file edited by
+            # hand) must not let a first burst reserve next to nothing.
+            self.row_output, self.remembered_output = max(float(value), self.per_row_output / 4), True
 
     def packed_system(self, style: str) -> str:
         return _packing.packed_system(self.template.text, self.system, self.packed_format, style, self.template.fields)

