@@ -25,7 +25,8 @@ TEMP_SUFFIX = ".part"  # of a segment being written
 #: may hold other tools' files): a segment's (``_cache_segments.new_segment``: parquet, or an
 #: embedding segment's arrow) and a log's (``_cache_log.AnswerLog.create``).
 TEMPORARY_NAME = re.compile(
-    r"\.tmp-(?:seg-\d+-\d+-[0-9a-f]{8}\.(?:parquet|arrow)\.part|\.log-\d+-[0-9a-f]{8}-[A-Za-z0-9._-]*\.arrows)"
+    re.escape(TEMP_PREFIX)
+    + rf"(?:seg-\d+-\d+-[0-9a-f]{{8}}\.(?:parquet|arrow){re.escape(TEMP_SUFFIX)}|\.log-\d+-[0-9a-f]{{8}}-[A-Za-z0-9._-]*\.arrows)"
 )
 
 #: A temporary file untouched this long was left by a writer that died: a live one
@@ -38,8 +39,9 @@ STALE_TEMPORARY_SECONDS = 6 * 3600
 def remove_stale_temporaries(folder: Path, *, older_than: float = STALE_TEMPORARY_SECONDS,
                              now: float | None = None) -> int:  # fmt: skip
     """Delete the cache's temporary files (:data:`TEMPORARY_NAME`) in ``folder`` not modified
-    for ``older_than`` seconds; return how many. Every reader ignores them, so this only frees their space; a file
-    that is gone, or cannot be removed (a read-only folder), is passed by."""
+    for ``older_than`` seconds; return how many. Every reader ignores them, so this only
+    frees their space; a file that is gone, or cannot be removed (a read-only folder), is
+    passed by."""
     limit = (time.time() if now is None else now) - older_than
     removed = 0
     try:

@@ -298,21 +298,21 @@ def new_run(
 ) -> Run:  # fmt: skip
     """A run's wiring (or an estimate's, which plans the same batches and sends none); ``packing``
     replaces the plan a live run makes (the Batch API's, :mod:`._batch_run`)."""
-    model = opts.model or ""
-    report = prepared.report
+    model, report = opts.model or "", prepared.report
     state = EndpointState(endpoint.memory_key, resolve_cache_dir(opts.cache), dict(opts.params or {}),
                           opts.response_format, learns=learns, structured=opts.schema is not None)  # fmt: skip
     builder = RequestBuilder(template, opts.system, get_tokenizer(model), state, opts.schema)
     cap = batch_cap(opts.batch_size, template.fields)
     task_key = call_prefix(model=model, template=template.text, system=opts.system, params=opts.params,
                            output=output_spec(opts.schema)).hex()  # fmt: skip
+    remembered = (state.known.get("verdicts") or {}).get(task_key)  # a packing verdict an earlier run stored
     packing = packing or _check_plan.plan(
         cap=cap, batch_size=opts.batch_size, canaries=opts.canaries, rows_to_send=len(prepared.todo),
-        verdict=(state.known.get("verdicts") or {}).get(task_key),
+        verdict=remembered,
         why_one="as batch_size=1 says" if opts.batch_size == 1 else "the template has a field 'id'",
         economy=economy_for(prepared.todo, builder, opts), style=LINES if opts.response_format == LINES else "json",
     )  # fmt: skip
-    builder.use_style(packing.style, remembered=(state.known.get("verdicts") or {}).get(task_key))
+    builder.use_style(packing.style, remembered=remembered)
     state.format_confirmed = state.format_confirmed or packing.style == LINES  # no response_format to refuse
     report.packing_reason = packing.reason
     if packing.warn:

@@ -150,5 +150,6 @@ def _prune(kept: Path) -> None:
         is_ours = other.name.startswith(f"{encoding}-") and other.suffix == ".ranks"
         if other != kept and (is_ours or other.name.startswith(".tmp-")):
             with contextlib.suppress(OSError):
-                if max(other.stat().st_mtime, other.stat().st_atime) < old:
+                stat = other.stat()
+                if max(stat.st_mtime, stat.st_atime) < old:
                     other.unlink()

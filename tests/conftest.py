@@ -18,22 +18,14 @@ def _tokenizer_loaded(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The tokenizer loaded once per test process, before any test's own cache folder exists:
     its ranks (``_tokens_ranks``) are stored where no test looks, not in whichever test's
     folder happened to load it first."""
-    import os
     import warnings
 
     from llmframe._tokens import get_tokenizer
 
-    before = os.environ.get("LLMFRAME_CACHE_DIR")
-    os.environ["LLMFRAME_CACHE_DIR"] = str(tmp_path_factory.mktemp("tokenizer-cache"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            get_tokenizer("gpt-4o-mini")
-    finally:
-        if before is None:
-            os.environ.pop("LLMFRAME_CACHE_DIR", None)
-        else:
-            os.environ["LLMFRAME_CACHE_DIR"] = before
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        patch.setenv("LLMFRAME_CACHE_DIR", str(tmp_path_factory.mktemp("tokenizer-cache")))
+        warnings.simplefilter("ignore")
+        get_tokenizer("gpt-4o-mini")
 
 
 @pytest.fixture(autouse=True)
