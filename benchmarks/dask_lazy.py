@@ -97,8 +97,9 @@ def main(argv: Sequence[str] | None = None, client: Any = None) -> int:
             cluster = stack.enter_context(distributed.LocalCluster(
                 n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None))  # fmt: skip
             client = stack.enter_context(distributed.Client(cluster))
+            client.wait_for_workers(args.workers)  # a loaded machine registers them after the cluster returns
         client.run(warm)  # each worker imports llmframe and loads its tokenizer off the clock
-        workers = len(client.scheduler_info()["workers"])
+        workers = len(client.nthreads())  # asked of the scheduler now, not its last cached identity
         throughput = [] if args.quota_only else _throughput(pdf, n, expected, client, tmp, workers)
         quota, table = quota_table(client, scaled(4_000, args.scale, minimum=100), args.rpm)
         print(table)
@@ -155,7 +156,7 @@ def quota_table(client: Any, rows: int, rpm: float) -> tuple[list[dict[str, Any]
     quota: list[list[Any]] = []
     results: list[dict[str, Any]] = []
     part = reviews(rows)
-    workers = len(client.scheduler_info()["workers"])
+    workers = len(client.nthreads())
     names = ["pandas eager", f"dask, {workers} processes", f"dask, {workers} processes, limiter='machine'",
              f"dask, {workers} processes, limiter='redis://...'"]  # fmt: skip
     with contextlib.ExitStack() as stack:

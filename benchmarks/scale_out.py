@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None, client: Any = None) -> int:
                 cluster = stack.enter_context(distributed.LocalCluster(
                     n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None))  # fmt: skip
                 client = stack.enter_context(distributed.Client(cluster))
-            args.workers = len(client.scheduler_info()["workers"])
+                client.wait_for_workers(args.workers)  # a loaded machine registers them after the cluster returns
+            args.workers = len(client.nthreads())  # asked of the scheduler now, not its last cached identity
             client.run(warm)
             before = _memory(client)
             ddf = dd.from_pandas(pdf, npartitions=args.partitions)

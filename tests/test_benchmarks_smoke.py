@@ -312,6 +312,7 @@ def test_dask_lazy_and_scale_out_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     # One LocalCluster of 2 processes for both (each would start its own): the plumbing, every answer.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:  # fmt: skip
+        client.wait_for_workers(2)  # under CI's load both may register after the cluster returns
         argv = ["--scale", "0.005", "--rpm", "6000", "--out", str(tmp_path)]
         assert dask_lazy.main(argv, client=client) == 0
         printed = capsys.readouterr().out

@@ -65,6 +65,7 @@ def cluster() -> Iterator[Any]:
 def _local_cluster() -> Iterator[Any]:
     with distributed.LocalCluster(n_workers=4, threads_per_worker=1, processes=True, dashboard_address=None,
                                   worker_dashboard_address=None) as local, distributed.Client(local) as client:  # fmt: skip
+        client.wait_for_workers(4)  # under load they may register after the cluster returns
         client.run(_warm)  # each worker's imports and tokenizer, once, all at the same time
         yield client
 
