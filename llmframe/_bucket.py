@@ -73,17 +73,21 @@ class Bucket:
         ``window`` is what the server's own bucket holds (:data:`WINDOW_SHARE` of it
         may be held here), None when its headers did not say. Without a window, a
         bucket whose limit did not change keeps its size (a sharer that has not read
-        the window keeps the size another one set), unless ``resize``. A new limit may
-        open once more (:meth:`open`).
+        the window keeps the size another one set), unless ``resize`` (which also ends an
+        opening: the window it rested on was stale). A new limit may open once more (:meth:`open`).
         """
         if limit is None:
             self.limit = None
             return
+        if resize:
+            self.drop_opening(now)
         if limit == self.limit and window is None and not resize:
             return
         capacity = max(floor, limit * burst_seconds / 60, WINDOW_SHARE * min(window or 0.0, limit))
         if limit == self.limit and self.opening > 0:  # open: it closes to the new size
-            self.opening, capacity = capacity, max(capacity, self.capacity)
+            # and holds no more than the opening of a window the server now says is smaller
+            held = self.capacity if window is None else min(self.capacity, OPEN_SHARE * min(window, limit))
+            self.opening, capacity = capacity, max(capacity, held)
         elif limit != self.limit:
             self.opening = NOT_OPENED
         if limit == self.limit and capacity == self.capacity:
@@ -116,6 +120,12 @@ class Bucket:
         self._resize(capacity, self.level_at(now), now)
         self.raise_to(level, now)
         return True
+
+    def drop_opening(self, now: float) -> None:
+        """End an opening now, for good: back to the size it had."""
+        if self.opening > 0:
+            self._resize(self.opening, self.level_at(now), now)
+            self.opening = SPENT
 
     def close(self, now: float) -> None:
         """An open bucket down to the size it had goes back to that size, for good."""

@@ -146,13 +146,13 @@ class RateLimiter:
     ) -> None:
         """Start from limits an earlier process learned: no probe; headers correct them.
 
-        ``window_seconds``: how many seconds of each limit the server's window held then;
-        the buckets hold their share of it for the first burst (see :mod:`._quota`).
+        ``window_seconds``: the seconds of each limit its window held; they open the buckets (:attr:`opens`).
         """
         with self._lock:
             self._quota.remember(rpm, tpm, window_seconds)
             now = self._clock()
             self._configure(now)
+            self._schedule.open(self._quota.windows if self.opens else (None, None), now)
             self._admit_queued(now)
 
     # -- limits ---------------------------------------------------------------

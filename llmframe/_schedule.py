@@ -92,6 +92,13 @@ class Schedule:
         self.requests.configure(rpm, now, burst_seconds, 1.0, windows[0], resize=resize)
         self.tokens.configure(tpm, now, burst_seconds, 0.0, windows[1], resize=resize)
 
+    def open(self, windows: tuple[float | None, float | None], now: float) -> None:
+        """Open each bucket whose server window is known (:meth:`Bucket.open`), full: a new
+        process's first burst from a remembered window, as if its headers had just said it."""
+        for bucket, window in ((self.requests, windows[0]), (self.tokens, windows[1])):
+            if window is not None:
+                bucket.open(window, math.inf, now)
+
     @property
     def waiting(self) -> bool:
         """Are reservations placed that have not started yet?"""

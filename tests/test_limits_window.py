@@ -64,11 +64,18 @@ def test_a_429_drops_the_remembered_windows_but_not_the_limits() -> None:
 # -- the limiter, on virtual time --------------------------------------------------------------
 
 
-def test_the_first_burst_is_half_the_remembered_window() -> None:
+def test_the_first_burst_is_the_opening_of_the_remembered_window() -> None:
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)
     limiter.remember(1200, None, (60.0, None))
-    assert run(lambda: start_times(limiter, clock, [0] * 600)) == [0.0] * 600
+    assert run(lambda: start_times(limiter, clock, [0] * 900)) == [0.0] * 900  # 3/4 of the minute
+
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    limiter.remember(1200, None, (1.0, None))  # a window of 20: 15 at once, as a first reply would open it
+    starts = run(lambda: start_times(limiter, clock, [0] * 17))
+    assert starts == pytest.approx([0.0] * 15 + [0.05, 0.10])
+    assert limiter._schedule.requests.capacity == 10  # spent: back to half the window
 
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)
@@ -90,6 +97,22 @@ def test_a_smaller_window_in_the_first_reply_lowers_the_bucket_at_once() -> None
 
     assert run(main) == pytest.approx([0.05, 0.10, 0.15])
     assert limiter._schedule.requests.capacity == 10  # half of the server's 20
+
+
+def test_a_smaller_window_in_the_first_reply_trims_the_remembered_opening() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    limiter.remember(1200, None, (60.0, None))  # open at 900
+
+    async def main() -> list[float]:
+        sent = [await limiter.acquire(0) for _ in range(30)]
+        limiter.observe(window_headers(1200, 20, "0s"))  # the server holds 20 now, all left
+        limiter.settle(sent[0], 0)
+        return await start_times(limiter, clock, [0] * 17)
+
+    # what a first reply saying so would open: 15 of the 20, then 20 per second
+    assert run(main) == pytest.approx([0.0] * 15 + [0.05, 0.10])
+    assert limiter._schedule.requests.capacity == 10
 
 
 def test_a_429_before_any_reply_leaves_the_usual_burst() -> None:
@@ -166,7 +189,7 @@ def test_a_new_process_starts_from_the_stored_window() -> None:
     assert _stored()[next(iter(_stored()))]["rpm_window_seconds"] == 60.0
     _new_process()
     second = shared_limiter(url, "sk-window", "m")
-    assert second._schedule.requests.capacity == 600  # half the minute, before any reply
+    assert second._schedule.requests.capacity == 900  # open at 3/4 of the minute, before any reply
 
 
 # -- two runs over HTTP ------------------------------------------------------------------------
