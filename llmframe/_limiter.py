@@ -152,7 +152,7 @@ class RateLimiter:
             self._quota.remember(rpm, tpm, window_seconds)
             now = self._clock()
             self._configure(now)
-            self._schedule.open(self._quota.windows if self.opens else (None, None), now)
+            self._schedule.open(self._quota.windows if self.opens and self._quota.remembered else (None, None), now)
             self._admit_queued(now)
 
     # -- limits ---------------------------------------------------------------

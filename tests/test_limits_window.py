@@ -115,6 +115,19 @@ def test_a_smaller_window_in_the_first_reply_trims_the_remembered_opening() -> N
     assert limiter._schedule.requests.capacity == 10
 
 
+def test_a_memory_recalled_after_a_reply_opens_nothing() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+
+    async def main() -> list[float]:
+        limiter.observe(window_headers(1200, 0, "1s"))  # this process's own reading: nothing left
+        first = await start_times(limiter, clock, [0])
+        limiter.remember(1200, None, (60.0, None))  # staler than the reply: ignored, opens nothing
+        return first + await start_times(limiter, clock, [0] * 3)
+
+    assert run(main) == pytest.approx([0.05, 0.10, 0.15, 0.20])
+
+
 def test_a_429_before_any_reply_leaves_the_usual_burst() -> None:
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)
