@@ -251,6 +251,21 @@ def test_a_second_process_sends_its_first_burst_from_the_remembered_window(fake_
     assert limits_only <= usual + 2, (limits_only, usual)
 
 
+def test_a_second_process_opens_a_remembered_one_second_window_at_once(fake_server_factory: Any) -> None:
+    # the server holds one second of RPM 1,200: 20 requests; the opening is 15 of them
+    server = fake_server_factory(rpm=1200, latency=0.2, burst_seconds=1.0)
+    key = f"key-{uuid.uuid4().hex}"
+    _new_process()
+    _apply(server, "A {review}", 40, key)
+    assert next(iter(_stored().values()))["rpm_window_seconds"] == pytest.approx(1.0, abs=0.1)
+    server.configure(rpm=None)
+    server.configure(rpm=1200)  # a new limit starts full: the next process meets a whole window
+    remembered, usual, log = _second_run(server, "B {review}", 40, key)
+    # 15 at once where the half window alone let 10 go, then 20/s until the first reply either way
+    assert remembered >= usual + 3, (remembered, usual)
+    assert not [r for r in log if r.status == 429]
+
+
 def test_a_stale_remembered_window_costs_one_wave_of_429s_at_most(fake_server_factory: Any) -> None:
     server = fake_server_factory(rpm=1500, latency=0.2)
     key = f"key-{uuid.uuid4().hex}"
