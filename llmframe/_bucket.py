@@ -6,7 +6,8 @@ of tokens, and does all its arithmetic through the operations here: when may
 give it back (:meth:`~Bucket.credit`), believe the server has less
 (:meth:`~Bucket.lower_to`) or more (:meth:`~Bucket.raise_to`), move everything
 later (:meth:`~Bucket.shift`), and the opening: hold more of the server's window
-until that is spent, first when the limit is learned, then whenever the server says
+until that is spent, first when the limit is learned (or, in a new process, from the
+window an earlier one read, until the server speaks), then whenever the server says
 its window filled up again (:meth:`~Bucket.open`, :meth:`~Bucket.close`).
 Pure arithmetic on given times: no clock and no lock (the limiter holds the lock).
 """
@@ -25,7 +26,8 @@ __all__ = ["OPEN_SHARE", "WINDOW_SHARE", "Bucket"]
 #: (OpenAI's) then lets half a minute's requests go at once instead of a ramp.
 WINDOW_SHARE = 0.5
 #: The share of the server's window the bucket holds at an opening: the first headers
-#: that say what the window holds, nothing waiting, and later headers saying it is that
+#: that say what the window holds, nothing waiting (or a window remembered from an earlier
+#: process, before any reply), and later headers saying it is that
 #: full again (nothing waiting). With :data:`WINDOW_SHARE`
 #: alone, a client facing a 1 s window starts with half of it and stays 0.5 s behind
 #: one that used it all (100 requests at 20/s: 4.5 s where 4.0 s would do); all of it
@@ -85,9 +87,7 @@ class Bucket:
             return
         capacity = max(floor, limit * burst_seconds / 60, WINDOW_SHARE * min(window or 0.0, limit))
         if limit == self.limit and self.opening > 0:  # open: it closes to the new size
-            # and holds no more than the opening of a window the server now says is smaller
-            held = self.capacity if window is None else min(self.capacity, OPEN_SHARE * min(window, limit))
-            self.opening, capacity = capacity, max(capacity, held)
+            self.opening, capacity = capacity, max(capacity, self.capacity)
         elif limit != self.limit:
             self.opening = NOT_OPENED
         if limit == self.limit and capacity == self.capacity:
@@ -121,11 +121,23 @@ class Bucket:
         self.raise_to(level, now)
         return True
 
+    def open_remembered(self, window: float, in_flight: float, now: float) -> None:
+        """The opening a first reply saying ``window`` is all left would make, less what is in
+        flight, from an earlier process's reading of it; only if the bucket never opened."""
+        if self.limit is not None and self.opening == NOT_OPENED:
+            self.open(window, OPEN_SHARE * min(window, self.limit) - in_flight, now)
+
     def drop_opening(self, now: float) -> None:
         """End an opening now, for good: back to the size it had."""
         if self.opening > 0:
             self._resize(self.opening, self.level_at(now), now)
             self.opening = SPENT
+
+    def forget_opening(self, now: float) -> None:
+        """End an opening now (:meth:`drop_opening`), and let headers open the bucket again as
+        if it never had: the server spoke, and what it says replaces an earlier process's."""
+        self.drop_opening(now)
+        self.opening = NOT_OPENED
 
     def close(self, now: float) -> None:
         """An open bucket down to the size it had goes back to that size, for good."""

@@ -95,11 +95,11 @@ class RateLimiter:
     loop, so one limiter may serve any number of threads and loops at once.
     """
 
-    #: Whether the first headers that say how much the server's window holds open the bucket
-    #: once (:meth:`~._bucket.Bucket.open`). Off for the machine-wide limiter: there, several
-    #: processes' sends bunched after a stall of the machine found a quarter of the window left
-    #: and earned 429s (1-5 in 6 of 18 four-process runs, 2 of 82 requests in CI) for 2-5% more
-    #: of the binding limit, where 429s are to stay under 1% of requests.
+    #: Whether the first headers that say how much the server's window holds (or the window an
+    #: earlier process read, until a reply) open the bucket (:meth:`~._bucket.Bucket.open`). Off for
+    #: the machine-wide limiter: there, several processes' sends bunched after a stall of the machine
+    #: found a quarter of the window left and earned 429s (1-5 in 6 of 18 four-process runs, 2 of 82
+    #: requests in CI) for 2-5% more of the binding limit, where 429s are to stay under 1% of requests.
     opens = True
 
     __slots__ = (
@@ -144,15 +144,14 @@ class RateLimiter:
     def remember(
         self, rpm: float | None, tpm: float | None, window_seconds: tuple[float | None, float | None] = (None, None)
     ) -> None:
-        """Start from limits an earlier process learned: no probe; headers correct them.
-
-        ``window_seconds``: the seconds of each limit its window held; they open the buckets (:attr:`opens`).
-        """
+        """Start from limits an earlier process learned, and the seconds of each limit its window held
+        (they open the buckets, :attr:`opens`): no probe; the first reply's headers replace them."""
         with self._lock:
             self._quota.remember(rpm, tpm, window_seconds)
             now = self._clock()
             self._configure(now)
-            self._schedule.open(self._quota.windows if self.opens and self._quota.remembered else (None, None), now)
+            windows = self._quota.windows if self.opens and self._quota.remembered else (None, None)
+            self._schedule.open_remembered(windows, self._flying(), now)
             self._admit_queued(now)
 
     # -- limits ---------------------------------------------------------------
@@ -329,15 +328,17 @@ class RateLimiter:
         the server has left, less what is in flight (which it may not have
         counted yet), instead of ramping up; otherwise the level is never
         raised. The first such headers of a limit, nothing waiting, also open
-        the bucket (:meth:`~._bucket.Bucket.open`: 3/4 of the window, until spent;
-        again when they say that much is left, until a 429). A response with no
-        rate-limit headers at all ends probing with no limit to learn.
+        the bucket (:meth:`~._bucket.Bucket.open`: 3/4 of the window, until spent; again when
+        they say that much is left, until a 429), whatever a remembered window opened. A
+        response with no rate-limit headers at all ends probing with no limit to learn.
         """
         seen = parse_rate_limits(headers)
         with self._lock:
             now = self._clock()
             buckets = ((seen.requests, self._schedule.requests), (seen.tokens, self._schedule.tokens))
             before = [bucket.capacity if bucket.limit is not None else None for _, bucket in buckets]
+            if self._quota.remembered:  # the memory's opening ends: these headers decide, as in a first process
+                self._schedule.forget_openings(now)
             self._quota.learn(seen)
             self._configure(now)
             waiting = self._schedule.waiting
@@ -359,11 +360,10 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         """After a 429: nobody sharing this limiter starts before ``seconds`` from now.
 
-        The server said we are out, so both buckets are drained. Waiters
-        already scheduled move back by the length of the pause, keeping their
-        spacing, rather than all starting together when it ends. A window an
-        earlier process remembered, still sizing the buckets, was stale: they
-        go back to the usual burst.
+        The server said we are out, so both buckets are drained. Waiters already scheduled move
+        back by the length of the pause, keeping their spacing, rather than all starting together
+        when it ends. A window an earlier process remembered, still sizing the buckets (and their
+        opening), was stale: they go back to the usual burst.
         """
         if not (math.isfinite(seconds) and seconds > 0):
             seconds = 0.0

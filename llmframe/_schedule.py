@@ -92,12 +92,19 @@ class Schedule:
         self.requests.configure(rpm, now, burst_seconds, 1.0, windows[0], resize=resize)
         self.tokens.configure(tpm, now, burst_seconds, 0.0, windows[1], resize=resize)
 
-    def open(self, windows: tuple[float | None, float | None], now: float) -> None:
-        """Open each bucket whose server window is known (:meth:`Bucket.open`), full: a new
-        process's first burst from a remembered window, as if its headers had just said it."""
-        for bucket, window in ((self.requests, windows[0]), (self.tokens, windows[1])):
+    def open_remembered(
+        self, windows: tuple[float | None, float | None], in_flight: tuple[float, float], now: float
+    ) -> None:
+        """A new process's first burst from the windows an earlier one read, less the requests
+        and tokens in flight (:meth:`Bucket.open_remembered`), as if its headers had said them."""
+        for bucket, window, flying in ((self.requests, windows[0], in_flight[0]), (self.tokens, windows[1], in_flight[1])):
             if window is not None:
-                bucket.open(window, math.inf, now)
+                bucket.open_remembered(window, flying, now)
+
+    def forget_openings(self, now: float) -> None:
+        """The server spoke: openings from a remembered window end (:meth:`Bucket.forget_opening`)."""
+        self.requests.forget_opening(now)
+        self.tokens.forget_opening(now)
 
     @property
     def waiting(self) -> bool:
