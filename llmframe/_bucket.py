@@ -135,9 +135,10 @@ class Bucket:
 
     def forget_opening(self, now: float) -> None:
         """End an opening now (:meth:`drop_opening`), and let headers open the bucket again as
-        if it never had: the server spoke, and what it says replaces an earlier process's."""
+        if it never had (unless after a 429, :attr:`reopens`): the server spoke, and what it
+        says replaces an earlier process's."""
         self.drop_opening(now)
-        self.opening = NOT_OPENED
+        self.opening = NOT_OPENED if self.reopens else SPENT
 
     def close(self, now: float) -> None:
         """An open bucket down to the size it had goes back to that size, for good."""

@@ -142,6 +142,23 @@ def test_a_remembered_opening_counts_what_went_before_it_and_comes_once() -> Non
     assert run(main) == pytest.approx([0.0] * 900 + [0.05])
 
 
+def test_a_429_as_the_first_reply_to_a_remembered_opening_opens_nothing_again() -> None:
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+    limiter.remember(1200, None, (1.0, None))  # open at 15 of a remembered 20
+
+    async def main() -> list[float]:
+        for _ in range(15):
+            await limiter.acquire(0)
+        limiter.pause(1.0)  # the first reply is a 429, then its headers: the server has a minute
+        limiter.observe(window_headers(1200, 1200, "0s"))
+        await clock.sleep(60.0)
+        return await start_times(limiter, clock, [0] * 601)
+
+    # headers after a 429 never open the bucket: half the minute (not 3/4), then 20 per second
+    assert run(main) == pytest.approx([60.0] * 600 + [60.05])
+
+
 def test_a_memory_recalled_after_a_reply_opens_nothing() -> None:
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)
