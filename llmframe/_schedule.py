@@ -97,7 +97,7 @@ class Schedule:
     ) -> None:
         """A new process's first burst from the windows an earlier one read, less the requests
         and tokens in flight (:meth:`Bucket.open_remembered`), as if its headers had said them."""
-        for bucket, window, flying in ((self.requests, windows[0], in_flight[0]), (self.tokens, windows[1], in_flight[1])):
+        for bucket, window, flying in zip((self.requests, self.tokens), windows, in_flight, strict=True):
             if window is not None:
                 bucket.open_remembered(window, flying, now)
 
