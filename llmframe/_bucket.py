@@ -143,8 +143,7 @@ class Bucket:
     def close(self, now: float) -> None:
         """An open bucket down to the size it had goes back to that size, for good."""
         if self.opening > 0 and self.level_at(now) <= self.opening:
-            self._resize(self.opening, self.level_at(now), now)
-            self.opening = SPENT
+            self.drop_opening(now)
 
     def level_at(self, t: float) -> float:
         if self.limit is None:
