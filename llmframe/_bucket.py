@@ -108,13 +108,14 @@ class Bucket:
         holds), filled up to ``level`` (what it has left, less what is in flight), until
         :meth:`close` finds it spent. The first time for a limit whatever ``level``; again
         once spent only when ``level`` fills the opening (the client paused: a check's
-        verdict, a slow step of its own, and the server's window filled up meanwhile), and
-        never after a 429 (:attr:`reopens`). False if it is open now, would hold no more than
-        now, or may not open again (yet)."""
-        if self.limit is None or self.opening > 0:
+        verdict, a slow step of its own, and the server's window filled up meanwhile); never
+        after a 429 (:attr:`reopens`), not even the first time: the first headers may come
+        with the 429 of a window that other clients of the key run dry. False if it is open
+        now, would hold no more than now, or may not open again (yet)."""
+        if self.limit is None or self.opening > 0 or not self.reopens:
             return False
         capacity = OPEN_SHARE * min(window, self.limit)
-        if capacity <= self.capacity or (self.opening == SPENT and (not self.reopens or level < capacity)):
+        if capacity <= self.capacity or (self.opening == SPENT and level < capacity):
             return False
         self.opening = self.capacity
         self._resize(capacity, self.level_at(now), now)

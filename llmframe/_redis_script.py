@@ -109,7 +109,8 @@ local function shift(p, delta) if S[p .. '_limit'] then S[p .. '_full'] = S[p ..
 -- The opening, once per limit: the first headers that say how much the server's window holds
 -- (limit, remaining, reset), nothing waiting yet, let the bucket hold OPEN_SHARE of that
 -- window and fill it to what the server has left less what is in flight (``*_flight``: placed,
--- not settled); back to its burst once it is down to it. The shared burst (0.5 s) alone would
+-- not settled); back to its burst once it is down to it; never after a 429 (``no_open``: the
+-- first headers may come with a 429 of a window other clients ran dry). The shared burst (0.5 s) alone would
 -- leave half of a 1 s window unused at the start: the client is then 0.5 s behind for good
 -- (100 requests at 20/s: 4.5 s where a client using the window needs 4.0). A whole window
 -- at once earns 429s: requests released together reach the server spread out, and the
@@ -123,7 +124,7 @@ local function open(p, limit, remaining, reset)
   if not (limit and remaining and reset) or S[p .. '_limit'] ~= limit then return end
   local window = math.min(limit, remaining + limit / 60 * reset)
   local cap = OPEN_SHARE * window
-  if S[p .. '_open'] or cap <= S[p .. '_cap'] or redis.call('ZCARD', WAITING) > 0 then return end
+  if S[p .. '_open'] or S.no_open or cap <= S[p .. '_cap'] or redis.call('ZCARD', WAITING) > 0 then return end
   resize(p, cap)
   S[p .. '_open'] = 1
   local lvl = math.min(cap, remaining - (S[p .. '_flight'] or 0))
@@ -265,6 +266,7 @@ elseif op == 'pause' then  -- ARGV[6] seconds: Schedule.pause
   local delta = math.max(0, resume - math.max(now, until_))
   lower_to('rq', 0)
   lower_to('tk', 0)
+  S.no_open = 1  -- after a 429 no bucket opens, not even on its first headers (Bucket.open)
   local waiting = redis.call('ZRANGEBYSCORE', WAITING, '(' .. fmt(now), '+inf', 'WITHSCORES')
   if delta > 0 and #waiting > 0 then
     shift('rq', delta)

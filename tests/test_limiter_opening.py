@@ -75,6 +75,24 @@ def test_no_opening_again_after_a_429() -> None:
     assert not limiter._schedule.requests.reopens and limiter._schedule.requests.capacity == 10
 
 
+def test_no_opening_when_the_first_headers_come_with_a_429() -> None:
+    """Other clients of the key ran its window dry: the probe's answer is a 429 whose headers
+    say the window holds 20. The bucket keeps the usual burst (10), not an opening of 15."""
+    clock = FakeClock()
+    limiter = clock.limiter(probe=True, burst_seconds=0.5)
+
+    async def main() -> list[float]:
+        probe = await limiter.acquire(0)
+        limiter.pause(1.0)  # as Slot.settle handles a 429: the pause, then its headers
+        limiter.observe(window_headers(1200, 0, "1s"))
+        limiter.cancel(probe)
+        await clock.sleep(10.0)  # the window has long filled up again
+        return await answered(limiter, clock, 11)
+
+    assert run(main) == pytest.approx([10.0] * 10 + [10.05])
+    assert limiter._schedule.requests.capacity == 10 and limiter._schedule.requests.opening == 0
+
+
 def test_no_opening_while_reservations_wait() -> None:
     clock = FakeClock()
     limiter = clock.limiter(probe=True, burst_seconds=0.5)

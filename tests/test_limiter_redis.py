@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import test_limiter_machine as machine_cases
 from _fake_clock import FakeClock, run, settle_tasks, start_times
-from _headers_data import OPENAI_HEADERS
+from _headers_data import OPENAI_HEADERS, window_headers
 
 import llmframe
 from llmframe._config import resolve
@@ -142,6 +142,30 @@ def test_limits_an_earlier_process_learned_end_probing_for_all(redis_url: str) -
     assert (a.rpm, a.tpm) == (600, 6000)  # as of a's last step
     a.set_limits()
     assert (a.rpm, a.tpm) == (300, None)
+
+
+@pytest.mark.parametrize("with_429", [False, True], ids=["answered", "429"])
+def test_the_first_headers_open_the_shared_bucket_unless_they_came_with_a_429(redis_url: str, with_429: bool) -> None:
+    """The shared bucket opens to 3/4 of the window the first headers show (15 of 20); when
+    they came with a 429 (other clients ran the key's window dry) it keeps the burst (10)."""
+    clock = FakeClock()
+    (limiter,) = machines(redis_url, clock, 1, probe=True, name=f"opening-{with_429}", burst_seconds=0.5)
+
+    async def main() -> list[float]:
+        probe = await limiter.acquire(0)
+        if with_429:  # as Slot.settle handles a 429: the pause, then its headers
+            limiter.pause(1.0)
+            limiter.observe(window_headers(1200, 0, "1s"))
+            limiter.cancel(probe)
+        else:
+            limiter.observe(window_headers(1200, 19, "50ms"))
+            limiter.settle(probe, 0)
+        await clock.sleep(10.0)  # the window has long filled up again
+        return await start_times(limiter, clock, [0] * 16)
+
+    burst = 10 if with_429 else 15
+    starts = run(main)
+    assert starts[:burst] == pytest.approx([10.0] * burst) and starts[burst] > 10.01
 
 
 # -- dead workers ---------------------------------------------------------------------------
