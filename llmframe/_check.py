@@ -25,8 +25,8 @@ gets none, since each would only queue behind the trial. What it risks is one
 wave of packed requests on a run whose check fails (their rows are asked again
 as the verdict says). Where the packed format is not confirmed yet, its first
 packed request (the format's probe, which goes alone) is a small one of new
-rows, sent beside the reference requests, so the trial and the wave do not wait
-for it.
+rows with no canary, sent beside the reference requests, so the trial and the
+wave do not wait for it.
 
 The reference answers then serve as canaries (:mod:`._canaries`) for the rest
 of the run. The check costs the trial requests (one per size at the default

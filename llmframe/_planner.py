@@ -102,8 +102,8 @@ class Planner:
                 return self.endpoint.gate(Batch([job], kind="reference"))
             if check.first_trial_due and not check.probe_sent and not self.endpoint.format_confirmed:
                 check.probe_sent = True  # the format's probe: small, and beside the reference rows
-                if len(self.pending) > PROBE_ROWS:
-                    return self.take_ahead(PROBE_ROWS)
+                if len(self.pending) > PROBE_ROWS:  # no canary: it asks whether the format works
+                    return self.take_ahead(PROBE_ROWS, canaries=False)
             room = None
             if check.first_trial_due:
                 fits = self.rows_that_fit(check.reference_jobs())
@@ -136,7 +136,7 @@ class Planner:
         size = self.on_verdict(check) if self.on_verdict else check.verdict.batch_size
         self.sizer.set_limit(size)
 
-    def take_rows(self, at_most: int | None = None) -> Batch | None:
+    def take_rows(self, at_most: int | None = None, *, canaries: bool = True) -> Batch | None:
         jobs: list[Job] = []
         size = self.cap if at_most is None else min(self.cap, at_most)
         while self.resend and len(jobs) < size:
@@ -152,13 +152,13 @@ class Planner:
             jobs.append(self.pending.popleft())
         if size > 1:
             jobs = self.fill(jobs, size - len(jobs))
-        canaries = [] if any(j.no_canaries for j in jobs) else self.canaries.pick(jobs)
-        return self.endpoint.gate(Batch(jobs, canaries=canaries))
+        riders = self.canaries.pick(jobs) if canaries and not any(j.no_canaries for j in jobs) else []
+        return self.endpoint.gate(Batch(jobs, canaries=riders))
 
-    def take_ahead(self, size: int) -> Batch | None:
+    def take_ahead(self, size: int, *, canaries: bool = True) -> Batch | None:
         """New rows packed ``size`` to a request before the verdict: their answers are held
         until it (:meth:`~llmframe._check.PackingCheck.fate`)."""
-        batch = self.take_rows(size)
+        batch = self.take_rows(size, canaries=canaries)
         if batch is not None:
             batch.kind, batch.size = "ahead", size
         return batch
