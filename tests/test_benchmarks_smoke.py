@@ -282,6 +282,19 @@ def test_warm_start_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert all(r["correct"] == r["rows"] == 60 for r in results)
 
 
+def test_sdk_floor_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import sdk_floor
+
+    assert sdk_floor.main(["--requests", "40", "--rounds", "2", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python -m benchmarks.sdk_floor --requests 40 --rounds 2" in printed
+    [saved] = tmp_path.glob("sdk_floor-*.json")
+    result = json.loads(saved.read_text())
+    assert result["rows_per_request"] == 20  # the throughput workload's batch size, not the probe's 2
+    per_request = result["cpu_seconds_per_request"]
+    assert set(per_request) == {"aiohttp", "SDK"} and all(len(v) == 2 and min(v) > 0 for v in per_request.values())
+
+
 def test_batch_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import batch
 
