@@ -156,13 +156,13 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_json(path: Path, data: Any, *, sort_keys: bool = True) -> None:
     """Write ``data`` as JSON so a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            json.dump(data, f, indent=1, sort_keys=sort_keys)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -173,6 +173,26 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 #: The file, in the cache folder, that holds what endpoints taught.
 ENDPOINTS_FILE = "endpoints.json"
+#: Packing verdicts kept per endpoint, the newest: one per task (template, system prompt,
+#: options), so a script that makes a new template per call would grow the file forever.
+MAX_VERDICTS = 256
+
+
+def _merge(entry: dict[str, Any], values: dict[str, Any]) -> None:
+    """``values`` into ``entry``, dict values one level deep, the newest key of each last;
+    past :data:`MAX_VERDICTS`, the oldest verdicts go."""
+    for name, value in values.items():
+        held = entry.get(name)
+        if isinstance(value, dict) and isinstance(held, dict):
+            for key, item in value.items():
+                held.pop(key, None)
+                held[key] = item
+        else:
+            entry[name] = dict(value) if isinstance(value, dict) else value
+    verdicts = entry.get("verdicts")
+    if isinstance(verdicts, dict):
+        for key in list(verdicts)[: max(0, len(verdicts) - MAX_VERDICTS)]:
+            del verdicts[key]
 
 
 class EndpointMemory:
@@ -210,21 +230,22 @@ class EndpointMemory:
             return json.loads(json.dumps(entry)) if entry else {}
 
     def update(self, endpoint: str, cache_dir: Path | None = None, **values: Any) -> None:
-        """Merge ``values`` into what is known of ``endpoint``; dict values merge one level deep."""
+        """Merge ``values`` into what is known of ``endpoint``; dict values merge one level deep.
+
+        The file gets ``values`` merged into what it holds now, not this process's whole
+        entry: another process's verdicts for other tasks, stored since this one read the
+        file, stay. Its keys keep their order (the newest verdict last, for the cap)."""
         with self._lock:
-            entry = self._entries.setdefault(endpoint, {})
-            for name, value in values.items():
-                if isinstance(value, dict) and isinstance(entry.get(name), dict):
-                    entry[name].update(value)
-                else:
-                    entry[name] = value
+            _merge(self._entries.setdefault(endpoint, {}), values)
             if cache_dir is None:
                 return
             path = cache_dir / ENDPOINTS_FILE
             on_disk = read_json(path)
-            on_disk[endpoint] = entry
+            stored = on_disk.get(endpoint)
+            on_disk[endpoint] = stored = stored if isinstance(stored, dict) else {}
+            _merge(stored, json.loads(json.dumps(values)))
             with contextlib.suppress(OSError):  # an optimization: a run never depends on it
-                atomic_write_json(path, on_disk)
+                atomic_write_json(path, on_disk, sort_keys=False)
 
     def clear(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ import pytest
 
 from llmframe._capabilities import (
     ENDPOINTS_FILE,
+    MAX_VERDICTS,
     EndpointMemory,
     Rejection,
     is_context_overflow,
@@ -109,6 +110,30 @@ def test_memory_is_shared_through_the_cache_folder(tmp_path: Path) -> None:
     # A copy: changing it changes nothing stored.
     known["response_format"] = "text"
     assert second.get(endpoint)["response_format"] == "json_object"
+
+
+def test_two_processes_keep_each_others_verdicts(tmp_path: Path) -> None:
+    """Each process read the folder before the other stored anything: writing its own
+    verdict must not write back its stale view of the endpoint over the other's."""
+    first, second = EndpointMemory(), EndpointMemory()
+    assert first.get("e m", tmp_path) == second.get("e m", tmp_path) == {}
+    first.update("e m", tmp_path, response_format="json_object", verdicts={"t1": {"batch_size": 20}})
+    second.update("e m", tmp_path, verdicts={"t2": {"batch_size": 1}})
+    known = EndpointMemory().get("e m", tmp_path)
+    assert known == {"response_format": "json_object", "verdicts": {"t1": {"batch_size": 20}, "t2": {"batch_size": 1}}}
+
+
+def test_the_oldest_verdicts_go_past_the_cap(tmp_path: Path) -> None:
+    memory = EndpointMemory()
+    for i in range(MAX_VERDICTS + 3):
+        memory.update("e m", tmp_path, verdicts={f"t{i}": {"batch_size": 20}})
+    memory.update("e m", tmp_path, verdicts={"t3": {"batch_size": 10}})  # stored again: the newest now
+    memory.update("e m", tmp_path, verdicts={"new": {"batch_size": 5}})
+    for known in (EndpointMemory().get("e m", tmp_path), memory.get("e m")):
+        verdicts = known["verdicts"]
+        assert len(verdicts) == MAX_VERDICTS
+        assert {"t0", "t1", "t2", "t4"}.isdisjoint(verdicts) and verdicts["t3"] == {"batch_size": 10}
+        assert list(verdicts)[-2:] == ["t3", "new"]
 
 
 def test_memory_survives_a_corrupt_file(tmp_path: Path) -> None:
