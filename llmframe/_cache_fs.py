@@ -65,7 +65,7 @@ from ._cache_segments import (
     segment_name,
     write_parquet,
 )
-from ._cache_temps import TEMP_PREFIX, TEMP_SUFFIX  # every reader passes them by
+from ._cache_temps import TEMP_PREFIX, TEMP_SUFFIX, remove_stale_temporaries
 from ._errors import ConfigError
 
 __all__ = ["INSTALL", "CacheLocation", "RemoteSegments", "cache_id", "is_url", "local_folder", "open_remote", "redact"]
@@ -233,6 +233,7 @@ def open_remote(url: str, options: Mapping[str, Any] | None, local_root: Path) -
     if not _atomic_put(fs):  # a file system: the folder must exist for the temporary files
         with contextlib.suppress(Exception):
             fs.makedirs(root, exist_ok=True)
+        remove_stale_temporaries(Path(root))  # what a writer killed before its rename left
     local = local_folder(url, local_root)
     logs = local / "logs"
     logs.mkdir(parents=True, exist_ok=True)

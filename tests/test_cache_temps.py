@@ -105,3 +105,18 @@ def test_the_embedding_cache_removes_its_stale_temporaries(tmp_path: Path) -> No
     fresh.write_bytes(b"x")
     EmbeddingCache(tmp_path).close()
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_file_url_cache_removes_its_stale_temporaries(tmp_path: Path) -> None:
+    """At a ``file://`` URL a segment is written under a temporary name and renamed (the put
+    is not atomic there): what a writer killed between the two left goes once stale."""
+    from llmframe._cache_admin import cache_location
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    stale, fresh = (remote / f"{TEMP_PREFIX}seg-{n}-42-0123abcd.parquet.part" for n in (1, 2))
+    for path in (stale, fresh):
+        path.write_bytes(b"PAR1")
+    age(stale, STALE_TEMPORARY_SECONDS + 60)
+    cache_location(remote.as_uri() + "/")
+    assert temporaries(remote) == [fresh.name]
