@@ -63,8 +63,8 @@ FLUSH_SECONDS = 2.0
 #: One-row answers that fail the schema before the row fails (the same prompt mostly
 #: gets the same answer: more tries cost more than they find).
 ALONE_TRIES = 2
-#: Answers failing the schema (or one-row answers cut off at max_tokens), with none valid
-#: yet, that stop the run: every row would pay its requests for a null.
+#: One-row answers failing the schema (or cut off), none valid yet, that stop the run; packed ones
+#: do not count (a model may break a schema only packed): their rows go again alone at once.
 SYSTEMIC_INVALID = 10
 #: The error of a row whose values changed between keying and sending (:mod:`._todo`).
 CHANGED = "the row's values changed in the frame while the run was going; nothing was sent for it, run again"
@@ -233,11 +233,9 @@ class Run:
             return
         parsed = self.parse_packed(done, n)
         self.report.canary_rows += n - len(jobs)
-        # A reply that failed as a whole (cut off, not JSON, numbering off) says nothing of
-        # its canaries: its rows go again for that reason, not as a canary failure.
+        # A reply that failed as a whole (cut off, not JSON) says nothing of its canaries.
         if parsed.answers and self.planner.canaries.wrong(sent, parsed.answers):
-            # A canary's packed answer differs from its one-row answer: this batch's answers
-            # may be shifted or guessed, so none of them is trusted.
+            # A canary's packed answer is not its one-row one: shifted or guessed, none is trusted.
             self.report.canary_failures += 1
             self.planner.sizer.observe(n, len(jobs), len(jobs))
             self.retry_rows(jobs, dict.fromkeys(range(len(jobs)), "a canary row's answer was wrong"), len(jobs))
@@ -257,28 +255,30 @@ class Run:
                 failed[j] = parsed.failed.get(i, "id missing from the reply")
                 invalid.update([j] if i in parsed.invalid else [])
         self.planner.sizer.observe(n, len(parsed.failed), len(jobs))
-        problem = next((parsed.failed[i] for i in parsed.invalid), "")
-        self.count_valid(len(parsed.answers), len(parsed.invalid), problem)
+        self.count_valid(len(parsed.answers), 0)  # its invalid items go again alone (retry_rows)
         if failed:
             self.retry_rows(jobs, failed, len(jobs), invalid)
 
     def count_valid(self, valid: int, invalid: int, problem: str = "") -> None:
-        """Stop the run when answers keep failing the schema and none has passed yet."""
+        """Stop the run once :data:`SYSTEMIC_INVALID` one-row answers failed the schema, none passed."""
         if self.builder.schema is None:
             return
         self.valid, self.invalid = self.valid + valid, self.invalid + invalid
         if not self.valid and self.invalid >= SYSTEMIC_INVALID:
             self.endpoint.stop(CallError("validation", problem, False), (
-                f"none of the first {self.invalid} answers matched the schema (last: {problem}); the model "
-                "or the endpoint does not follow it. Check the schema and the template, or try another model"))  # fmt: skip
+                f"none of the first {self.invalid} rows asked alone matched the schema, nor any packed "
+                f"answer (last: {problem}); the model or the endpoint does not follow it. Check the "
+                "schema and the template, or try another model"))  # fmt: skip
 
     def parse_packed(self, done: Completion, n: int) -> Any:  # its length teaches what later requests reserve
         return self.builder.parse(done.content, n, truncated=done.finish_reason == "length", used=done.completion_tokens)
 
     def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int, invalid: set[int] | None = None) -> None:
-        """Ask the ``failed`` rows again (their answer missing, or in ``invalid`` not valid),
-        in smaller batches; a row out of tries fails with kind ``validation`` or ``invalid_answer``."""
+        """Ask the ``failed`` rows again (answer missing, or in ``invalid`` not valid) in smaller
+        batches, alone if failing a schema no answer passed yet; out of tries, a row fails."""
         again: list[Job] = []
+        alone: list[Job] = []
+        schema_unproven = self.builder.schema is not None and not self.valid
         for i, reason in failed.items():
             job = jobs[i]
             job.resends += 1
@@ -286,10 +286,10 @@ class Run:
                 kind = "validation" if invalid and i in invalid else "invalid_answer"
                 self.outcomes.fail([job], kind, f"no valid answer after {job.resends} tries ({reason})")
             else:
-                again.append(job)
-        if again:
-            self.report.resent_rows += sum(len(j.rows) for j in again)
-            self.planner.split(again, max(1, n // 2))
+                (alone if schema_unproven and invalid and i in invalid else again).append(job)
+        self.report.resent_rows += sum(len(j.rows) for j in (*again, *alone))
+        self.planner.split(again, max(1, n // 2))
+        self.planner.split(alone, 1)
 
 def new_run(
     prepared: Prepared, template: Template, opts: Options, *, client: Any, limiter: RateLimiter | None,

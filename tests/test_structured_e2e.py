@@ -234,16 +234,32 @@ def test_a_pydantic_validation_error_names_the_field() -> None:
     assert column(out, "score") == [w["score"] for w in expected_rows(60, REVIEW_SCHEMA)]
 
 
-def test_answers_that_never_match_the_schema_stop_the_run_early() -> None:
+def test_a_model_that_breaks_the_schema_only_packed_does_not_stop_the_run() -> None:
+    """Every packed item has a wrong type, every one-row answer is right (a small local model
+    that flattens nested objects when it packs). The first packed replies alone hold more than
+    ten invalid answers: their rows go again alone, pass, and the run ends with every row."""
+    with FakeServer(faults=Faults(wrong_type_items=1.0)) as server:
+        out = llmframe.apply(frame("pandas", 40), TEMPLATE, schema=Review, batch_size=5, canaries=0,
+                             error_column="error", **options(server))  # fmt: skip
+    report = out.llm.report
+    assert report is not None and report.failed_rows == 0 and report.answered_rows == 40
+    assert column(out, "score") == [w["score"] for w in expected_rows(40, REVIEW_SCHEMA)]
+    alone = [r for r in server.stats.log if r.status == 200 and r.n_items == 1]
+    assert len(alone) == 40  # each row went again alone once, straight from its packed request
+
+
+@pytest.mark.parametrize(("batch_size", "most"), [(None, 30), (5, 80)])
+def test_answers_that_never_match_the_schema_stop_the_run_early(batch_size: int | None, most: int) -> None:
     # The fake ignores "pattern" (so does strict mode): every answer fails validation, as
-    # with a model or endpoint that does not follow the schema. One error, a few requests.
+    # with a model or endpoint that does not follow the schema. One error, a few requests:
+    # packed, the first wave's rows go again alone at once, and ten of those tell.
     class Code(BaseModel):
         code: str = Field(pattern=r"^\d{3}$")
 
     with FakeServer() as server:
-        with pytest.raises(llmframe.EndpointError, match="none of the first 10 answers matched") as caught:
-            llmframe.apply(frame("pandas", 300), TEMPLATE, schema=Code, **options(server))
-        assert server.stats.requests <= 30
+        with pytest.raises(llmframe.EndpointError, match="none of the first 10 rows asked alone matched") as caught:
+            llmframe.apply(frame("pandas", 300), TEMPLATE, schema=Code, batch_size=batch_size, **options(server))
+        assert server.stats.requests <= most
     assert len(caught.value.errors) == 300
     assert "code" in str(caught.value)
 

@@ -28,6 +28,9 @@ Two families:
   item's first enum field, or the item itself if it is a label, becomes
   ``"not_a_label"``; not applied, nor counted, when the item has no enum).
   The values these put in are the only damage: every id is still there once.
+  ``wrong_type_items`` gives *each* item of a structured packed reply, on its own,
+  that chance of a wrong type: at 1.0 a model that breaks the schema whenever it
+  packs, and follows it alone (a small local model's nested objects flattened).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Faults:
     prose_rate: float = 0.0
     wrong_type_rate: float = 0.0
     bad_enum_rate: float = 0.0
+    wrong_type_items: float = 0.0
 
     def __post_init__(self) -> None:
         for field in fields(self):

@@ -102,6 +102,13 @@ def answer_packed(
         pairs = [(key, answer) for (key, _), answer in zip(pairs, answers, strict=True)]
 
     applied: list[str] = []
+    if item is not None and faults.wrong_type_items > 0.0:  # each item on its own
+        for index in range(len(pairs)):
+            one = pairs[index : index + 1]
+            if rng.random() < faults.wrong_type_items and item.wrong_type(one, rng):
+                pairs[index] = one[0]
+                if "wrong_type" not in applied:
+                    applied.append("wrong_type")
     for kind in PACKING_FAULTS:
         rate = faults.packing_rate(kind)
         if rate <= 0.0 or (item is None and kind in STRUCTURED_FAULTS) or rng.random() >= rate:
@@ -150,7 +157,8 @@ def answer_packed(
                 other = item.different(seed, value)
             pairs.insert(rng.randrange(index + 1, len(pairs) + 1), (key, other))
         # "prose" and "truncate" change the text, below.
-        applied.append(kind)
+        if kind not in applied:  # wrong_type_items may have put it there
+            applied.append(kind)
 
     lines = packed.style == "lines"
     text = _lines(pairs) if lines else _dumps(pairs)

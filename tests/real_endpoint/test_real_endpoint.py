@@ -125,6 +125,32 @@ def test_id_lines_format_is_parsed_and_the_check_guards_its_answers() -> None:
     assert same >= 0.8, (checked.llm.report.packing_reason, list(zip(checked["answer"], one_row["answer"], strict=True)))
 
 
+def test_a_nested_schema_packed_is_answered_even_when_packed_items_break_it() -> None:
+    # qwen2.5 0.5B on llama.cpp flattens the nested object ("person": "Alice") in packed
+    # items and gets it right alone: those rows must go again alone, not stop the run as a
+    # schema the model cannot follow (it did, after the first packed replies' ten items).
+    from pydantic import BaseModel
+
+    class Who(BaseModel):
+        name: str
+        age: int
+
+    class Described(BaseModel):
+        person: Who
+        tags: list[str]
+        happy: bool | None
+
+    reviews = ["I love this phone, best purchase ever", "Terrible, broke after one day", "It is ok I guess",
+               "Absolutely fantastic service!", "Worst hotel I've stayed in", "Meh.",
+               "Alice, 34, is delighted with her new bike", "Bob (51) complains the soup was cold",
+               "Great great great", "not bad, not good", "Carol (28) runs marathons"]  # fmt: skip
+    out = pd.DataFrame({"review": reviews}).llm.apply("Analyse this review: {review}", schema=Described,
+                                                      **options(batch_size=5, params={}))  # fmt: skip
+    report = out.llm.report
+    assert report.answered_rows + report.failed_rows == len(reviews)
+    assert report.answered_rows >= len(reviews) - 2, report.errors[:3]
+
+
 def test_batch_mode_on_a_server_without_the_batch_api_is_one_clear_error(tmp_path: Any) -> None:
     # llama.cpp, vLLM and Ollama have no /v1/files or /v1/batches: mode="batch" must stop
     # before anything is charged, name the endpoint, and record no job.
