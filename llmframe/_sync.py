@@ -154,7 +154,9 @@ def _in_a_new_loop(make: Callable[[], Coroutine[Any, Any, T]], ctrl_c: _CtrlC) -
 def _run(make: Callable[[], Coroutine[Any, Any, T]], ctrl_c: _CtrlC) -> T:
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:
+    except RuntimeError:  # a script: no loop (run outside this block, or every error the run
+        loop = None  # raises would show "no running event loop" as what it happened during)
+    if loop is None:
         return _in_a_new_loop(make, ctrl_c)
     if not isinstance(loop, asyncio.BaseEventLoop):
         return _in_thread(make, ctrl_c)

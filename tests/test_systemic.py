@@ -46,6 +46,9 @@ def _fails_fast(expected: type[Exception], match: str, base_url: str, **kwargs: 
     assert SECRET not in str(info.value)
     assert all(SECRET not in e.message for e in info.value.errors)  # type: ignore[attr-defined]
     assert len(info.value.errors) == len(FRAME)  # type: ignore[attr-defined]  # every row accounted for
+    # Raised by a script's apply, the error stands alone: no "During handling of the above
+    # exception" with the RuntimeError that found no event loop running.
+    assert info.value.__context__ is None, repr(info.value.__context__)
     return info.value
 
 
