@@ -130,6 +130,7 @@ class BatchRun:
         run = new_run(prepared, template, opts, client=None, limiter=None, endpoint=endpoint, packing=plan)
         run.budget = Budget(opts.max_cost_usd, batch_price_for(model, opts.prices, opts.batch_prices))
         run.endpoint.endpoint_confirmed = run.endpoint.format_confirmed = True  # no probe: the batch validates
+        run.rounds = True  # a schema nothing follows stops after round 1, not a round of rows alone
         return cls(run, job_id, opts)
 
     # ---- a round out --------------------------------------------------------------------

@@ -57,14 +57,13 @@ __all__ = ["Prepared", "Run", "RunResult", "new_run", "prepare", "result_of", "r
 AUTO_BATCH_TOKENS = 4000
 #: How many times one row may be resent after its packed answer failed validation.
 MAX_RESENDS = 4
-#: Seconds between folds of the cache's answer log into a segment (every answer is in
-#: the log as it arrives: a crash loses only the requests in flight).
+#: Seconds between folds of the answer log into a segment (a crash loses only what is in flight).
 FLUSH_SECONDS = 2.0
 #: One-row answers that fail the schema before the row fails (the same prompt mostly
 #: gets the same answer: more tries cost more than they find).
 ALONE_TRIES = 2
-#: One-row answers failing the schema (or cut off), none valid yet, that stop the run; packed ones
-#: do not count (a model may break a schema only packed): their rows go again alone at once.
+#: One-row answers failing the schema (or cut off), none valid yet, that stop the run; live, packed
+#: ones do not count (a model may break a schema only packed): their rows go again alone at once.
 SYSTEMIC_INVALID = 10
 #: The error of a row whose values changed between keying and sending (:mod:`._todo`).
 CHANGED = "the row's values changed in the frame while the run was going; nothing was sent for it, run again"
@@ -81,7 +80,7 @@ class Run:
         self.opts, self.client, self.limiter, self.report = opts, client, limiter, report
         self.endpoint, self.builder, self.planner, self.outcomes = endpoint, builder, planner, outcomes
         self.budget, self.sleep, self.policy = budget, sleep, policy
-        self.valid, self.invalid = 0, 0  # answers checked against the schema, so far
+        self.valid, self.invalid, self.rounds = 0, 0, False  # schema checks so far; rounds: the Batch API's
         self.cut_off = 0  # one-row answers cut off at max_tokens
         self.task_key = task_key  # the key of this task's packing verdict; told the verdict stored (None: none)
         self.on_checked: Callable[[dict[str, Any] | None], None] | None = None  # _check_share
@@ -255,7 +254,8 @@ class Run:
                 failed[j] = parsed.failed.get(i, "id missing from the reply")
                 invalid.update([j] if i in parsed.invalid else [])
         self.planner.sizer.observe(n, len(parsed.failed), len(jobs))
-        self.count_valid(len(parsed.answers), 0)  # its invalid items go again alone (retry_rows)
+        problem = next((parsed.failed[i] for i in parsed.invalid), "")
+        self.count_valid(len(parsed.answers), len(parsed.invalid) if self.rounds else 0, problem)
         if failed:
             self.retry_rows(jobs, failed, len(jobs), invalid)
 
@@ -266,19 +266,19 @@ class Run:
         self.valid, self.invalid = self.valid + valid, self.invalid + invalid
         if not self.valid and self.invalid >= SYSTEMIC_INVALID:
             self.endpoint.stop(CallError("validation", problem, False), (
-                f"none of the first {self.invalid} rows asked alone matched the schema, nor any packed "
-                f"answer (last: {problem}); the model or the endpoint does not follow it. Check the "
-                "schema and the template, or try another model"))  # fmt: skip
+                f"none of the first {self.invalid} {'answers' if self.rounds else 'rows asked alone'} matched the "
+                f"schema{'' if self.rounds else ', nor any packed answer'} (last: {problem}); the model or the "
+                "endpoint does not follow it. Check the schema and the template, or try another model"))  # fmt: skip
 
     def parse_packed(self, done: Completion, n: int) -> Any:  # its length teaches what later requests reserve
         return self.builder.parse(done.content, n, truncated=done.finish_reason == "length", used=done.completion_tokens)
 
     def retry_rows(self, jobs: list[Job], failed: Mapping[int, str], n: int, invalid: set[int] | None = None) -> None:
-        """Ask the ``failed`` rows again (answer missing, or in ``invalid`` not valid) in smaller
-        batches, alone if failing a schema no answer passed yet; out of tries, a row fails."""
+        """Ask the ``failed`` rows again (answer missing, or in ``invalid`` not valid) in smaller batches,
+        alone if failing a schema no answer passed yet (live); out of tries, a row fails."""
         again: list[Job] = []
         alone: list[Job] = []
-        schema_unproven = self.builder.schema is not None and not self.valid
+        schema_unproven = self.builder.schema is not None and not self.valid and not self.rounds
         for i, reason in failed.items():
             job = jobs[i]
             job.resends += 1

@@ -175,6 +175,23 @@ def test_a_batch_that_fails_validation_is_one_clear_error(tmp_path: Path) -> Non
     assert list_jobs(tmp_path)[0].status == "failed"
 
 
+def test_a_schema_nothing_follows_stops_after_the_first_batch(tmp_path: Path) -> None:
+    # Live, packed answers that fail a schema send their rows again alone (a model may break
+    # it only packed); in batch mode that would be a whole second batch of one-row requests
+    # for nothing, so there the first batch's packed answers tell.
+    from pydantic import BaseModel, Field
+
+    class Code(BaseModel):
+        code: str = Field(pattern=r"^\d{3}$")  # the fake ignores "pattern": no answer matches
+
+    df = pd.DataFrame({"review": reviews(600)})
+    with FakeServer(**FAST) as server:
+        with pytest.raises(llmframe.EndpointError, match=r"none of the first \d+ answers matched the schema"):
+            df.llm.apply(TEMPLATE, schema=Code, mode="batch", **opts(server, tmp_path))
+        jobs = {batch for batch, _ in server.stats.snapshot()["batch_lines"]}
+    assert len(jobs) == 1
+
+
 def test_files_split_and_the_enqueued_token_limit_queues_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_batch_jsonl, "MAX_REQUESTS", 10)
     rows = reviews(400)
