@@ -164,9 +164,10 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]], ctrl_c: _CtrlC) -> T:
         import nest_asyncio
 
         nest_asyncio.apply(loop)
-    except Exception:
-        return _in_thread(make, ctrl_c)
-    return _on_the_running_loop(make, loop, ctrl_c)
+        nested = True
+    except Exception:  # the run goes outside this block, as above
+        nested = False
+    return _on_the_running_loop(make, loop, ctrl_c) if nested else _in_thread(make, ctrl_c)
 
 
 def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

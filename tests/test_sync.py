@@ -182,6 +182,8 @@ def test_exception_reaches_the_caller_as_itself(where: str) -> None:
     with pytest.raises(ValueError, match="row 3 is wrong") as info:
         runner(where)(probe.fail)
     assert info.traceback[-1].name == "fail"  # the original exception, not a wrapper
+    # Nor raised during the handling of how the run found its loop (none; nest-asyncio refused).
+    assert info.value.__context__ is None, repr(info.value.__context__)
 
 
 @pytest.mark.usefixtures("collect_abandoned_tasks")
