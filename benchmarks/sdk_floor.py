@@ -55,8 +55,9 @@ def capture(base_url: str, api_key: str) -> tuple[list[dict[str, str]], dict[str
 
     _client.ChatClient.complete = record  # type: ignore[method-assign]
     try:
-        pd.DataFrame({"code": codes(200)}).llm.apply(TEMPLATE, output="answer", model=MODEL, base_url=base_url,
-                                                     api_key=api_key, cache=tempfile.mkdtemp(), progress=False)  # fmt: skip
+        with tempfile.TemporaryDirectory() as cache:
+            pd.DataFrame({"code": codes(200)}).llm.apply(TEMPLATE, output="answer", model=MODEL, base_url=base_url,
+                                                         api_key=api_key, cache=cache, progress=False)  # fmt: skip
     finally:
         _client.ChatClient.complete = original  # type: ignore[method-assign]
     if not seen:
