@@ -110,8 +110,8 @@ local function shift(p, delta) if S[p .. '_limit'] then S[p .. '_full'] = S[p ..
 -- (limit, remaining, reset), nothing waiting yet, let the bucket hold OPEN_SHARE of that
 -- window and fill it to what the server has left less what is in flight (``*_flight``: placed,
 -- not settled); back to its burst once it is down to it; never after a 429 (``no_open``: the
--- first headers may come with a 429 of a window other clients ran dry). The shared burst (0.5 s) alone would
--- leave half of a 1 s window unused at the start: the client is then 0.5 s behind for good
+-- first headers may come with a 429 of a window other clients ran dry). The shared burst
+-- (0.5 s) alone would leave half of a 1 s window unused at the start: the client is then 0.5 s behind for good
 -- (100 requests at 20/s: 4.5 s where a client using the window needs 4.0). A whole window
 -- at once earns 429s: requests released together reach the server spread out, and the
 -- steady ones after them arrive first (tests/test_limiter_redis_processes.py).
